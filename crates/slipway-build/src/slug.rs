@@ -1,0 +1,193 @@
+//! Slugs: deterministic, checksummed, gzipped tarballs of a built app under `app/`.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use crate::{BuildError, Limits};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlugInfo {
+    /// `SHA256:<hex>` of the compressed file.
+    pub checksum: String,
+    pub size: u64,
+}
+
+/// Writes `build_dir` as a slug at `slug_path` (via a temporary file, renamed into place, so a
+/// slug is either complete or absent). Entries are sorted and their headers carry no time,
+/// owner or umask, so the same tree gives the same checksum.
+pub fn create_slug(
+    build_dir: &Path,
+    slug_path: &Path,
+    limits: &Limits,
+) -> Result<SlugInfo, BuildError> {
+    let tmp = slug_path.with_extension("partial");
+    let result = write_slug(build_dir, &tmp).and_then(|_| checksum(&tmp));
+    let info = match result {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if info.size > limits.max_slug_bytes {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::SlugTooLarge {
+            size: info.size,
+            limit: limits.max_slug_bytes,
+        });
+    }
+    std::fs::rename(&tmp, slug_path).map_err(BuildError::io("saving slug", slug_path))?;
+    Ok(info)
+}
+
+fn write_slug(build_dir: &Path, out: &Path) -> Result<(), BuildError> {
+    let file = File::create(out).map_err(BuildError::io("creating slug", out))?;
+    let gz = GzEncoder::new(BufWriter::new(file), Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    let mut paths = Vec::new();
+    collect(build_dir, build_dir, &mut paths)?;
+    paths.sort();
+    append_dir(&mut tar, Path::new("app"), 0o755, out)?;
+    for rel in paths {
+        let full = build_dir.join(&rel);
+        let meta = std::fs::symlink_metadata(&full).map_err(BuildError::io("reading", &full))?;
+        let name = Path::new("app").join(&rel);
+        let mode = permissions(&meta);
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&full).map_err(BuildError::io("reading link", &full))?;
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            tar.append_link(&mut h, &name, &target)
+                .map_err(BuildError::io("writing slug entry", &full))?;
+        } else if meta.is_dir() {
+            append_dir(&mut tar, &name, mode, &full)?;
+        } else if meta.is_file() {
+            let mut h = header(tar::EntryType::Regular, mode, meta.len());
+            let f = File::open(&full).map_err(BuildError::io("reading", &full))?;
+            tar.append_data(&mut h, &name, f)
+                .map_err(BuildError::io("writing slug entry", &full))?;
+        }
+    }
+    let gz = tar
+        .into_inner()
+        .map_err(BuildError::io("finishing slug", out))?;
+    let mut buf = gz
+        .finish()
+        .map_err(BuildError::io("compressing slug", out))?;
+    buf.flush().map_err(BuildError::io("writing slug", out))?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn permissions(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    // Keep only whether a file is executable: umask and owner bits must not change the checksum.
+    if meta.permissions().mode() & 0o111 != 0 || meta.is_dir() {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn append_dir<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &Path,
+    mode: u32,
+    at: &Path,
+) -> Result<(), BuildError> {
+    let mut h = header(tar::EntryType::Directory, mode, 0);
+    tar.append_data(&mut h, name, std::io::empty())
+        .map_err(BuildError::io("writing slug entry", at))
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
+    let entries = std::fs::read_dir(dir).map_err(BuildError::io("listing", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(BuildError::io("listing", dir))?;
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .map_err(BuildError::io("reading", &path))?;
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        if rel == Path::new(".git") {
+            continue;
+        }
+        out.push(rel);
+        if file_type.is_dir() {
+            collect(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn checksum(path: &Path) -> Result<SlugInfo, BuildError> {
+    let mut file = File::open(path).map_err(BuildError::io("reading slug", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(BuildError::io("reading slug", path))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok(SlugInfo {
+        checksum: format!("SHA256:{}", hex::encode(hasher.finalize())),
+        size,
+    })
+}
+
+/// Unpacks a slug into `dest` (the app lands in `dest/app`) after checking its checksum, so a
+/// dyno never runs a slug that changed on disk.
+pub fn unpack_slug(
+    slug_path: &Path,
+    expected_checksum: &str,
+    dest: &Path,
+) -> Result<(), BuildError> {
+    let found = checksum(slug_path)?.checksum;
+    if found != expected_checksum {
+        return Err(BuildError::ChecksumMismatch {
+            path: slug_path.to_path_buf(),
+            expected: expected_checksum.to_string(),
+            found,
+        });
+    }
+    std::fs::create_dir_all(dest).map_err(BuildError::io("creating", dest))?;
+    let file = File::open(slug_path).map_err(BuildError::io("reading slug", slug_path))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    archive.set_preserve_permissions(true);
+    for entry in archive
+        .entries()
+        .map_err(BuildError::io("reading slug", slug_path))?
+    {
+        let mut entry = entry.map_err(BuildError::io("reading slug", slug_path))?;
+        let inside = entry
+            .unpack_in(dest)
+            .map_err(BuildError::io("unpacking slug into", dest))?;
+        if !inside {
+            return Err(BuildError::UnsafePath(format!("{}", slug_path.display())));
+        }
+    }
+    Ok(())
+}
