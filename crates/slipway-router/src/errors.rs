@@ -1,0 +1,74 @@
+//! Heroku's router error codes, and the page and log text for each.
+
+use http::StatusCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterError {
+    /// H10: no web dyno is up.
+    AppCrashed,
+    /// H12: no response within the request timeout.
+    RequestTimeout,
+    /// H13: the dyno closed the connection without a response.
+    ConnectionClosed,
+    /// H14: the formation has no web dynos.
+    NoWebDynos,
+    /// H20: no web dyno came up while the request waited.
+    BootTimeout,
+    /// H80: maintenance mode.
+    Maintenance,
+    /// No app by that name (not a Heroku H code: Heroku answers 404 "no such app").
+    NoSuchApp,
+}
+
+impl RouterError {
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            RouterError::AppCrashed => Some("H10"),
+            RouterError::RequestTimeout => Some("H12"),
+            RouterError::ConnectionClosed => Some("H13"),
+            RouterError::NoWebDynos => Some("H14"),
+            RouterError::BootTimeout => Some("H20"),
+            RouterError::Maintenance => Some("H80"),
+            RouterError::NoSuchApp => None,
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            RouterError::AppCrashed => "App crashed",
+            RouterError::RequestTimeout => "Request timeout",
+            RouterError::ConnectionClosed => "Connection closed without response",
+            RouterError::NoWebDynos => "No web processes running",
+            RouterError::BootTimeout => "App boot timeout",
+            RouterError::Maintenance => "Maintenance mode",
+            RouterError::NoSuchApp => "No such app",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            RouterError::NoSuchApp => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn page(self) -> String {
+        let (title, text) = match self {
+            RouterError::NoSuchApp => (
+                "No such app",
+                "There is no app configured at that hostname. Check the address, or create the app with `slipway apps:create`.",
+            ),
+            RouterError::Maintenance => (
+                "Offline for Maintenance",
+                "This app is undergoing maintenance right now. Please check back later.",
+            ),
+            _ => (
+                "Application error",
+                "An error occurred in the application and your page could not be served. If you are the application owner, check your logs for details: `slipway logs --tail`.",
+            ),
+        };
+        format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>\n<body><h1>{title}</h1>\n<p>{text}</p>\n</body></html>\n"
+        )
+    }
+}

@@ -1,0 +1,163 @@
+//! The router: every request to `<app>.<domain>` goes to one of the app's web dynos that is
+//! up, chosen round robin. Requests that cannot be served get Heroku's error code, a plain
+//! error page and an `at=error` log line; served ones an `at=info` line, both as
+//! `heroku[router]` in the app's log.
+//!
+//! The router does not know about apps or dynos itself: it asks a [`Resolver`] (implemented
+//! by the control plane) for each request, so it has no state of its own to get out of date.
+
+mod errors;
+mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use slipway_logs::LogHub;
+use tokio::net::TcpListener;
+
+pub use errors::RouterError;
+
+/// Where a request for an app can go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    NoSuchApp,
+    Found { app_id: String, target: Target },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Maintenance mode is on (H80).
+    Maintenance,
+    /// The formation has no web dynos (H14).
+    NoWebDynos,
+    /// Web dynos are starting; the router holds the request until one is up (H20 after the wait).
+    Starting,
+    /// No web dyno is up and none is starting (H10).
+    Crashed,
+    /// Up web dynos: (dyno name, address).
+    Up(Vec<(String, SocketAddr)>),
+}
+
+pub trait Resolver: Send + Sync + 'static {
+    fn resolve(&self, app_name: &str) -> Resolution;
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Apps are served at `<app>.<domain>`.
+    pub domain: String,
+    /// Time to the first response byte before H12 (Heroku: 30 s).
+    pub request_timeout: Duration,
+    /// How long a request waits for a starting dyno before H20.
+    pub boot_wait: Duration,
+    /// How long open connections get to finish when the router shuts down.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            request_timeout: Duration::from_secs(30),
+            boot_wait: Duration::from_secs(75),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
+/// `shutdown_grace`.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: RouterConfig,
+    resolver: Arc<dyn Resolver>,
+    logs: LogHub,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let local_port = listener.local_addr()?.port();
+    let state = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs, local_port));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "router accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "router connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("router: connections still open after the shutdown grace period");
+    }
+    Ok(())
+}
+
+/// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.
+pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let name = host.strip_suffix(domain)?.strip_suffix('.')?;
+    if name.is_empty() || name.contains('.') {
+        return None;
+    }
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::app_from_host;
+
+    #[test]
+    fn app_names_come_from_the_first_label_under_the_domain() {
+        assert_eq!(
+            app_from_host("hello.localhost:8080", "localhost"),
+            Some("hello")
+        );
+        assert_eq!(
+            app_from_host("hello.localhost.", "localhost"),
+            Some("hello")
+        );
+        assert_eq!(
+            app_from_host("hello.apps.example.com", "apps.example.com"),
+            Some("hello")
+        );
+        assert_eq!(app_from_host("localhost:8080", "localhost"), None);
+        assert_eq!(app_from_host("a.b.localhost", "localhost"), None);
+        assert_eq!(app_from_host("hellolocalhost", "localhost"), None);
+        assert_eq!(app_from_host("hello.example.com", "localhost"), None);
+    }
+}

@@ -1,0 +1,389 @@
+//! Forwarding one request to a dyno and back.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use slipway_logs::{LogHub, Source};
+
+use crate::{app_from_host, Resolution, Resolver, RouterConfig, RouterError, Target};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub(crate) struct Proxy {
+    cfg: RouterConfig,
+    resolver: Arc<dyn Resolver>,
+    logs: LogHub,
+    client: Client<HttpConnector, Incoming>,
+    next: AtomicUsize,
+    port: u16,
+}
+
+/// Everything the router log line says about a request.
+#[derive(Clone)]
+struct RequestLog {
+    app_id: String,
+    method: String,
+    path: String,
+    host: String,
+    request_id: String,
+    fwd: String,
+    start: Instant,
+}
+
+impl RequestLog {
+    fn quoted(&self) -> String {
+        format!(
+            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\"",
+            self.method,
+            escape(&self.path),
+            self.host,
+            self.request_id,
+            self.fwd
+        )
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        cfg: RouterConfig,
+        resolver: Arc<dyn Resolver>,
+        logs: LogHub,
+        port: u16,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self {
+            cfg,
+            resolver,
+            logs,
+            client,
+            next: AtomicUsize::new(0),
+            port,
+        }
+    }
+
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let Some(app_name) = app_from_host(&host, &self.cfg.domain) else {
+            return error_response(RouterError::NoSuchApp, &request_id);
+        };
+        let mut log = RequestLog {
+            app_id: String::new(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            host: host.split(':').next().unwrap_or_default().to_string(),
+            request_id: request_id.clone(),
+            fwd: forwarded_for(req.headers(), peer),
+            start,
+        };
+        let deadline = start + self.cfg.boot_wait;
+        let backends = loop {
+            let (app_id, target) = match self.resolver.resolve(app_name) {
+                Resolution::NoSuchApp => {
+                    return error_response(RouterError::NoSuchApp, &request_id)
+                }
+                Resolution::Found { app_id, target } => (app_id, target),
+            };
+            log.app_id = app_id;
+            match target {
+                Target::Up(backends) if !backends.is_empty() => break backends,
+                Target::Up(_) | Target::Crashed => {
+                    return self.fail(RouterError::AppCrashed, &log, None)
+                }
+                Target::NoWebDynos => return self.fail(RouterError::NoWebDynos, &log, None),
+                Target::Maintenance => return self.fail(RouterError::Maintenance, &log, None),
+                Target::Starting if Instant::now() >= deadline => {
+                    return self.fail(RouterError::BootTimeout, &log, None)
+                }
+                Target::Starting => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        let (dyno, addr) = &backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+        self.forward(req, addr, dyno, log, peer).await
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        addr: &SocketAddr,
+        dyno: &str,
+        log: RequestLog,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = match format!("http://{addr}{path}").parse() {
+            Ok(uri) => uri,
+            Err(_) => return self.fail(RouterError::ConnectionClosed, &log, Some(dyno)),
+        };
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+        if !headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&log.host) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        set(headers, "x-forwarded-for", &log.fwd);
+        set(headers, "x-forwarded-proto", "http");
+        set(headers, "x-forwarded-port", &self.port.to_string());
+        set(headers, "x-request-id", &log.request_id);
+        set(
+            headers,
+            "x-request-start",
+            &chrono::Utc::now().timestamp_millis().to_string(),
+        );
+        set(headers, "via", "1.1 slipway");
+        let _ = peer;
+        let sent = Instant::now();
+        let outbound = Request::from_parts(parts, body);
+        let response =
+            match tokio::time::timeout(self.cfg.request_timeout, self.client.request(outbound))
+                .await
+            {
+                Err(_) => return self.fail(RouterError::RequestTimeout, &log, Some(dyno)),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, dyno, "forwarding failed");
+                    return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
+                }
+                Ok(Ok(response)) => response,
+            };
+        let service_ms = sent.elapsed().as_millis();
+        let connect_ms = sent.duration_since(log.start).as_millis();
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let status = parts.status.as_u16();
+        let logs = self.logs.clone();
+        let dyno = dyno.to_string();
+        let on_done = move |bytes: u64| {
+            logs.write(
+                &log.app_id,
+                Source::Heroku,
+                "router",
+                &format!(
+                    "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol=http",
+                    log.quoted()
+                ),
+            );
+        };
+        let counted = Counted {
+            inner: body,
+            bytes: 0,
+            on_done: Some(Box::new(on_done)),
+        };
+        Response::from_parts(parts, counted.boxed())
+    }
+
+    fn fail(
+        &self,
+        error: RouterError,
+        log: &RequestLog,
+        dyno: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let code = error.code().unwrap_or("-");
+        self.logs.write(
+            &log.app_id,
+            Source::Heroku,
+            "router",
+            &format!(
+                "at=error code={code} desc=\"{}\" {} dyno={} connect=0ms service={}ms status={} bytes=0 protocol=http",
+                error.description(),
+                log.quoted(),
+                dyno.unwrap_or(""),
+                log.start.elapsed().as_millis(),
+                error.status().as_u16()
+            ),
+        );
+        error_response(error, &log.request_id)
+    }
+}
+
+fn error_response(error: RouterError, request_id: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(error.page()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    set(headers, "x-request-id", request_id);
+    response
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The client's address appended to any `X-Forwarded-For` it sent.
+fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> String {
+    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() && prior.len() < 1024 => {
+            format!("{}, {}", prior.trim(), peer.ip())
+        }
+        _ => peer.ip().to_string(),
+    }
+}
+
+/// Heroku keeps a client's request id if it is 20 to 200 characters of `[A-Za-z0-9+=/-]`.
+fn valid_request_id(id: &str) -> bool {
+    (20..=200).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
+}
+
+fn escape(path: &str) -> String {
+    path.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A response body that counts the bytes it passes on and reports the total when it is
+/// finished or dropped (the client went away), for the router log line.
+struct Counted {
+    inner: Incoming,
+    bytes: u64,
+    on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(done) = self.on_done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_only_when_valid() {
+        assert!(valid_request_id("abcdefghij0123456789"));
+        assert!(!valid_request_id("short"));
+        assert!(!valid_request_id("abcdefghij0123456789 with space"));
+        assert!(!valid_request_id(&"a".repeat(201)));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The router against real HTTP backends on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use slipway_logs::{Filter, LogHub};
+use slipway_router::{serve, Resolution, Resolver, RouterConfig, Target};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Table(Mutex<HashMap<String, Resolution>>);
+
+impl Resolver for Table {
+    fn resolve(&self, app: &str) -> Resolution {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(app)
+            .cloned()
+            .unwrap_or(Resolution::NoSuchApp)
+    }
+}
+
+impl Table {
+    fn set(&self, app: &str, target: Target) {
+        let found = Resolution::Found {
+            app_id: format!("{app}-id"),
+            target,
+        };
+        self.0.lock().expect("lock").insert(app.to_string(), found);
+    }
+}
+
+/// A backend that answers `<name>` plus the request headers it saw.
+async fn backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        let mut text = format!("{name}\n");
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Router {
+    url: String,
+    logs: LogHub,
+    table: Arc<Table>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn router() -> Router {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let logs = LogHub::new();
+    let table = Arc::new(Table::default());
+    let cfg = RouterConfig {
+        request_timeout: Duration::from_millis(500),
+        boot_wait: Duration::from_millis(300),
+        ..RouterConfig::default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(
+        listener,
+        cfg,
+        table.clone(),
+        logs.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Router {
+        url,
+        logs,
+        table,
+        stop: Some(tx),
+        task,
+    }
+}
+
+async fn get(
+    r: &Router,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("{}{path}", r.url)).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.text().await.expect("body"), headers)
+}
+
+fn router_lines(r: &Router, app: &str) -> Vec<String> {
+    r.logs
+        .history(&format!("{app}-id"), &Filter::default(), 100)
+        .iter()
+        .map(|l| l.format())
+        .collect()
+}
+
+async fn wait_for_lines(r: &Router, app: &str, n: usize) -> Vec<String> {
+    for _ in 0..200 {
+        let lines = router_lines(r, app);
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} router lines: {:?}", router_lines(r, app));
+}
+
+#[tokio::test]
+async fn routes_by_host_with_forwarding_headers_and_logs_each_request() {
+    let r = router().await;
+    let one = backend("one").await;
+    r.table
+        .set("hello", Target::Up(vec![("web.1".into(), one)]));
+    let client_id = "client-supplied-id-0123456789";
+    let (status, body, headers) = get(
+        &r,
+        "hello.localhost:1234",
+        "/path?q=1",
+        &[("x-request-id", client_id)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("one\n"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"));
+    assert!(body.contains(&format!("x-request-id: {client_id}")));
+    assert!(body.contains("x-request-start: "));
+    assert!(body.contains("via: 1.1 slipway"));
+    assert!(body.contains("host: hello.localhost:1234"));
+    assert!(headers.get("connection").is_none() || headers.get("keep-alive").is_none());
+    let lines = wait_for_lines(&r, "hello", 1).await;
+    let line = &lines[0];
+    assert!(
+        line.contains(
+            " heroku[router]: at=info method=GET path=\"/path?q=1\" host=hello.localhost"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "request_id={client_id} fwd=\"127.0.0.1\" dyno=web.1"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("status=200 bytes={} protocol=http", body.len())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn balances_round_robin() {
+    let r = router().await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    r.table.set(
+        "two",
+        Target::Up(vec![("web.1".into(), a), ("web.2".into(), b)]),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (_, body, _) = get(&r, "two.localhost", "/", &[]).await;
+        seen.push(body.lines().next().unwrap_or_default().to_string());
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "a").count(), 2, "{seen:?}");
+    assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2, "{seen:?}");
+}
+
+#[tokio::test]
+async fn errors_get_heroku_codes_pages_and_log_lines() {
+    let r = router().await;
+    let (status, body, _) = get(&r, "nope.localhost", "/", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("No such app"));
+
+    let cases = [
+        (
+            "idle",
+            Target::NoWebDynos,
+            "H14",
+            "No web processes running",
+        ),
+        ("dead", Target::Crashed, "H10", "App crashed"),
+        ("maint", Target::Maintenance, "H80", "Maintenance mode"),
+        ("boot", Target::Starting, "H20", "App boot timeout"),
+    ];
+    for (app, target, code, desc) in cases {
+        r.table.set(app, target);
+        let (status, body, headers) = get(&r, &format!("{app}.localhost"), "/", &[]).await;
+        assert_eq!(status, 503, "{app}");
+        assert!(body.contains("<html>"), "{body}");
+        assert!(headers.get("x-request-id").is_some());
+        let line = &wait_for_lines(&r, app, 1).await[0];
+        assert!(
+            line.contains(&format!(
+                "at=error code={code} desc=\"{desc}\" method=GET path=\"/\""
+            )),
+            "{line}"
+        );
+        assert!(line.contains("status=503 bytes=0"), "{line}");
+    }
+
+    let slow = backend("slow").await;
+    r.table
+        .set("slow", Target::Up(vec![("web.1".into(), slow)]));
+    let (status, _, _) = get(&r, "slow.localhost", "/slow", &[]).await;
+    assert_eq!(status, 503);
+    assert!(wait_for_lines(&r, "slow", 1).await[0].contains("code=H12 desc=\"Request timeout\""));
+
+    // A dyno whose port refuses connections.
+    let closed = {
+        TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    r.table
+        .set("gone", Target::Up(vec![("web.1".into(), closed)]));
+    let (status, _, _) = get(&r, "gone.localhost", "/", &[]).await;
+    assert_eq!(status, 503);
+    assert!(wait_for_lines(&r, "gone", 1).await[0].contains("code=H13"));
+}
+
+#[tokio::test]
+async fn shuts_down_when_told() {
+    let mut r = router().await;
+    let _ = r.stop.take().map(|tx| tx.send(()));
+    tokio::time::timeout(Duration::from_secs(15), &mut r.task)
+        .await
+        .expect("router stops within its grace period")
+        .expect("join")
+        .expect("serve");
+}
