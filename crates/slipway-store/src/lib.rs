@@ -189,6 +189,16 @@ impl Store {
             .collect()
     }
 
+    pub async fn set_maintenance(&self, id: &str, on: bool) -> Result<App> {
+        sqlx::query("UPDATE apps SET maintenance = $1, updated_at = $2 WHERE id = $3")
+            .bind(i64::from(on))
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.app(id).await
+    }
+
     /// Deletes an app and everything that belongs to it (builds, slugs, releases, formation, dynos).
     pub async fn delete_app(&self, id: &str) -> Result<()> {
         let done = sqlx::query("DELETE FROM apps WHERE id = $1")

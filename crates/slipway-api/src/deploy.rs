@@ -1,0 +1,306 @@
+//! Deploying a push: the server side of the pre-receive hook.
+//!
+//! The hook (`slipway hook pre-receive`, run by `git receive-pack`) posts the pushed commit as
+//! a tar stream to `POST /internal/push-builds`, authenticated by the one-time token the server
+//! gave that receive-pack. The build runs here and its output streams back as the response,
+//! which the hook prints (git shows it as `remote:` lines). The last line says whether the
+//! build succeeded; the hook's exit status makes git accept or reject the push.
+//!
+//! A build that fails changes nothing but its own build record: the slug and release are only
+//! created at the end, the formation and release in one transaction.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use slipway_logs::Source;
+use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::auth::presented_token;
+use crate::control::converge_app;
+use crate::error::ApiError;
+use crate::state::{PushGrant, Shared};
+
+/// The hook looks for this prefix on the last line of the response.
+pub const RESULT_PREFIX: &str = "\u{1e}slipway-build-result: ";
+/// Build transcripts kept in the build record are cut at this size.
+const MAX_TRANSCRIPT: usize = 1024 * 1024;
+
+pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let grant = match presented_token(&headers).and_then(|t| state.push_grant(&t)) {
+        Some(g) => g,
+        None => return ApiError::unauthorized().into_response(),
+    };
+    let commit = headers
+        .get("x-slipway-commit")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !(commit.len() == 40 || commit.len() == 64) || !commit.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return ApiError::bad_request("X-Slipway-Commit must be a full commit id").into_response();
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(run(state, grant, commit, body, tx));
+    let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+struct Output {
+    tx: mpsc::Sender<Bytes>,
+    transcript: String,
+}
+
+impl Output {
+    async fn line(&mut self, text: &str) {
+        if self.transcript.len() < MAX_TRANSCRIPT {
+            self.transcript.push_str(text);
+            self.transcript.push('\n');
+        }
+        // The hook going away is noticed before the release is created (see `gone`).
+        let _ = self.tx.send(Bytes::from(format!("{text}\n"))).await;
+    }
+
+    fn gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mpsc::Sender<Bytes>) {
+    let mut out = Output {
+        tx,
+        transcript: String::new(),
+    };
+    let loaded = async {
+        let app = state.store.app(&grant.app_id).await?;
+        let user = state.store.get_user(&grant.user_id).await?;
+        Ok::<_, slipway_store::StoreError>((app, user))
+    }
+    .await;
+    let (app, user) = match loaded {
+        Ok(pair) => pair,
+        Err(e) => {
+            out.line(&format!(" !     {e}")).await;
+            out.line(&format!("{RESULT_PREFIX}failed")).await;
+            return;
+        }
+    };
+    let lock = state.deploy_lock(&app.id);
+    let _guard = match lock.clone().try_lock_owned() {
+        Ok(guard) => guard,
+        Err(_) => {
+            out.line(&format!(
+                "-----> Waiting for another deploy of {} to finish...",
+                app.name
+            ))
+            .await;
+            lock.lock_owned().await
+        }
+    };
+    let build = match state.store.create_build(&app.id, &user.id, &commit).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record build");
+            out.line(" !     Internal error: could not record the build; see the server log.")
+                .await;
+            out.line(&format!("{RESULT_PREFIX}failed")).await;
+            return;
+        }
+    };
+    state.logs.write(
+        &app.id,
+        Source::App,
+        "api",
+        &format!("Build started by user {}", user.email),
+    );
+    match build_and_release(&state, &app, &user, &build, body, &mut out).await {
+        Ok((slug, release)) => {
+            let _ = state
+                .store
+                .finish_build(
+                    &build.id,
+                    BuildStatus::Succeeded,
+                    Some(&slug.id),
+                    Some(&release.id),
+                    &out.transcript,
+                )
+                .await;
+            state.logs.write(
+                &app.id,
+                Source::App,
+                "api",
+                &format!(
+                    "Build succeeded, {} by user {}",
+                    release.description, user.email
+                ),
+            );
+            out.line(&format!("{RESULT_PREFIX}ok")).await;
+        }
+        Err(message) => {
+            out.line(&format!(" !     {message}")).await;
+            out.line(&format!(" !     Push rejected to {}.", app.name))
+                .await;
+            let _ = state
+                .store
+                .finish_build(&build.id, BuildStatus::Failed, None, None, &out.transcript)
+                .await;
+            state.logs.write(
+                &app.id,
+                Source::App,
+                "api",
+                &format!("Build failed: {message}"),
+            );
+            out.line(&format!("{RESULT_PREFIX}failed")).await;
+        }
+    }
+}
+
+async fn build_and_release(
+    state: &Shared,
+    app: &App,
+    user: &User,
+    build: &Build,
+    body: Body,
+    out: &mut Output,
+) -> Result<(Slug, Release), String> {
+    let settings = &state.settings;
+    let short = &build.commit_sha[..7];
+    out.line(&format!(
+        "-----> Building {} ({short}) on the slipway-24 stack",
+        app.name
+    ))
+    .await;
+    tokio::fs::create_dir_all(settings.build_tmp())
+        .await
+        .map_err(|e| format!("could not create the build directory: {e}"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(settings.build_tmp())
+        .map_err(|e| format!("could not create the build directory: {e}"))?;
+    let src = tmp.path().join("app");
+    std::fs::create_dir(&src).map_err(|e| format!("could not create the build directory: {e}"))?;
+
+    let limits = settings.build_limits;
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let reader = StreamReader::new(stream);
+    let dest = src.clone();
+    tokio::task::spawn_blocking(move || {
+        slipway_build::extract_source(SyncIoBridge::new(reader), &dest, &limits)
+    })
+    .await
+    .map_err(|e| format!("the build was interrupted: {e}"))?
+    .map_err(|e| e.to_string())?;
+
+    let dir = src.clone();
+    let (procfile, said) = tokio::task::spawn_blocking(move || {
+        let mut said = Vec::new();
+        let procfile = slipway_build::compile(&dir, &mut |l| said.push(l.to_string()));
+        (procfile, said)
+    })
+    .await
+    .map_err(|e| format!("the build was interrupted: {e}"))?;
+    for line in said {
+        out.line(&format!("-----> {line}")).await;
+    }
+    let procfile = procfile.map_err(|e| e.to_string())?;
+
+    out.line("-----> Compressing...").await;
+    let slug_dir = settings.slug_dir(&app.id);
+    tokio::fs::create_dir_all(&slug_dir)
+        .await
+        .map_err(|e| format!("could not create the slug directory: {e}"))?;
+    let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
+    let (dir, path) = (src.clone(), slug_path.clone());
+    let info =
+        tokio::task::spawn_blocking(move || slipway_build::create_slug(&dir, &path, &limits))
+            .await
+            .map_err(|e| format!("the build was interrupted: {e}"))?
+            .map_err(|e| e.to_string())?;
+    out.line(&format!(
+        "       Done: {} ({})",
+        human_size(info.size),
+        info.checksum
+    ))
+    .await;
+    drop(tmp);
+
+    if out.gone() {
+        let _ = tokio::fs::remove_file(&slug_path).await;
+        return Err("the push was cancelled before the release".into());
+    }
+    let discard = |e: slipway_store::StoreError| {
+        let path = slug_path.clone();
+        tokio::spawn(async move {
+            let _ = tokio::fs::remove_file(path).await;
+        });
+        tracing::error!(error = %e, "could not record the release");
+        "Internal error while recording the release; see the server log.".to_string()
+    };
+    let slug = state
+        .store
+        .create_slug(&NewSlug {
+            app_id: app.id.clone(),
+            commit_sha: build.commit_sha.clone(),
+            checksum: info.checksum.clone(),
+            size: i64::try_from(info.size).unwrap_or(i64::MAX),
+            path: slug_path.display().to_string(),
+            process_types: procfile.processes.clone(),
+        })
+        .await
+        .map_err(discard)?;
+    out.line("-----> Launching...").await;
+    let description = format!("Deploy {short}");
+    let release = state
+        .store
+        .deploy_release(&app.id, &slug, &description, &user.id)
+        .await
+        .map_err(discard)?;
+    state.logs.write(
+        &app.id,
+        Source::App,
+        "api",
+        &format!(
+            "Release v{} created by user {}",
+            release.version, user.email
+        ),
+    );
+    state.logs.write(
+        &app.id,
+        Source::App,
+        "api",
+        &format!("{description} by user {}", user.email),
+    );
+    if let Err(e) = converge_app(state, &app.id).await {
+        tracing::error!(error = ?e, "could not start dynos for the new release");
+    }
+    out.line(&format!("       Released v{}", release.version))
+        .await;
+    out.line(&format!(
+        "       {} deployed to slipway",
+        settings.web_url(&app.name)
+    ))
+    .await;
+    Ok((slug, release))
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1}K", b as f64 / 1024.0),
+        b => format!("{:.1}M", b as f64 / (1024.0 * 1024.0)),
+    }
+}

@@ -1,0 +1,86 @@
+//! API errors: the one place where failures become HTTP statuses and `{"id","message"}` bodies.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use slipway_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub id: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, id: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            id,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Invalid credentials provided. Use the token in <data-dir>/admin.token (Authorization: Bearer TOKEN, or as the git password).",
+        )
+    }
+
+    /// Internal failures are logged in full and reported without details, so paths, SQL and
+    /// secrets never reach a client.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        let reference = uuid::Uuid::new_v4();
+        tracing::error!(%reference, "{context}: {err}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            format!(
+                "Internal server error while {context}; see the server log, reference {reference}."
+            ),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => {
+                ApiError::not_found(format!("Couldn't find that {what}."))
+            }
+            StoreError::Conflict(what) => {
+                ApiError::invalid(format!("{what} already exists; choose another name."))
+            }
+            other => ApiError::internal("accessing the state database", other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "id": self.id, "message": self.message });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"slipway\""),
+            );
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

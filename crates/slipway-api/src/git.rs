@@ -1,0 +1,316 @@
+//! Git smart HTTP: `info/refs`, `git-receive-pack` and `git-upload-pack`, each piped through
+//! the real `git` binary in stateless-rpc mode. Pushes run the repository's pre-receive hook
+//! (the `slipway` binary, via `core.hooksPath`), which runs the build.
+//!
+//! Errors here are plain text: git prints a text/plain error body to the user.
+
+use std::process::Stdio;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use serde::Deserialize;
+use slipway_store::{App, User};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::auth::{new_token, presented_token, token_hash};
+use crate::state::{PushGrant, Shared};
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/{repo}/info/refs", get(info_refs))
+        .route("/{repo}/git-receive-pack", post(receive_pack))
+        .route("/{repo}/git-upload-pack", post(upload_pack))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Receive,
+    Upload,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Receive => "git-receive-pack",
+            Service::Upload => "git-upload-pack",
+        }
+    }
+
+    fn subcommand(self) -> &'static str {
+        match self {
+            Service::Receive => "receive-pack",
+            Service::Upload => "upload-pack",
+        }
+    }
+}
+
+fn text(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = (status, format!("{}\n", message.into())).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"slipway\""),
+        );
+    }
+    response
+}
+
+/// Authenticates the request and finds the app a `<name>.git` path names.
+async fn authorize(
+    state: &Shared,
+    headers: &HeaderMap,
+    repo: &str,
+) -> Result<(User, App), Response> {
+    let token = presented_token(headers).filter(|t| !t.is_empty() && t.len() <= 256);
+    let user = match token {
+        Some(t) => state
+            .store
+            .user_by_token_hash(&token_hash(&t))
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let Some(user) = user else {
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "Authentication required: use your slipway API token as the password (`slipway git:remote` sets this up).",
+        ));
+    };
+    let Some(name) = repo.strip_suffix(".git") else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("Not a git repository path: {repo}; use /<app>.git"),
+        ));
+    };
+    match state.store.find_app(name).await {
+        Ok(Some(app)) => Ok((user, app)),
+        Ok(None) => Err(text(
+            StatusCode::NOT_FOUND,
+            format!("No such app: {name}. Create it first with `slipway apps:create {name}`."),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "looking up app for git");
+            Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error; see the server log.",
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct InfoRefsQuery {
+    service: Option<String>,
+}
+
+async fn info_refs(
+    State(state): State<Shared>,
+    Path(repo): Path<String>,
+    Query(query): Query<InfoRefsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let service = match query.service.as_deref() {
+        Some("git-receive-pack") => Service::Receive,
+        Some("git-upload-pack") => Service::Upload,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "Only git's smart HTTP protocol is supported; use git 1.6.6 or newer.",
+            )
+        }
+    };
+    let (_user, app) = match authorize(&state, &headers, &repo).await {
+        Ok(pair) => pair,
+        Err(response) => return response,
+    };
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg(service.subcommand())
+        .args(["--stateless-rpc", "--advertise-refs"])
+        .arg(state.settings.repo_dir(&app.id))
+        .stdin(Stdio::null());
+    if let Some(proto) = git_protocol(&headers) {
+        cmd.env("GIT_PROTOCOL", proto);
+    }
+    let output = match cmd.output().await {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            tracing::error!(stderr = %String::from_utf8_lossy(&o.stderr), "git advertise-refs failed");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "git could not read the app's repository; see the server log.",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not run git");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "git is not available on the server; see the server log.",
+            );
+        }
+    };
+    let announce = format!("# service={}\n", service.name());
+    let mut body = format!("{:04x}{announce}0000", announce.len() + 4).into_bytes();
+    body.extend_from_slice(&output.stdout);
+    let content_type = format!("application/x-{}-advertisement", service.name());
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn receive_pack(
+    state: State<Shared>,
+    repo: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc(state, repo, headers, body, Service::Receive).await
+}
+
+async fn upload_pack(
+    state: State<Shared>,
+    repo: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    rpc(state, repo, headers, body, Service::Upload).await
+}
+
+async fn rpc(
+    State(state): State<Shared>,
+    Path(repo): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+    service: Service,
+) -> Response {
+    let (user, app) = match authorize(&state, &headers, &repo).await {
+        Ok(pair) => pair,
+        Err(response) => return response,
+    };
+    let settings = &state.settings;
+    let mut cmd = tokio::process::Command::new("git");
+    let mut push_token = None;
+    if service == Service::Receive {
+        let token = new_token();
+        state.grant_push(
+            &token,
+            PushGrant {
+                app_id: app.id.clone(),
+                user_id: user.id.clone(),
+                // A build may take long; the token dies with the receive-pack anyway.
+                expires: std::time::Instant::now() + std::time::Duration::from_secs(3 * 3600),
+            },
+        );
+        cmd.arg("-c")
+            .arg(format!("core.hooksPath={}", settings.hooks_dir().display()))
+            .env(
+                "SLIPWAY_HOOK_URL",
+                format!("http://{}/internal/push-builds", settings.api_addr),
+            )
+            .env("SLIPWAY_PUSH_TOKEN", &token)
+            .env("SLIPWAY_APP", &app.name);
+        push_token = Some(token);
+    }
+    cmd.arg(service.subcommand())
+        .arg("--stateless-rpc")
+        .arg(settings.repo_dir(&app.id))
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(proto) = git_protocol(&headers) {
+        cmd.env("GIT_PROTOCOL", proto);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(t) = &push_token {
+                state.revoke_push(t);
+            }
+            tracing::error!(error = %e, "could not run git");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "git is not available on the server; see the server log.",
+            );
+        }
+    };
+    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "could not talk to git");
+    };
+
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let limit = settings.max_push_bytes;
+    let app_name = app.name.clone();
+    tokio::spawn(async move {
+        let stream = body
+            .into_data_stream()
+            .map(|r| r.map_err(std::io::Error::other));
+        let raw = StreamReader::new(stream);
+        let reader: Box<dyn AsyncRead + Unpin + Send> = if gzip {
+            Box::new(async_compression::tokio::bufread::GzipDecoder::new(raw))
+        } else {
+            Box::new(raw)
+        };
+        // One byte over the limit tells a too-large push from one exactly at the limit.
+        let mut bounded = reader.take(limit + 1);
+        match tokio::io::copy(&mut bounded, &mut stdin).await {
+            Ok(n) if n > limit => {
+                tracing::warn!(app = %app_name, limit, "push larger than the limit was cut off")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(app = %app_name, error = %e, "git request body ended early"),
+        }
+        let _ = stdin.shutdown().await;
+    });
+    let waiter_state = state.clone();
+    tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
+        let status = child.wait().await;
+        if let Some(t) = push_token {
+            waiter_state.revoke_push(&t);
+        }
+        if !matches!(status, Ok(s) if s.success()) && !errors.is_empty() {
+            tracing::info!(stderr = %String::from_utf8_lossy(&errors), "git {} ended with an error", service.subcommand());
+        }
+    });
+    let content_type = format!("application/x-{}-result", service.name());
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+        ],
+        Body::from_stream(ReaderStream::new(stdout)),
+    )
+        .into_response()
+}
+
+fn git_protocol(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() < 256 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+}

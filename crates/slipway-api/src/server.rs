@@ -1,0 +1,309 @@
+//! `slipway server`: sets up the data directory, binds the API and the router, brings dynos
+//! back in line with the store, serves until told to stop, then drains under a deadline.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use slipway_logs::LogHub;
+use slipway_runtime::{DynoManager, RuntimeConfig};
+use slipway_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{new_token, token_hash};
+use crate::error::ApiError;
+use crate::state::{AppEntry, RouteTable, Settings, Shared, State};
+use crate::{control, deploy, git, routes};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    pub router_listen: SocketAddr,
+    /// Apps are served at `<app>.<domain>` by the router.
+    pub domain: String,
+    /// Stop all dynos when the server stops (the default; see ARCHITECTURE.md).
+    pub stop_dynos_on_exit: bool,
+    pub admin_email: String,
+    /// SIGTERM to SIGKILL for dynos.
+    pub dyno_stop_timeout: Duration,
+    /// How long open requests get to finish at shutdown.
+    pub shutdown_timeout: Duration,
+    pub max_push_bytes: u64,
+    /// The `slipway` binary git runs as the pre-receive hook.
+    pub hook_binary: PathBuf,
+}
+
+/// What the server tells its caller once both listeners are bound and it is ready.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub api_addr: SocketAddr,
+    pub router_addr: SocketAddr,
+    pub admin_token_path: PathBuf,
+    /// Whether this start created the admin token (the first start).
+    pub admin_token_created: bool,
+}
+
+const STATE_FILE: &str = "state.db";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Written while the server runs so local CLIs can find it: `{"api_url": ..., "router_url": ...}`.
+pub const SERVER_FILE: &str = "server.json";
+
+fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
+    let domain_ok = !cfg.domain.is_empty()
+        && cfg.domain.len() <= 200
+        && cfg
+            .domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !domain_ok {
+        bail!(
+            "invalid --domain {:?}: use a DNS name such as localhost or apps.example.com",
+            cfg.domain
+        );
+    }
+    if !cfg.admin_email.contains('@') {
+        bail!(
+            "invalid admin email {:?}: it must contain @",
+            cfg.admin_email
+        );
+    }
+    if !cfg.hook_binary.is_file() {
+        bail!(
+            "the slipway binary {} (used as the git pre-receive hook) does not exist",
+            cfg.hook_binary.display()
+        );
+    }
+    if cfg.max_push_bytes == 0 {
+        bail!("max push size must be larger than 0");
+    }
+    Ok(())
+}
+
+fn prepare_data_dir(dir: &Path, hook_binary: &Path) -> anyhow::Result<()> {
+    for sub in ["", "repos", "slugs", "dynos", "hooks", "tmp"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating data directory {}", path.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting permissions of {}", dir.display()))?;
+    // Leftovers of builds interrupted by a crash.
+    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let hook = dir.join("hooks").join("pre-receive");
+    let quoted = hook_binary.display().to_string().replace('\'', "'\\''");
+    let script = format!(
+        "#!/bin/sh\n# Written by slipway at every start: runs the build for a push.\nexec '{quoted}' hook pre-receive\n"
+    );
+    let tmp = hook.with_extension("tmp");
+    std::fs::write(&tmp, script).with_context(|| format!("writing git hook {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", tmp.display()))?;
+    std::fs::rename(&tmp, &hook)
+        .with_context(|| format!("installing git hook {}", hook.display()))?;
+    Ok(())
+}
+
+/// Creates the admin user, and on the first start its token in `<data-dir>/admin.token` (0600).
+async fn ensure_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<(PathBuf, bool)> {
+    let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
+    let user = store.ensure_user(&cfg.admin_email).await?;
+    if store.token_count().await? > 0 {
+        return Ok((path, false));
+    }
+    let token = new_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    store
+        .add_token(
+            &user.id,
+            &token_hash(&token),
+            "admin token created at first start",
+        )
+        .await?;
+    Ok((path, true))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} to {addr} (is another server using it? pass another address or port 0)"))
+}
+
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+pub fn api_routes(state: Shared) -> Router {
+    let streaming = Router::new()
+        .merge(git::routes())
+        .route("/internal/push-builds", post(deploy::push_build))
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .merge(routes::routes())
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .merge(streaming)
+        .fallback(|| async {
+            ApiError::not_found(
+                "No such API endpoint. See ARCHITECTURE.md for the API slipway serves.",
+            )
+        })
+        .with_state(state)
+}
+
+/// Runs the server until `shutdown` resolves. `on_ready` is called once it serves.
+pub async fn run(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    validate(&cfg)?;
+    prepare_data_dir(&cfg.data_dir, &cfg.hook_binary)?;
+    let store = Store::open(&cfg.data_dir.join(STATE_FILE))
+        .await
+        .with_context(|| format!("opening the state database in {}", cfg.data_dir.display()))?;
+    let (admin_token_path, admin_token_created) = ensure_admin(&store, &cfg).await?;
+
+    let api_listener = bind(cfg.api_listen, "API").await?;
+    let router_listener = bind(cfg.router_listen, "router").await?;
+    let api_addr = reachable(api_listener.local_addr()?);
+    let router_addr = reachable(router_listener.local_addr()?);
+
+    let settings = Settings {
+        data_dir: cfg.data_dir.clone(),
+        api_url: format!("http://{api_addr}"),
+        api_addr,
+        router_port: router_addr.port(),
+        domain: cfg.domain.clone(),
+        build_limits: slipway_build::Limits::default(),
+        max_push_bytes: cfg.max_push_bytes,
+        hook_binary: cfg.hook_binary.clone(),
+    };
+    let logs = LogHub::new();
+    let mut runtime_cfg = RuntimeConfig::new(cfg.data_dir.join("dynos"));
+    runtime_cfg.stop_timeout = cfg.dyno_stop_timeout;
+    let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone());
+    let state: Shared = Arc::new(State::new(
+        settings,
+        store.clone(),
+        logs.clone(),
+        dynos.clone(),
+    ));
+
+    let reaped = dynos.reap_stale().await?;
+    if reaped > 0 {
+        tracing::info!(reaped, "cleaned up dynos left by the previous server");
+    }
+    for app in store.list_apps().await? {
+        state.remember_app(
+            &app.name,
+            AppEntry {
+                id: app.id.clone(),
+                maintenance: app.maintenance,
+            },
+        );
+        if let Err(e) = control::converge_app(&state, &app.id).await {
+            tracing::error!(app = %app.name, error = ?e, "could not start the app's dynos");
+        }
+    }
+
+    let server_file = cfg.data_dir.join(SERVER_FILE);
+    let info = serde_json::json!({
+        "api_url": format!("http://{api_addr}"),
+        "router_url": format!("http://{router_addr}"),
+        "domain": cfg.domain,
+        "pid": std::process::id(),
+    });
+    std::fs::write(&server_file, serde_json::to_vec_pretty(&info)?)
+        .with_context(|| format!("writing {}", server_file.display()))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let app = api_routes(state.clone());
+    let api_stop = stopped(stop_rx.clone());
+    let mut api_task = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(api_stop)
+            .await
+    });
+    let router_cfg = slipway_router::RouterConfig {
+        domain: cfg.domain.clone(),
+        shutdown_grace: cfg.shutdown_timeout,
+        ..slipway_router::RouterConfig::default()
+    };
+    let mut router_task = tokio::spawn(slipway_router::serve(
+        router_listener,
+        router_cfg,
+        Arc::new(RouteTable(state.clone())),
+        logs.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    on_ready(&Ready {
+        api_addr,
+        router_addr,
+        admin_token_path,
+        admin_token_created,
+    });
+
+    // Serve until told to stop, or until a listener fails.
+    tokio::select! {
+        _ = stopped(stop_rx.clone()) => {}
+        r = &mut api_task => { r.context("API server task")?.context("API server")?; }
+        r = &mut router_task => { r.context("router task")?.context("router")?; }
+    }
+    tracing::info!("shutting down");
+    // Open requests (and log tails) get the shutdown timeout to finish, then are cut.
+    let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
+    if tokio::time::timeout_at(deadline, &mut api_task)
+        .await
+        .is_err()
+    {
+        api_task.abort();
+    }
+    if tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut router_task)
+        .await
+        .is_err()
+    {
+        router_task.abort();
+    }
+    if cfg.stop_dynos_on_exit {
+        dynos.stop_all().await;
+    }
+    let _ = std::fs::remove_file(&server_file);
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! JSON shapes of the Platform API v3 resources slipway serves.
+
+use chrono::{SecondsFormat, TimeZone, Utc};
+use serde_json::{json, Value};
+use slipway_runtime::DynoInfo;
+use slipway_store::{App, Build, Formation, Release, Slug, User};
+
+use crate::state::Settings;
+
+pub fn time(ms: i64) -> Value {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        None => Value::Null,
+    }
+}
+
+pub fn account(user: &User) -> Value {
+    json!({
+        "id": user.id,
+        "email": user.email,
+        "name": user.email.split('@').next().unwrap_or_default(),
+        "allow_tracking": false,
+        "beta": false,
+        "verified": true,
+        "two_factor_authentication": false,
+        "created_at": time(user.created_at),
+        "updated_at": time(user.created_at),
+        "last_login": Value::Null,
+        "default_organization": Value::Null,
+        "default_team": Value::Null,
+    })
+}
+
+pub fn app(settings: &Settings, app: &App, owner: &User, slug_size: Option<i64>) -> Value {
+    json!({
+        "id": app.id,
+        "name": app.name,
+        "web_url": settings.web_url(&app.name),
+        "git_url": settings.git_url(&app.name),
+        "maintenance": app.maintenance,
+        "owner": { "id": owner.id, "email": owner.email },
+        "region": { "id": "00000000-0000-0000-0000-000000000001", "name": "local" },
+        "stack": { "id": "00000000-0000-0000-0000-000000000024", "name": "slipway-24" },
+        "build_stack": { "id": "00000000-0000-0000-0000-000000000024", "name": "slipway-24" },
+        "generation": { "id": "00000000-0000-0000-0000-000000000001", "name": "cedar" },
+        "create_status": "complete",
+        "created_at": time(app.created_at),
+        "updated_at": time(app.updated_at),
+        "released_at": app.released_at.map(time).unwrap_or(Value::Null),
+        "slug_size": slug_size,
+        "repo_size": Value::Null,
+        "buildpack_provided_description": Value::Null,
+        "archived_at": Value::Null,
+        "acm": false,
+        "internal_routing": Value::Null,
+        "organization": Value::Null,
+        "team": Value::Null,
+        "space": Value::Null,
+    })
+}
+
+pub fn release(app: &App, release: &Release, user: &User, current: bool) -> Value {
+    json!({
+        "id": release.id,
+        "version": release.version,
+        "description": release.description,
+        "status": release.status,
+        "current": current,
+        "created_at": time(release.created_at),
+        "updated_at": time(release.updated_at),
+        "slug": release.slug_id.as_ref().map(|id| json!({ "id": id })),
+        "user": { "id": user.id, "email": user.email },
+        "app": { "id": app.id, "name": app.name },
+        "addon_plan_names": [],
+        "artifacts": [],
+        "output_stream_url": Value::Null,
+    })
+}
+
+pub fn formation(app: &App, f: &Formation) -> Value {
+    json!({
+        "id": f.id,
+        "type": f.process_type,
+        "quantity": f.quantity,
+        "size": f.size,
+        "command": f.command,
+        "created_at": time(f.created_at),
+        "updated_at": time(f.updated_at),
+        "app": { "id": app.id, "name": app.name },
+    })
+}
+
+pub fn dyno(app: &App, d: &DynoInfo, release_id: Option<&str>) -> Value {
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "type": d.process_type,
+        "command": d.command,
+        "state": d.state.as_str(),
+        "size": "standard-1X",
+        "attach_url": Value::Null,
+        "created_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "updated_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "release": { "id": release_id, "version": d.release_version },
+        "app": { "id": app.id, "name": app.name },
+    })
+}
+
+pub fn build(app: &App, b: &Build, user: &User, slug: Option<&Slug>) -> Value {
+    json!({
+        "id": b.id,
+        "status": b.status.as_str(),
+        "created_at": time(b.created_at),
+        "updated_at": time(b.updated_at),
+        "app": { "id": app.id, "name": app.name },
+        "user": { "id": user.id, "email": user.email },
+        "slug": b.slug_id.as_ref().map(|id| json!({ "id": id })),
+        "release": b.release_id.as_ref().map(|id| json!({ "id": id })),
+        "source_blob": {
+            "checksum": slug.map(|s| s.checksum.clone()),
+            "url": Value::Null,
+            "version": b.commit_sha,
+            "version_description": Value::Null,
+        },
+        "buildpacks": [],
+        "stack": "slipway-24",
+        "output_stream_url": Value::Null,
+    })
+}

@@ -1,0 +1,182 @@
+//! Command-line definitions. Command names follow the Heroku CLI (`apps:create`, `ps:scale`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "slipway",
+    version,
+    about = "A self-hosted platform as a service: git push, and it runs."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// API to talk to [default: the local server's, from <data-dir>/server.json]
+    #[arg(long, global = true, env = "SLIPWAY_API_URL")]
+    pub api_url: Option<String>,
+    /// API token [default: <data-dir>/admin.token when readable]
+    #[arg(long, global = true, env = "SLIPWAY_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The local server's data directory, used to find its API and token
+    #[arg(long, global = true, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AppArg {
+    /// App to act on [default: from the `slipway` git remote]
+    #[arg(short, long, env = "SLIPWAY_APP")]
+    pub app: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the platform: API, git endpoint, router and dynos
+    Server(ServerArgs),
+    /// List apps
+    Apps,
+    /// Create an app
+    #[command(name = "apps:create")]
+    AppsCreate {
+        /// App name: 3-30 lowercase letters, digits and dashes [default: generated]
+        name: Option<String>,
+    },
+    /// Show an app
+    #[command(name = "apps:info")]
+    AppsInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// App name (same as --app)
+        name: Option<String>,
+    },
+    /// Destroy an app, its dynos, releases and repository
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        #[command(flatten)]
+        app: AppArg,
+        /// Repeat the app's name to confirm
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Add a git remote for an app, with this CLI as its credential helper
+    #[command(name = "git:remote")]
+    GitRemote {
+        #[command(flatten)]
+        app: AppArg,
+        /// Name of the remote
+        #[arg(short, long, default_value = "slipway")]
+        remote: String,
+    },
+    /// git credential helper: answers git with the API token (set up by git:remote)
+    #[command(name = "git:credential", hide = true)]
+    GitCredential {
+        /// get, store or erase
+        operation: String,
+    },
+    /// List an app's releases, newest first
+    Releases {
+        #[command(flatten)]
+        app: AppArg,
+        /// How many releases to show
+        #[arg(short, long, default_value_t = 15)]
+        num: usize,
+    },
+    /// List an app's dynos
+    Ps {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Scale process types: web=2 worker+1
+    #[command(name = "ps:scale")]
+    PsScale {
+        #[command(flatten)]
+        app: AppArg,
+        /// TYPE=N, TYPE+N or TYPE-N
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// List an app's builds
+    Builds {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Turn maintenance mode on (the router answers H80)
+    #[command(name = "maintenance:on")]
+    MaintenanceOn {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Turn maintenance mode off
+    #[command(name = "maintenance:off")]
+    MaintenanceOff {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Show an app's logs
+    Logs {
+        #[command(flatten)]
+        app: AppArg,
+        /// Lines of history (at most 1500)
+        #[arg(short, long, default_value_t = 100)]
+        num: usize,
+        /// Keep streaming new lines
+        #[arg(short, long)]
+        tail: bool,
+        /// Only this dyno (web.1) or process type (web), or router
+        #[arg(short, long, alias = "ps")]
+        dyno: Option<String>,
+        /// Only app or heroku lines
+        #[arg(short, long)]
+        source: Option<String>,
+    },
+    /// Internal: run by git inside the server
+    #[command(subcommand, hide = true)]
+    Hook(HookCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HookCommand {
+    /// git's pre-receive hook: builds the pushed commit
+    #[command(name = "pre-receive")]
+    PreReceive,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// TOML file with any of the settings below (flags and environment win over it)
+    #[arg(long, env = "SLIPWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where state, repositories, slugs and dynos live [default: ~/.local/share/slipway]
+    #[arg(long, env = "SLIPWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// API and git address [default: 127.0.0.1:7070]; port 0 picks a free port
+    #[arg(long, env = "SLIPWAY_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// Router address [default: 127.0.0.1:7080]; port 0 picks a free port
+    #[arg(long, env = "SLIPWAY_ROUTER_LISTEN")]
+    pub router_listen: Option<SocketAddr>,
+    /// Apps are served at <app>.<domain> [default: localhost]
+    #[arg(long, env = "SLIPWAY_DOMAIN")]
+    pub domain: Option<String>,
+    /// Stop all dynos when the server stops [default: true]
+    #[arg(long, env = "SLIPWAY_STOP_DYNOS_ON_EXIT")]
+    pub stop_dynos_on_exit: Option<bool>,
+    /// Email of the admin user created at first start [default: admin@localhost]
+    #[arg(long, env = "SLIPWAY_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a dyno [default: 30]
+    #[arg(long, env = "SLIPWAY_DYNO_STOP_TIMEOUT")]
+    pub dyno_stop_timeout: Option<u64>,
+    /// Seconds open requests get to finish at shutdown [default: 10]
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+}

@@ -1,0 +1,40 @@
+//! `slipway`: the platform (`slipway server`) and its command-line client in one binary.
+
+mod cli;
+mod client;
+mod commands;
+mod hook;
+mod server_cmd;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Server(args) => server_cmd::run(args).await.map(|_| 0),
+            cli::Command::Hook(cli::HookCommand::PreReceive) => hook::pre_receive().await,
+            other => commands::run(cli.global, other).await.map(|_| 0),
+        }
+    });
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if let Some(hint) = client::hint_for(&e) {
+                eprintln!("hint: {hint}");
+            }
+            std::process::exit(1);
+        }
+    }
+}
