@@ -280,23 +280,33 @@ pub async fn run(
     });
 
     // Serve until told to stop, or until a listener fails.
-    tokio::select! {
-        _ = stopped(stop_rx.clone()) => {}
-        r = &mut api_task => { r.context("API server task")?.context("API server")?; }
-        r = &mut router_task => { r.context("router task")?.context("router")?; }
-    }
+    let (mut api_done, mut router_done) = (false, false);
+    let failure: Option<anyhow::Error> = tokio::select! {
+        biased;
+        _ = stopped(stop_rx.clone()) => None,
+        r = &mut api_task => {
+            api_done = true;
+            r.context("API server task").and_then(|r| r.context("API server")).err()
+        }
+        r = &mut router_task => {
+            router_done = true;
+            r.context("router task").and_then(|r| r.context("router")).err()
+        }
+    };
     tracing::info!("shutting down");
     // Open requests (and log tails) get the shutdown timeout to finish, then are cut.
     let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
-    if tokio::time::timeout_at(deadline, &mut api_task)
-        .await
-        .is_err()
+    if !api_done
+        && tokio::time::timeout_at(deadline, &mut api_task)
+            .await
+            .is_err()
     {
         api_task.abort();
     }
-    if tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut router_task)
-        .await
-        .is_err()
+    if !router_done
+        && tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut router_task)
+            .await
+            .is_err()
     {
         router_task.abort();
     }
@@ -305,5 +315,8 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&server_file);
     store.close().await;
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

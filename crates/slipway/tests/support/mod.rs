@@ -1,0 +1,356 @@
+//! Test support: a real `slipway server` on port 0 in a temporary directory, the real CLI,
+//! real git, and a minimal HTTP/1.0 client (so the tests check bytes on the wire).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
+
+pub struct Server {
+    pub root: tempfile::TempDir,
+    pub data: PathBuf,
+    pub home: PathBuf,
+    pub api_port: u16,
+    pub router_port: u16,
+    pub stdout_lines: Vec<String>,
+    child: Option<Child>,
+}
+
+/// Waits for `check` to return Some, polling every 50 ms, up to `secs`.
+pub fn wait_for<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn port_in(line: &str) -> Option<u16> {
+    let rest = line.split("http://127.0.0.1:").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let mut server = Server {
+            root,
+            data,
+            home,
+            api_port: 0,
+            router_port: 0,
+            stdout_lines: Vec::new(),
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts (or restarts) the server process on the same data directory.
+    pub fn launch(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["server", "--data-dir"])
+            .arg(&self.data)
+            .args([
+                "--api-listen",
+                "127.0.0.1:0",
+                "--router-listen",
+                "127.0.0.1:0",
+                "--dyno-stop-timeout",
+                "5",
+                "--shutdown-timeout",
+                "5",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        isolate(&mut cmd, &self.home);
+        let mut child = cmd.spawn().expect("start slipway server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server did not get ready; it printed {lines:?}"));
+            let done = line == "ready";
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        self.api_port = lines
+            .iter()
+            .find(|l| l.contains("API listening"))
+            .and_then(|l| port_in(l))
+            .expect("API port printed");
+        self.router_port = lines
+            .iter()
+            .find(|l| l.contains("router listening"))
+            .and_then(|l| port_in(l))
+            .expect("router port printed");
+        self.stdout_lines = lines;
+        self.child = Some(child);
+        let port = self.api_port;
+        wait_for(30, "GET /health", || {
+            (http(port, "GET", "/health", &[], None).0 == 200).then_some(())
+        });
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        wait_for(30, "the server to exit after SIGTERM", || {
+            child.try_wait().expect("wait")
+        })
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// Runs the real CLI in `dir`, finding the server through its data directory.
+    pub fn cli(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        isolate(&mut cmd, &self.home);
+        cmd.args(args)
+            .current_dir(dir)
+            .env("SLIPWAY_DATA_DIR", &self.data)
+            .stdin(Stdio::null());
+        cmd.output().expect("run slipway")
+    }
+
+    pub fn cli_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.cli(dir, args);
+        assert!(
+            out.status.success(),
+            "slipway {args:?} failed:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("git");
+        cmd.args(args).current_dir(dir).stdin(Stdio::null());
+        isolate(&mut cmd, &self.home);
+        cmd.output().expect("run git")
+    }
+
+    pub fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git(dir, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A git repository holding the sample app (examples/hello), committed on main.
+    pub fn sample_repo(&self, name: &str) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("repo dir");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+        for file in ["Procfile", "server.py"] {
+            std::fs::copy(example.join(file), dir.join(file)).expect("copy sample app");
+        }
+        self.git_ok(&dir, &["init", "-q", "-b", "main"]);
+        self.commit_all(&dir, "initial");
+        dir
+    }
+
+    pub fn commit_all(&self, dir: &Path, message: &str) {
+        self.git_ok(dir, &["add", "-A"]);
+        self.git_ok(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    }
+
+    pub fn app_get(&self, app: &str, path: &str) -> (u16, String) {
+        let (status, _, body) = http(
+            self.router_port,
+            "GET",
+            path,
+            &[("Host", &format!("{app}.localhost"))],
+            None,
+        );
+        (status, body)
+    }
+
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let auth = format!("Bearer {}", self.token());
+        http(
+            self.api_port,
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Accept", "application/vnd.heroku+json; version=3"),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+    }
+
+    /// Processes whose working directory is inside the data directory (the dynos).
+    pub fn dyno_processes(&self) -> Vec<u32> {
+        let dynos = self.data.join("dynos");
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+                if cwd.starts_with(&dynos) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Keeps the user's git and slipway settings out of the test.
+fn isolate(cmd: &mut Command, home: &Path) {
+    for var in [
+        "SLIPWAY_API_URL",
+        "SLIPWAY_API_TOKEN",
+        "SLIPWAY_DATA_DIR",
+        "SLIPWAY_APP",
+        "SLIPWAY_CONFIG",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com");
+}
+
+/// One HTTP/1.0 request; returns status, headers (lowercased names) and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, Vec::new(), String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if stream.write_all(req.as_bytes()).is_err() {
+        return (0, Vec::new(), String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (0, Vec::new(), text);
+    };
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

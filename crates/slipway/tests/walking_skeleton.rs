@@ -1,0 +1,237 @@
+//! The walking skeleton, as a user drives it: start the server, create an app, `git push`,
+//! reach it through the router, read its logs, push again, stop the server.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::{header, http, text, wait_for, Server};
+
+#[test]
+fn push_build_release_route_log_and_redeploy() {
+    let mut server = Server::start();
+    let root = server.root.path().to_path_buf();
+
+    // 1. First start: an admin token, 0600, and a health check without credentials.
+    assert!(
+        server
+            .stdout_lines
+            .iter()
+            .any(|l| l.contains("created the admin API token")),
+        "{:?}",
+        server.stdout_lines
+    );
+    let mode = std::fs::metadata(server.data.join("admin.token"))
+        .expect("admin.token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (status, _, body) = http(server.api_port, "GET", "/health", &[], None);
+    assert_eq!((status, body.contains("ok")), (200, true));
+
+    // 2. Apps.
+    let created = server.cli_ok(&root, &["apps:create", "hello"]);
+    assert!(
+        created.contains(&format!("http://hello.localhost:{}/", server.router_port)),
+        "{created}"
+    );
+    assert!(server
+        .cli_ok(&root, &["apps"])
+        .lines()
+        .any(|l| l == "hello"));
+    let info = server.cli_ok(&root, &["apps:info", "-a", "hello"]);
+    assert!(
+        info.contains("=== hello") && info.contains(&format!("{}/hello.git", server.api_port)),
+        "{info}"
+    );
+
+    // Before any deploy the router answers H14.
+    let (status, _) = server.app_get("hello", "/");
+    assert_eq!(status, 503);
+
+    // 3-5. git push builds, releases v1 and starts web.1.
+    let repo = server.sample_repo("hello-src");
+    let remote = server.cli_ok(&repo, &["git:remote", "-a", "hello"]);
+    assert!(remote.contains("set git remote slipway"), "{remote}");
+    let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
+    assert!(pushed.contains("remote: -----> Building hello"), "{pushed}");
+    assert!(
+        pushed.contains("remote: -----> Procfile declares types -> web"),
+        "{pushed}"
+    );
+    assert!(pushed.contains("remote:        Released v1"), "{pushed}");
+    let sha = server.git_ok(&repo, &["log", "-1", "--format=%h"]);
+    let sha_out = server.git(&repo, &["log", "-1", "--format=%H"]);
+    let full_sha = String::from_utf8_lossy(&sha_out.stdout).trim().to_string();
+    let _ = sha;
+    let short = &full_sha[..7];
+
+    // The slug: a tarball under the data directory whose SHA-256 the build reports.
+    let (status, _, builds) = server.api("GET", "/apps/hello/builds", None);
+    assert_eq!(status, 200, "{builds}");
+    let builds: serde_json::Value = serde_json::from_str(&builds).expect("builds JSON");
+    assert_eq!(builds[0]["status"], "succeeded");
+    assert_eq!(builds[0]["source_blob"]["version"], full_sha.as_str());
+    let checksum = builds[0]["source_blob"]["checksum"]
+        .as_str()
+        .expect("checksum")
+        .to_string();
+    let slugs: Vec<_> = walk(&server.data.join("slugs"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .collect();
+    assert_eq!(slugs.len(), 1, "{slugs:?}");
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&slugs[0])
+        .output()
+        .expect("sha256sum");
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        checksum,
+        format!(
+            "SHA256:{}",
+            sum.split_whitespace().next().unwrap_or_default()
+        )
+    );
+
+    let releases = server.cli_ok(&root, &["releases", "-a", "hello"]);
+    assert!(
+        releases.contains("=== hello Releases - Current: v1"),
+        "{releases}"
+    );
+    assert!(
+        releases.contains(&format!("v1    Deploy {short}  admin@localhost")),
+        "{releases}"
+    );
+
+    // 6. Through the router, by Host header.
+    let body = wait_for(60, "the app to answer through the router", || {
+        let (status, body) = server.app_get("hello", "/");
+        (status == 200).then_some(body)
+    });
+    assert!(
+        body.starts_with("Hello from slipway (dyno web.1)"),
+        "{body}"
+    );
+    let ps = server.cli_ok(&repo, &["ps"]);
+    assert!(
+        ps.contains("=== web (standard-1X): python3 server.py (1)") && ps.contains("web.1: up"),
+        "{ps}"
+    );
+
+    // 7. Logs: build, release, dyno state, app output, router line.
+    let logs = wait_for(20, "the router line in the logs", || {
+        let logs = server.cli_ok(&repo, &["logs", "-a", "hello"]);
+        logs.contains("heroku[router]: at=info method=GET path=\"/\" host=hello.localhost")
+            .then_some(logs)
+    });
+    for expected in [
+        "app[api]: Build started by user admin@localhost",
+        "app[api]: Release v1 created by user admin@localhost",
+        &format!("app[api]: Deploy {short} by user admin@localhost"),
+        "heroku[web.1]: Starting process with command `python3 server.py`",
+        "heroku[web.1]: State changed from starting to up",
+        "app[web.1]: listening on port",
+        "app[web.1]: GET / -> 200",
+        "dyno=web.1 connect=",
+        "status=200 bytes=",
+    ] {
+        assert!(logs.contains(expected), "logs lack {expected:?}:\n{logs}");
+    }
+    let first = logs.lines().next().unwrap_or_default();
+    let stamp = first.split_whitespace().next().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with("+00:00"),
+        "{first}"
+    );
+    let router_only = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "5"]);
+    assert!(
+        router_only.lines().all(|l| l.contains("heroku[router]")),
+        "{router_only}"
+    );
+
+    // 8. A second push deploys v2 and replaces the dyno.
+    let source = std::fs::read_to_string(repo.join("server.py")).expect("read");
+    std::fs::write(
+        repo.join("server.py"),
+        source.replace("Hello from slipway", "Hello again"),
+    )
+    .expect("write");
+    server.commit_all(&repo, "second");
+    let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
+    assert!(pushed.contains("Released v2"), "{pushed}");
+    wait_for(60, "v2 to serve", || {
+        let (status, body) = server.app_get("hello", "/");
+        (status == 200 && body.starts_with("Hello again")).then_some(())
+    });
+    let releases = server.cli_ok(&root, &["releases", "-a", "hello"]);
+    assert!(
+        releases.contains("Current: v2") && releases.contains("v2 ") && releases.contains("v1 "),
+        "{releases}"
+    );
+    wait_for(30, "the v1 dyno to stop", || {
+        let logs = server.cli_ok(&repo, &["logs", "-n", "300"]);
+        logs.contains("heroku[web.1]: Stopping all processes with SIGTERM")
+            .then_some(())
+    });
+    let (_, _, dynos) = server.api("GET", "/apps/hello/dynos", None);
+    let dynos: serde_json::Value = serde_json::from_str(&dynos).expect("dynos JSON");
+    wait_for(30, "only the v2 dyno to remain", || {
+        let (_, _, d) = server.api("GET", "/apps/hello/dynos", None);
+        let d: serde_json::Value = serde_json::from_str(&d).ok()?;
+        (d.as_array()?.len() == 1 && d[0]["release"]["version"] == 2).then_some(())
+    });
+    let _ = dynos;
+
+    // Scaling web to 0 stops the dyno (H14), back to 1 serves again.
+    let scaled = server.cli(&repo, &["ps:scale", "web=0"]);
+    assert!(scaled.status.success(), "{}", text(&scaled));
+    wait_for(30, "H14 after scaling to 0", || {
+        (server.app_get("hello", "/").0 == 503).then_some(())
+    });
+    server.cli_ok(&repo, &["ps:scale", "web=1"]);
+    wait_for(60, "the app to serve after scaling up", || {
+        (server.app_get("hello", "/").0 == 200).then_some(())
+    });
+
+    // Graceful shutdown: SIGTERM stops API, router and (by default) dynos.
+    assert!(!server.dyno_processes().is_empty());
+    let status = server.terminate();
+    assert!(status.success(), "server exit status {status}");
+    assert!(
+        server.dyno_processes().is_empty(),
+        "dynos left running: {:?}",
+        server.dyno_processes()
+    );
+    assert!(!server.data.join("server.json").exists());
+
+    // A restart brings the app back from the store, on the same token.
+    let token = server.token();
+    server.launch();
+    assert!(!server
+        .stdout_lines
+        .iter()
+        .any(|l| l.contains("created the admin API token")));
+    assert_eq!(server.token(), token);
+    let body = wait_for(60, "the app after a restart", || {
+        let (status, body) = server.app_get("hello", "/");
+        (status == 200).then_some(body)
+    });
+    assert!(body.starts_with("Hello again"), "{body}");
+    let (status, headers, _) = server.api("GET", "/apps/hello/releases", None);
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").is_some_and(|c| c.starts_with("application/json")));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
