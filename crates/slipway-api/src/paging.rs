@@ -135,7 +135,7 @@ pub fn paginate<T>(
         },
     };
     let field = range.field.as_str();
-    items.sort_by(|a, b| keys(a, field).cmp(&keys(b, field)));
+    items.sort_by_key(|a| keys(a, field));
     if range.descending {
         items.reverse();
     }

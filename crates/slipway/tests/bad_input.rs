@@ -1,0 +1,271 @@
+//! Bad input gets a clear error (HTTP status + message, non-zero CLI exit) and changes nothing.
+
+mod support;
+
+use support::{header, http, text, wait_for, Server};
+
+#[test]
+fn names_tokens_and_unknown_apps_are_refused_clearly() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+
+    // Invalid names.
+    for (bad, reason) in [
+        ("Bad_Name", "must start with a lowercase letter"),
+        ("ab", "too short"),
+        ("1app", "must start"),
+    ] {
+        let out = server.cli(&root, &["apps:create", bad]);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(text(&out).contains(reason), "{bad}: {}", text(&out));
+    }
+    let (status, _, body) = server.api("POST", "/apps", Some(r#"{"name":"UPPER"}"#));
+    assert_eq!(status, 422, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+    assert_eq!(json["id"], "invalid_params");
+    assert!(json["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("UPPER")));
+    let (status, _, body) = server.api("POST", "/apps", Some("{not json"));
+    assert!((400..500).contains(&status), "{status} {body}");
+
+    // Duplicates.
+    server.cli_ok(&root, &["apps:create", "dup"]);
+    let out = server.cli(&root, &["apps:create", "dup"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("Name dup is already taken"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        server
+            .cli_ok(&root, &["apps"])
+            .lines()
+            .filter(|l| *l == "dup")
+            .count(),
+        1
+    );
+
+    // A generated name when none is given.
+    let out = server.cli_ok(&root, &["apps:create"]);
+    assert!(out.contains(".localhost:"), "{out}");
+
+    // Wrong or missing tokens.
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.args([
+        "apps",
+        "--api-url",
+        &format!("http://127.0.0.1:{}", server.api_port),
+        "--token",
+        "wrong",
+    ]);
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("Invalid credentials"), "{}", text(&out));
+    let (status, headers, body) = http(server.api_port, "GET", "/apps", &[], None);
+    assert_eq!(status, 401);
+    assert!(body.contains("\"id\":\"unauthorized\""), "{body}");
+    assert!(header(&headers, "www-authenticate").is_some());
+    let (status, _, _) = http(
+        server.api_port,
+        "GET",
+        "/account",
+        &[("Authorization", "Bearer nope")],
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _, body) = server.api("GET", "/account", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("admin@localhost"), "{body}");
+
+    // Unknown apps, in the API, the CLI and git.
+    let (status, _, body) = server.api("GET", "/apps/nope", None);
+    assert_eq!(status, 404);
+    assert!(body.contains("\"id\":\"not_found\""), "{body}");
+    let out = server.cli(&root, &["releases", "-a", "nope"]);
+    assert!(
+        !out.status.success() && text(&out).contains("Couldn't find that app"),
+        "{}",
+        text(&out)
+    );
+    let repo = server.sample_repo("src");
+    let url = format!(
+        "http://git:{}@127.0.0.1:{}/nope.git",
+        server.token(),
+        server.api_port
+    );
+    let out = server.git(&repo, &["push", &url, "main"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("No such app: nope"), "{}", text(&out));
+
+    // A push with a wrong password is refused and leaves the repository untouched.
+    server.cli_ok(&root, &["apps:create", "guarded"]);
+    let url = format!("http://git:wrong@127.0.0.1:{}/guarded.git", server.api_port);
+    let out = server.git(&repo, &["push", &url, "main"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let good = format!(
+        "http://git:{}@127.0.0.1:{}/guarded.git",
+        server.token(),
+        server.api_port
+    );
+    let refs = server.git(&repo, &["ls-remote", &good]);
+    assert!(
+        refs.status.success() && refs.stdout.is_empty(),
+        "{}",
+        text(&refs)
+    );
+
+    // Destroy needs confirmation.
+    let out = server.cli(&root, &["apps:destroy", "-a", "dup"]);
+    assert!(
+        !out.status.success() && text(&out).contains("--confirm dup"),
+        "{}",
+        text(&out)
+    );
+    let out = server.cli(&root, &["apps:destroy", "-a", "dup", "--confirm", "other"]);
+    assert!(!out.status.success());
+    server.cli_ok(&root, &["apps:destroy", "-a", "dup", "--confirm", "dup"]);
+    assert!(!server.cli_ok(&root, &["apps"]).lines().any(|l| l == "dup"));
+
+    // Scaling a process type that does not exist.
+    let out = server.cli(&root, &["ps:scale", "-a", "guarded", "web=2"]);
+    assert!(
+        !out.status.success() && text(&out).contains("Couldn't find that process type"),
+        "{}",
+        text(&out)
+    );
+    let out = server.cli(&root, &["ps:scale", "-a", "guarded", "web=lots"]);
+    assert!(
+        !out.status.success() && text(&out).contains("invalid scale argument"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn broken_procfiles_reject_the_push_and_keep_the_previous_release() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    server.cli_ok(&root, &["apps:create", "careful"]);
+    let repo = server.sample_repo("careful-src");
+    server.cli_ok(&repo, &["git:remote", "-a", "careful"]);
+
+    // No Procfile: rejected, no release, no ref.
+    std::fs::remove_file(repo.join("Procfile")).expect("rm");
+    server.commit_all(&repo, "no procfile");
+    let out = server.git(&repo, &["push", "slipway", "main"]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("no Procfile found at the root of the pushed source"),
+        "{said}"
+    );
+    assert!(said.contains("pre-receive hook declined"), "{said}");
+    let releases = server.cli_ok(&root, &["releases", "-a", "careful"]);
+    assert!(
+        releases.contains("Current: none") && releases.contains("no releases yet"),
+        "{releases}"
+    );
+    let refs = server.git(&repo, &["ls-remote", "slipway"]);
+    assert!(
+        refs.stdout.is_empty(),
+        "a rejected push must not move the branch"
+    );
+
+    // A good push, then a malformed Procfile: v1 keeps serving.
+    std::fs::write(repo.join("Procfile"), "web: python3 server.py\n").expect("write");
+    server.commit_all(&repo, "good");
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(60, "v1 to serve", || {
+        (server.app_get("careful", "/").0 == 200).then_some(())
+    });
+    let good_head = String::from_utf8_lossy(&server.git(&repo, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_string();
+
+    for (procfile, complaint) in [
+        (
+            "web python3 server.py\n",
+            "Procfile line 1: expected `type: command`",
+        ),
+        ("web: a\nweb: b\n", "declared twice"),
+        ("# only comments\n", "declares no process types"),
+    ] {
+        std::fs::write(repo.join("Procfile"), procfile).expect("write");
+        server.commit_all(&repo, "broken");
+        let out = server.git(&repo, &["push", "slipway", "main"]);
+        assert!(!out.status.success(), "{procfile:?} was accepted");
+        assert!(
+            text(&out).contains(complaint),
+            "{procfile:?}: {}",
+            text(&out)
+        );
+    }
+    let refs =
+        String::from_utf8_lossy(&server.git(&repo, &["ls-remote", "slipway", "main"]).stdout)
+            .into_owned();
+    assert!(refs.starts_with(&good_head), "remote main moved: {refs}");
+    let releases = server.cli_ok(&root, &["releases", "-a", "careful"]);
+    assert!(
+        releases.contains("Current: v1") && !releases.contains("v2"),
+        "{releases}"
+    );
+    let (status, body) = server.app_get("careful", "/");
+    assert_eq!(status, 200, "{body}");
+    let (_, _, builds) = server.api("GET", "/apps/careful/builds", None);
+    let builds: serde_json::Value = serde_json::from_str(&builds).expect("JSON");
+    let statuses: Vec<&str> = builds
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|b| b["status"].as_str())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["failed", "succeeded", "failed", "failed", "failed"]
+    );
+
+    // Pushing another branch does not deploy.
+    server.git_ok(&repo, &["checkout", "-q", "-b", "feature"]);
+    let said = server.git_ok(&repo, &["push", "slipway", "feature"]);
+    assert!(said.contains("not deployed"), "{said}");
+    assert!(server
+        .cli_ok(&root, &["releases", "-a", "careful"])
+        .contains("Current: v1"));
+}
+
+#[test]
+fn lists_page_with_range_headers() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    for name in ["app-a", "app-b", "app-c"] {
+        server.cli_ok(&root, &["apps:create", name]);
+    }
+    let auth = format!("Bearer {}", server.token());
+    let get = |range: &str| {
+        http(
+            server.api_port,
+            "GET",
+            "/apps",
+            &[("Authorization", &auth), ("Range", range)],
+            None,
+        )
+    };
+    let (status, headers, body) = get("name ..; max=2");
+    assert_eq!(status, 206, "{body}");
+    let names: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(names.as_array().map(Vec::len), Some(2));
+    let next = header(&headers, "next-range")
+        .expect("Next-Range")
+        .to_string();
+    let (status, headers, body) = get(&next);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("app-c") && !body.contains("app-a"), "{body}");
+    assert!(
+        header(&headers, "next-range").is_none(),
+        "the last page has no Next-Range"
+    );
+    let (status, _, body) = get("colour ..");
+    assert_eq!(status, 400, "{body}");
+}
