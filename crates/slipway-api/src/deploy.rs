@@ -137,15 +137,6 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
                     &out.transcript,
                 )
                 .await;
-            state.logs.write(
-                &app.id,
-                Source::App,
-                "api",
-                &format!(
-                    "Build succeeded, {} by user {}",
-                    release.description, user.email
-                ),
-            );
             out.line(&format!("{RESULT_PREFIX}ok")).await;
         }
         Err(message) => {
@@ -262,6 +253,12 @@ async fn build_and_release(
         })
         .await
         .map_err(discard)?;
+    state.logs.write(
+        &app.id,
+        Source::App,
+        "api",
+        &format!("Build succeeded by user {}", user.email),
+    );
     out.line("-----> Launching...").await;
     let description = format!("Deploy {short}");
     let release = state
@@ -273,16 +270,16 @@ async fn build_and_release(
         &app.id,
         Source::App,
         "api",
-        &format!(
-            "Release v{} created by user {}",
-            release.version, user.email
-        ),
+        &format!("{description} by user {}", user.email),
     );
     state.logs.write(
         &app.id,
         Source::App,
         "api",
-        &format!("{description} by user {}", user.email),
+        &format!(
+            "Release v{} created by user {}",
+            release.version, user.email
+        ),
     );
     if let Err(e) = converge_app(state, &app.id).await {
         tracing::error!(error = ?e, "could not start dynos for the new release");

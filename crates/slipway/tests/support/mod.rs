@@ -139,6 +139,13 @@ impl Server {
         })
     }
 
+    /// Kills the server with SIGKILL, as a crash or the OOM killer would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data.join("admin.token"))
             .expect("admin.token")
