@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -20,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::{new_token, Auth};
 use crate::control::{self, find_app};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::paging::{paginate, Key, Page};
 use crate::state::{AppEntry, LogSessionGrant, Shared, LOG_SESSION_TTL};
 use crate::views;
@@ -127,9 +128,9 @@ struct CreateApp {
 async fn create_app(
     State(state): State<Shared>,
     Auth(user): Auth,
-    body: Option<Json<CreateApp>>,
+    body: Option<ApiJson<CreateApp>>,
 ) -> ApiResult<Response> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body.map(|ApiJson(b)| b).unwrap_or_default();
     let app = control::create_app(&state, &user, body.name.as_deref()).await?;
     let mut users = Users::new(&state);
     let view = render_app(&state, &app, &mut users).await?;
@@ -156,7 +157,7 @@ async fn update_app(
     State(state): State<Shared>,
     _auth: Auth,
     Path(app): Path<String>,
-    Json(body): Json<UpdateApp>,
+    ApiJson(body): ApiJson<UpdateApp>,
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&state, &app).await?;
     let app = match body.maintenance {
@@ -320,7 +321,7 @@ async fn batch_scale(
     State(state): State<Shared>,
     Auth(user): Auth,
     Path(app): Path<String>,
-    Json(body): Json<BatchScale>,
+    ApiJson(body): ApiJson<BatchScale>,
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&state, &app).await?;
     let lock = state.deploy_lock(&app.id);
@@ -490,10 +491,11 @@ async fn create_log_session(
     State(state): State<Shared>,
     _auth: Auth,
     Path(app): Path<String>,
-    body: Option<Json<LogSessionRequest>>,
+    headers: HeaderMap,
+    body: Option<ApiJson<LogSessionRequest>>,
 ) -> ApiResult<Response> {
     let app = find_app(&state, &app).await?;
-    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let req = body.map(|ApiJson(b)| b).unwrap_or_default();
     let lines = req.lines.unwrap_or(DEFAULT_LOG_LINES);
     if lines > slipway_logs::HISTORY_LINES {
         return Err(ApiError::invalid(format!(
@@ -525,11 +527,27 @@ async fn create_log_session(
     );
     let body = json!({
         "id": uuid::Uuid::new_v4().to_string(),
-        "logplex_url": format!("{}/log-sessions/{secret}", state.settings.api_url),
+        "logplex_url": format!("{}/log-sessions/{secret}", public_base(&state, &headers)),
         "created_at": views::time(now.timestamp_millis()),
         "updated_at": views::time(now.timestamp_millis()),
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The API's base URL as this client reached it (its Host header), so a log session URL works
+/// from wherever the client is; the bound address otherwise.
+fn public_base(state: &Shared, headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|h| format!("http://{h}"))
+        .unwrap_or_else(|| state.settings.api_url.clone())
 }
 
 fn sse_event(line: &LogLine) -> Bytes {

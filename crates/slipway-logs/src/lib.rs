@@ -91,6 +91,20 @@ impl Stream {
             live: broadcast::channel(LIVE_BUFFER).0,
         }
     }
+
+    /// The last `lines` lines matching `filter`, oldest first.
+    fn recent(&self, filter: &Filter, lines: usize) -> Vec<LogLine> {
+        let mut out: Vec<LogLine> = self
+            .history
+            .iter()
+            .rev()
+            .filter(|l| filter.matches(l))
+            .take(lines)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
 }
 
 /// All apps' log streams. Cheap to clone.
@@ -129,20 +143,10 @@ impl LogHub {
 
     /// The last `lines` lines that match `filter`, oldest first.
     pub fn history(&self, app_id: &str, filter: &Filter, lines: usize) -> Vec<LogLine> {
-        let streams = self.lock();
-        let Some(stream) = streams.get(app_id) else {
-            return Vec::new();
-        };
-        let mut out: Vec<LogLine> = stream
-            .history
-            .iter()
-            .rev()
-            .filter(|l| filter.matches(l))
-            .take(lines)
-            .cloned()
-            .collect();
-        out.reverse();
-        out
+        match self.lock().get(app_id) {
+            Some(stream) => stream.recent(filter, lines),
+            None => Vec::new(),
+        }
     }
 
     /// History and a live subscription taken atomically, so no line falls between them.
@@ -157,8 +161,7 @@ impl LogHub {
             .entry(app_id.to_string())
             .or_insert_with(Stream::new);
         let rx = stream.live.subscribe();
-        drop(streams);
-        let history = self.history(app_id, &filter, lines);
+        let history = stream.recent(&filter, lines);
         (history, Subscription { rx, filter })
     }
 

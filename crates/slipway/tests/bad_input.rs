@@ -27,7 +27,11 @@ fn names_tokens_and_unknown_apps_are_refused_clearly() {
         .as_str()
         .is_some_and(|m| m.contains("UPPER")));
     let (status, _, body) = server.api("POST", "/apps", Some("{not json"));
-    assert!((400..500).contains(&status), "{status} {body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("\"id\":\"bad_request\"") && body.contains("Invalid request body"),
+        "{body}"
+    );
 
     // Duplicates.
     server.cli_ok(&root, &["apps:create", "dup"]);

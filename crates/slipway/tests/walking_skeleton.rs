@@ -144,6 +144,29 @@ fn push_build_release_route_log_and_redeploy() {
         chrono::DateTime::parse_from_rfc3339(stamp).is_ok() && stamp.ends_with("+00:00"),
         "{first}"
     );
+    // --tail streams lines as they happen.
+    let mut tail = server.cli_spawn(&repo, &["logs", "--tail", "-n", "1"]);
+    let lines = support::lines_of(tail.stdout.take().expect("stdout"));
+    // Once the history line is out, the tail is subscribed: the next line must arrive live.
+    lines
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the history line");
+    let (status, _) = server.app_get("hello", "/tail-check");
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no tailed router line ({e}); got {seen:#?}"));
+        if line.contains("heroku[router]") && line.contains("path=\"/tail-check\"") {
+            break;
+        }
+        seen.push(line);
+    }
+    let _ = tail.kill();
+    let _ = tail.wait();
     let router_only = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "5"]);
     assert!(
         router_only.lines().all(|l| l.contains("heroku[router]")),

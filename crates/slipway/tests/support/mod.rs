@@ -164,6 +164,19 @@ impl Server {
         cmd.output().expect("run slipway")
     }
 
+    /// Starts the CLI without waiting for it (for `logs --tail`).
+    pub fn cli_spawn(&self, dir: &Path, args: &[&str]) -> Child {
+        let mut cmd = Command::new(BIN);
+        isolate(&mut cmd, &self.home);
+        cmd.args(args)
+            .current_dir(dir)
+            .env("SLIPWAY_DATA_DIR", &self.data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("start slipway")
+    }
+
     pub fn cli_ok(&self, dir: &Path, args: &[&str]) -> String {
         let out = self.cli(dir, args);
         assert!(
@@ -345,6 +358,20 @@ pub fn http(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, body.to_string())
+}
+
+/// The lines a child writes, as they come.
+pub fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
