@@ -2,7 +2,6 @@
 
 use axum::http::StatusCode;
 use slipway_core::AppName;
-use slipway_logs::Source;
 use slipway_runtime::{ProcessSpec, ReleaseSpec};
 use slipway_store::{App, User};
 
@@ -48,10 +47,8 @@ pub async fn create_app(state: &Shared, user: &User, name: Option<&str>) -> ApiR
             maintenance: app.maintenance,
         },
     );
-    state.logs.write(
+    state.api_log(
         &app.id,
-        Source::App,
-        "api",
         &format!("Create app {} by user {}", app.name, user.email),
     );
     Ok(app)

@@ -17,7 +17,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use slipway_logs::Source;
 use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -119,12 +118,7 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
             return;
         }
     };
-    state.logs.write(
-        &app.id,
-        Source::App,
-        "api",
-        &format!("Build started by user {}", user.email),
-    );
+    state.api_log(&app.id, &format!("Build started by user {}", user.email));
     match build_and_release(&state, &app, &user, &build, body, &mut out).await {
         Ok((slug, release)) => {
             let _ = state
@@ -147,12 +141,7 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
                 .store
                 .finish_build(&build.id, BuildStatus::Failed, None, None, &out.transcript)
                 .await;
-            state.logs.write(
-                &app.id,
-                Source::App,
-                "api",
-                &format!("Build failed: {message}"),
-            );
+            state.api_log(&app.id, &format!("Build failed: {message}"));
             out.line(&format!("{RESULT_PREFIX}failed")).await;
         }
     }
@@ -253,12 +242,7 @@ async fn build_and_release(
         })
         .await
         .map_err(discard)?;
-    state.logs.write(
-        &app.id,
-        Source::App,
-        "api",
-        &format!("Build succeeded by user {}", user.email),
-    );
+    state.api_log(&app.id, &format!("Build succeeded by user {}", user.email));
     out.line("-----> Launching...").await;
     let description = format!("Deploy {short}");
     let release = state
@@ -266,16 +250,9 @@ async fn build_and_release(
         .deploy_release(&app.id, &slug, &description, &user.id)
         .await
         .map_err(discard)?;
-    state.logs.write(
+    state.api_log(&app.id, &format!("{description} by user {}", user.email));
+    state.api_log(
         &app.id,
-        Source::App,
-        "api",
-        &format!("{description} by user {}", user.email),
-    );
-    state.logs.write(
-        &app.id,
-        Source::App,
-        "api",
         &format!(
             "Release v{} created by user {}",
             release.version, user.email

@@ -85,13 +85,11 @@ impl<'a> Users<'a> {
 
 async fn render_app(state: &Shared, app: &App, users: &mut Users<'_>) -> ApiResult<Value> {
     let owner = users.get(&app.owner_id).await?;
-    let slug_size = match state.store.current_release(&app.id).await? {
-        Some(r) => match r.slug_id {
-            Some(id) => Some(state.store.slug(&id).await?.size),
-            None => None,
-        },
-        None => None,
-    };
+    let release = state.store.current_release(&app.id).await?;
+    let slug_size = state
+        .slug_of(release.as_ref().and_then(|r| r.slug_id.as_deref()))
+        .await?
+        .map(|s| s.size);
     Ok(views::app(&state.settings, app, &owner, slug_size))
 }
 
@@ -362,10 +360,8 @@ async fn batch_scale(
     let formation = state.store.scale(&app.id, &quantities).await?;
     let summary: Vec<String> = quantities.iter().map(|(t, q)| format!("{t}={q}")).collect();
     if !summary.is_empty() {
-        state.logs.write(
+        state.api_log(
             &app.id,
-            slipway_logs::Source::App,
-            "api",
             &format!("Scale to {} by user {}", summary.join(", "), user.email),
         );
     }
@@ -440,10 +436,7 @@ async fn list_builds(
     let mut rendered = Vec::new();
     for b in &builds {
         let user = users.get(&b.user_id).await?;
-        let slug = match &b.slug_id {
-            Some(id) => Some(state.store.slug(id).await?),
-            None => None,
-        };
+        let slug = state.slug_of(b.slug_id.as_deref()).await?;
         rendered.push((b.clone(), views::build(&app, b, &user, slug.as_ref())));
     }
     paginate(
@@ -467,10 +460,7 @@ async fn build_info(
     let app = find_app(&state, &app).await?;
     let b = state.store.build(&app.id, &build).await?;
     let user = state.store.get_user(&b.user_id).await?;
-    let slug = match &b.slug_id {
-        Some(id) => Some(state.store.slug(id).await?),
-        None => None,
-    };
+    let slug = state.slug_of(b.slug_id.as_deref()).await?;
     let mut view = views::build(&app, &b, &user, slug.as_ref());
     view["output"] = Value::String(b.output.clone());
     Ok(Json(view))

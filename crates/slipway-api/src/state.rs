@@ -117,6 +117,23 @@ impl State {
         }
     }
 
+    /// A line in the app's log from the API, as Heroku's `app[api]` lines for user actions.
+    pub fn api_log(&self, app_id: &str, message: &str) {
+        self.logs
+            .write(app_id, slipway_logs::Source::App, "api", message);
+    }
+
+    /// The slug a release or build refers to, if any.
+    pub async fn slug_of(
+        &self,
+        slug_id: Option<&str>,
+    ) -> Result<Option<slipway_store::Slug>, slipway_store::StoreError> {
+        match slug_id {
+            Some(id) => self.store.slug(id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     pub fn remember_app(&self, name: &str, entry: AppEntry) {
         self.names
             .write()
