@@ -217,10 +217,42 @@ fn push_build_release_route_log_and_redeploy() {
         (server.app_get("hello", "/").0 == 200).then_some(())
     });
 
-    // Graceful shutdown: SIGTERM stops API, router and (by default) dynos.
+    // Names or ids in paths.
+    let (_, _, app_json) = server.api("GET", "/apps/hello", None);
+    let app_json: serde_json::Value = serde_json::from_str(&app_json).expect("app JSON");
+    let id = app_json["id"].as_str().expect("id").to_string();
+    let (status, _, v1) = server.api("GET", &format!("/apps/{id}/releases/1"), None);
+    assert_eq!(status, 200, "{v1}");
+    assert!(
+        v1.contains(&format!("\"description\":\"Deploy {short}\"")),
+        "{v1}"
+    );
+    let (status, _, formation) = server.api("GET", &format!("/apps/{id}/formation/web"), None);
+    assert!(
+        status == 200 && formation.contains("\"quantity\":1"),
+        "{formation}"
+    );
+
+    // Graceful shutdown: SIGTERM stops API, router and (by default) dynos within the
+    // deadline, even with a log tail holding a connection open.
     assert!(!server.dyno_processes().is_empty());
+    let mut tail = server.cli_spawn(&repo, &["logs", "--tail"]);
+    let tail_lines = support::lines_of(tail.stdout.take().expect("stdout"));
+    tail_lines
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the tail is open");
+    let stopping = std::time::Instant::now();
     let status = server.terminate();
     assert!(status.success(), "server exit status {status}");
+    // --shutdown-timeout 5 and --dyno-stop-timeout 5: well under 20 s in all.
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(20),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+    wait_for(20, "the tail to end with the server", || {
+        tail.try_wait().expect("wait").map(|_| ())
+    });
     assert!(
         server.dyno_processes().is_empty(),
         "dynos left running: {:?}",
