@@ -217,6 +217,14 @@ fn push_build_release_route_log_and_redeploy() {
         (server.app_get("hello", "/").0 == 200).then_some(())
     });
 
+    // The app's repository can be cloned back (git-upload-pack).
+    let clone = root.join("hello-clone");
+    let url = format!("http://git:{}@127.0.0.1:{}/hello.git", server.token(), server.api_port);
+    server.git_ok(&root, &["clone", "-q", &url, clone.to_str().expect("utf-8 path")]);
+    let cloned = server.git(&clone, &["rev-parse", "HEAD"]);
+    let pushed_head = server.git(&repo, &["rev-parse", "HEAD"]);
+    assert_eq!(cloned.stdout, pushed_head.stdout);
+
     // Names or ids in paths.
     let (_, _, app_json) = server.api("GET", "/apps/hello", None);
     let app_json: serde_json::Value = serde_json::from_str(&app_json).expect("app JSON");
