@@ -39,6 +39,11 @@ pub fn routes() -> Router<Shared> {
         .route("/apps/{app}/releases", get(list_releases))
         .route("/apps/{app}/releases/{release}", get(release_info))
         .route(
+            "/apps/{app}/releases/{release}/config-vars",
+            get(release_config),
+        )
+        .route("/apps/{app}/config-vars", get(app_config))
+        .route(
             "/apps/{app}/formation",
             get(list_formation).patch(batch_scale),
         )
@@ -48,6 +53,7 @@ pub fn routes() -> Router<Shared> {
         .route("/apps/{app}/builds", get(list_builds))
         .route("/apps/{app}/builds/{build}", get(build_info))
         .route("/apps/{app}/log-sessions", post(create_log_session))
+        .route("/apps/{app}/addons", get(list_addons))
         .route("/log-sessions/{secret}", get(stream_log_session))
 }
 
@@ -244,6 +250,26 @@ async fn release_info(
     )))
 }
 
+/// The config vars a release was made with (its snapshot, not the app's current ones).
+async fn release_config(
+    State(state): State<Shared>,
+    _auth: Auth,
+    Path((app, release)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let app = find_app(&state, &app).await?;
+    let r = state.store.release(&app.id, &release).await?;
+    Ok(Json(json!(r.config)))
+}
+
+async fn app_config(
+    State(state): State<Shared>,
+    _auth: Auth,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let app = find_app(&state, &app).await?;
+    Ok(Json(json!(app.config)))
+}
+
 async fn list_formation(
     State(state): State<Shared>,
     _auth: Auth,
@@ -372,6 +398,17 @@ async fn batch_scale(
             .map(|f| views::formation(&app, f))
             .collect(),
     )))
+}
+
+/// Add-ons are not implemented yet: every app truthfully has none. The official CLI's
+/// `apps:info` needs this list.
+async fn list_addons(
+    State(state): State<Shared>,
+    _auth: Auth,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Value>> {
+    find_app(&state, &app).await?;
+    Ok(Json(Value::Array(Vec::new())))
 }
 
 async fn list_dynos(

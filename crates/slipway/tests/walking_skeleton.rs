@@ -219,8 +219,15 @@ fn push_build_release_route_log_and_redeploy() {
 
     // The app's repository can be cloned back (git-upload-pack).
     let clone = root.join("hello-clone");
-    let url = format!("http://git:{}@127.0.0.1:{}/hello.git", server.token(), server.api_port);
-    server.git_ok(&root, &["clone", "-q", &url, clone.to_str().expect("utf-8 path")]);
+    let url = format!(
+        "http://git:{}@127.0.0.1:{}/hello.git",
+        server.token(),
+        server.api_port
+    );
+    server.git_ok(
+        &root,
+        &["clone", "-q", &url, clone.to_str().expect("utf-8 path")],
+    );
     let cloned = server.git(&clone, &["rev-parse", "HEAD"]);
     let pushed_head = server.git(&repo, &["rev-parse", "HEAD"]);
     assert_eq!(cloned.stdout, pushed_head.stdout);
@@ -235,6 +242,11 @@ fn push_build_release_route_log_and_redeploy() {
         v1.contains(&format!("\"description\":\"Deploy {short}\"")),
         "{v1}"
     );
+    let (status, _, config) =
+        server.api("GET", &format!("/apps/{id}/releases/v1/config-vars"), None);
+    assert_eq!((status, config.as_str()), (200, "{}"));
+    let (status, _, addons) = server.api("GET", "/apps/hello/addons", None);
+    assert_eq!((status, addons.as_str()), (200, "[]"));
     let (status, _, formation) = server.api("GET", &format!("/apps/{id}/formation/web"), None);
     assert!(
         status == 200 && formation.contains("\"quantity\":1"),
