@@ -8,6 +8,11 @@ mod server_cmd;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the router allocates per request on several threads, and
+/// glibc's arena locks showed up in its profile (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
