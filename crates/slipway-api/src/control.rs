@@ -6,7 +6,7 @@ use slipway_runtime::{ProcessSpec, ReleaseSpec};
 use slipway_store::{App, User};
 
 use crate::error::{ApiError, ApiResult};
-use crate::state::{AppEntry, Shared};
+use crate::state::{AppEntry, AppLock, Shared};
 
 /// Creates an app and its git repository. Either both exist afterwards, or neither.
 pub async fn create_app(state: &Shared, user: &User, name: Option<&str>) -> ApiResult<App> {
@@ -83,7 +83,7 @@ async fn generated_name(state: &Shared) -> ApiResult<AppName> {
 
 /// Destroys an app: stops its dynos, then removes its records, repository, slugs and logs.
 pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<()> {
-    let lock = state.deploy_lock(&app.id);
+    let lock = state.app_lock(AppLock::Release, &app.id);
     let _guard = lock.lock().await;
     state.forget_app(&app.name);
     state.dynos.stop_app(&app.id).await;

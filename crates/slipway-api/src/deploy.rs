@@ -25,7 +25,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::auth::presented_token;
 use crate::control::converge_app;
 use crate::error::ApiError;
-use crate::state::{PushGrant, Shared};
+use crate::state::{AppLock, PushGrant, Shared};
 
 /// The hook looks for this prefix on the last line of the response.
 pub const RESULT_PREFIX: &str = "\u{1e}slipway-build-result: ";
@@ -96,7 +96,7 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
             return;
         }
     };
-    let lock = state.deploy_lock(&app.id);
+    let lock = state.app_lock(AppLock::Build, &app.id);
     let _guard = match lock.clone().try_lock_owned() {
         Ok(guard) => guard,
         Err(_) => {
@@ -244,6 +244,8 @@ async fn build_and_release(
         .map_err(discard)?;
     state.api_log(&app.id, &format!("Build succeeded by user {}", user.email));
     out.line("-----> Launching...").await;
+    let release_lock = state.app_lock(AppLock::Release, &app.id);
+    let _release_guard = release_lock.lock().await;
     let description = format!("Deploy {short}");
     let release = state
         .store

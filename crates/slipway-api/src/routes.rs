@@ -23,7 +23,7 @@ use crate::auth::{new_token, Auth};
 use crate::control::{self, find_app};
 use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::paging::{paginate, Key, Page};
-use crate::state::{AppEntry, LogSessionGrant, Shared, LOG_SESSION_TTL};
+use crate::state::{AppEntry, AppLock, LogSessionGrant, Shared, LOG_SESSION_TTL};
 use crate::views;
 
 pub fn routes() -> Router<Shared> {
@@ -348,7 +348,7 @@ async fn batch_scale(
     ApiJson(body): ApiJson<BatchScale>,
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&state, &app).await?;
-    let lock = state.deploy_lock(&app.id);
+    let lock = state.app_lock(AppLock::Release, &app.id);
     let _guard = lock.lock().await;
     let formation = state.store.formation(&app.id).await?;
     let mut quantities = BTreeMap::new();

@@ -79,6 +79,15 @@ pub struct LogSessionGrant {
 /// How long a log session URL stays valid.
 pub const LOG_SESSION_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// Per-app locks. `Build`: one build of an app at a time (a second push waits). `Release`:
+/// changes to the release ledger, formation and dynos (deploy's last step, scaling, destroy)
+/// happen one at a time, and never wait for a build to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AppLock {
+    Build,
+    Release,
+}
+
 #[derive(Debug, Clone)]
 pub struct AppEntry {
     pub id: String,
@@ -94,7 +103,7 @@ pub struct State {
     pub names: RwLock<HashMap<String, AppEntry>>,
     pub pushes: Mutex<HashMap<String, PushGrant>>,
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
-    deploy_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(AppLock, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 pub type Shared = Arc<State>;
@@ -113,7 +122,7 @@ impl State {
             names: RwLock::new(HashMap::new()),
             pushes: Mutex::new(HashMap::new()),
             log_sessions: Mutex::new(HashMap::new()),
-            deploy_locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -148,10 +157,10 @@ impl State {
             .remove(name);
     }
 
-    /// The lock that serialises deploys (and other release changes) of one app.
-    pub fn deploy_lock(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.deploy_locks)
-            .entry(app_id.to_string())
+    /// One of an app's locks (see [`AppLock`]).
+    pub fn app_lock(&self, kind: AppLock, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.locks)
+            .entry((kind, app_id.to_string()))
             .or_default()
             .clone()
     }
