@@ -79,6 +79,8 @@ pub struct LogSessionGrant {
 /// How long a log session URL stays valid.
 pub const LOG_SESSION_TTL: Duration = Duration::from_secs(5 * 60);
 
+type SharedLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Per-app locks. `Build`: one build of an app at a time (a second push waits). `Release`:
 /// changes to the release ledger, formation and dynos (deploy's last step, scaling, destroy)
 /// happen one at a time, and never wait for a build to finish.
@@ -103,7 +105,7 @@ pub struct State {
     pub names: RwLock<HashMap<String, AppEntry>>,
     pub pushes: Mutex<HashMap<String, PushGrant>>,
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
-    locks: Mutex<HashMap<(AppLock, String), Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
 pub type Shared = Arc<State>;
@@ -158,7 +160,7 @@ impl State {
     }
 
     /// One of an app's locks (see [`AppLock`]).
-    pub fn app_lock(&self, kind: AppLock, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn app_lock(&self, kind: AppLock, app_id: &str) -> SharedLock {
         lock(&self.locks)
             .entry((kind, app_id.to_string()))
             .or_default()
