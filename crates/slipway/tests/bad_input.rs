@@ -273,3 +273,51 @@ fn lists_page_with_range_headers() {
     let (status, _, body) = get("colour ..");
     assert_eq!(status, 400, "{body}");
 }
+
+#[test]
+fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    server.cli_ok(&root, &["apps:create", "crashy"]);
+    let repo = server.sample_repo("crashy-src");
+    server.cli_ok(&repo, &["git:remote", "-a", "crashy"]);
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: echo 'boom: missing DATABASE_URL' >&2; exit 1\n",
+    )
+    .expect("write");
+    server.commit_all(&repo, "crashes at boot");
+    // The build succeeds: the crash only shows at run time, as on Heroku.
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(60, "H10 from the router", || {
+        let (status, body) = server.app_get("crashy", "/");
+        (status == 503 && body.contains("Application error")).then_some(())
+    });
+    let logs = wait_for(30, "the crash in the logs", || {
+        let logs = server.cli_ok(&repo, &["logs", "-n", "200"]);
+        (logs.contains("code=H10 desc=\"App crashed\"")
+            && logs.contains("State changed from starting to crashed"))
+        .then_some(logs)
+    });
+    assert!(
+        logs.contains("app[web.1]: boom: missing DATABASE_URL"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("heroku[web.1]: Process exited with status 1"),
+        "{logs}"
+    );
+    let ps = server.cli_ok(&repo, &["ps"]);
+    assert!(
+        ps.contains("web.1: crashed") || ps.contains("web.1: starting"),
+        "{ps}"
+    );
+
+    // Fixing the Procfile and pushing again brings it up.
+    std::fs::write(repo.join("Procfile"), "web: python3 server.py\n").expect("write");
+    server.commit_all(&repo, "fixed");
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(60, "the fixed app to serve", || {
+        (server.app_get("crashy", "/").0 == 200).then_some(())
+    });
+}
