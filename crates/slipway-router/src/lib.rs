@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use slipway_logs::LogHub;
 use tokio::net::TcpListener;
@@ -56,6 +56,8 @@ pub struct RouterConfig {
     pub boot_wait: Duration,
     /// How long open connections get to finish when the router shuts down.
     pub shutdown_grace: Duration,
+    /// How long a client has to send a request's headers.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -65,6 +67,7 @@ impl Default for RouterConfig {
             request_timeout: Duration::from_secs(30),
             boot_wait: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -81,7 +84,12 @@ pub async fn serve(
     let local_port = listener.local_addr()?.port();
     let state = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs, local_port));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client gets this long to send its request headers (no slowloris holding connections).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

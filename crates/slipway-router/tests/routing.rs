@@ -85,6 +85,7 @@ async fn router() -> Router {
     let cfg = RouterConfig {
         request_timeout: Duration::from_millis(500),
         boot_wait: Duration::from_millis(300),
+        header_read_timeout: Duration::from_millis(500),
         ..RouterConfig::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -267,4 +268,21 @@ async fn shuts_down_when_told() {
         .expect("router stops within its grace period")
         .expect("join")
         .expect("serve");
+}
+
+#[tokio::test]
+async fn clients_that_never_finish_their_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = router().await;
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x.localhost\r\n")
+        .await
+        .expect("write");
+    // The router closes the connection (or answers 408) once the header timeout passes.
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the router kept a half-sent request open");
 }
