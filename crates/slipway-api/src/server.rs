@@ -253,12 +253,16 @@ pub async fn run(
     };
 
     let app = api_routes(state.clone());
-    let api_stop = stopped(stop_rx.clone());
-    let mut api_task = tokio::spawn(async move {
-        axum::serve(api_listener, app)
-            .with_graceful_shutdown(api_stop)
-            .await
-    });
+    let limits = slipway_router::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(30),
+        shutdown_grace: cfg.shutdown_timeout,
+    };
+    let mut api_task = tokio::spawn(slipway_router::serve_http(
+        api_listener,
+        limits,
+        stopped(stop_rx.clone()),
+        move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+    ));
     let router_cfg = slipway_router::RouterConfig {
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,

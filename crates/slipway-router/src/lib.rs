@@ -83,13 +83,54 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local_port = listener.local_addr()?.port();
     let state = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs, local_port));
+    let limits = ConnectionLimits {
+        header_read_timeout: cfg.header_read_timeout,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    serve_http(listener, limits, shutdown, move |peer| {
+        let state = state.clone();
+        hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
+        })
+    })
+    .await
+}
+
+/// Time limits for every HTTP connection slipway accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a client has to send a request's headers (no slowloris holding connections).
+    pub header_read_timeout: Duration,
+    /// How long open connections get to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// The accept loop shared by the router and the API: HTTP/1.1 and HTTP/2 (with upgrades) on
+/// each connection, a header read timeout, and a graceful shutdown under a deadline.
+/// `service_for(peer)` makes the service for one connection.
+pub async fn serve_http<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client gets this long to send its request headers (no slowloris holding connections).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -97,7 +138,7 @@ pub async fn serve(
                 Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "router accept failed");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -105,25 +146,20 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_for(peer));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "router connection ended with an error");
+                tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("router: connections still open after the shutdown grace period");
+        tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
 }
