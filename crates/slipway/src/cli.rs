@@ -25,7 +25,7 @@ pub struct Global {
     pub api_url: Option<String>,
     /// API token [default: <data-dir>/admin.token when readable]
     #[arg(long, global = true, env = "SLIPWAY_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<slipway_core::Secret>,
     /// The local server's data directory, used to find its API and token
     #[arg(long, global = true, env = "SLIPWAY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

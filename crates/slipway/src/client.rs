@@ -7,6 +7,8 @@ use anyhow::{anyhow, bail, Context};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+use slipway_core::Secret;
+
 use crate::cli::Global;
 use crate::server_cmd::{default_data_dir, DEFAULT_API_LISTEN};
 
@@ -47,7 +49,7 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
 
 pub struct Client {
     pub base: String,
-    token: String,
+    token: Secret,
     http: reqwest::Client,
 }
 
@@ -60,11 +62,11 @@ impl Client {
                 .unwrap_or_else(|| format!("http://{DEFAULT_API_LISTEN}")),
         };
         let token = match &global.token {
-            Some(t) => t.trim().to_string(),
+            Some(t) => Secret::new(t.expose().trim()),
             None => {
                 let path = data_dir.join(slipway_api::ADMIN_TOKEN_FILE);
                 std::fs::read_to_string(&path)
-                    .map(|t| t.trim().to_string())
+                    .map(|t| Secret::new(t.trim()))
                     .map_err(|e| {
                         anyhow!(
                             "no API token: set SLIPWAY_API_TOKEN (or --token), or run where {} is readable ({e})",
@@ -85,14 +87,14 @@ impl Client {
     }
 
     pub fn token(&self) -> &str {
-        &self.token
+        self.token.expose()
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.base))
             .header(reqwest::header::ACCEPT, ACCEPT)
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
