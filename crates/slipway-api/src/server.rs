@@ -117,6 +117,24 @@ fn prepare_data_dir(dir: &Path, hook_binary: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another slipway server is already using the data directory {}; stop it first, or pass another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
 /// Creates the admin user, and on the first start its token in `<data-dir>/admin.token` (0600).
 async fn ensure_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<(PathBuf, bool)> {
     let path = cfg.data_dir.join(ADMIN_TOKEN_FILE);
@@ -184,6 +202,11 @@ pub async fn run(
     on_ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     validate(&cfg)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    // Held until the server exits: a second server on the same data directory would fight
+    // this one over the same dynos.
+    let _data_lock = lock_data_dir(&cfg.data_dir)?;
     prepare_data_dir(&cfg.data_dir, &cfg.hook_binary)?;
     let store = Store::open(&cfg.data_dir.join(STATE_FILE))
         .await

@@ -120,6 +120,27 @@ fn names_tokens_and_unknown_apps_are_refused_clearly() {
         text(&refs)
     );
 
+    // A second server on the same data directory refuses to start, and the first keeps going.
+    let second = std::process::Command::new(support::BIN)
+        .args([
+            "server",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--router-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&server.data)
+        .output()
+        .expect("run a second server");
+    assert!(!second.status.success());
+    assert!(
+        text(&second).contains("another slipway server is already using the data directory"),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(http(server.api_port, "GET", "/health", &[], None).0, 200);
+
     // Destroy needs confirmation.
     let out = server.cli(&root, &["apps:destroy", "-a", "dup"]);
     assert!(
