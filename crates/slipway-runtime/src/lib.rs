@@ -299,40 +299,38 @@ impl DynoManager {
     /// release as soon as one of its dynos is up, and old dynos get no new requests.
     pub fn web_status(&self, app_id: &str) -> WebStatus {
         let apps = self.inner.lock_apps();
-        let web: Vec<DynoInfo> = apps
-            .get(app_id)
-            .map(|l| {
-                l.iter()
-                    .filter(|d| d.process_type == "web")
-                    .map(|d| d.snapshot())
-                    .collect()
-            })
-            .unwrap_or_default();
-        drop(apps);
-        if web.is_empty() {
+        let Some(dynos) = apps.get(app_id) else {
             return WebStatus::NoWebDynos;
+        };
+        // One pass, no clones but the backends returned: this runs for every routed request.
+        let (mut any_web, mut starting) = (false, false);
+        let mut newest: Option<i64> = None;
+        let mut up: Vec<(i64, &str, u16)> = Vec::new();
+        for d in dynos.iter().filter(|d| d.process_type == "web") {
+            any_web = true;
+            let (state, port, _) = *d.lock_status();
+            match (state, port) {
+                (DynoState::Up, Some(port)) => {
+                    newest = newest.max(Some(d.release.version));
+                    up.push((d.release.version, &d.name, port));
+                }
+                (DynoState::Starting, _) => starting = true,
+                _ => {}
+            }
         }
-        let up: Vec<&DynoInfo> = web
-            .iter()
-            .filter(|d| d.state == DynoState::Up && d.port.is_some())
-            .collect();
-        if let Some(newest) = up.iter().map(|d| d.release_version).max() {
-            let backends = up
-                .iter()
-                .filter(|d| d.release_version == newest)
-                .filter_map(|d| {
-                    d.port.map(|p| Backend {
-                        dyno: d.name.clone(),
-                        addr: SocketAddr::from(([127, 0, 0, 1], p)),
+        match newest {
+            Some(version) => WebStatus::Up(
+                up.into_iter()
+                    .filter(|(v, _, _)| *v == version)
+                    .map(|(_, name, port)| Backend {
+                        dyno: name.to_string(),
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
                     })
-                })
-                .collect();
-            return WebStatus::Up(backends);
-        }
-        if web.iter().any(|d| d.state == DynoState::Starting) {
-            WebStatus::Starting
-        } else {
-            WebStatus::Crashed
+                    .collect(),
+            ),
+            None if !any_web => WebStatus::NoWebDynos,
+            None if starting => WebStatus::Starting,
+            None => WebStatus::Crashed,
         }
     }
 
