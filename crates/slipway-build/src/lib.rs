@@ -48,6 +48,10 @@ pub enum BuildError {
     UnsafePath(String),
     #[error("no Procfile found at the root of the pushed source; add one with a line such as `web: ./server --port $PORT`")]
     NoProcfile,
+    #[error(
+        "the Procfile must be a regular file, but the pushed one is a {0}; commit the file itself"
+    )]
+    ProcfileNotAFile(&'static str),
     #[error("{0}")]
     Procfile(#[from] ProcfileError),
     #[error("the slug is {size} bytes, larger than the {limit}-byte limit; remove files the app does not need at run time")]
@@ -86,8 +90,12 @@ pub fn compile(build_dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Procfile, 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BuildError::NoProcfile),
         Err(e) => return Err(BuildError::io("reading", &path)(e)),
     };
+    if meta.file_type().is_symlink() {
+        // Never follow it: it could point at a file of the server's.
+        return Err(BuildError::ProcfileNotAFile("symbolic link"));
+    }
     if !meta.is_file() {
-        return Err(BuildError::NoProcfile);
+        return Err(BuildError::ProcfileNotAFile("directory or special file"));
     }
     if meta.len() > slipway_core::procfile::MAX_PROCFILE_BYTES as u64 {
         return Err(ProcfileError::TooLarge(meta.len() as usize).into());

@@ -22,6 +22,11 @@ fn compile_reads_the_procfile_or_explains_what_is_missing() {
     std::fs::write(dir.path().join("Procfile"), "web ./x").expect("write");
     let err = compile(dir.path(), &mut |_| {}).expect_err("malformed");
     assert!(err.to_string().contains("line 1"), "{err}");
+    std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Procfile")).expect("symlink");
+    let err = compile(dir.path(), &mut |_| {}).expect_err("symlink");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
     tree(dir.path());
     let procfile = compile(dir.path(), &mut |l| said.push(l.to_string())).expect("valid");
     assert_eq!(procfile.processes["web"], "./run.sh");
