@@ -33,21 +33,35 @@ pub const RESULT_PREFIX: &str = "\u{1e}slipway-build-result: ";
 const MAX_TRANSCRIPT: usize = 1024 * 1024;
 
 pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let grant = match presented_token(&headers).and_then(|t| state.push_grant(&t)) {
-        Some(g) => g,
-        None => return ApiError::unauthorized().into_response(),
+    let Some(token) = presented_token(&headers) else {
+        return ApiError::unauthorized().into_response();
     };
-    let commit = headers
-        .get("x-slipway-commit")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    if !(commit.len() == 40 || commit.len() == 64) || !commit.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return ApiError::bad_request("X-Slipway-Commit must be a full commit id").into_response();
+    let Some(grant) = state.push_grant(&token) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let push = Push {
+        token,
+        commit: header("x-slipway-commit"),
+        old: header("x-slipway-old"),
+        refname: header("x-slipway-ref"),
+    };
+    let is_id =
+        |id: &str| (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_id(&push.commit) || !is_id(&push.old) || !push.refname.starts_with("refs/heads/") {
+        return ApiError::bad_request(
+            "X-Slipway-Commit and X-Slipway-Old must be full commit ids and X-Slipway-Ref a branch",
+        )
+        .into_response();
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(run(state, grant, commit, body, tx));
+    tokio::spawn(run(state, grant, push, body, tx));
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     (
         StatusCode::OK,
@@ -55,6 +69,15 @@ pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: B
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// What the hook says about the push it builds.
+struct Push {
+    token: String,
+    commit: String,
+    /// The branch's value when the push began (all zeros for a new branch).
+    old: String,
+    refname: String,
 }
 
 struct Output {
@@ -77,7 +100,7 @@ impl Output {
     }
 }
 
-async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mpsc::Sender<Bytes>) {
+async fn run(state: Shared, grant: PushGrant, push: Push, body: Body, tx: mpsc::Sender<Bytes>) {
     let mut out = Output {
         tx,
         transcript: String::new(),
@@ -97,7 +120,7 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
         }
     };
     let lock = state.app_lock(AppLock::Build, &app.id);
-    let _guard = match lock.clone().try_lock_owned() {
+    let guard = match lock.clone().try_lock_owned() {
         Ok(guard) => guard,
         Err(_) => {
             out.line(&format!(
@@ -108,7 +131,18 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
             lock.lock_owned().await
         }
     };
-    let build = match state.store.create_build(&app.id, &user.id, &commit).await {
+    if let Err(message) = branch_unmoved(&state, &app, &push).await {
+        out.line(&format!(" !     {message}")).await;
+        out.line(&format!(" !     Push rejected to {}.", app.name))
+            .await;
+        out.line(&format!("{RESULT_PREFIX}failed")).await;
+        return;
+    }
+    let build = match state
+        .store
+        .create_build(&app.id, &user.id, &push.commit)
+        .await
+    {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "could not record build");
@@ -131,6 +165,8 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
                     &out.transcript,
                 )
                 .await;
+            // The next build of this app waits until git has moved the branch to this commit.
+            state.hold_until_push_ends(&push.token, guard);
             out.line(&format!("{RESULT_PREFIX}ok")).await;
         }
         Err(message) => {
@@ -145,6 +181,27 @@ async fn run(state: Shared, grant: PushGrant, commit: String, body: Body, tx: mp
             out.line(&format!("{RESULT_PREFIX}failed")).await;
         }
     }
+}
+
+/// A push builds only if its branch is still where it was when the push began: another push
+/// may have moved it while this one waited for the build lock, and git would then refuse this
+/// push's ref update after its release had gone live.
+async fn branch_unmoved(state: &Shared, app: &App, push: &Push) -> Result<(), String> {
+    let out = tokio::process::Command::new("git")
+        .args(["rev-parse", "--verify", "--quiet", &push.refname])
+        .current_dir(state.settings.repo_dir(&app.id))
+        .output()
+        .await
+        .map_err(|e| format!("could not run git: {e}"))?;
+    let current = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected_missing = push.old.bytes().all(|b| b == b'0');
+    if (expected_missing && current.is_empty()) || current == push.old {
+        return Ok(());
+    }
+    let branch = push.refname.trim_start_matches("refs/heads/");
+    Err(format!(
+        "{branch} was updated by another push while this one waited; fetch, merge and push again"
+    ))
 }
 
 async fn build_and_release(

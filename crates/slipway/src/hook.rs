@@ -24,11 +24,11 @@ pub async fn pre_receive() -> anyhow::Result<i32> {
         eprintln!(" !     This hook only runs for pushes received by `slipway server`.");
         return Ok(1);
     };
-    let mut deploy: Option<(String, String)> = None;
+    let mut deploy: Option<(String, String, String)> = None;
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading ref updates from git")?;
         let mut parts = line.split_whitespace();
-        let (Some(_old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next())
+        let (Some(old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
@@ -40,13 +40,13 @@ pub async fn pre_receive() -> anyhow::Result<i32> {
             println!(" !     Deleting {refname} is not allowed: it is the deployed branch.");
             return Ok(1);
         }
-        if let Some((_, other)) = &deploy {
+        if let Some((_, _, other)) = &deploy {
             println!(" !     Push one of main or master at a time (this push updates {other} and {refname}).");
             return Ok(1);
         }
-        deploy = Some((new.to_string(), refname.to_string()));
+        deploy = Some((old.to_string(), new.to_string(), refname.to_string()));
     }
-    let Some((commit, refname)) = deploy else {
+    let Some((old, commit, refname)) = deploy else {
         return Ok(0);
     };
     let mut archive = tokio::process::Command::new("git")
@@ -60,6 +60,7 @@ pub async fn pre_receive() -> anyhow::Result<i32> {
         .post(&url)
         .bearer_auth(&token)
         .header("x-slipway-commit", &commit)
+        .header("x-slipway-old", &old)
         .header("x-slipway-ref", &refname)
         .body(reqwest::Body::wrap_stream(ReaderStream::new(stdout)))
         .send()

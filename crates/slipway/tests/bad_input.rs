@@ -254,7 +254,11 @@ fn broken_procfiles_reject_the_push_and_keep_the_previous_release() {
     // The deployed branch cannot be deleted.
     let out = server.git(&repo, &["push", "slipway", ":main"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("Deleting refs/heads/main is not allowed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Deleting refs/heads/main is not allowed"),
+        "{}",
+        text(&out)
+    );
 
     // Pushing another branch does not deploy.
     server.git_ok(&repo, &["checkout", "-q", "-b", "feature"]);
