@@ -49,6 +49,9 @@ pub enum Command {
     AppsCreate {
         /// App name: 3-30 lowercase letters, digits and dashes [default: generated]
         name: Option<String>,
+        /// Inside a git repository, do not add the `slipway` remote
+        #[arg(long)]
+        no_remote: bool,
     },
     /// Show an app
     #[command(name = "apps:info")]

@@ -18,7 +18,9 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
     let client = Client::from_global(&global)?;
     match command {
         Command::Apps => apps(&client).await,
-        Command::AppsCreate { name } => apps_create(&client, name).await,
+        Command::AppsCreate { name, no_remote } => {
+            apps_create(&client, &global, name, no_remote).await
+        }
         Command::AppsInfo { app, name } => {
             apps_info(&client, &resolve_app(app.app.or(name))?).await
         }
@@ -91,7 +93,12 @@ async fn apps(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn apps_create(client: &Client, name: Option<String>) -> anyhow::Result<()> {
+async fn apps_create(
+    client: &Client,
+    global: &Global,
+    name: Option<String>,
+    no_remote: bool,
+) -> anyhow::Result<()> {
     let body = match &name {
         Some(n) => json!({ "name": n }),
         None => json!({}),
@@ -107,12 +114,22 @@ async fn apps_create(client: &Client, name: Option<String>) -> anyhow::Result<()
             return Err(e);
         }
     };
-    eprintln!("done, {}", s(&app, "name"));
+    let created = s(&app, "name");
+    eprintln!("done, {created}");
     println!("{} | {}", s(&app, "web_url"), s(&app, "git_url"));
-    eprintln!(
-        "hint: run `slipway git:remote -a {}` in your repository, then `git push slipway main`",
-        s(&app, "name")
-    );
+    // Like `heroku create`: inside a repository without a slipway remote, add one.
+    let in_repo = std::process::Command::new("git")
+        .args(["rev-parse", "--is-inside-work-tree"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let has_remote = std::process::Command::new("git")
+        .args(["remote", "get-url", "slipway"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_repo && !has_remote && !no_remote {
+        return git_remote(client, global, created, "slipway").await;
+    }
+    eprintln!("hint: run `slipway git:remote -a {created}` in your repository, then `git push slipway main`");
     Ok(())
 }
 

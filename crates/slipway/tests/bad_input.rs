@@ -307,10 +307,10 @@ fn lists_page_with_range_headers() {
 #[test]
 fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
     let server = Server::start();
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", "crashy"]);
     let repo = server.sample_repo("crashy-src");
-    server.cli_ok(&repo, &["git:remote", "-a", "crashy"]);
+    // Inside a repository, apps:create adds the `slipway` remote, as `heroku create` does.
+    let created = server.cli_ok(&repo, &["apps:create", "crashy"]);
+    assert!(created.contains("set git remote slipway to"), "{created}");
     std::fs::write(
         repo.join("Procfile"),
         "web: echo 'boom: missing DATABASE_URL' >&2; exit 1\n",
