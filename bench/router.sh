@@ -34,7 +34,7 @@ server=$!
 for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 router_port=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
 
-"$bin" apps:create bench >/dev/null 2>&1
+"$bin" apps:create bench --no-remote >/dev/null 2>&1
 mkdir "$work/app" && cp bench/router-app/* "$work/app/"
 (cd "$work/app" && git init -q -b main && git add -A &&
   git -c user.name=bench -c user.email=bench@localhost commit -qm bench &&

@@ -22,17 +22,15 @@ done
 grep -v '^\S*\s*INFO' "$log" | grep -E 'listening|token|data directory' || true
 router_port=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$log" | grep -o '[0-9]*$')
 
-echo; echo "\$ slipway apps:create hello"
-"$bin" apps:create hello || echo "(hello already exists)"
-
 work=$(mktemp -d)
 cp examples/hello/Procfile examples/hello/server.py "$work/"
 cd "$work"
 git init -q -b main
 git add -A
 git -c user.name=demo -c user.email=demo@localhost commit -qm "hello, slipway"
-echo; echo "\$ slipway git:remote -a hello && git push slipway main"
-"$bin" git:remote -a hello
+echo; echo "\$ slipway apps:create hello     # in the app's repository: adds the slipway git remote"
+"$bin" apps:create hello || "$bin" git:remote -a hello
+echo; echo "\$ git push slipway main"
 git push --force slipway main
 
 echo; echo "\$ curl http://hello.localhost:$router_port/"
