@@ -149,7 +149,7 @@ impl Proxy {
             }
         };
         let (dyno, addr) = &backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()];
-        self.forward(req, addr, dyno, log, peer).await
+        self.forward(req, addr, dyno, log).await
     }
 
     async fn forward(
@@ -158,7 +158,6 @@ impl Proxy {
         addr: &SocketAddr,
         dyno: &str,
         log: RequestLog,
-        peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let path = parts
@@ -189,7 +188,6 @@ impl Proxy {
             &chrono::Utc::now().timestamp_millis().to_string(),
         );
         set(headers, "via", "1.1 slipway");
-        let _ = peer;
         let sent = Instant::now();
         let outbound = Request::from_parts(parts, body);
         let response =

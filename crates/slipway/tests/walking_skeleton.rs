@@ -60,10 +60,8 @@ fn push_build_release_route_log_and_redeploy() {
         "{pushed}"
     );
     assert!(pushed.contains("remote:        Released v1"), "{pushed}");
-    let sha = server.git_ok(&repo, &["log", "-1", "--format=%h"]);
     let sha_out = server.git(&repo, &["log", "-1", "--format=%H"]);
     let full_sha = String::from_utf8_lossy(&sha_out.stdout).trim().to_string();
-    let _ = sha;
     let short = &full_sha[..7];
 
     // The slug: a tarball under the data directory whose SHA-256 the build reports.
@@ -197,14 +195,11 @@ fn push_build_release_route_log_and_redeploy() {
         logs.contains("heroku[web.1]: Stopping all processes with SIGTERM")
             .then_some(())
     });
-    let (_, _, dynos) = server.api("GET", "/apps/hello/dynos", None);
-    let dynos: serde_json::Value = serde_json::from_str(&dynos).expect("dynos JSON");
     wait_for(30, "only the v2 dyno to remain", || {
         let (_, _, d) = server.api("GET", "/apps/hello/dynos", None);
         let d: serde_json::Value = serde_json::from_str(&d).ok()?;
         (d.as_array()?.len() == 1 && d[0]["release"]["version"] == 2).then_some(())
     });
-    let _ = dynos;
 
     // Scaling web to 0 stops the dyno (H14), back to 1 serves again.
     let scaled = server.cli(&repo, &["ps:scale", "web=0"]);
