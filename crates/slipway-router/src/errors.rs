@@ -10,6 +10,10 @@ pub enum RouterError {
     RequestTimeout,
     /// H13: the dyno closed the connection without a response.
     ConnectionClosed,
+    /// H18: the dyno closed the connection in the middle of its response.
+    ServerInterrupted,
+    /// H27: the client went away before the response was complete (status 499).
+    ClientInterrupted,
     /// H14: the formation has no web dynos.
     NoWebDynos,
     /// H20: no web dyno came up while the request waited.
@@ -27,6 +31,8 @@ impl RouterError {
             RouterError::RequestTimeout => Some("H12"),
             RouterError::ConnectionClosed => Some("H13"),
             RouterError::NoWebDynos => Some("H14"),
+            RouterError::ServerInterrupted => Some("H18"),
+            RouterError::ClientInterrupted => Some("H27"),
             RouterError::BootTimeout => Some("H20"),
             RouterError::Maintenance => Some("H80"),
             RouterError::NoSuchApp => None,
@@ -39,6 +45,8 @@ impl RouterError {
             RouterError::RequestTimeout => "Request timeout",
             RouterError::ConnectionClosed => "Connection closed without response",
             RouterError::NoWebDynos => "No web processes running",
+            RouterError::ServerInterrupted => "Server Request Interrupted",
+            RouterError::ClientInterrupted => "Client Request Interrupted",
             RouterError::BootTimeout => "App boot timeout",
             RouterError::Maintenance => "Maintenance mode",
             RouterError::NoSuchApp => "No such app",
@@ -48,6 +56,10 @@ impl RouterError {
     pub fn status(self) -> StatusCode {
         match self {
             RouterError::NoSuchApp => StatusCode::NOT_FOUND,
+            // nginx's "client closed request"; Heroku logs H27 with it.
+            RouterError::ClientInterrupted => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -208,20 +208,34 @@ impl Proxy {
         let status = parts.status.as_u16();
         let logs = self.logs.clone();
         let dyno = dyno.to_string();
-        let on_done = move |bytes: u64| {
-            logs.write(
-                &log.app_id,
-                Source::Heroku,
-                "router",
-                &format!(
+        let on_done = move |bytes: u64, end: BodyEnd| {
+            let line = match end {
+                BodyEnd::Complete => format!(
                     "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol=http",
                     log.quoted()
                 ),
-            );
+                BodyEnd::ClientGone | BodyEnd::DynoGone => {
+                    let error = if end == BodyEnd::ClientGone {
+                        RouterError::ClientInterrupted
+                    } else {
+                        RouterError::ServerInterrupted
+                    };
+                    format!(
+                        "at=error code={} desc=\"{}\" {} dyno={dyno} connect={connect_ms}ms service={}ms status={} bytes={bytes} protocol=http",
+                        error.code().unwrap_or("-"),
+                        error.description(),
+                        log.quoted(),
+                        log.start.elapsed().as_millis(),
+                        error.status().as_u16()
+                    )
+                }
+            };
+            logs.write(&log.app_id, Source::Heroku, "router", &line);
         };
         let counted = Counted {
             inner: body,
             bytes: 0,
+            end: None,
             on_done: Some(Box::new(on_done)),
         };
         Response::from_parts(parts, counted.boxed())
@@ -323,12 +337,23 @@ fn escape(path: &str) -> String {
     path.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// A response body that counts the bytes it passes on and reports the total when it is
-/// finished or dropped (the client went away), for the router log line.
+/// How a proxied response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Complete,
+    /// The client went away first (H27).
+    ClientGone,
+    /// The dyno's side failed mid-body (H18).
+    DynoGone,
+}
+
+/// A response body that counts the bytes it passes on and, when it is finished or dropped,
+/// reports the total and how it ended, for the router log line.
 struct Counted {
     inner: Incoming,
     bytes: u64,
-    on_done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    end: Option<BodyEnd>,
+    on_done: Option<Box<dyn FnOnce(u64, BodyEnd) + Send + Sync>>,
 }
 
 impl Body for Counted {
@@ -340,10 +365,15 @@ impl Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes += data.len() as u64;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
             }
+            Poll::Ready(Some(Err(_))) => self.end = Some(BodyEnd::DynoGone),
+            Poll::Ready(None) => self.end = Some(BodyEnd::Complete),
+            Poll::Pending => {}
         }
         polled
     }
@@ -359,8 +389,15 @@ impl Body for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        // hyper stops polling once a body with a known length is fully read, so "the dyno
+        // sent everything" also counts as complete.
+        let end = match self.end {
+            Some(end) => end,
+            None if self.inner.is_end_stream() => BodyEnd::Complete,
+            None => BodyEnd::ClientGone,
+        };
         if let Some(done) = self.on_done.take() {
-            done(self.bytes);
+            done(self.bytes, end);
         }
     }
 }

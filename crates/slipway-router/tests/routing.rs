@@ -286,3 +286,94 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the router kept a half-sent request open");
 }
+
+/// A backend that answers every connection with `head` and then, if `hang`, keeps the
+/// connection open without sending the rest; otherwise closes it at once.
+async fn raw_backend(head: &'static [u8], hang: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(head).await;
+                if hang {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn interrupted_responses_are_logged_as_h18_and_h27() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = router().await;
+
+    // The dyno promises 100 bytes, sends 5 and hangs up: H18.
+    let cut = raw_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello",
+        false,
+    )
+    .await;
+    r.table.set("cut", Target::Up(vec![("web.1".into(), cut)]));
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("{}/", r.url))
+        .header("host", "cut.localhost")
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert!(
+            resp.bytes().await.is_err(),
+            "a truncated body must not look complete"
+        );
+    }
+    let line = &wait_for_lines(&r, "cut", 1).await[0];
+    assert!(
+        line.contains("at=error code=H18 desc=\"Server Request Interrupted\""),
+        "{line}"
+    );
+    assert!(line.contains("status=503 bytes=5"), "{line}");
+
+    // The client reads the headers and goes away while the dyno is still sending: H27.
+    let slow = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello", true).await;
+    r.table
+        .set("gone", Target::Up(vec![("web.1".into(), slow)]));
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: gone.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(stream);
+    let line = &wait_for_lines(&r, "gone", 1).await[0];
+    assert!(
+        line.contains("at=error code=H27 desc=\"Client Request Interrupted\""),
+        "{line}"
+    );
+    assert!(line.contains("status=499"), "{line}");
+
+    // A complete response with a known length stays at=info.
+    let whole = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", true).await;
+    r.table
+        .set("whole", Target::Up(vec![("web.1".into(), whole)]));
+    let (status, body, _) = get(&r, "whole.localhost", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let line = &wait_for_lines(&r, "whole", 1).await[0];
+    assert!(
+        line.contains("at=info") && line.contains("status=200 bytes=5"),
+        "{line}"
+    );
+}
