@@ -10,6 +10,8 @@ pub enum RouterError {
     RequestTimeout,
     /// H13: the dyno closed the connection without a response.
     ConnectionClosed,
+    /// H15: the dyno sent nothing for the idle window after its first byte.
+    IdleConnection,
     /// H18: the dyno closed the connection in the middle of its response.
     ServerInterrupted,
     /// H27: the client went away before the response was complete (status 499).
@@ -31,6 +33,7 @@ impl RouterError {
             RouterError::RequestTimeout => Some("H12"),
             RouterError::ConnectionClosed => Some("H13"),
             RouterError::NoWebDynos => Some("H14"),
+            RouterError::IdleConnection => Some("H15"),
             RouterError::ServerInterrupted => Some("H18"),
             RouterError::ClientInterrupted => Some("H27"),
             RouterError::BootTimeout => Some("H20"),
@@ -45,6 +48,7 @@ impl RouterError {
             RouterError::RequestTimeout => "Request timeout",
             RouterError::ConnectionClosed => "Connection closed without response",
             RouterError::NoWebDynos => "No web processes running",
+            RouterError::IdleConnection => "Idle connection",
             RouterError::ServerInterrupted => "Server Request Interrupted",
             RouterError::ClientInterrupted => "Client Request Interrupted",
             RouterError::BootTimeout => "App boot timeout",

@@ -52,6 +52,9 @@ pub struct RouterConfig {
     pub domain: String,
     /// Time to the first response byte before H12 (Heroku: 30 s).
     pub request_timeout: Duration,
+    /// After the first response byte, how long the dyno may send nothing before H15
+    /// (Heroku: a rolling 55 s window).
+    pub idle_timeout: Duration,
     /// How long a request waits for a starting dyno before H20.
     pub boot_wait: Duration,
     /// How long open connections get to finish when the router shuts down.
@@ -65,6 +68,7 @@ impl Default for RouterConfig {
         Self {
             domain: "localhost".into(),
             request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(55),
             boot_wait: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),

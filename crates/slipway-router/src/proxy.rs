@@ -1,5 +1,6 @@
 //! Forwarding one request to a dyno and back.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,8 @@ use slipway_logs::{LogHub, Source};
 
 use crate::{app_from_host, Resolution, Resolver, RouterConfig, RouterError, Target};
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -214,11 +216,11 @@ impl Proxy {
                     "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol=http",
                     log.quoted()
                 ),
-                BodyEnd::ClientGone | BodyEnd::DynoGone => {
-                    let error = if end == BodyEnd::ClientGone {
-                        RouterError::ClientInterrupted
-                    } else {
-                        RouterError::ServerInterrupted
+                BodyEnd::ClientGone | BodyEnd::DynoGone | BodyEnd::Idle => {
+                    let error = match end {
+                        BodyEnd::ClientGone => RouterError::ClientInterrupted,
+                        BodyEnd::Idle => RouterError::IdleConnection,
+                        _ => RouterError::ServerInterrupted,
                     };
                     format!(
                         "at=error code={} desc=\"{}\" {} dyno={dyno} connect={connect_ms}ms service={}ms status={} bytes={bytes} protocol=http",
@@ -236,6 +238,8 @@ impl Proxy {
             inner: body,
             bytes: 0,
             end: None,
+            idle_timeout: self.cfg.idle_timeout,
+            idle: Box::pin(tokio::time::sleep(self.cfg.idle_timeout)),
             on_done: Some(Box::new(on_done)),
         };
         Response::from_parts(parts, counted.boxed())
@@ -345,6 +349,8 @@ enum BodyEnd {
     ClientGone,
     /// The dyno's side failed mid-body (H18).
     DynoGone,
+    /// The dyno sent nothing for the idle timeout (H15).
+    Idle,
 }
 
 /// A response body that counts the bytes it passes on and, when it is finished or dropped,
@@ -353,29 +359,47 @@ struct Counted {
     inner: Incoming,
     bytes: u64,
     end: Option<BodyEnd>,
+    /// Heroku's rolling window: every frame from the dyno restarts it.
+    idle_timeout: std::time::Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
     on_done: Option<Box<dyn FnOnce(u64, BodyEnd) + Send + Sync>>,
 }
 
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 }
+                let deadline = tokio::time::Instant::now() + self.idle_timeout;
+                self.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => self.end = Some(BodyEnd::DynoGone),
-            Poll::Ready(None) => self.end = Some(BodyEnd::Complete),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(e))) => {
+                self.end = Some(BodyEnd::DynoGone);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                self.end = Some(BodyEnd::Complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.end = Some(BodyEnd::Idle);
+                    Poll::Ready(Some(Err(
+                        "the dyno sent nothing for the idle timeout".into()
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -86,6 +86,7 @@ async fn router() -> Router {
         request_timeout: Duration::from_millis(500),
         boot_wait: Duration::from_millis(300),
         header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(1),
         ..RouterConfig::default()
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -364,6 +365,27 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
         "{line}"
     );
     assert!(line.contains("status=499"), "{line}");
+
+    // The dyno sends a little, then nothing for the idle window: H15, and the client is cut off.
+    let stalled = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello", true).await;
+    r.table
+        .set("stalled", Target::Up(vec![("web.1".into(), stalled)]));
+    let resp = client
+        .get(format!("{}/", r.url))
+        .header("host", "stalled.localhost")
+        .send()
+        .await
+        .expect("headers");
+    assert!(
+        resp.bytes().await.is_err(),
+        "a stalled body must not look complete"
+    );
+    let line = &wait_for_lines(&r, "stalled", 1).await[0];
+    assert!(
+        line.contains("at=error code=H15 desc=\"Idle connection\""),
+        "{line}"
+    );
+    assert!(line.contains("bytes=5"), "{line}");
 
     // A complete response with a known length stays at=info.
     let whole = raw_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", true).await;
