@@ -239,7 +239,7 @@ impl Proxy {
             bytes: 0,
             end: None,
             idle_timeout: self.cfg.idle_timeout,
-            idle: Box::pin(tokio::time::sleep(self.cfg.idle_timeout)),
+            idle: None,
             on_done: Some(Box::new(on_done)),
         };
         Response::from_parts(parts, counted.boxed())
@@ -361,7 +361,8 @@ struct Counted {
     end: Option<BodyEnd>,
     /// Heroku's rolling window: every frame from the dyno restarts it.
     idle_timeout: std::time::Duration,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Made on the first wait only: most small responses arrive in one piece and never need it.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     on_done: Option<Box<dyn FnOnce(u64, BodyEnd) + Send + Sync>>,
 }
 
@@ -378,8 +379,8 @@ impl Body for Counted {
                 if let Some(data) = frame.data_ref() {
                     self.bytes += data.len() as u64;
                 }
-                let deadline = tokio::time::Instant::now() + self.idle_timeout;
-                self.idle.as_mut().reset(deadline);
+                // Restart the window: it is made again at the next wait.
+                self.idle = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -390,15 +391,21 @@ impl Body for Counted {
                 self.end = Some(BodyEnd::Complete);
                 Poll::Ready(None)
             }
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    self.end = Some(BodyEnd::Idle);
-                    Poll::Ready(Some(Err(
-                        "the dyno sent nothing for the idle timeout".into()
-                    )))
+            Poll::Pending => {
+                let timeout = self.idle_timeout;
+                let idle = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.end = Some(BodyEnd::Idle);
+                        Poll::Ready(Some(Err(
+                            "the dyno sent nothing for the idle timeout".into()
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
