@@ -103,21 +103,20 @@ impl Range {
     }
 }
 
-/// One page of `items`, each given with its keys for the fields it can be ranged on.
+/// One page of rendered items, and the Range that fetches the next page, if any.
 pub struct Page {
     pub items: Vec<Value>,
     pub next_range: Option<String>,
 }
 
-/// Sorts and cuts `items` by the request's Range (or `default_field` ascending).
-/// `keys(item, field)` gives the item's key for a field.
+/// Sorts and cuts `items` (each an item and its rendered JSON) by the request's Range, or by
+/// `default_field` ascending. `keys(item, field)` gives an item's key for a field.
 pub fn paginate<T>(
-    mut items: Vec<T>,
+    mut items: Vec<(T, Value)>,
     headers: &HeaderMap,
     fields: &[&str],
     default_field: &str,
     keys: impl Fn(&T, &str) -> Key,
-    render: impl Fn(&T) -> Value,
 ) -> Result<Page, ApiError> {
     let range = match headers.get(axum::http::header::RANGE) {
         Some(v) => Range::parse(
@@ -135,7 +134,7 @@ pub fn paginate<T>(
         },
     };
     let field = range.field.as_str();
-    items.sort_by_key(|a| keys(a, field));
+    items.sort_by_key(|(item, _)| keys(item, field));
     if range.descending {
         items.reverse();
     }
@@ -165,11 +164,14 @@ pub fn paginate<T>(
         };
         after_start && before_end
     };
-    let selected: Vec<&T> = items.iter().filter(|i| in_range(&keys(i, field))).collect();
+    let selected: Vec<(T, Value)> = items
+        .into_iter()
+        .filter(|(item, _)| in_range(&keys(item, field)))
+        .collect();
     let more = selected.len() > range.max;
-    let page: Vec<&T> = selected.into_iter().take(range.max).collect();
+    let page: Vec<(T, Value)> = selected.into_iter().take(range.max).collect();
     let next_range = match (more, page.last()) {
-        (true, Some(last)) => Some(format!(
+        (true, Some((last, _))) => Some(format!(
             "{field} ]{}..; max={}, order={}",
             keys(last, field).render(),
             range.max,
@@ -178,7 +180,7 @@ pub fn paginate<T>(
         _ => None,
     };
     Ok(Page {
-        items: page.into_iter().map(render).collect(),
+        items: page.into_iter().map(|(_, json)| json).collect(),
         next_range,
     })
 }
@@ -204,12 +206,11 @@ mod tests {
 
     fn versions(headers: &HeaderMap) -> (Vec<i64>, Option<String>) {
         let page = paginate(
-            (1..=20i64).collect(),
+            (1..=20i64).map(|v| (v, Value::from(v))).collect(),
             headers,
             &["id", "version"],
             "version",
             |v, _| Key::Num(*v),
-            |v| Value::from(*v),
         )
         .expect("page");
         (

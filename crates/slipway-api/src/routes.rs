@@ -115,12 +115,11 @@ async fn list_apps(
         &headers,
         &["id", "name", "updated_at"],
         "name",
-        |(a, _), field| match field {
+        |a, field| match field {
             "id" => Key::Text(a.id.clone()),
             "updated_at" => Key::Num(a.updated_at),
             _ => Key::Text(a.name.clone()),
         },
-        |(_, v)| v.clone(),
     )
 }
 
@@ -221,11 +220,10 @@ async fn list_releases(
         &headers,
         &["id", "version"],
         "version",
-        |(r, _), field| match field {
+        |r, field| match field {
             "id" => Key::Text(r.id.clone()),
             _ => Key::Num(r.version),
         },
-        |(_, v)| v.clone(),
     )
 }
 
@@ -481,11 +479,10 @@ async fn list_builds(
         &headers,
         &["id", "created_at"],
         "created_at",
-        |(b, _), field| match field {
+        |b, field| match field {
             "id" => Key::Text(b.id.clone()),
             _ => Key::Num(b.created_at),
         },
-        |(_, v)| v.clone(),
     )
 }
 
