@@ -61,7 +61,11 @@ pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: B
         .into_response();
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    tokio::spawn(run(state, grant, push, body, tx));
+    let span = tracing::info_span!("build", app = %grant.app_id, commit = %push.commit);
+    tokio::spawn(tracing::Instrument::instrument(
+        run(state, grant, push, body, tx),
+        span,
+    ));
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     (
         StatusCode::OK,
@@ -281,9 +285,12 @@ async fn build_and_release(
     }
     let discard = |e: slipway_store::StoreError| {
         let path = slug_path.clone();
-        tokio::spawn(async move {
-            let _ = tokio::fs::remove_file(path).await;
-        });
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _ = tokio::fs::remove_file(path).await;
+            },
+            tracing::Span::current(),
+        ));
         tracing::error!(error = %e, "could not record the release");
         "Internal error while recording the release; see the server log.".to_string()
     };

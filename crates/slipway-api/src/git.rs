@@ -17,6 +17,7 @@ use serde::Deserialize;
 use slipway_store::{App, User};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
+use tracing::Instrument;
 
 use crate::auth::{new_token, presented_token, token_hash};
 use crate::state::{PushGrant, Shared};
@@ -261,8 +262,8 @@ async fn rpc(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let limit = settings.max_push_bytes;
-    let app_name = app.name.clone();
-    tokio::spawn(async move {
+    let span = tracing::info_span!("git", app = %app.name, service = service.subcommand());
+    let feed = async move {
         let stream = body
             .into_data_stream()
             .map(|r| r.map_err(std::io::Error::other));
@@ -275,16 +276,15 @@ async fn rpc(
         // One byte over the limit tells a too-large push from one exactly at the limit.
         let mut bounded = reader.take(limit + 1);
         match tokio::io::copy(&mut bounded, &mut stdin).await {
-            Ok(n) if n > limit => {
-                tracing::warn!(app = %app_name, limit, "push larger than the limit was cut off")
-            }
+            Ok(n) if n > limit => tracing::warn!(limit, "push larger than the limit was cut off"),
             Ok(_) => {}
-            Err(e) => tracing::debug!(app = %app_name, error = %e, "git request body ended early"),
+            Err(e) => tracing::debug!(error = %e, "git request body ended early"),
         }
         let _ = stdin.shutdown().await;
-    });
+    };
+    tokio::spawn(feed.instrument(span.clone()));
     let waiter_state = state.clone();
-    tokio::spawn(async move {
+    let wait = async move {
         let mut errors = Vec::new();
         let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
         let status = child.wait().await;
@@ -292,9 +292,10 @@ async fn rpc(
             waiter_state.revoke_push(&t);
         }
         if !matches!(status, Ok(s) if s.success()) && !errors.is_empty() {
-            tracing::info!(stderr = %String::from_utf8_lossy(&errors), "git {} ended with an error", service.subcommand());
+            tracing::info!(stderr = %String::from_utf8_lossy(&errors), "git ended with an error");
         }
-    });
+    };
+    tokio::spawn(wait.instrument(span));
     let content_type = format!("application/x-{}-result", service.name());
     (
         StatusCode::OK,

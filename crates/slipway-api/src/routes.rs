@@ -596,7 +596,8 @@ async fn stream_log_session(
             .logs
             .subscribe(&grant.app_id, grant.filter.clone(), grant.lines);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    tokio::spawn(async move {
+    let span = tracing::info_span!("log_session", app = %grant.app_id, tail = grant.tail);
+    let stream_lines = async move {
         for line in &history {
             if tx.send(sse_event(line)).await.is_err() {
                 return;
@@ -624,7 +625,8 @@ async fn stream_log_session(
                 return;
             }
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(stream_lines, span));
     let stream = ReceiverStream::new(rx).map(Ok::<_, Infallible>);
     Ok((
         StatusCode::OK,

@@ -280,23 +280,29 @@ pub async fn run(
         header_read_timeout: Duration::from_secs(30),
         shutdown_grace: cfg.shutdown_timeout,
     };
-    let mut api_task = tokio::spawn(slipway_router::serve_http(
-        api_listener,
-        limits,
-        stopped(stop_rx.clone()),
-        move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+    let mut api_task = tokio::spawn(tracing::Instrument::instrument(
+        slipway_router::serve_http(
+            api_listener,
+            limits,
+            stopped(stop_rx.clone()),
+            move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+        ),
+        tracing::info_span!("api", addr = %api_addr),
     ));
     let router_cfg = slipway_router::RouterConfig {
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,
         ..slipway_router::RouterConfig::default()
     };
-    let mut router_task = tokio::spawn(slipway_router::serve(
-        router_listener,
-        router_cfg,
-        Arc::new(RouteTable(state.clone())),
-        logs.clone(),
-        stopped(stop_rx.clone()),
+    let mut router_task = tokio::spawn(tracing::Instrument::instrument(
+        slipway_router::serve(
+            router_listener,
+            router_cfg,
+            Arc::new(RouteTable(state.clone())),
+            logs.clone(),
+            stopped(stop_rx.clone()),
+        ),
+        tracing::info_span!("router", addr = %router_addr),
     ));
 
     on_ready(&Ready {

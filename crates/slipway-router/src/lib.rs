@@ -152,11 +152,15 @@ where
         let _ = stream.set_nodelay(true);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_for(peer));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        let span = tracing::debug_span!("conn", %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            },
+            span,
+        ));
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())

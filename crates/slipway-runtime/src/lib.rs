@@ -227,28 +227,31 @@ impl DynoManager {
             return;
         }
         let boot_timeout = self.inner.cfg.boot_timeout;
-        tokio::spawn(async move {
-            // Old dynos keep serving until the new web dynos are up (or failed to come up).
-            let new_web: Vec<_> = started.iter().filter(|d| d.process_type == "web").collect();
-            let settled = async {
-                for d in new_web {
-                    loop {
-                        let state = d.lock_status().0;
-                        if state != DynoState::Starting || *d.done_rx.borrow() {
-                            break;
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // Old dynos keep serving until the new web dynos are up (or failed to come up).
+                let new_web: Vec<_> = started.iter().filter(|d| d.process_type == "web").collect();
+                let settled = async {
+                    for d in new_web {
+                        loop {
+                            let state = d.lock_status().0;
+                            if state != DynoState::Starting || *d.done_rx.borrow() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                };
+                let _ = tokio::time::timeout(boot_timeout + Duration::from_secs(5), settled).await;
+                for d in &retire {
+                    d.request_stop();
                 }
-            };
-            let _ = tokio::time::timeout(boot_timeout + Duration::from_secs(5), settled).await;
-            for d in &retire {
-                d.request_stop();
-            }
-            for d in &retire {
-                d.stopped().await;
-            }
-        });
+                for d in &retire {
+                    d.stopped().await;
+                }
+            },
+            tracing::info_span!("retire", app = %app_id),
+        ));
     }
 
     /// Stops every dyno of an app and waits until they are gone.

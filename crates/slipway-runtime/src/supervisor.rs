@@ -281,12 +281,15 @@ impl Supervisor {
             let logs = self.inner.logs.clone();
             let app = self.dyno.app_id.clone();
             let name = self.dyno.name.clone();
-            tokio::spawn(async move {
-                pump_lines(pipe, MAX_LINE_BYTES, |line| {
-                    logs.write(&app, Source::App, &name, line)
-                })
-                .await;
-            });
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    pump_lines(pipe, MAX_LINE_BYTES, |line| {
+                        logs.write(&app, Source::App, &name, line)
+                    })
+                    .await;
+                },
+                tracing::Span::current(),
+            ));
         }
     }
 
