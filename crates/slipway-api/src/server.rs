@@ -294,16 +294,29 @@ pub async fn run(
         shutdown_grace: cfg.shutdown_timeout,
         ..slipway_router::RouterConfig::default()
     };
-    let mut router_task = tokio::spawn(tracing::Instrument::instrument(
-        slipway_router::serve(
-            router_listener,
-            router_cfg,
-            Arc::new(RouteTable(state.clone())),
-            logs.clone(),
-            stopped(stop_rx.clone()),
-        ),
-        tracing::info_span!("router", addr = %router_addr),
-    ));
+    // The router runs on its own single-threaded runtime: a flood of requests cannot starve
+    // the control plane, and a request never hops between threads inside the router.
+    let router_listener = router_listener
+        .into_std()
+        .context("handing the router's listener to its runtime")?;
+    let resolver = Arc::new(RouteTable(state.clone()));
+    let router_logs = logs.clone();
+    let router_stop = stopped(stop_rx.clone());
+    let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("slipway-router")
+            .build()?;
+        let span = tracing::info_span!("router", addr = %router_addr);
+        runtime.block_on(tracing::Instrument::instrument(
+            async move {
+                let listener = TcpListener::from_std(router_listener)?;
+                slipway_router::serve(listener, router_cfg, resolver, router_logs, router_stop)
+                    .await
+            },
+            span,
+        ))
+    });
 
     on_ready(&Ready {
         api_addr,
