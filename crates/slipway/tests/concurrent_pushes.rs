@@ -4,7 +4,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
 use support::{text, Server};
 
@@ -47,18 +46,7 @@ fn a_push_that_waited_for_another_is_rejected_when_its_branch_moved() {
     // A: a big commit whose build takes a while.
     std::fs::write(first.join("blob.bin"), noise(40 * 1024 * 1024)).expect("write");
     server.commit_all(&first, "A");
-    let mut push_a = Command::new("git");
-    push_a
-        .args(["push", "slipway", "main"])
-        .current_dir(&first)
-        .env("HOME", &server.home)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("SLIPWAY_DATA_DIR", &server.data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut push_a = push_a.spawn().expect("push A");
+    let mut push_a = server.git_spawn(&first, &["push", "slipway", "main"]);
     let mut a_lines = BufReader::new(push_a.stderr.take().expect("stderr")).lines();
     let mut a_said = Vec::new();
     for line in a_lines.by_ref() {

@@ -153,27 +153,25 @@ impl Server {
             .to_string()
     }
 
-    /// Runs the real CLI in `dir`, finding the server through its data directory.
-    pub fn cli(&self, dir: &Path, args: &[&str]) -> Output {
+    /// The real CLI in `dir`, finding the server through its data directory.
+    fn cli_command(&self, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         isolate(&mut cmd, &self.home);
         cmd.args(args)
             .current_dir(dir)
             .env("SLIPWAY_DATA_DIR", &self.data)
             .stdin(Stdio::null());
-        cmd.output().expect("run slipway")
+        cmd
+    }
+
+    pub fn cli(&self, dir: &Path, args: &[&str]) -> Output {
+        self.cli_command(dir, args).output().expect("run slipway")
     }
 
     /// Starts the CLI without waiting for it (for `logs --tail`).
     pub fn cli_spawn(&self, dir: &Path, args: &[&str]) -> Child {
-        let mut cmd = Command::new(BIN);
-        isolate(&mut cmd, &self.home);
-        cmd.args(args)
-            .current_dir(dir)
-            .env("SLIPWAY_DATA_DIR", &self.data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        let mut cmd = self.cli_command(dir, args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         cmd.spawn().expect("start slipway")
     }
 
@@ -188,11 +186,26 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+    /// Real git in `dir`, kept away from the user's git and slipway settings.
+    fn git_command(&self, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
-        cmd.args(args).current_dir(dir).stdin(Stdio::null());
         isolate(&mut cmd, &self.home);
-        cmd.output().expect("run git")
+        cmd.args(args)
+            .current_dir(dir)
+            .env("SLIPWAY_DATA_DIR", &self.data)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        self.git_command(dir, args).output().expect("run git")
+    }
+
+    /// Starts git without waiting for it; its stderr (where `remote:` lines go) is piped.
+    pub fn git_spawn(&self, dir: &Path, args: &[&str]) -> Child {
+        let mut cmd = self.git_command(dir, args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.spawn().expect("start git")
     }
 
     pub fn git_ok(&self, dir: &Path, args: &[&str]) -> String {
