@@ -134,14 +134,12 @@ fn router_lines(r: &Router, app: &str) -> Vec<String> {
 }
 
 async fn wait_for_lines(r: &Router, app: &str, n: usize) -> Vec<String> {
-    for _ in 0..200 {
+    let what = format!("{n} router lines for {app}");
+    slipway_testkit::wait_until(5, &what, || async {
         let lines = router_lines(r, app);
-        if lines.len() >= n {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("fewer than {n} router lines: {:?}", router_lines(r, app));
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
 }
 
 #[tokio::test]

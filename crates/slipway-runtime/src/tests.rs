@@ -58,24 +58,17 @@ fn spec(process_type: &str, quantity: u32, command: &str) -> ProcessSpec {
 }
 
 async fn wait_for_log(f: &Fixture, needle: &str) -> Vec<String> {
-    let logs = &f.logs;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines: Vec<String> = logs
+    let what = format!("a log line containing {needle:?}");
+    slipway_testkit::wait_until(20, &what, || async {
+        let lines: Vec<String> = f
+            .logs
             .history(&f.app, &Filter::default(), usize::MAX)
             .iter()
             .map(|l| l.format())
             .collect();
-        if lines.iter().any(|l| l.contains(needle)) {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line containing {needle:?} in:\n{}",
-            lines.join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        lines.iter().any(|l| l.contains(needle)).then_some(lines)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -195,12 +188,7 @@ async fn scaling_and_new_releases_replace_the_right_dynos() {
 }
 
 async fn http_get(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
+    let (_, _, body) =
+        slipway_testkit::http_async(addr, "GET", "/index.html", &[("Host", "x")], None).await;
+    body
 }
