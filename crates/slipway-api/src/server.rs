@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub dyno_stop_timeout: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
+    pub max_dynos_per_type: u32,
     pub max_push_bytes: u64,
     /// The `slipway` binary git runs as the pre-receive hook.
     pub hook_binary: PathBuf,
@@ -82,6 +84,9 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
             "the slipway binary {} (used as the git pre-receive hook) does not exist",
             cfg.hook_binary.display()
         );
+    }
+    if cfg.max_dynos_per_type == 0 {
+        bail!("the most dynos per process type must be at least 1");
     }
     if cfg.max_push_bytes == 0 {
         bail!("max push size must be larger than 0");
@@ -226,6 +231,7 @@ pub async fn run(
         domain: cfg.domain.clone(),
         build_limits: slipway_build::Limits::default(),
         max_push_bytes: cfg.max_push_bytes,
+        max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),
     };
     let logs = LogHub::new();

@@ -25,6 +25,8 @@ pub struct Settings {
     pub build_limits: slipway_build::Limits,
     /// Largest git request body accepted (the pushed pack), in bytes.
     pub max_push_bytes: u64,
+    /// Most dynos of one process type an app may scale to.
+    pub max_dynos_per_type: u32,
     /// Path of the `slipway` binary, which git runs as the pre-receive hook.
     pub hook_binary: PathBuf,
 }

@@ -9,7 +9,6 @@ mod model;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::str::FromStr;
 
 use chrono::Utc;
 use sqlx::sqlite::{
@@ -54,7 +53,9 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+        // From the path itself, never a URL: a data directory may hold `?` or `%`.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
@@ -67,6 +68,13 @@ impl Store {
             .execute(&pool)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at the start, so a
+    /// transaction that reads and then writes never has to upgrade its lock (which fails with
+    /// SQLITE_BUSY under concurrent writers instead of waiting); writers queue on the busy timeout.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     pub async fn close(&self) {
@@ -335,7 +343,7 @@ impl Store {
         description: &str,
         user_id: &str,
     ) -> Result<Release> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let config: String = sqlx::query("SELECT config FROM apps WHERE id = $1")
             .bind(app_id)
             .fetch_optional(&mut *tx)
@@ -456,7 +464,7 @@ impl Store {
         app_id: &str,
         quantities: &BTreeMap<String, i64>,
     ) -> Result<Vec<Formation>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (ptype, quantity) in quantities {
             let done = sqlx::query(
                 "UPDATE formation SET quantity = $1, updated_at = $2 WHERE app_id = $3 AND process_type = $4",

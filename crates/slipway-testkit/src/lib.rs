@@ -182,8 +182,9 @@ mod tests {
 
     #[test]
     fn parses_status_headers_and_body() {
-        let (status, headers, body) =
-            parse_response(b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Type: text/plain\r\n\r\nnope");
+        let (status, headers, body) = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Type: text/plain\r\n\r\nnope",
+        );
         assert_eq!(status, 404);
         assert_eq!(header(&headers, "x-a"), Some("1"));
         assert_eq!(header(&headers, "content-type"), Some("text/plain"));

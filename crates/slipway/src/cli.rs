@@ -182,4 +182,7 @@ pub struct ServerArgs {
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Most dynos of one process type an app may scale to [default: 100]
+    #[arg(long, env = "SLIPWAY_MAX_DYNOS_PER_TYPE")]
+    pub max_dynos_per_type: Option<u32>,
 }

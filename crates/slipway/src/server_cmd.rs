@@ -26,6 +26,7 @@ struct FileConfig {
     admin_email: Option<String>,
     dyno_stop_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
+    max_dynos_per_type: Option<u32>,
 }
 
 /// `$XDG_DATA_HOME/slipway`, else `~/.local/share/slipway`, else `./.slipway-data`.
@@ -95,6 +96,10 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
                 .or(file.shutdown_timeout)
                 .unwrap_or(10),
         ),
+        max_dynos_per_type: args
+            .max_dynos_per_type
+            .or(file.max_dynos_per_type)
+            .unwrap_or(100),
         max_push_bytes: 1024 * 1024 * 1024,
         hook_binary,
     })
@@ -162,6 +167,7 @@ mod tests {
             admin_email: None,
             dyno_stop_timeout: None,
             shutdown_timeout: None,
+            max_dynos_per_type: None,
         }
     }
 
