@@ -1,8 +1,8 @@
 //! Deploying a push: the server side of the pre-receive hook.
 //!
 //! The hook (`slipway hook pre-receive`, run by `git receive-pack`) posts the pushed commit as
-//! a tar stream to `POST /internal/push-builds`, authenticated by the one-time token the server
-//! gave that receive-pack. The build runs here and its output streams back as the response,
+//! a tar stream to `POST /internal/push-builds`, authenticated by the token the server gave
+//! that receive-pack: single-use, and good only for a ref update the push carries (`push.rs`). The build runs here and its output streams back as the response,
 //! which the hook prints (git shows it as `remote:` lines). The last line says whether the
 //! build succeeded; the hook's exit status makes git accept or reject the push.
 //!
@@ -25,7 +25,8 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::auth::presented_token;
 use crate::control::converge_app;
 use crate::error::ApiError;
-use crate::state::{AppLock, PushGrant, Shared};
+use crate::push::{PushGrant, RefUpdate};
+use crate::state::{AppLock, Shared};
 
 /// The hook looks for this prefix on the last line of the response.
 pub const RESULT_PREFIX: &str = "\u{1e}slipway-build-result: ";
@@ -34,9 +35,6 @@ const MAX_TRANSCRIPT: usize = 1024 * 1024;
 
 pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     let Some(token) = presented_token(&headers) else {
-        return ApiError::unauthorized().into_response();
-    };
-    let Some(grant) = state.push_grant(&token) else {
         return ApiError::unauthorized().into_response();
     };
     let header = |name: &str| {
@@ -60,6 +58,19 @@ pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: B
         )
         .into_response();
     }
+    let update = RefUpdate {
+        old: push.old.clone(),
+        new: push.commit.clone(),
+        refname: push.refname.clone(),
+    };
+    let grant = match state.pushes.take(&push.token, &update) {
+        Ok(grant) => grant,
+        Err(e) => {
+            // Said in the server log only: the caller learns nothing about the token.
+            tracing::warn!(reason = %e, "refused a push build request");
+            return ApiError::unauthorized().into_response();
+        }
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let span = tracing::info_span!("build", app = %grant.app_id, commit = %push.commit);
     tokio::spawn(tracing::Instrument::instrument(
@@ -170,7 +181,7 @@ async fn run(state: Shared, grant: PushGrant, push: Push, body: Body, tx: mpsc::
                 )
                 .await;
             // The next build of this app waits until git has moved the branch to this commit.
-            state.hold_until_push_ends(&push.token, guard);
+            state.pushes.hold_until_end(&push.token, guard);
             out.line(&format!("{RESULT_PREFIX}ok")).await;
         }
         Err(message) => {
@@ -283,17 +294,6 @@ async fn build_and_release(
         let _ = tokio::fs::remove_file(&slug_path).await;
         return Err("the push was cancelled before the release".into());
     }
-    let discard = |e: slipway_store::StoreError| {
-        let path = slug_path.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let _ = tokio::fs::remove_file(path).await;
-            },
-            tracing::Span::current(),
-        ));
-        tracing::error!(error = %e, "could not record the release");
-        "Internal error while recording the release; see the server log.".to_string()
-    };
     let slug = state
         .store
         .create_slug(&NewSlug {
@@ -304,18 +304,34 @@ async fn build_and_release(
             path: slug_path.display().to_string(),
             process_types: procfile.processes.clone(),
         })
-        .await
-        .map_err(discard)?;
+        .await;
+    let slug = match slug {
+        Ok(slug) => slug,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&slug_path).await;
+            tracing::error!(error = %e, "could not record the slug");
+            return Err("Internal error while recording the slug; see the server log.".into());
+        }
+    };
     state.api_log(&app.id, &format!("Build succeeded by user {}", user.email));
     out.line("-----> Launching...").await;
     let release_lock = state.app_lock(AppLock::Release, &app.id);
     let _release_guard = release_lock.lock().await;
     let description = format!("Deploy {short}");
-    let release = state
+    let release = match state
         .store
         .deploy_release(&app.id, &slug, &description, &user.id)
         .await
-        .map_err(discard)?;
+    {
+        Ok(release) => release,
+        Err(e) => {
+            // A failed deploy leaves nothing behind: no release (one transaction), no slug.
+            tracing::error!(error = %e, "could not record the release");
+            let _ = state.store.delete_slug(&slug.id).await;
+            let _ = tokio::fs::remove_file(&slug_path).await;
+            return Err("Internal error while recording the release; see the server log.".into());
+        }
+    };
     state.api_log(&app.id, &format!("{description} by user {}", user.email));
     state.api_log(
         &app.id,
@@ -327,6 +343,15 @@ async fn build_and_release(
     if let Err(e) = converge_app(state, &app.id).await {
         tracing::error!(error = ?e, "could not start dynos for the new release");
     }
+    let gc_state = state.clone();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            if let Err(e) = crate::gc::collect(&gc_state).await {
+                tracing::warn!(error = %e, "collecting unused slugs");
+            }
+        },
+        tracing::info_span!("gc"),
+    ));
     out.line(&format!("       Released v{}", release.version))
         .await;
     out.line(&format!(

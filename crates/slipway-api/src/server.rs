@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub dyno_stop_timeout: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// How long a client has to send a request's headers (API and router).
+    pub header_read_timeout: Duration,
     /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
     pub max_dynos_per_type: u32,
     pub max_push_bytes: u64,
@@ -84,6 +86,9 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
             "the slipway binary {} (used as the git pre-receive hook) does not exist",
             cfg.hook_binary.display()
         );
+    }
+    if cfg.header_read_timeout.is_zero() {
+        bail!("the header read timeout must be at least 1 second");
     }
     if cfg.max_dynos_per_type == 0 {
         bail!("the most dynos per process type must be at least 1");
@@ -245,6 +250,14 @@ pub async fn run(
         dynos.clone(),
     ));
 
+    let interrupted = store.fail_interrupted_builds().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked builds interrupted by the previous server's stop as failed"
+        );
+    }
+    crate::gc::collect(&state).await?;
     let reaped = dynos.reap_stale().await?;
     if reaped > 0 {
         tracing::info!(reaped, "cleaned up dynos left by the previous server");
@@ -283,7 +296,7 @@ pub async fn run(
 
     let app = api_routes(state.clone());
     let limits = slipway_router::ConnectionLimits {
-        header_read_timeout: Duration::from_secs(30),
+        header_read_timeout: cfg.header_read_timeout,
         shutdown_grace: cfg.shutdown_timeout,
     };
     let mut api_task = tokio::spawn(tracing::Instrument::instrument(
@@ -298,6 +311,7 @@ pub async fn run(
     let router_cfg = slipway_router::RouterConfig {
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,
+        header_read_timeout: cfg.header_read_timeout,
         ..slipway_router::RouterConfig::default()
     };
     // The router runs on its own single-threaded runtime: a flood of requests cannot starve

@@ -337,11 +337,11 @@ fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
         logs.contains("heroku[web.1]: Process exited with status 1"),
         "{logs}"
     );
-    let ps = server.cli_ok(&repo, &["ps"]);
-    assert!(
-        ps.contains("web.1: crashed") || ps.contains("web.1: starting"),
-        "{ps}"
-    );
+    // Restarts back off (1 s, 2 s, 4 s ...), so `ps` soon shows the dyno crashed between tries.
+    wait_for(30, "ps to show web.1 crashed", || {
+        let ps = server.cli_ok(&repo, &["ps"]);
+        ps.contains("web.1: crashed").then_some(())
+    });
 
     // Fixing the Procfile and pushing again brings it up.
     std::fs::write(repo.join("Procfile"), "web: python3 server.py\n").expect("write");

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use slipway_testkit::{header, http, lines_of, wait_for};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
