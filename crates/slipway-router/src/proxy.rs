@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use slipway_logs::{LogHub, Source};
+use slipway_logs::{logfmt_quote, LogHub, Source};
 
 use crate::{app_from_host, Resolution, Resolver, RouterConfig, RouterError, Target};
 
@@ -58,15 +58,53 @@ struct RequestLog {
 }
 
 impl RequestLog {
+    fn new(
+        req: &Request<Incoming>,
+        host: &str,
+        peer: SocketAddr,
+        request_id: String,
+        start: Instant,
+    ) -> Self {
+        RequestLog {
+            app_id: String::new(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            host: host.split(':').next().unwrap_or_default().to_string(),
+            request_id,
+            fwd: forwarded_for(req.headers(), peer),
+            start,
+        }
+    }
+
+    /// The request's fields for a router line. Every value came from the client, so each is
+    /// quoted and escaped unless it is a plain token that cannot start another field.
     fn quoted(&self) -> String {
         format!(
-            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\"",
-            self.method,
-            escape(&self.path),
-            self.host,
-            self.request_id,
-            self.fwd
+            "method={} path={} host={} request_id={} fwd={}",
+            token(&self.method),
+            logfmt_quote(&self.path),
+            token(&self.host),
+            token(&self.request_id),
+            logfmt_quote(&self.fwd)
         )
+    }
+}
+
+/// `value` as it is when it is a plain token (letters, digits, `-._:/+`, not empty),
+/// otherwise quoted and escaped.
+fn token(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'/' | b'+')
+        });
+    if plain {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(logfmt_quote(value))
     }
 }
 
@@ -97,14 +135,6 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default()
-            .to_ascii_lowercase();
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -112,22 +142,14 @@ impl Proxy {
             .filter(|v| valid_request_id(v))
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(hosts) => return self.conflicting_host(&req, &hosts, peer, request_id, start),
+        };
         let Some(app_name) = app_from_host(&host, &self.cfg.domain) else {
             return error_response(RouterError::NoSuchApp, &request_id);
         };
-        let mut log = RequestLog {
-            app_id: String::new(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
-            host: host.split(':').next().unwrap_or_default().to_string(),
-            request_id: request_id.clone(),
-            fwd: forwarded_for(req.headers(), peer),
-            start,
-        };
+        let mut log = RequestLog::new(&req, &host, peer, request_id.clone(), start);
         let deadline = start + self.cfg.boot_wait;
         let backends = loop {
             let (app_id, target) = match self.resolver.resolve(app_name) {
@@ -172,6 +194,7 @@ impl Proxy {
             Err(_) => return self.fail(RouterError::ConnectionClosed, &log, Some(dyno)),
         };
         parts.uri = uri;
+        let client_version = parts.version;
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
@@ -207,6 +230,9 @@ impl Proxy {
         let connect_ms = sent.duration_since(log.start).as_millis();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The client keeps its own protocol whatever the dyno answered in (an HTTP/1.0 dyno
+        // must not turn the client's keep-alive HTTP/1.1 connection into a one-shot one).
+        parts.version = client_version;
         let status = parts.status.as_u16();
         let logs = self.logs.clone();
         let dyno = dyno.to_string();
@@ -243,6 +269,30 @@ impl Proxy {
             on_done: Some(Box::new(on_done)),
         };
         Response::from_parts(parts, counted.boxed())
+    }
+
+    /// A request that names more than one host is refused (H25, 400). It is logged in an
+    /// app's log only when every host it names is that same app.
+    fn conflicting_host(
+        &self,
+        req: &Request<Incoming>,
+        hosts: &[String],
+        peer: SocketAddr,
+        request_id: String,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let error = RouterError::ConflictingHost;
+        let mut apps = hosts.iter().map(|h| app_from_host(h, &self.cfg.domain));
+        let first = apps.next().flatten();
+        let app = first.filter(|name| apps.all(|other| other == Some(*name)));
+        let Some(Resolution::Found { app_id, .. }) = app.map(|name| self.resolver.resolve(name))
+        else {
+            return error_response(error, &request_id);
+        };
+        let host = hosts.first().map(String::as_str).unwrap_or_default();
+        let mut log = RequestLog::new(req, host, peer, request_id, start);
+        log.app_id = app_id;
+        self.fail(error, &log, None)
     }
 
     fn fail(
@@ -312,6 +362,40 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The host a request is for, lowercased: its one `Host` header, or (HTTP/2, absolute-form)
+/// its URI's authority. Several `Host` headers, or a `Host` that differs from the URI's
+/// authority, make the request ambiguous: `Err` with every host it names.
+fn request_host(req: &Request<Incoming>) -> Result<String, Vec<String>> {
+    let mut hosts: Vec<String> = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).to_ascii_lowercase())
+        .collect();
+    if let Some(authority) = req.uri().authority() {
+        let authority = authority.as_str().to_ascii_lowercase();
+        // The same host with and without a port names one app.
+        if !hosts
+            .iter()
+            .any(|h| without_port(h) == without_port(&authority))
+        {
+            hosts.push(authority);
+        }
+    }
+    match hosts.len() {
+        0 => Ok(String::new()),
+        1 => Ok(hosts.remove(0)),
+        _ => Err(hosts),
+    }
+}
+
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// The client's address appended to any `X-Forwarded-For` it sent.
 fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> String {
     match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -335,10 +419,6 @@ fn valid_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
-}
-
-fn escape(path: &str) -> String {
-    path.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// How a proxied response body ended.
