@@ -17,10 +17,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use slipway_build::{BuildEvent, CompileSpec, Compiled, SlugInfo};
 use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::presented_token;
 use crate::control::converge_app;
@@ -257,37 +259,12 @@ async fn build_and_release(
     .map_err(|e| format!("the build was interrupted: {e}"))?
     .map_err(|e| e.to_string())?;
 
-    let dir = src.clone();
-    let (procfile, said) = tokio::task::spawn_blocking(move || {
-        let mut said = Vec::new();
-        let procfile = slipway_build::compile(&dir, &mut |l| said.push(l.to_string()));
-        (procfile, said)
-    })
-    .await
-    .map_err(|e| format!("the build was interrupted: {e}"))?;
-    for line in said {
-        out.line(&format!("-----> {line}")).await;
-    }
-    let procfile = procfile.map_err(|e| e.to_string())?;
-
-    out.line("-----> Compressing...").await;
     let slug_dir = settings.slug_dir(&app.id);
     tokio::fs::create_dir_all(&slug_dir)
         .await
         .map_err(|e| format!("could not create the slug directory: {e}"))?;
     let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
-    let (dir, path) = (src.clone(), slug_path.clone());
-    let info =
-        tokio::task::spawn_blocking(move || slipway_build::create_slug(&dir, &path, &limits))
-            .await
-            .map_err(|e| format!("the build was interrupted: {e}"))?
-            .map_err(|e| e.to_string())?;
-    out.line(&format!(
-        "       Done: {} ({})",
-        human_size(info.size),
-        info.checksum
-    ))
-    .await;
+    let (compiled, info) = compile(state, app, build, &src, &slug_path, out).await?;
     drop(tmp);
 
     if out.gone() {
@@ -302,7 +279,7 @@ async fn build_and_release(
             checksum: info.checksum.clone(),
             size: i64::try_from(info.size).unwrap_or(i64::MAX),
             path: slug_path.display().to_string(),
-            process_types: procfile.processes.clone(),
+            process_types: compiled.process_types.clone(),
         })
         .await;
     let slug = match slug {
@@ -362,10 +339,65 @@ async fn build_and_release(
     Ok((slug, release))
 }
 
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b < 1024 => format!("{b} B"),
-        b if b < 1024 * 1024 => format!("{:.1}K", b as f64 / 1024.0),
-        b => format!("{:.1}M", b as f64 / (1024.0 * 1024.0)),
-    }
+/// Runs the app's buildpacks on `src` and packs the slug, carrying the build's events to the
+/// pusher (and the build record). A push that goes away cancels the build: its buildpack
+/// processes are killed as a group.
+async fn compile(
+    state: &Shared,
+    app: &App,
+    build: &Build,
+    src: &std::path::Path,
+    slug_path: &std::path::Path,
+    out: &mut Output,
+) -> Result<(Compiled, SlugInfo), String> {
+    let settings = &state.settings;
+    let chosen = state
+        .store
+        .buildpacks(&app.id)
+        .await
+        .map_err(|e| format!("could not read the app's buildpacks: {e}"))?;
+    let buildpacks =
+        slipway_build::resolve_buildpacks(&chosen, &app.config, src).map_err(|e| e.to_string())?;
+    let mut spec = CompileSpec::new(
+        src.to_path_buf(),
+        settings.cache_dir(&app.id),
+        settings.builds_dir.join("buildpacks").join("builtin"),
+        settings.builds_dir.join("buildpacks").join("fetched"),
+    );
+    spec.env = app.config.clone();
+    spec.buildpacks = buildpacks;
+    spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
+    spec.timeout = settings.build_timeout;
+    spec.source_version = Some(build.commit_sha.clone());
+    let limits = settings.build_limits;
+    let cancel = CancellationToken::new();
+    let pusher_gone = {
+        let (tx, cancel) = (out.tx.clone(), cancel.clone());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tx.closed().await;
+                cancel.cancel();
+            },
+            tracing::Span::current(),
+        ))
+    };
+    let (events, mut received) = mpsc::channel::<BuildEvent>(256);
+    let slug_path = slug_path.to_path_buf();
+    let work = async move {
+        let compiled = slipway_build::run_buildpacks(&spec, &events, cancel).await?;
+        let info = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await?;
+        Ok::<_, slipway_build::BuildError>((compiled, info))
+    };
+    let forward = async {
+        while let Some(event) = received.recv().await {
+            if let Some(line) = event.line() {
+                out.line(line).await;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(work, forward);
+    pusher_gone.abort();
+    let (compiled, info) = result.map_err(|e| e.to_string())?;
+    out.line(&format!("       {}", info.checksum)).await;
+    Ok((compiled, info))
 }

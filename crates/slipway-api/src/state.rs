@@ -23,6 +23,11 @@ pub struct Settings {
     pub router_port: u16,
     pub domain: String,
     pub build_limits: slipway_build::Limits,
+    /// Where builds happen, outside the data directory (`<data-dir>-builds` by default): build
+    /// directories, per-app build caches, installed and fetched buildpacks.
+    pub builds_dir: PathBuf,
+    /// How long one build may run (all its buildpacks).
+    pub build_timeout: Duration,
     /// Largest git request body accepted (the pushed pack), in bytes.
     pub max_push_bytes: u64,
     /// Most dynos of one process type an app may scale to.
@@ -41,7 +46,12 @@ impl Settings {
     }
 
     pub fn build_tmp(&self) -> PathBuf {
-        self.data_dir.join("tmp")
+        self.builds_dir.join("tmp")
+    }
+
+    /// The app's build cache (`CACHE_DIR`), kept between builds.
+    pub fn cache_dir(&self, app_id: &str) -> PathBuf {
+        self.builds_dir.join("cache").join(app_id)
     }
 
     pub fn hooks_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@
 //! since the epoch (BIGINT), JSON documents as TEXT, booleans as INTEGER, so the schema carries
 //! over to PostgreSQL later.
 
+mod buildpacks;
 mod model;
 
 use std::collections::BTreeMap;

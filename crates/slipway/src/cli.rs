@@ -182,6 +182,12 @@ pub struct ServerArgs {
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Where builds run, outside the data directory [default: <data-dir>-builds]
+    #[arg(long, env = "SLIPWAY_BUILDS_DIR")]
+    pub builds_dir: Option<PathBuf>,
+    /// Seconds one build (all its buildpacks) may run [default: 900]
+    #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
+    pub build_timeout: Option<u64>,
     /// Seconds a client has to send a request's headers, on the API and the router [default: 30]
     #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<u64>,

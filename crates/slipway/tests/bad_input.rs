@@ -182,8 +182,13 @@ fn broken_procfiles_reject_the_push_and_keep_the_previous_release() {
     let out = server.git(&repo, &["push", "slipway", "main"]);
     assert!(!out.status.success());
     let said = text(&out);
+    // Nothing to detect and no Procfile: the push says what each buildpack looks for.
     assert!(
-        said.contains("no Procfile found at the root of the pushed source"),
+        said.contains("no buildpack recognised this app and it has no Procfile"),
+        "{said}"
+    );
+    assert!(
+        said.contains("python: requirements.txt") && said.contains("nodejs: package.json"),
         "{said}"
     );
     assert!(said.contains("pre-receive hook declined"), "{said}");

@@ -56,7 +56,7 @@ fn push_build_release_route_log_and_redeploy() {
     let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
     assert!(pushed.contains("remote: -----> Building hello"), "{pushed}");
     assert!(
-        pushed.contains("remote: -----> Procfile declares types -> web"),
+        pushed.contains("remote:        Procfile declares types     -> web"),
         "{pushed}"
     );
     assert!(pushed.contains("remote:        Released v1"), "{pushed}");
