@@ -21,6 +21,8 @@ pub struct Server {
     pub api_port: u16,
     pub router_port: u16,
     pub stdout_lines: Vec<String>,
+    /// Server flags beyond the harness's own (see [`Server::start_with`]).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -34,7 +36,19 @@ fn port_in(line: &str) -> Option<u16> {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra flags, e.g. `["--header-read-timeout", "2"]`.
+    pub fn start_with(extra_args: &[&str]) -> Server {
         let root = tempfile::tempdir().expect("tempdir");
+        // Traversable (not listable), as a data directory's parent usually is: builds and dynos
+        // run as other users in directories beside the data directory.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod tempdir");
         let data = root.path().join("data");
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
@@ -45,6 +59,7 @@ impl Server {
             api_port: 0,
             router_port: 0,
             stdout_lines: Vec::new(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.launch();
@@ -66,6 +81,7 @@ impl Server {
                 "--shutdown-timeout",
                 "5",
             ])
+            .args(&self.extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         isolate(&mut cmd, &self.home);
@@ -322,4 +338,71 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A buildpack that holds every build at `bin/compile` until [`Gate::open`]: builds that take
+/// exactly as long as a test needs, ordered by events rather than timing.
+pub struct Gate {
+    pub buildpack: PathBuf,
+    file: PathBuf,
+}
+
+impl Gate {
+    pub fn new(root: &Path) -> Gate {
+        let buildpack = root.join("gate-buildpack");
+        let file = root.join("gate-open");
+        let bin = buildpack.join("bin");
+        std::fs::create_dir_all(&bin).expect("gate buildpack");
+        let scripts = [
+            ("detect", "#!/bin/sh\necho Gate\n".to_string()),
+            (
+                "compile",
+                format!(
+                    "#!/bin/sh\necho '-----> Gate: waiting'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho '-----> Gate: open'\n",
+                    file.display()
+                ),
+            ),
+            ("release", "#!/bin/sh\necho '--- {}'\n".to_string()),
+        ];
+        for (name, body) in scripts {
+            let path = bin.join(name);
+            std::fs::write(&path, body).expect("write gate script");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod gate script");
+        }
+        Gate { buildpack, file }
+    }
+
+    /// Makes the app in `repo` build with this buildpack (a `.buildpacks` file).
+    pub fn use_in(&self, repo: &Path) {
+        std::fs::write(
+            repo.join(".buildpacks"),
+            format!("{}\n", self.buildpack.display()),
+        )
+        .expect("write .buildpacks");
+    }
+
+    pub fn open(&self) {
+        std::fs::write(&self.file, "").expect("open gate");
+    }
+}
+
+/// Waits until a line containing `needle` comes from `lines` (a child's output), returning
+/// every line read so far.
+pub fn read_until(lines: &mpsc::Receiver<String>, needle: &str, secs: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line containing {needle:?} ({e}); got {seen:#?}"),
+        }
+    }
 }
