@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{lines_of, read_until, text, Gate, Server};
+use support::{lines_of, read_until, Gate, Server};
 
 #[test]
 fn a_push_that_waited_for_another_is_rejected_when_its_branch_moved() {
