@@ -356,3 +356,66 @@ fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
         (server.app_get("crashy", "/").0 == 200).then_some(())
     });
 }
+
+/// Values a client controls cannot forge fields of the router's log line, and a request naming
+/// two hosts is refused rather than routed by one of them.
+#[test]
+fn clients_cannot_forge_router_log_fields_or_pick_between_two_hosts() {
+    let server = Server::start();
+    let repo = server.sample_repo("forge-src");
+    server.cli_ok(&repo, &["apps:create", "forge"]);
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(60, "the app to serve", || {
+        (server.app_get("forge", "/").0 == 200).then_some(())
+    });
+
+    let forged = "1.2.3.4\" at=info status=200 host=bank.example.com x=\"";
+    let (status, _, _) = http(
+        server.router_port,
+        "GET",
+        "/forged",
+        &[("Host", "forge.localhost"), ("X-Forwarded-For", forged)],
+        None,
+    );
+    assert_eq!(status, 200);
+    let line = wait_for(30, "the router line of the forged request", || {
+        let logs = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "200"]);
+        logs.lines()
+            .find(|l| l.contains("path=\"/forged\""))
+            .map(str::to_string)
+    });
+    // Outside quoted values, each field appears once, with the router's own value.
+    let mut bare = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, c) => bare.push(c),
+            _ => {}
+        }
+    }
+    assert_eq!(bare.matches(" status=").count(), 1, "{line}");
+    assert_eq!(bare.matches(" at=").count(), 1, "{line}");
+    assert!(bare.contains(" status=200 "), "{line}");
+    assert!(!bare.contains("bank.example.com"), "{line}");
+
+    let (status, _, body) = http(
+        server.router_port,
+        "GET",
+        "/two-hosts",
+        &[("Host", "forge.localhost"), ("Host", "other.localhost")],
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    // No dyno saw it: the app's log has no served request for that path.
+    let logs = server.cli_ok(&repo, &["logs", "-n", "200"]);
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("at=info") && l.contains("path=\"/two-hosts\"")),
+        "{logs}"
+    );
+}
