@@ -52,6 +52,11 @@ impl Server {
 
     /// Starts (or restarts) the server process on the same data directory.
     pub fn launch(&mut self) {
+        self.launch_with(&[]);
+    }
+
+    /// Starts (or restarts) the server with extra flags.
+    pub fn launch_with(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--data-dir"])
             .arg(&self.data)
@@ -65,6 +70,7 @@ impl Server {
                 "--shutdown-timeout",
                 "5",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         isolate(&mut cmd, &self.home);
@@ -254,9 +260,9 @@ impl Server {
         )
     }
 
-    /// Processes whose working directory is inside the data directory (the dynos).
+    /// Processes whose working directory is inside the dynos directory (the dynos).
     pub fn dyno_processes(&self) -> Vec<u32> {
-        let dynos = self.data.join("dynos");
+        let dynos = self.dynos_dir();
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -321,4 +327,49 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+impl Server {
+    /// Where the server runs dynos by default: beside the data directory, never inside it.
+    pub fn dynos_dir(&self) -> PathBuf {
+        self.root.path().join("data-dynos")
+    }
+
+    /// A server started with extra flags (e.g. `--dyno-runtime process`). Its temporary
+    /// root lets other users through (mode 0711, not listable), as `/var/lib` does, so app
+    /// users can reach their dyno directories.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the test root");
+        let data = root.path().join("data");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let mut server = Server {
+            root,
+            data,
+            home,
+            api_port: 0,
+            router_port: 0,
+            stdout_lines: Vec::new(),
+            child: None,
+        };
+        server.launch_with(extra);
+        server
+    }
+
+    /// A git repository on main holding `files` (name, content).
+    pub fn repo_with(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("repo dir");
+        for (file, content) in files {
+            std::fs::write(dir.join(file), content).expect("write app file");
+        }
+        self.git_ok(&dir, &["init", "-q", "-b", "main"]);
+        self.commit_all(&dir, "initial");
+        dir
+    }
 }
