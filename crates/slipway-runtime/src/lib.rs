@@ -195,6 +195,37 @@ pub enum WebStatus {
     Up(Vec<Backend>),
 }
 
+/// What happened to a dyno, as the runtime tells whoever listens ([`DynoManager::subscribe`]):
+/// the control plane's records, logs and metrics can follow dynos without reaching into the
+/// runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DynoEvent {
+    /// A lifecycle transition.
+    Changed {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+        release_version: i64,
+        from: Lifecycle,
+        to: Lifecycle,
+        pid: Option<u32>,
+        addr: Option<SocketAddr>,
+    },
+    /// Memory was measured over the dyno's quota (each check while it stays over).
+    MemoryQuotaExceeded {
+        app_id: String,
+        name: String,
+        usage: Usage,
+        quota_bytes: u64,
+    },
+    /// The supervisor finished: the dyno, its container and directory are gone.
+    Removed {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+    },
+}
+
 /// What the supervisor last said about a dyno. Changed only by the supervisor, through
 /// [`Lifecycle::apply`].
 #[derive(Debug, Clone, Copy)]
@@ -261,6 +292,7 @@ pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn DynoBackend>,
     /// Each app's uid, when the server can switch users.
     pub(crate) users: Option<users::UidTable>,
+    pub(crate) events: tokio::sync::broadcast::Sender<DynoEvent>,
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
 }
 
@@ -325,9 +357,16 @@ impl DynoManager {
                 logs,
                 backend,
                 users,
+                events: tokio::sync::broadcast::channel(1024).0,
                 apps: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Every dyno event from now on. A receiver that falls more than 1,024 events behind
+    /// gets `Lagged` and skips ahead; senders never wait.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DynoEvent> {
+        self.inner.events.subscribe()
     }
 
     /// What runs the dynos, for the start-up line: `oci (/usr/sbin/runc, runc version 1.1.5)`.

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::backend::{DynoSpec, Exit, Running};
 use crate::lifecycle::{Event, Lifecycle};
 use crate::process::{free_port, pump_lines};
-use crate::{Dyno, Inner, ProcessSpec, ReleaseSpec, Status};
+use crate::{Dyno, DynoEvent, Inner, ProcessSpec, ReleaseSpec, Status};
 
 /// A dyno that ran this long before crashing is restarted at once, as a first crash is.
 const STABLE_RUN: Duration = Duration::from_secs(60);
@@ -120,6 +120,16 @@ impl Supervisor {
                 }
             }
         };
+        let _ = self.inner.events.send(DynoEvent::Changed {
+            app_id: self.dyno.app_id.clone(),
+            dyno_id: self.dyno.id.clone(),
+            name: self.dyno.name.clone(),
+            release_version: self.dyno.release.version,
+            from,
+            to,
+            pid,
+            addr,
+        });
         if from.public() != to.public() {
             self.say(&format!(
                 "State changed from {} to {}",
@@ -192,6 +202,11 @@ impl Supervisor {
         if let Err(e) = self.inner.store.delete_dyno(&self.dyno.id).await {
             tracing::warn!(error = %e, "could not delete dyno record");
         }
+        let _ = self.inner.events.send(DynoEvent::Removed {
+            app_id: self.dyno.app_id.clone(),
+            dyno_id: self.dyno.id.clone(),
+            name: self.dyno.name.clone(),
+        });
     }
 
     /// Prepares the dyno's filesystem (blocking work off the runtime).
@@ -323,6 +338,12 @@ impl Supervisor {
                 usage.memory_bytes as f64 * 100.0 / quota.max(1) as f64
             ));
             self.say("Error R14 (Memory quota exceeded)");
+            let _ = self.inner.events.send(DynoEvent::MemoryQuotaExceeded {
+                app_id: self.dyno.app_id.clone(),
+                name: self.dyno.name.clone(),
+                usage,
+                quota_bytes: quota,
+            });
         }
         usage.oom_kills > 0
     }

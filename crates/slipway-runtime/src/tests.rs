@@ -109,6 +109,7 @@ async fn wait_for_logs(f: &Fixture, needle: &str, count: usize) -> Vec<String> {
 
 async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
     let f = fixture(kind, Duration::from_secs(10)).await;
+    let mut events = f.manager.subscribe();
     let web = spec("web", 1, "echo \"greeting=$GREETING dyno=$DYNO\"; exec python3 -m http.server $PORT --bind 127.0.0.1");
     f.manager.converge(f.release.clone(), &[web]);
     wait_for_log(&f, "State changed from starting to up").await;
@@ -145,6 +146,30 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
     );
     assert!(!lines.iter().any(|l| l.contains("R12")), "{lines:#?}");
     assert!(!dir.exists(), "the dyno's filesystem is thrown away");
+    // The same life as typed events, ending with the dyno's removal.
+    let mut seen = Vec::new();
+    loop {
+        match events.recv().await.expect("event") {
+            DynoEvent::Changed { from, to, name, .. } => {
+                assert_eq!(name, "web.1");
+                seen.push((from, to));
+            }
+            DynoEvent::Removed { name, .. } => {
+                assert_eq!(name, "web.1");
+                break;
+            }
+            DynoEvent::MemoryQuotaExceeded { .. } => panic!("a small server is over quota"),
+        }
+    }
+    let up = DynoState::Up;
+    assert_eq!(
+        seen,
+        [
+            (Lifecycle::Starting, Lifecycle::Up),
+            (Lifecycle::Up, Lifecycle::Stopping { from: up }),
+            (Lifecycle::Stopping { from: up }, Lifecycle::Down),
+        ]
+    );
     assert!(f.store.all_dynos().await.expect("records").is_empty());
     assert_eq!(f.manager.web_status(&f.app), WebStatus::NoWebDynos);
 }
