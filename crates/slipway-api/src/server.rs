@@ -14,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
 use slipway_logs::LogHub;
+pub use slipway_runtime::RuntimeKind;
 use slipway_runtime::{DynoManager, RuntimeConfig};
 use slipway_store::Store;
 use tokio::net::TcpListener;
@@ -49,6 +50,12 @@ pub struct ServerConfig {
     pub max_push_bytes: u64,
     /// The `slipway` binary git runs as the pre-receive hook.
     pub hook_binary: PathBuf,
+    /// Where dynos run [default: `<data-dir>-dynos`]; never inside the data directory.
+    pub dynos_dir: Option<PathBuf>,
+    /// `auto` (OCI when root and the runtime works, else processes), `oci` or `process`.
+    pub dyno_runtime: RuntimeKind,
+    /// The OCI runtime binary (name or path).
+    pub oci_runtime: String,
 }
 
 /// What the server tells its caller once both listeners are bound and it is ready.
@@ -59,6 +66,8 @@ pub struct Ready {
     pub admin_token_path: PathBuf,
     /// Whether this start created the admin token (the first start).
     pub admin_token_created: bool,
+    /// What runs the dynos, and why when it is the fallback.
+    pub dyno_runtime: String,
 }
 
 const STATE_FILE: &str = "state.db";
@@ -104,7 +113,7 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
 }
 
 fn prepare_data_dir(dir: &Path, hook_binary: &Path) -> anyhow::Result<()> {
-    for sub in ["", "repos", "slugs", "dynos", "hooks"] {
+    for sub in ["", "repos", "slugs", "hooks"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)
             .with_context(|| format!("creating data directory {}", path.display()))?;
@@ -273,9 +282,17 @@ pub async fn run(
         hook_binary: cfg.hook_binary.clone(),
     };
     let logs = LogHub::new();
-    let mut runtime_cfg = RuntimeConfig::new(cfg.data_dir.join("dynos"));
+    let dynos_dir = cfg
+        .dynos_dir
+        .clone()
+        .unwrap_or_else(|| RuntimeConfig::default_dynos_dir(&cfg.data_dir));
+    let mut runtime_cfg = RuntimeConfig::new(dynos_dir);
+    runtime_cfg.data_dir = Some(cfg.data_dir.clone());
+    runtime_cfg.runtime = cfg.dyno_runtime;
+    runtime_cfg.oci_runtime = cfg.oci_runtime.clone();
     runtime_cfg.stop_timeout = cfg.dyno_stop_timeout;
-    let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone());
+    let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone())
+        .context("setting up the dyno runtime")?;
     let state: Shared = Arc::new(State::new(
         settings,
         store.clone(),
@@ -376,6 +393,7 @@ pub async fn run(
         router_addr,
         admin_token_path,
         admin_token_created,
+        dyno_runtime: dynos.runtime_description(),
     });
 
     // Serve until told to stop, or until a listener fails.

@@ -2,9 +2,13 @@
 //!
 //! [`DynoManager::converge`] makes an app's running dynos match its release and formation:
 //! dynos whose release or command is out of date are replaced, missing ones started, extra
-//! ones stopped. Each dyno is a supervised process (see `supervisor.rs`) in its own process
-//! group, running from a fresh copy of the slug in its own directory, with `PORT` (web) and
-//! the app's config in its environment, its output sent to the app's log stream.
+//! ones stopped. Each dyno is supervised (`supervisor.rs`) through an explicit lifecycle
+//! (`lifecycle.rs`) and run by a [`DynoBackend`] (`backend.rs`): a container under an OCI
+//! runtime (`oci.rs`, the default when the server is root and runc works) or a plain process
+//! group (`plain.rs`, the fallback). Either way it runs from a fresh copy of the slug in its
+//! own directory outside the data directory, under the app's own uid when the server is root
+//! (`users.rs`), with `PORT` (web), `DYNO` and the app's config in its environment, its
+//! output sent to the app's log stream. Memory comes from the dyno's cgroup (`cgroup.rs`).
 //!
 //! On a deploy the old dynos keep serving until the new web dynos are up (or have failed to
 //! come up), then they are stopped: SIGTERM, and SIGKILL after the stop timeout.
@@ -12,12 +16,19 @@
 //! What a dyno needs to be found again (id, pid, port, release, directory) is kept in the
 //! store; [`DynoManager::reap_stale`] uses it at start-up to clean up after a server that died.
 
+mod backend;
+mod cgroup;
+pub mod lifecycle;
+mod oci;
+mod plain;
 mod process;
 mod supervisor;
+mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,28 +38,103 @@ use slipway_logs::LogHub;
 use slipway_store::{DynoState, Store};
 use tokio::sync::watch;
 
+pub use backend::{BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Running, RuntimeError, Usage};
+pub use lifecycle::Lifecycle;
+pub use oci::{OciBackend, STACK_ETC};
+pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
+pub use users::{AppUser, FIRST_UID, LAST_UID};
+
+/// Which backend runs dynos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuntimeKind {
+    /// OCI when the server is root and the OCI runtime works, else processes (said at start).
+    #[default]
+    Auto,
+    /// OCI or refuse to start.
+    Oci,
+    /// Plain processes.
+    Process,
+}
+
+impl RuntimeKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "oci" => Some(Self::Oci),
+            "process" => Some(Self::Process),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Where each dyno gets its own directory: `<dynos_dir>/<app id>/<dyno id>/app`.
+    /// Where each dyno gets its own directory: `<dynos_dir>/<app id>/<dyno id>/app`. Must be
+    /// outside the data directory.
     pub dynos_dir: PathBuf,
+    /// The platform's data directory, which dynos must never reach.
+    pub data_dir: Option<PathBuf>,
+    pub runtime: RuntimeKind,
+    /// The OCI runtime binary: a name (looked up in PATH and /usr/sbin) or a path.
+    pub oci_runtime: String,
     /// SIGTERM to SIGKILL (Heroku: 30 s).
     pub stop_timeout: Duration,
     /// How long a web dyno has to bind `PORT` (Heroku: 60 s, then R10).
     pub boot_timeout: Duration,
     /// Longest wait between restarts of a dyno that keeps crashing.
     pub max_restart_delay: Duration,
+    /// How often memory is read; an R14 line each time a dyno is over its quota (Heroku: 20 s).
+    pub memory_check_interval: Duration,
+    /// The size every dyno gets (per process type later).
+    pub dyno_size: DynoSize,
 }
 
 impl RuntimeConfig {
     pub fn new(dynos_dir: PathBuf) -> Self {
         Self {
             dynos_dir,
+            data_dir: None,
+            runtime: RuntimeKind::Auto,
+            oci_runtime: "runc".to_string(),
             stop_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(60),
             max_restart_delay: Duration::from_secs(60),
+            memory_check_interval: Duration::from_secs(20),
+            dyno_size: DynoSize::standard_1x(),
         }
+    }
+
+    /// `<data dir>-dynos`, beside the data directory (never inside it).
+    pub fn default_dynos_dir(data_dir: &Path) -> PathBuf {
+        let mut name = data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "slipway".into());
+        name.push("-dynos");
+        data_dir.with_file_name(name)
+    }
+}
+
+/// The backend `cfg` asks for. With [`RuntimeKind::Auto`], a failing OCI runtime is not an
+/// error: the process backend is used and its description says why.
+pub fn select_backend(cfg: &RuntimeConfig) -> Result<Arc<dyn DynoBackend>, RuntimeError> {
+    let unprivileged = if nix::unistd::geteuid().is_root() {
+        ""
+    } else {
+        "; the server is not root, so dynos run as its own user and can read its files"
+    };
+    match cfg.runtime {
+        RuntimeKind::Process => Ok(Arc::new(ProcessBackend::new(format!(
+            "chosen with --dyno-runtime process: no namespaces or memory limits{unprivileged}"
+        )))),
+        RuntimeKind::Oci => Ok(Arc::new(OciBackend::new(&cfg.oci_runtime, &cfg.dynos_dir)?)),
+        RuntimeKind::Auto => match OciBackend::new(&cfg.oci_runtime, &cfg.dynos_dir) {
+            Ok(oci) => Ok(Arc::new(oci)),
+            Err(e) => Ok(Arc::new(ProcessBackend::new(format!(
+                "fallback, dynos are not isolated: {e}{unprivileged}"
+            )))),
+        },
     }
 }
 
@@ -77,9 +163,18 @@ pub struct DynoInfo {
     pub process_type: String,
     pub command: String,
     pub release_version: i64,
+    /// As Heroku names it.
     pub state: DynoState,
+    pub lifecycle: Lifecycle,
     pub port: Option<u16>,
+    /// Where a web dyno serves (from the backend).
+    pub addr: Option<SocketAddr>,
     pub updated_at: DateTime<Utc>,
+    /// `standard-1X`
+    pub size: String,
+    pub memory_quota_bytes: u64,
+    /// Last measured (every memory check interval), where the backend can measure it.
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +195,47 @@ pub enum WebStatus {
     Up(Vec<Backend>),
 }
 
+/// What happened to a dyno, as the runtime tells whoever listens ([`DynoManager::subscribe`]):
+/// the control plane's records, logs and metrics can follow dynos without reaching into the
+/// runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DynoEvent {
+    /// A lifecycle transition.
+    Changed {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+        release_version: i64,
+        from: Lifecycle,
+        to: Lifecycle,
+        pid: Option<u32>,
+        addr: Option<SocketAddr>,
+    },
+    /// Memory was measured over the dyno's quota (each check while it stays over).
+    MemoryQuotaExceeded {
+        app_id: String,
+        name: String,
+        usage: Usage,
+        quota_bytes: u64,
+    },
+    /// The supervisor finished: the dyno, its container and directory are gone.
+    Removed {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+    },
+}
+
+/// What the supervisor last said about a dyno. Changed only by the supervisor, through
+/// [`Lifecycle::apply`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Status {
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) usage: Option<Usage>,
+}
+
 pub(crate) struct Dyno {
     pub(crate) id: String,
     pub(crate) app_id: String,
@@ -107,7 +243,8 @@ pub(crate) struct Dyno {
     pub(crate) process_type: String,
     pub(crate) command: String,
     pub(crate) release: ReleaseSpec,
-    pub(crate) status: Mutex<(DynoState, Option<u16>, DateTime<Utc>)>,
+    pub(crate) size: DynoSize,
+    pub(crate) status: Mutex<Status>,
     pub(crate) retiring: AtomicBool,
     pub(crate) stop_tx: watch::Sender<bool>,
     pub(crate) done_rx: watch::Receiver<bool>,
@@ -115,22 +252,25 @@ pub(crate) struct Dyno {
 
 impl Dyno {
     fn snapshot(&self) -> DynoInfo {
-        let (state, port, updated_at) = *self.lock_status();
+        let status = *self.lock_status();
         DynoInfo {
             id: self.id.clone(),
             name: self.name.clone(),
             process_type: self.process_type.clone(),
             command: self.command.clone(),
             release_version: self.release.version,
-            state,
-            port,
-            updated_at,
+            state: status.lifecycle.public(),
+            lifecycle: status.lifecycle,
+            port: status.addr.map(|a| a.port()),
+            addr: status.addr,
+            updated_at: status.updated_at,
+            size: self.size.name.clone(),
+            memory_quota_bytes: self.size.memory_quota_bytes,
+            usage: status.usage,
         }
     }
 
-    pub(crate) fn lock_status(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (DynoState, Option<u16>, DateTime<Utc>)> {
+    pub(crate) fn lock_status(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -149,6 +289,10 @@ pub(crate) struct Inner {
     pub(crate) cfg: RuntimeConfig,
     pub(crate) store: Store,
     pub(crate) logs: LogHub,
+    pub(crate) backend: Arc<dyn DynoBackend>,
+    /// Each app's uid, when the server can switch users.
+    pub(crate) users: Option<users::UidTable>,
+    pub(crate) events: tokio::sync::broadcast::Sender<DynoEvent>,
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
 }
 
@@ -167,6 +311,10 @@ impl Inner {
             }
         }
     }
+
+    pub(crate) fn user_for(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
+        self.users.as_ref().map(|u| u.user_for(app_id)).transpose()
+    }
 }
 
 #[derive(Clone)]
@@ -175,15 +323,55 @@ pub struct DynoManager {
 }
 
 impl DynoManager {
-    pub fn new(cfg: RuntimeConfig, store: Store, logs: LogHub) -> Self {
-        Self {
+    /// Chooses the backend `cfg` asks for (see [`select_backend`]) and prepares the dynos
+    /// directory.
+    pub fn new(cfg: RuntimeConfig, store: Store, logs: LogHub) -> Result<Self, RuntimeError> {
+        prepare_dynos_dir(&cfg)?;
+        let backend = select_backend(&cfg)?;
+        Self::with_backend(cfg, backend, store, logs)
+    }
+
+    /// A manager running dynos with `backend`.
+    pub fn with_backend(
+        cfg: RuntimeConfig,
+        backend: Arc<dyn DynoBackend>,
+        store: Store,
+        logs: LogHub,
+    ) -> Result<Self, RuntimeError> {
+        prepare_dynos_dir(&cfg)?;
+        let root = nix::unistd::geteuid().is_root();
+        let users = if root {
+            // App users must be able to reach their directories where dynos run in them
+            // (containers see only their /app, mounted by the root runtime).
+            if backend.runs_in_host_dirs() {
+                check_reachable(&cfg.dynos_dir)?;
+            }
+            Some(users::UidTable::load(&cfg.dynos_dir.join(".uids"))?)
+        } else {
+            None
+        };
+        Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
                 store,
                 logs,
+                backend,
+                users,
+                events: tokio::sync::broadcast::channel(1024).0,
                 apps: Mutex::new(HashMap::new()),
             }),
-        }
+        })
+    }
+
+    /// Every dyno event from now on. A receiver that falls more than 1,024 events behind
+    /// gets `Lagged` and skips ahead; senders never wait.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DynoEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// What runs the dynos, for the start-up line: `oci (/usr/sbin/runc, runc version 1.1.5)`.
+    pub fn runtime_description(&self) -> String {
+        self.inner.backend.describe()
     }
 
     /// Makes the app's dynos match `release` and `formation`. Returns at once; replaced dynos
@@ -234,8 +422,8 @@ impl DynoManager {
                 let settled = async {
                     for d in new_web {
                         loop {
-                            let state = d.lock_status().0;
-                            if state != DynoState::Starting || *d.done_rx.borrow() {
+                            let state = d.lock_status().lifecycle;
+                            if state != Lifecycle::Starting || *d.done_rx.borrow() {
                                 break;
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -308,16 +496,16 @@ impl DynoManager {
         // One pass, no clones but the backends returned: this runs for every routed request.
         let (mut any_web, mut starting) = (false, false);
         let mut newest: Option<i64> = None;
-        let mut up: Vec<(i64, &str, u16)> = Vec::new();
+        let mut up: Vec<(i64, &str, SocketAddr)> = Vec::new();
         for d in dynos.iter().filter(|d| d.process_type == "web") {
             any_web = true;
-            let (state, port, _) = *d.lock_status();
-            match (state, port) {
-                (DynoState::Up, Some(port)) => {
+            let status = *d.lock_status();
+            match (status.lifecycle, status.addr) {
+                (Lifecycle::Up, Some(addr)) => {
                     newest = newest.max(Some(d.release.version));
-                    up.push((d.release.version, &d.name, port));
+                    up.push((d.release.version, &d.name, addr));
                 }
-                (DynoState::Starting, _) => starting = true,
+                (Lifecycle::Starting, _) => starting = true,
                 _ => {}
             }
         }
@@ -325,9 +513,9 @@ impl DynoManager {
             Some(version) => WebStatus::Up(
                 up.into_iter()
                     .filter(|(v, _, _)| *v == version)
-                    .map(|(_, name, port)| Backend {
+                    .map(|(_, name, addr)| Backend {
                         dyno: name.to_string(),
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        addr,
                     })
                     .collect(),
             ),
@@ -339,25 +527,74 @@ impl DynoManager {
 
     /// Cleans up after a server that stopped without stopping its dynos: each recorded dyno
     /// whose process still runs (checked by its `SLIPWAY_DYNO_ID`, so a reused pid is never
-    /// hit) is killed, and its directory and record removed. The caller then converges each
-    /// app again from the store.
+    /// hit) is killed, its container and directory removed, and its record deleted. The
+    /// caller then converges each app again from the store.
     pub async fn reap_stale(&self) -> Result<usize, slipway_store::StoreError> {
         let records = self.inner.store.all_dynos().await?;
         let count = records.len();
         for record in records {
             if let Some(pid) = record.pid {
                 if process::pid_belongs_to_dyno(pid, &record.id) {
-                    process::kill_group(pid as i32, nix::sys::signal::Signal::SIGKILL);
+                    if let Ok(pid) = i32::try_from(pid) {
+                        process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
                 }
             }
             let dir = PathBuf::from(&record.dir);
-            if dir.starts_with(&self.inner.cfg.dynos_dir) {
-                let _ = tokio::fs::remove_dir_all(&dir).await;
+            let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
+                dir
+            } else {
+                // Recorded by an older server (dynos inside the data directory): only the
+                // container, if any, is removed.
+                PathBuf::new()
+            };
+            let backend = self.inner.backend.clone();
+            let id = record.id.clone();
+            let cleaned = tokio::task::spawn_blocking(move || backend.cleanup(&id, &dir)).await;
+            if let Ok(Err(e)) = cleaned {
+                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
             }
             self.inner.store.delete_dyno(&record.id).await?;
         }
         Ok(count)
     }
+}
+
+/// Creates the dynos directory (root-owned, others may only traverse it) after checking it
+/// is not inside the data directory.
+fn prepare_dynos_dir(cfg: &RuntimeConfig) -> Result<(), RuntimeError> {
+    let dir = &cfg.dynos_dir;
+    if let Some(data) = &cfg.data_dir {
+        if dir.starts_with(data) {
+            return Err(RuntimeError::InsideDataDir {
+                dir: dir.clone(),
+                data_dir: data.clone(),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(RuntimeError::io("creating", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(RuntimeError::io("setting permissions of", dir))
+}
+
+/// Every directory above `dir` must let other users through, or app users cannot reach
+/// their dyno directories.
+fn check_reachable(dir: &Path) -> Result<(), RuntimeError> {
+    let dir = dir
+        .canonicalize()
+        .map_err(RuntimeError::io("resolving", dir))?;
+    for parent in dir.ancestors() {
+        let meta = std::fs::metadata(parent).map_err(RuntimeError::io("reading", parent))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            return Err(RuntimeError::Unreachable {
+                dir: dir.clone(),
+                parent: parent.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn dyno_index(name: &str) -> u64 {

@@ -1,9 +1,9 @@
-//! One dyno's life: prepare its directory, start it, watch it boot, restart it when it
-//! crashes, stop it when asked. Every state change goes to the app's log (as `heroku[web.1]`)
-//! and to the store.
+//! One dyno's life: prepare its filesystem, start it through the backend, watch it boot and
+//! its memory, restart it when it crashes, stop it when asked. Every state change is a
+//! [`Lifecycle`] transition, which prints Heroku's `State changed from X to Y` line and is
+//! recorded in the store (what `reap_stale` needs after a crash of the server).
 
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::Signal;
 use slipway_logs::{Source, MAX_LINE_BYTES};
-use slipway_store::{DynoRecord, DynoState};
-use tokio::process::{Child, Command};
+use slipway_store::DynoRecord;
 use tokio::sync::watch;
 
-use crate::process::{free_port, kill_group, pump_lines};
-use crate::{Dyno, Inner, ProcessSpec, ReleaseSpec};
+use crate::backend::{DynoSpec, Exit, Running};
+use crate::lifecycle::{Event, Lifecycle};
+use crate::process::{free_port, pump_lines};
+use crate::{Dyno, DynoEvent, Inner, ProcessSpec, ReleaseSpec, Status};
 
 /// A dyno that ran this long before crashing is restarted at once, as a first crash is.
 const STABLE_RUN: Duration = Duration::from_secs(60);
-const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 pub(crate) fn spawn(
     inner: &Arc<Inner>,
@@ -37,7 +37,13 @@ pub(crate) fn spawn(
         process_type: spec.process_type.clone(),
         command: spec.command.clone(),
         release: release.clone(),
-        status: Mutex::new((DynoState::Starting, None, Utc::now())),
+        size: inner.cfg.dyno_size.clone(),
+        status: Mutex::new(Status {
+            lifecycle: Lifecycle::Starting,
+            addr: None,
+            updated_at: Utc::now(),
+            usage: None,
+        }),
         retiring: AtomicBool::new(false),
         stop_tx,
         done_rx,
@@ -47,10 +53,24 @@ pub(crate) fn spawn(
     let span = tracing::info_span!("dyno", app = %d.app_id, dyno = %d.name, id = %d.id);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
+            let spec = DynoSpec {
+                id: d.id.clone(),
+                app_id: d.app_id.clone(),
+                name: d.name.clone(),
+                command: d.command.clone(),
+                config: d.release.env.clone(),
+                port: None,
+                size: d.size.clone(),
+                dir: inner.cfg.dynos_dir.join(&d.app_id).join(&d.id),
+                slug_path: d.release.slug_path.clone(),
+                slug_checksum: d.release.slug_checksum.clone(),
+                user: None,
+            };
             Supervisor {
                 inner: inner.clone(),
                 dyno: d.clone(),
                 stop: stop_rx,
+                spec,
             }
             .run()
             .await;
@@ -66,11 +86,12 @@ struct Supervisor {
     inner: Arc<Inner>,
     dyno: Arc<Dyno>,
     stop: watch::Receiver<bool>,
+    spec: DynoSpec,
 }
 
 enum Outcome {
-    Exited(ExitStatus),
-    Stop,
+    Crashed,
+    Stopped,
 }
 
 impl Supervisor {
@@ -80,28 +101,46 @@ impl Supervisor {
             .write(&self.dyno.app_id, Source::Heroku, &self.dyno.name, message);
     }
 
-    fn dir(&self) -> PathBuf {
-        self.inner
-            .cfg
-            .dynos_dir
-            .join(&self.dyno.app_id)
-            .join(&self.dyno.id)
-    }
-
-    async fn set_state(&self, state: DynoState, port: Option<u16>, pid: Option<u32>) {
-        let previous = {
+    /// The only way a dyno's state changes. Says `State changed from X to Y` when the
+    /// state as Heroku names it changes, and records it.
+    async fn transition(&self, event: Event, addr: Option<SocketAddr>, pid: Option<u32>) {
+        let (from, to) = {
             let mut status = self.dyno.lock_status();
-            let previous = status.0;
-            *status = (state, port, Utc::now());
-            previous
+            let from = status.lifecycle;
+            match from.apply(event) {
+                Ok(to) => {
+                    status.lifecycle = to;
+                    status.addr = addr;
+                    status.updated_at = Utc::now();
+                    (from, to)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "refused a dyno state change");
+                    return;
+                }
+            }
         };
-        if previous != state {
+        let _ = self.inner.events.send(DynoEvent::Changed {
+            app_id: self.dyno.app_id.clone(),
+            dyno_id: self.dyno.id.clone(),
+            name: self.dyno.name.clone(),
+            release_version: self.dyno.release.version,
+            from,
+            to,
+            pid,
+            addr,
+        });
+        if from.public() != to.public() {
             self.say(&format!(
                 "State changed from {} to {}",
-                previous.as_str(),
-                state.as_str()
+                from.public().as_str(),
+                to.public().as_str()
             ));
         }
+        self.record(to, addr, pid).await;
+    }
+
+    async fn record(&self, state: Lifecycle, addr: Option<SocketAddr>, pid: Option<u32>) {
         let record = DynoRecord {
             id: self.dyno.id.clone(),
             app_id: self.dyno.app_id.clone(),
@@ -109,10 +148,10 @@ impl Supervisor {
             process_type: self.dyno.process_type.clone(),
             command: self.dyno.command.clone(),
             release_version: self.dyno.release.version,
-            state,
+            state: state.public(),
             pid: pid.map(i64::from),
-            port: port.map(i64::from),
-            dir: self.dir().display().to_string(),
+            port: addr.map(|a| i64::from(a.port())),
+            dir: self.spec.dir.display().to_string(),
             created_at: Utc::now().timestamp_millis(),
         };
         if let Err(e) = self.inner.store.upsert_dyno(&record).await {
@@ -128,13 +167,14 @@ impl Supervisor {
         let mut crashes: u32 = 0;
         loop {
             if self.stop_requested() {
+                self.transition(Event::Stop, None, None).await;
+                self.transition(Event::Stopped, None, None).await;
                 break;
             }
             let started = Instant::now();
-            let outcome = self.run_once().await;
-            match outcome {
-                Outcome::Stop => break,
-                Outcome::Exited(_) => {
+            match self.run_once().await {
+                Outcome::Stopped => break,
+                Outcome::Crashed => {
                     crashes = if started.elapsed() >= STABLE_RUN {
                         1
                     } else {
@@ -142,142 +182,177 @@ impl Supervisor {
                     };
                     let delay = restart_delay(crashes, self.inner.cfg.max_restart_delay);
                     let mut stop = self.stop.clone();
-                    let stopped = tokio::select! {
-                        _ = tokio::time::sleep(delay) => false,
-                        _ = stop.wait_for(|s| *s) => true,
-                    };
-                    if stopped {
-                        break;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => {}
                     }
-                    self.set_state(DynoState::Starting, None, None).await;
+                    if !self.stop_requested() {
+                        self.transition(Event::Restart, None, None).await;
+                    }
                 }
             }
         }
-        let _ = tokio::fs::remove_dir_all(self.dir()).await;
+        let backend = self.inner.backend.clone();
+        let (id, dir) = (self.spec.id.clone(), self.spec.dir.clone());
+        match tokio::task::spawn_blocking(move || backend.cleanup(&id, &dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not clean up the dyno"),
+            Err(e) => tracing::warn!(error = %e, "dyno clean-up panicked"),
+        }
         if let Err(e) = self.inner.store.delete_dyno(&self.dyno.id).await {
             tracing::warn!(error = %e, "could not delete dyno record");
         }
+        let _ = self.inner.events.send(DynoEvent::Removed {
+            app_id: self.dyno.app_id.clone(),
+            dyno_id: self.dyno.id.clone(),
+            name: self.dyno.name.clone(),
+        });
     }
 
-    /// Starts the process once and follows it until it exits or a stop is requested.
-    async fn run_once(&mut self) -> Outcome {
-        let dir = self.dir();
-        let release = self.dyno.release.clone();
-        let prepared = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || prepare_dir(&dir, &release.slug_path, &release.slug_checksum)
-        })
-        .await;
-        let prepared = match prepared {
+    /// Prepares the dyno's filesystem (blocking work off the runtime).
+    async fn prepare(&mut self) -> Result<(), String> {
+        let user = self
+            .inner
+            .user_for(&self.dyno.app_id)
+            .map_err(|e| e.to_string())?;
+        self.spec.user = user;
+        let backend = self.inner.backend.clone();
+        let spec = self.spec.clone();
+        match tokio::task::spawn_blocking(move || backend.prepare(&spec)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = prepared {
+        }
+    }
+
+    /// Starts the dyno once and follows it until it exits or a stop is requested.
+    async fn run_once(&mut self) -> Outcome {
+        let is_web = self.dyno.process_type == "web";
+        self.spec.port = None;
+        if is_web {
+            match free_port() {
+                Ok(p) => self.spec.port = Some(p),
+                Err(e) => {
+                    self.say(&format!("Error: no free port for the dyno: {e}"));
+                    self.transition(Event::Exited, None, None).await;
+                    return Outcome::Crashed;
+                }
+            }
+        }
+        // The port is in the bundle the backend writes.
+        if let Err(e) = self.prepare().await {
             self.say(&format!(
                 "Error: could not prepare the dyno's filesystem: {e}"
             ));
-            self.set_state(DynoState::Crashed, None, None).await;
-            return Outcome::Exited(ExitStatus::default());
+            self.transition(Event::Exited, None, None).await;
+            return Outcome::Crashed;
         }
-        let is_web = self.dyno.process_type == "web";
-        let port = if is_web {
-            match free_port() {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.say(&format!("Error: no free port for the dyno: {e}"));
-                    self.set_state(DynoState::Crashed, None, None).await;
-                    return Outcome::Exited(ExitStatus::default());
-                }
-            }
-        } else {
-            None
-        };
         self.say(&format!(
             "Starting process with command `{}`",
             self.dyno.command
         ));
-        let mut child = match self.start(&dir.join("app"), port) {
-            Ok(child) => child,
+        let mut running = match self.inner.backend.start(&self.spec) {
+            Ok(running) => running,
             Err(e) => {
                 self.say(&format!("Error: could not start the process: {e}"));
-                self.set_state(DynoState::Crashed, None, None).await;
-                return Outcome::Exited(ExitStatus::default());
+                self.transition(Event::Exited, None, None).await;
+                return Outcome::Crashed;
             }
         };
-        let pid = child.id();
-        self.set_state(DynoState::Starting, port, pid).await;
-        self.pump_output(&mut child);
+        let (pid, addr) = (running.pid, running.addr);
+        self.record(Lifecycle::Starting, addr, pid).await;
+        self.pump_output(&mut running);
 
-        if let Some(port) = port {
+        let backend = self.inner.backend.clone();
+        let mut stop = self.stop.clone();
+        if let Some(addr) = addr {
+            let boot_timeout = self.inner.cfg.boot_timeout;
+            enum Boot {
+                Bound(bool),
+                Exited(Exit),
+                Stop,
+            }
             let boot = tokio::select! {
-                up = wait_for_port(port, self.inner.cfg.boot_timeout) => Ok(up),
-                status = child.wait() => Err(Outcome::Exited(status.unwrap_or_default())),
-                _ = self.stop.wait_for(|s| *s) => Err(Outcome::Stop),
+                up = wait_for_port(addr, boot_timeout) => Boot::Bound(up),
+                exit = backend.wait(&self.spec, &mut running) => Boot::Exited(exit),
+                _ = stop.wait_for(|s| *s) => Boot::Stop,
             };
             match boot {
-                Ok(true) => {}
-                Ok(false) => {
+                Boot::Bound(true) => {}
+                Boot::Bound(false) => {
                     self.say(&format!(
                         "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {} seconds of launch",
-                        self.inner.cfg.boot_timeout.as_secs()
+                        boot_timeout.as_secs()
                     ));
                     self.say("Stopping process with SIGKILL");
-                    let status = self.kill(&mut child, pid, Signal::SIGKILL).await;
-                    return self.crashed(status, None, pid).await;
+                    backend.signal(&self.spec, &running, Signal::SIGKILL).await;
+                    let exit = backend.wait(&self.spec, &mut running).await;
+                    return self.crashed(exit, Some(addr), pid).await;
                 }
-                Err(Outcome::Stop) => return self.stop_child(&mut child, pid, Some(port)).await,
-                Err(Outcome::Exited(status)) => {
-                    self.kill(&mut child, pid, Signal::SIGKILL).await;
-                    return self.crashed(status, Some(port), pid).await;
+                Boot::Exited(exit) => return self.crashed(exit, Some(addr), pid).await,
+                Boot::Stop => return self.stop_dyno(&mut running, Some(addr), pid).await,
+            }
+        }
+        self.transition(Event::Booted, addr, pid).await;
+        let mut check = tokio::time::interval(self.inner.cfg.memory_check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            enum Next {
+                Exited(Exit),
+                Stop,
+                Check,
+            }
+            let next = tokio::select! {
+                exit = backend.wait(&self.spec, &mut running) => Next::Exited(exit),
+                _ = stop.wait_for(|s| *s) => Next::Stop,
+                _ = check.tick() => Next::Check,
+            };
+            match next {
+                Next::Exited(exit) => return self.crashed(exit, addr, pid).await,
+                Next::Stop => return self.stop_dyno(&mut running, addr, pid).await,
+                Next::Check => {
+                    if self.check_memory() {
+                        // The kernel's OOM killer struck: Heroku kills the whole dyno (R15).
+                        backend.signal(&self.spec, &running, Signal::SIGKILL).await;
+                        let mut exit = backend.wait(&self.spec, &mut running).await;
+                        exit.oom_killed = true;
+                        return self.crashed(exit, addr, pid).await;
+                    }
                 }
             }
         }
-        self.set_state(DynoState::Up, port, pid).await;
-        let exited = tokio::select! {
-            status = child.wait() => Some(status.unwrap_or_default()),
-            _ = self.stop.wait_for(|s| *s) => None,
+    }
+
+    /// Reads the dyno's memory: R14 while over its quota. Returns whether the OOM killer
+    /// has killed one of its processes.
+    fn check_memory(&self) -> bool {
+        let Some(usage) = self.inner.backend.usage(&self.spec) else {
+            return false;
         };
-        match exited {
-            Some(status) => {
-                // Leave nothing of the group behind when its leader exits.
-                self.kill(&mut child, pid, Signal::SIGKILL).await;
-                self.crashed(status, port, pid).await
-            }
-            None => self.stop_child(&mut child, pid, port).await,
+        self.dyno.lock_status().usage = Some(usage);
+        let quota = self.spec.size.memory_quota_bytes;
+        if usage.memory_bytes > quota && usage.oom_kills == 0 {
+            self.say(&format!(
+                "Process running mem={}M({:.1}%)",
+                usage.memory_bytes / (1024 * 1024),
+                usage.memory_bytes as f64 * 100.0 / quota.max(1) as f64
+            ));
+            self.say("Error R14 (Memory quota exceeded)");
+            let _ = self.inner.events.send(DynoEvent::MemoryQuotaExceeded {
+                app_id: self.dyno.app_id.clone(),
+                name: self.dyno.name.clone(),
+                usage,
+                quota_bytes: quota,
+            });
         }
+        usage.oom_kills > 0
     }
 
-    fn start(&self, cwd: &Path, port: Option<u16>) -> std::io::Result<Child> {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&self.dyno.command)
-            .current_dir(cwd)
-            .env_clear()
-            .envs(&self.dyno.release.env)
-            .env("PATH", PATH)
-            .env("LANG", "C.UTF-8")
-            .env("HOME", cwd)
-            .env("DYNO", &self.dyno.name)
-            .env("PS", &self.dyno.name)
-            .env("SLIPWAY_DYNO_ID", &self.dyno.id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(port) = port {
-            cmd.env("PORT", port.to_string());
-        }
-        cmd.spawn()
-    }
-
-    fn pump_output(&self, child: &mut Child) {
-        let pipes: [Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>; 2] = [
-            child.stdout.take().map(|s| Box::new(s) as _),
-            child.stderr.take().map(|s| Box::new(s) as _),
-        ];
-        for pipe in pipes.into_iter().flatten() {
+    fn pump_output(&self, running: &mut Running) {
+        for pipe in [running.stdout.take(), running.stderr.take()]
+            .into_iter()
+            .flatten()
+        {
             let logs = self.inner.logs.clone();
             let app = self.dyno.app_id.clone();
             let name = self.dyno.name.clone();
@@ -293,77 +368,54 @@ impl Supervisor {
         }
     }
 
-    async fn crashed(&self, status: ExitStatus, port: Option<u16>, pid: Option<u32>) -> Outcome {
-        self.say(&format!("Process exited with status {}", exit_code(status)));
-        self.set_state(DynoState::Crashed, port, pid).await;
-        Outcome::Exited(status)
+    async fn crashed(&self, exit: Exit, addr: Option<SocketAddr>, pid: Option<u32>) -> Outcome {
+        if exit.oom_killed {
+            self.say("Error R15 (Memory quota vastly exceeded)");
+        }
+        self.say(&format!("Process exited with status {}", exit.code()));
+        self.transition(Event::Exited, addr, pid).await;
+        Outcome::Crashed
     }
 
-    /// SIGTERM to the group, SIGKILL after the stop timeout (R12).
-    async fn stop_child(&self, child: &mut Child, pid: Option<u32>, port: Option<u16>) -> Outcome {
+    /// SIGTERM to every process of the dyno, SIGKILL after the stop timeout (R12).
+    async fn stop_dyno(
+        &self,
+        running: &mut Running,
+        addr: Option<SocketAddr>,
+        pid: Option<u32>,
+    ) -> Outcome {
+        let backend = self.inner.backend.clone();
+        self.transition(Event::Stop, addr, pid).await;
         self.say("Stopping all processes with SIGTERM");
-        let status = match tokio::time::timeout(
-            self.inner.cfg.stop_timeout,
-            self.kill(child, pid, Signal::SIGTERM),
-        )
-        .await
-        {
-            Ok(status) => status,
+        backend.signal(&self.spec, running, Signal::SIGTERM).await;
+        let timeout = self.inner.cfg.stop_timeout;
+        let exit = match tokio::time::timeout(timeout, backend.wait(&self.spec, running)).await {
+            Ok(exit) => exit,
             Err(_) => {
                 self.say(&format!(
                     "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
-                    self.inner.cfg.stop_timeout.as_secs()
+                    timeout.as_secs()
                 ));
                 self.say("Stopping remaining processes with SIGKILL");
-                self.kill(child, pid, Signal::SIGKILL).await
+                backend.signal(&self.spec, running, Signal::SIGKILL).await;
+                backend.wait(&self.spec, running).await
             }
         };
-        self.say(&format!("Process exited with status {}", exit_code(status)));
-        kill_group_of(pid, Signal::SIGKILL);
-        self.set_state(DynoState::Down, port, None).await;
-        Outcome::Stop
-    }
-
-    async fn kill(&self, child: &mut Child, pid: Option<u32>, signal: Signal) -> ExitStatus {
-        kill_group_of(pid, signal);
-        child.wait().await.unwrap_or_default()
+        self.say(&format!("Process exited with status {}", exit.code()));
+        self.transition(Event::Stopped, None, None).await;
+        Outcome::Stopped
     }
 }
 
-fn kill_group_of(pid: Option<u32>, signal: Signal) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        kill_group(pid, signal);
-    }
-}
-
-fn prepare_dir(dir: &Path, slug: &Path, checksum: &str) -> Result<(), slipway_build::BuildError> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(slipway_build::BuildError::io("cleaning", dir))?;
-    }
-    slipway_build::unpack_slug(slug, checksum, dir)
-}
-
-async fn wait_for_port(port: u16, timeout: Duration) -> bool {
+async fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
-}
-
-/// Heroku's convention: the exit code, or 128 + the signal that ended the process.
-fn exit_code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| 128 + s))
-        .unwrap_or(0)
 }
 
 /// The first crash restarts at once; then 1 s, 2 s, 4 s... up to `max`.

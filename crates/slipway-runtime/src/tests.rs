@@ -1,6 +1,8 @@
+//! The dyno manager against real processes and real runc: each scenario runs under both
+//! backends.
+
 use super::*;
 use slipway_logs::Filter;
-use std::time::Instant;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -12,8 +14,14 @@ struct Fixture {
     app: String,
 }
 
-async fn fixture(stop_timeout: Duration) -> Fixture {
+async fn fixture(kind: RuntimeKind, stop_timeout: Duration) -> Fixture {
+    fixture_with(kind, |cfg| cfg.stop_timeout = stop_timeout).await
+}
+
+async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
+    // App users must be able to pass through to their dyno directories (process backend).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
     let src = dir.path().join("src");
     std::fs::create_dir(&src).expect("mkdir");
     std::fs::write(src.join("index.html"), "hello from the slug").expect("write");
@@ -28,9 +36,19 @@ async fn fixture(stop_timeout: Duration) -> Fixture {
     let logs = LogHub::new();
     let dynos_dir = dir.path().join("dynos");
     let mut cfg = RuntimeConfig::new(dynos_dir.clone());
-    cfg.stop_timeout = stop_timeout;
+    cfg.runtime = kind;
     cfg.boot_timeout = Duration::from_secs(20);
-    let manager = DynoManager::new(cfg, store.clone(), logs.clone());
+    tune(&mut cfg);
+    let manager = DynoManager::new(cfg, store.clone(), logs.clone()).expect("dyno manager");
+    let wanted = match kind {
+        RuntimeKind::Oci => "oci (",
+        _ => "process (",
+    };
+    assert!(
+        manager.runtime_description().starts_with(wanted),
+        "{}",
+        manager.runtime_description()
+    );
     let release = ReleaseSpec {
         app_id: app.id.clone(),
         version: 1,
@@ -58,22 +76,40 @@ fn spec(process_type: &str, quantity: u32, command: &str) -> ProcessSpec {
 }
 
 async fn wait_for_log(f: &Fixture, needle: &str) -> Vec<String> {
-    let what = format!("a log line containing {needle:?}");
-    slipway_testkit::wait_until(20, &what, || async {
-        let lines: Vec<String> = f
-            .logs
+    wait_for_logs(f, needle, 1).await
+}
+
+/// Waits until `count` lines contain `needle`; returns the whole log.
+async fn wait_for_logs(f: &Fixture, needle: &str, count: usize) -> Vec<String> {
+    let lines = || -> Vec<String> {
+        f.logs
             .history(&f.app, &Filter::default(), usize::MAX)
             .iter()
             .map(|l| l.format())
-            .collect();
-        lines.iter().any(|l| l.contains(needle)).then_some(lines)
+            .collect()
+    };
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let now = lines();
+            if now.iter().filter(|l| l.contains(needle)).count() >= count {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
-    .await
+    .await;
+    match found {
+        Ok(lines) => lines,
+        Err(_) => panic!(
+            "no {count} log lines containing {needle:?} within 30 s; the log:\n{}",
+            lines().join("\n")
+        ),
+    }
 }
 
-#[tokio::test]
-async fn web_dyno_boots_serves_from_its_own_copy_and_stops() {
-    let f = fixture(Duration::from_secs(10)).await;
+async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
+    let f = fixture(kind, Duration::from_secs(10)).await;
+    let mut events = f.manager.subscribe();
     let web = spec("web", 1, "echo \"greeting=$GREETING dyno=$DYNO\"; exec python3 -m http.server $PORT --bind 127.0.0.1");
     f.manager.converge(f.release.clone(), &[web]);
     wait_for_log(&f, "State changed from starting to up").await;
@@ -101,14 +137,45 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops() {
     assert!(lines
         .iter()
         .any(|l| l.contains("Stopping all processes with SIGTERM")));
+    // SIGTERM reached the server (it `exec`s and installs no handler: never PID 1).
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Process exited with status 143")),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("R12")), "{lines:#?}");
     assert!(!dir.exists(), "the dyno's filesystem is thrown away");
+    // The same life as typed events, ending with the dyno's removal.
+    let mut seen = Vec::new();
+    loop {
+        match events.recv().await.expect("event") {
+            DynoEvent::Changed { from, to, name, .. } => {
+                assert_eq!(name, "web.1");
+                seen.push((from, to));
+            }
+            DynoEvent::Removed { name, .. } => {
+                assert_eq!(name, "web.1");
+                break;
+            }
+            DynoEvent::MemoryQuotaExceeded { .. } => panic!("a small server is over quota"),
+        }
+    }
+    let up = DynoState::Up;
+    assert_eq!(
+        seen,
+        [
+            (Lifecycle::Starting, Lifecycle::Up),
+            (Lifecycle::Up, Lifecycle::Stopping { from: up }),
+            (Lifecycle::Stopping { from: up }, Lifecycle::Down),
+        ]
+    );
     assert!(f.store.all_dynos().await.expect("records").is_empty());
     assert_eq!(f.manager.web_status(&f.app), WebStatus::NoWebDynos);
 }
 
-#[tokio::test]
-async fn crashing_dynos_are_logged_and_restarted() {
-    let f = fixture(Duration::from_secs(5)).await;
+async fn crashing_dynos_are_logged_and_restarted(kind: RuntimeKind) {
+    let f = fixture(kind, Duration::from_secs(5)).await;
     f.manager
         .converge(f.release.clone(), &[spec("worker", 1, "echo boom; exit 3")]);
     let lines = wait_for_log(&f, "State changed from crashed to starting").await;
@@ -123,9 +190,8 @@ async fn crashing_dynos_are_logged_and_restarted() {
     assert!(f.manager.list(&f.app).is_empty());
 }
 
-#[tokio::test]
-async fn sigterm_then_sigkill_after_the_stop_timeout() {
-    let f = fixture(Duration::from_secs(1)).await;
+async fn sigterm_then_sigkill_after_the_stop_timeout(kind: RuntimeKind) {
+    let f = fixture(kind, Duration::from_secs(1)).await;
     f.manager.converge(
         f.release.clone(),
         &[spec(
@@ -145,9 +211,8 @@ async fn sigterm_then_sigkill_after_the_stop_timeout() {
     );
 }
 
-#[tokio::test]
-async fn scaling_and_new_releases_replace_the_right_dynos() {
-    let f = fixture(Duration::from_secs(5)).await;
+async fn scaling_and_new_releases_replace_the_right_dynos(kind: RuntimeKind) {
+    let f = fixture(kind, Duration::from_secs(5)).await;
     let cmd = "exec sleep 1000";
     f.manager
         .converge(f.release.clone(), &[spec("worker", 2, cmd)]);
@@ -177,14 +242,90 @@ async fn scaling_and_new_releases_replace_the_right_dynos() {
     v2.version = 2;
     f.manager.converge(v2, &[spec("worker", 1, cmd)]);
     wait_for_log(&f, "heroku[worker.1]: State changed from up to down").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while f.manager.list(&f.app).len() != 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let now = f.manager.list(&f.app);
-    assert_eq!(now.len(), 1);
+    let now = slipway_testkit::wait_until(10, "one dyno left", || async {
+        let now = f.manager.list(&f.app);
+        (now.len() == 1).then_some(now)
+    })
+    .await;
     assert_eq!(now[0].release_version, 2);
     f.manager.stop_all().await;
+}
+
+async fn a_web_dyno_that_never_binds_is_killed_r10(kind: RuntimeKind) {
+    let f = fixture_with(kind, |cfg| cfg.boot_timeout = Duration::from_secs(1)).await;
+    f.manager.converge(
+        f.release.clone(),
+        &[spec("web", 1, "echo started; exec sleep 600")],
+    );
+    let lines = wait_for_log(&f, "State changed from starting to crashed").await;
+    let r10 = lines
+        .iter()
+        .position(|l| {
+            l.contains(
+                "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 1 seconds",
+            )
+        })
+        .unwrap_or_else(|| panic!("no R10: {lines:#?}"));
+    assert!(
+        lines[r10 + 1].contains("Stopping process with SIGKILL"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Process exited with status 137")),
+        "{lines:#?}"
+    );
+    f.manager.stop_app(&f.app).await;
+}
+
+/// A 16 MB quota: the kernel kills at 32 MB.
+fn small(cfg: &mut RuntimeConfig) {
+    cfg.dyno_size = DynoSize::new("test-16M", 16 * 1024 * 1024, 64);
+    cfg.memory_check_interval = Duration::from_millis(200);
+    cfg.stop_timeout = Duration::from_secs(5);
+}
+
+#[tokio::test]
+async fn oci_memory_past_the_limit_is_r15_and_the_dyno_restarts() {
+    let f = fixture_with(RuntimeKind::Oci, small).await;
+    let hog = "echo allocating; python3 -c 'import time; a = b\"x\" * (96 << 20); time.sleep(60)'";
+    f.manager
+        .converge(f.release.clone(), &[spec("worker", 1, hog)]);
+    let lines = wait_for_log(&f, "State changed from crashed to starting").await;
+    let r15 = lines
+        .iter()
+        .position(|l| l.contains("heroku[worker.1]: Error R15 (Memory quota vastly exceeded)"))
+        .unwrap_or_else(|| panic!("no R15: {lines:#?}"));
+    assert!(
+        lines[r15 + 1].contains("Process exited with status 137"),
+        "{lines:#?}"
+    );
+    // Restarted: it runs (and allocates) again.
+    wait_for_logs(&f, "app[worker.1]: allocating", 2).await;
+    f.manager.stop_app(&f.app).await;
+}
+
+#[tokio::test]
+async fn oci_memory_over_the_quota_is_r14_and_measured() {
+    let f = fixture_with(RuntimeKind::Oci, small).await;
+    let over = "python3 -c 'import time; a = b\"x\" * (22 << 20); print(\"holding\", flush=True); time.sleep(600)'";
+    f.manager
+        .converge(f.release.clone(), &[spec("worker", 1, over)]);
+    wait_for_log(&f, "app[worker.1]: holding").await;
+    let lines = wait_for_log(&f, "Error R14 (Memory quota exceeded)").await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("heroku[worker.1]: Process running mem=")),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("R15")), "{lines:#?}");
+    let usage = f.manager.list(&f.app)[0].usage.expect("memory measured");
+    assert!(usage.memory_bytes > 16 * 1024 * 1024, "{usage:?}");
+    assert!(usage.memory_bytes < 32 * 1024 * 1024, "{usage:?}");
+    assert!(usage.cpu_nanos.is_some_and(|n| n > 0), "{usage:?}");
+    f.manager.stop_app(&f.app).await;
 }
 
 async fn http_get(addr: SocketAddr) -> String {
@@ -192,3 +333,29 @@ async fn http_get(addr: SocketAddr) -> String {
         slipway_testkit::http_async(addr, "GET", "/index.html", &[("Host", "x")], None).await;
     body
 }
+
+/// Each scenario, once per backend.
+macro_rules! both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod oci {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::RuntimeKind::Oci).await
+            })*
+        }
+        mod process {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::RuntimeKind::Process).await
+            })*
+        }
+    };
+}
+
+both_backends!(
+    web_dyno_boots_serves_from_its_own_copy_and_stops,
+    crashing_dynos_are_logged_and_restarted,
+    sigterm_then_sigkill_after_the_stop_timeout,
+    scaling_and_new_releases_replace_the_right_dynos,
+    a_web_dyno_that_never_binds_is_killed_r10,
+);

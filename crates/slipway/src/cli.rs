@@ -194,4 +194,13 @@ pub struct ServerArgs {
     /// Most dynos of one process type an app may scale to [default: 100]
     #[arg(long, env = "SLIPWAY_MAX_DYNOS_PER_TYPE")]
     pub max_dynos_per_type: Option<u32>,
+    /// Where dynos run, outside the data directory [default: <data-dir>-dynos]
+    #[arg(long, env = "SLIPWAY_DYNOS_DIR")]
+    pub dynos_dir: Option<PathBuf>,
+    /// How dynos run: oci (containers), process, or auto (oci when root and the OCI runtime works) [default: auto]
+    #[arg(long, env = "SLIPWAY_DYNO_RUNTIME", value_parser = ["auto", "oci", "process"])]
+    pub dyno_runtime: Option<String>,
+    /// The OCI runtime: runc, crun, or a path [default: runc]
+    #[arg(long, env = "SLIPWAY_OCI_RUNTIME")]
+    pub oci_runtime: Option<String>,
 }

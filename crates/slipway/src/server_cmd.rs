@@ -30,6 +30,9 @@ struct FileConfig {
     header_read_timeout: Option<u64>,
     builds_dir: Option<PathBuf>,
     build_timeout: Option<u64>,
+    dynos_dir: Option<PathBuf>,
+    dyno_runtime: Option<String>,
+    oci_runtime: Option<String>,
 }
 
 /// `$XDG_DATA_HOME/slipway`, else `~/.local/share/slipway`, else `./.slipway-data`.
@@ -67,6 +70,14 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             .join(data_dir)
     };
     let hook_binary = std::env::current_exe().context("finding the slipway binary")?;
+    let dyno_runtime = args
+        .dyno_runtime
+        .or(file.dyno_runtime)
+        .unwrap_or_else(|| "auto".into());
+    let dyno_runtime =
+        slipway_api::server::RuntimeKind::parse(&dyno_runtime).with_context(|| {
+            format!("invalid dyno runtime {dyno_runtime:?}: use auto, oci or process")
+        })?;
     Ok(ServerConfig {
         data_dir,
         api_listen: match args.api_listen.or(file.api_listen) {
@@ -114,6 +125,12 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             .unwrap_or(100),
         max_push_bytes: 1024 * 1024 * 1024,
         hook_binary,
+        dynos_dir: args.dynos_dir.or(file.dynos_dir),
+        dyno_runtime,
+        oci_runtime: args
+            .oci_runtime
+            .or(file.oci_runtime)
+            .unwrap_or_else(|| "runc".into()),
     })
 }
 
@@ -151,6 +168,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ready.router_addr.port()
         );
         println!("data directory: {}", data_dir.display());
+        println!("dyno runtime: {}", ready.dyno_runtime);
         if ready.admin_token_created {
             println!(
                 "created the admin API token in {} (mode 0600); clients on this machine use it automatically",
@@ -183,6 +201,9 @@ mod tests {
             header_read_timeout: None,
             builds_dir: None,
             build_timeout: None,
+            dynos_dir: None,
+            dyno_runtime: None,
+            oci_runtime: None,
         }
     }
 

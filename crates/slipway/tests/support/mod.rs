@@ -68,6 +68,11 @@ impl Server {
 
     /// Starts (or restarts) the server process on the same data directory.
     pub fn launch(&mut self) {
+        self.launch_with(&[]);
+    }
+
+    /// Starts (or restarts) the server with extra flags.
+    pub fn launch_with(&mut self, extra: &[&str]) {
         let mut cmd = Command::new(BIN);
         cmd.args(["server", "--data-dir"])
             .arg(&self.data)
@@ -82,6 +87,7 @@ impl Server {
                 "5",
             ])
             .args(&self.extra_args)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         isolate(&mut cmd, &self.home);
@@ -271,9 +277,9 @@ impl Server {
         )
     }
 
-    /// Processes whose working directory is inside the data directory (the dynos).
+    /// Processes whose working directory is inside the dynos directory (the dynos).
     pub fn dyno_processes(&self) -> Vec<u32> {
-        let dynos = self.data.join("dynos");
+        let dynos = self.dynos_dir();
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -404,5 +410,21 @@ pub fn read_until(lines: &mpsc::Receiver<String>, needle: &str, secs: u64) -> Ve
             }
             Err(e) => panic!("no line containing {needle:?} ({e}); got {seen:#?}"),
         }
+impl Server {
+    /// Where the server runs dynos by default: beside the data directory, never inside it.
+    pub fn dynos_dir(&self) -> PathBuf {
+        self.root.path().join("data-dynos")
+    }
+
+    /// A git repository on main holding `files` (name, content).
+    pub fn repo_with(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).expect("repo dir");
+        for (file, content) in files {
+            std::fs::write(dir.join(file), content).expect("write app file");
+        }
+        self.git_ok(&dir, &["init", "-q", "-b", "main"]);
+        self.commit_all(&dir, "initial");
+        dir
     }
 }

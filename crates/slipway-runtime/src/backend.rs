@@ -1,0 +1,316 @@
+//! The one interface every way of running a dyno implements ([`DynoBackend`]), what it is
+//! given ([`DynoSpec`]) and what it hands back ([`Running`], [`Exit`], [`Usage`]).
+//!
+//! Two backends exist: `oci.rs` (each dyno a container run by runc or another OCI runtime,
+//! the default when the server is root and the runtime works) and `plain.rs` (a process
+//! group under the app's uid, the fallback). The supervisor drives either the same way:
+//! `prepare` (blocking: filesystem), `start`, `signal`, `wait`, `usage`, `cleanup`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitStatus;
+
+use nix::sys::signal::Signal;
+use tokio::io::AsyncRead;
+use tokio::process::Child;
+
+use crate::users::AppUser;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A dyno's resources (Heroku's dyno sizes). The kernel kills a dyno at twice its memory
+/// quota (R15); between one and two times the quota it gets R14 warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynoSize {
+    pub name: String,
+    pub memory_quota_bytes: u64,
+    pub max_processes: u64,
+}
+
+const MB: u64 = 1024 * 1024;
+
+impl DynoSize {
+    pub fn standard_1x() -> Self {
+        Self::new("standard-1X", 512 * MB, 256)
+    }
+
+    pub fn standard_2x() -> Self {
+        Self::new("standard-2X", 1024 * MB, 512)
+    }
+
+    pub fn performance_m() -> Self {
+        Self::new("performance-M", 2560 * MB, 16384)
+    }
+
+    pub fn new(name: &str, memory_quota_bytes: u64, max_processes: u64) -> Self {
+        Self {
+            name: name.to_string(),
+            memory_quota_bytes,
+            max_processes,
+        }
+    }
+
+    /// `standard-1X`, `standard-2X`, `performance-M` (case-insensitive, as Heroku accepts).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "standard-1x" | "1x" => Some(Self::standard_1x()),
+            "standard-2x" | "2x" => Some(Self::standard_2x()),
+            "performance-m" => Some(Self::performance_m()),
+            _ => None,
+        }
+    }
+
+    /// The hard limit the kernel enforces: twice the quota.
+    pub fn memory_limit_bytes(&self) -> u64 {
+        self.memory_quota_bytes.saturating_mul(2)
+    }
+}
+
+/// Everything a backend needs to run one dyno.
+#[derive(Debug, Clone)]
+pub struct DynoSpec {
+    /// Unique per dyno run (also the container id).
+    pub id: String,
+    pub app_id: String,
+    /// `web.1`
+    pub name: String,
+    pub command: String,
+    /// The app's config vars. Secret: never logged.
+    pub config: BTreeMap<String, String>,
+    /// Web dynos: the port to bind (on the address the backend reports).
+    pub port: Option<u16>,
+    pub size: DynoSize,
+    /// The dyno's own directory, `<dynos dir>/<app id>/<dyno id>`.
+    pub dir: PathBuf,
+    pub slug_path: PathBuf,
+    pub slug_checksum: String,
+    /// The app's own user, when the server can switch users (it runs as root).
+    pub user: Option<AppUser>,
+}
+
+/// A started dyno.
+pub struct Running {
+    pub child: Child,
+    /// The pid the platform holds (the OCI runtime's, or the dyno's shell).
+    pub pid: Option<u32>,
+    /// Where a web dyno serves, once up.
+    pub addr: Option<SocketAddr>,
+    pub stdout: Option<Box<dyn AsyncRead + Unpin + Send + Sync>>,
+    pub stderr: Option<Box<dyn AsyncRead + Unpin + Send + Sync>>,
+}
+
+/// How a dyno's main process ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub status: ExitStatus,
+    /// The kernel's OOM killer ended a process of the dyno (its memory limit was hit).
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    /// Heroku's convention: the exit code, or 128 + the signal that ended the process.
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        self.status
+            .code()
+            .or_else(|| self.status.signal().map(|s| 128 + s))
+            .unwrap_or(0)
+    }
+}
+
+/// Resource use of a running dyno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Memory in use, page cache that can be dropped excluded.
+    pub memory_bytes: u64,
+    /// CPU time used since the dyno started, in nanoseconds.
+    pub cpu_nanos: Option<u64>,
+    /// Processes of the dyno the kernel's OOM killer ended so far.
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unpacking the slug for dyno {dyno}: {source}")]
+    Slug {
+        dyno: String,
+        #[source]
+        source: slipway_build::BuildError,
+    },
+    #[error("the OCI runtime {binary} does not work ({reason}); install runc (Debian: apt-get install runc) or pass --dyno-runtime process")]
+    OciUnavailable { binary: String, reason: String },
+    #[error("{runtime} {action} for dyno {dyno} failed: {detail}")]
+    OciCommand {
+        runtime: String,
+        action: &'static str,
+        dyno: String,
+        detail: String,
+    },
+    #[error("writing the OCI bundle for dyno {dyno}: {detail}")]
+    Bundle { dyno: String, detail: String },
+    #[error("the dynos directory {dir} is inside {parent} (mode {mode:o}), which app users cannot enter; pass --dynos-dir with a path whose parents are world-searchable (e.g. /var/lib/slipway-dynos)")]
+    Unreachable {
+        dir: PathBuf,
+        parent: PathBuf,
+        mode: u32,
+    },
+    #[error("the dynos directory {dir} must be outside the data directory {data_dir}: dynos must not reach the platform's files")]
+    InsideDataDir { dir: PathBuf, data_dir: PathBuf },
+    #[error("no free uid left for app {app} in {first}..{last}; remove apps or raise the range")]
+    NoFreeUid { app: String, first: u32, last: u32 },
+    #[error("the uid table {path} is corrupt at line {line}; fix or remove the line")]
+    UidTable { path: PathBuf, line: usize },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        move |source| RuntimeError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// A way to run dynos. Implementations must be usable from many tasks at once.
+pub trait DynoBackend: Send + Sync + 'static {
+    /// `oci (runc 1.1.5)`, `process`: said at start-up and in `ps`.
+    fn describe(&self) -> String;
+
+    /// Whether dynos run with the host's filesystem, in their directory (so app users must be
+    /// able to reach it).
+    fn runs_in_host_dirs(&self) -> bool {
+        false
+    }
+
+    /// Creates the dyno's filesystem: a fresh copy of the slug (and for containers, the
+    /// bundle). Blocking; any leftover of a previous run of the same dyno is replaced.
+    fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError>;
+
+    /// Starts the dyno's command.
+    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError>;
+
+    /// Sends `signal` to every process of the dyno.
+    fn signal<'a>(
+        &'a self,
+        dyno: &'a DynoSpec,
+        running: &'a Running,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()>;
+
+    /// Waits until the dyno's main process has exited. Cancel-safe.
+    fn wait<'a>(&'a self, dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit>;
+
+    /// Memory and CPU of the running dyno, where the backend can measure them.
+    fn usage(&self, dyno: &DynoSpec) -> Option<Usage>;
+
+    /// Removes everything the dyno left: its container, its directory. Blocking.
+    fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError>;
+}
+
+pub(crate) const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The dyno's command as its shell runs it: first the `.profile.d` scripts the buildpacks
+/// wrote (Heroku's convention), then the command.
+pub(crate) fn wrapped_command(command: &str) -> String {
+    format!(
+        "for f in \"$HOME\"/.profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done; unset f\n{command}"
+    )
+}
+
+/// The shell dynos run under: bash when the stack has it (Heroku's), else sh.
+pub(crate) fn shell() -> &'static str {
+    if Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    }
+}
+
+/// The dyno's environment: config vars, then what the platform sets (which wins).
+pub(crate) fn environment(dyno: &DynoSpec, home: &str) -> BTreeMap<String, String> {
+    let mut env = dyno.config.clone();
+    for (k, v) in [
+        ("PATH", PATH),
+        ("LANG", "C.UTF-8"),
+        ("HOME", home),
+        ("DYNO", &dyno.name),
+        ("PS", &dyno.name),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    match dyno.port {
+        Some(port) => env.insert("PORT".to_string(), port.to_string()),
+        None => env.remove("PORT"),
+    };
+    env
+}
+
+/// Creates a directory with `mode`, owned by `user` when given.
+pub(crate) fn make_dir(path: &Path, mode: u32, user: Option<&AppUser>) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(path).map_err(RuntimeError::io("creating", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(RuntimeError::io("setting permissions of", path))?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
+            .map_err(RuntimeError::io("changing the owner of", path))?;
+    }
+    Ok(())
+}
+
+/// Gives everything under `path` (symlinks themselves, not their targets) to `user`.
+pub(crate) fn chown_tree(path: &Path, user: &AppUser) -> Result<(), RuntimeError> {
+    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+        .map_err(RuntimeError::io("changing the owner of", path))?;
+    let meta = std::fs::symlink_metadata(path).map_err(RuntimeError::io("reading", path))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(RuntimeError::io("listing", path))? {
+            let entry = entry.map_err(RuntimeError::io("listing", path))?;
+            chown_tree(&entry.path(), user)?;
+        }
+    }
+    Ok(())
+}
+
+/// The dyno's directory, fresh: `<dir>` (0700, the app's user) holding `app/`, an unpack of
+/// the slug owned by the app's user.
+pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
+    if dyno.dir.exists() {
+        std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
+    }
+    if let Some(parent) = dyno.dir.parent() {
+        make_dir(parent, 0o700, dyno.user.as_ref())?;
+    }
+    make_dir(&dyno.dir, 0o700, dyno.user.as_ref())?;
+    slipway_build::unpack_slug(&dyno.slug_path, &dyno.slug_checksum, &dyno.dir).map_err(
+        |source| RuntimeError::Slug {
+            dyno: dyno.name.clone(),
+            source,
+        },
+    )?;
+    let app = dyno.dir.join("app");
+    if let Some(u) = &dyno.user {
+        chown_tree(&app, u)?;
+    }
+    Ok(app)
+}
+
+pub(crate) fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io("removing", dir)(e)),
+    }
+}

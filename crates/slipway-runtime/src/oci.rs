@@ -1,0 +1,622 @@
+//! The default backend: each dyno is a container run by an OCI runtime (runc; the binary is a
+//! setting) as a subprocess, from a bundle generated with `oci-spec`.
+//!
+//! What a dyno gets:
+//! - its own PID, mount, UTS (hostname = dyno id) and IPC namespaces; the host's network, so
+//!   a web dyno binds `PORT` on 127.0.0.1 and the router reaches it there;
+//! - a read-only root: an empty directory with the host's `/usr` bind-mounted read-only and
+//!   `/bin`, `/lib`, `/lib64`, `/sbin` as the host has them (symlinks into `/usr` on a merged-
+//!   `/usr` system, read-only binds otherwise);
+//! - a minimal `/etc` (see [`STACK_ETC`]: what DNS, TLS certificates, the dynamic loader and
+//!   alternatives need), built at start-up from the host's, never the whole host `/etc`
+//!   (which holds keys and the platform's configuration), plus a `passwd`/`group` naming
+//!   only root, nobody and the dyno's user;
+//! - `/app`: a fresh copy of the slug, writable, owned by the app's uid, deleted when the
+//!   dyno stops; a private `/tmp` (tmpfs); `/proc`; a minimal `/dev` (runc's default
+//!   devices, `/dev/pts`, `/dev/shm`, `/dev/mqueue`); no `/sys`;
+//! - the app's own unprivileged uid and gid, no capabilities, `no_new_privileges`;
+//! - memory limit = twice the dyno size's quota (the kernel kills beyond it: R15), swap none,
+//!   process-count limit from the size.
+//!
+//! `runc run --keep` runs in the foreground: its exit status is the dyno's, its stdout and
+//! stderr are the dyno's. `--keep` leaves the stopped container (and its cgroup) until
+//! `runc delete`, so an OOM kill can be read from the cgroup after the dyno exited.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_readonly_paths, LinuxBuilder, LinuxCapabilitiesBuilder,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
+};
+use tokio::process::Command;
+
+use crate::backend::{
+    environment, fresh_dyno_dir, make_dir, remove_dir, shell, wrapped_command, BoxFuture,
+    DynoBackend, DynoSpec, Exit, Running, RuntimeError, Usage, PATH,
+};
+use crate::cgroup::{relative_path, Cgroups};
+use crate::process::kill_group;
+use crate::users::AppUser;
+
+/// What of the host's `/etc` a dyno sees (copied at start-up; directories whole, symlinks
+/// as symlinks). `ssl/private` is left out.
+pub const STACK_ETC: &[&str] = &[
+    "resolv.conf",
+    "hosts",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "services",
+    "protocols",
+    "networks",
+    "mime.types",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "alternatives",
+    "localtime",
+    "timezone",
+    "os-release",
+    "debian_version",
+    "bash.bashrc",
+    "inputrc",
+];
+
+/// Host directories that become the dyno's, read-only.
+const SYSTEM_DIRS: &[&str] = &["bin", "lib", "lib32", "lib64", "libx32", "sbin"];
+
+/// PID 1 of every dyno. The kernel does not deliver signals a namespace's init has no handler
+/// for, so the dyno's command (often `exec`ing a server that installs none) never runs as
+/// PID 1: this shell starts it, passes SIGTERM/SIGINT on, and exits with its status when it
+/// exits (taking every other process of the dyno with it, as on Heroku).
+const INIT: &str = r#"trap 'kill -TERM $c 2>/dev/null' TERM
+trap 'kill -INT $c 2>/dev/null' INT
+"$1" -c "$2" &
+c=$!
+while :; do
+  wait $c; s=$?
+  if [ $s -gt 128 ] && kill -0 $c 2>/dev/null; then continue; fi
+  exit $s
+done"#;
+
+/// The uid/gid `nobody` has in the dyno's `/etc/passwd`.
+const NOBODY: u32 = 65534;
+
+pub struct OciBackend {
+    binary: PathBuf,
+    version: String,
+    /// runc's `--root`: where it keeps container state.
+    state_dir: PathBuf,
+    /// The `/etc` every dyno gets.
+    stack_etc: PathBuf,
+    cgroups: Cgroups,
+}
+
+impl OciBackend {
+    /// Checks that `binary` (a name looked up in PATH and /usr/sbin, or a path) can run a
+    /// container here, by running one, and prepares what every dyno shares under `dynos_dir`.
+    pub fn new(binary: &str, dynos_dir: &Path) -> Result<Self, RuntimeError> {
+        let unavailable = |reason: String| RuntimeError::OciUnavailable {
+            binary: binary.to_string(),
+            reason,
+        };
+        if !nix::unistd::geteuid().is_root() {
+            return Err(unavailable(
+                "the server is not running as root, which OCI runtimes need".into(),
+            ));
+        }
+        let path = find_binary(binary).ok_or_else(|| unavailable("not found".into()))?;
+        let out = std::process::Command::new(&path)
+            .arg("--version")
+            .output()
+            .map_err(|e| unavailable(format!("cannot run it: {e}")))?;
+        if !out.status.success() {
+            return Err(unavailable("`--version` failed".into()));
+        }
+        let version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let cgroups = Cgroups::detect()
+            .ok_or_else(|| unavailable("no memory cgroup controller is mounted".into()))?;
+        let shared = dynos_dir.join(".oci");
+        make_dir(&shared, 0o711, None)?;
+        let state_dir = shared.join("state");
+        make_dir(&state_dir, 0o700, None)?;
+        let stack_etc = build_stack_etc(&shared)?;
+        let backend = Self {
+            binary: path,
+            version,
+            state_dir,
+            stack_etc,
+            cgroups,
+        };
+        backend
+            .probe(&shared)
+            .map_err(|e| unavailable(e.to_string()))?;
+        Ok(backend)
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_dir);
+        cmd
+    }
+
+    fn async_command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.state_dir);
+        cmd
+    }
+
+    /// Runs `exit 0` in a container the way dynos run: proves the runtime, namespaces,
+    /// cgroups and mounts work before the server relies on them.
+    fn probe(&self, shared: &Path) -> Result<(), RuntimeError> {
+        let id = format!("slipway-probe-{}", std::process::id());
+        let dir = shared.join("probe");
+        remove_dir(&dir)?;
+        let probe = DynoSpec {
+            id: id.clone(),
+            app_id: "probe".into(),
+            name: "probe".into(),
+            command: "exit 0".into(),
+            config: Default::default(),
+            port: None,
+            size: crate::DynoSize::standard_1x(),
+            dir: dir.clone(),
+            slug_path: PathBuf::new(),
+            slug_checksum: String::new(),
+            user: Some(AppUser {
+                uid: NOBODY,
+                gid: NOBODY,
+            }),
+        };
+        make_dir(&dir.join("app"), 0o755, None)?;
+        self.write_bundle(&probe)?;
+        let out = self
+            .command()
+            .args(["run", "--bundle"])
+            .arg(&dir)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(RuntimeError::io("running", &self.binary))?;
+        let _ = self.command().args(["delete", "--force", &id]).output();
+        remove_dir(&dir)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(RuntimeError::OciCommand {
+                runtime: self.binary.display().to_string(),
+                action: "run",
+                dyno: id,
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// `<dir>/config.json`, `<dir>/rootfs`, `<dir>/passwd`, `<dir>/group`.
+    fn write_bundle(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
+        let rootfs = dyno.dir.join("rootfs");
+        make_dir(&rootfs, 0o755, None)?;
+        for d in ["usr", "etc", "app", "proc", "dev", "var"] {
+            make_dir(&rootfs.join(d), 0o755, None)?;
+        }
+        // runc gives a tmpfs the mode of the directory it covers.
+        make_dir(&rootfs.join("tmp"), 0o1777, None)?;
+        let var_tmp = rootfs.join("var/tmp");
+        if std::fs::symlink_metadata(&var_tmp).is_err() {
+            std::os::unix::fs::symlink("../tmp", &var_tmp)
+                .map_err(RuntimeError::io("creating", &var_tmp))?;
+        }
+        let mut mounts = base_mounts(dyno);
+        for name in SYSTEM_DIRS {
+            let host = Path::new("/").join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            let inside = rootfs.join(name);
+            if meta.file_type().is_symlink() {
+                let target =
+                    std::fs::read_link(&host).map_err(RuntimeError::io("reading", &host))?;
+                if std::fs::symlink_metadata(&inside).is_err() {
+                    std::os::unix::fs::symlink(&target, &inside)
+                        .map_err(RuntimeError::io("creating", &inside))?;
+                }
+            } else if meta.is_dir() {
+                make_dir(&inside, 0o755, None)?;
+                mounts.push(bind(&host, &format!("/{name}"), true)?);
+            }
+        }
+        let user = dyno.user.unwrap_or(AppUser {
+            uid: NOBODY,
+            gid: NOBODY,
+        });
+        let passwd = dyno.dir.join("passwd");
+        let group = dyno.dir.join("group");
+        std::fs::write(
+            &passwd,
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/usr/sbin/nologin\ndyno:x:{}:{}:dyno:/app:/bin/bash\n",
+                user.uid, user.gid
+            ),
+        )
+        .map_err(RuntimeError::io("writing", &passwd))?;
+        std::fs::write(
+            &group,
+            format!("root:x:0:\nnogroup:x:{NOBODY}:\ndyno:x:{}:\n", user.gid),
+        )
+        .map_err(RuntimeError::io("writing", &group))?;
+        mounts.push(bind(&self.stack_etc, "/etc", true)?);
+        mounts.push(bind(&passwd, "/etc/passwd", true)?);
+        mounts.push(bind(&group, "/etc/group", true)?);
+        mounts.push(bind(&dyno.dir.join("app"), "/app", false)?);
+        let spec = self.spec(dyno, user, mounts)?;
+        let config = dyno.dir.join("config.json");
+        spec.save(&config).map_err(|e| RuntimeError::Bundle {
+            dyno: dyno.name.clone(),
+            detail: e.to_string(),
+        })?;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+            .map_err(RuntimeError::io("restricting", &config))?;
+        Ok(())
+    }
+
+    fn spec(
+        &self,
+        dyno: &DynoSpec,
+        user: AppUser,
+        mounts: Vec<Mount>,
+    ) -> Result<Spec, RuntimeError> {
+        let err = |e: oci_spec::OciSpecError| RuntimeError::Bundle {
+            dyno: dyno.name.clone(),
+            detail: e.to_string(),
+        };
+        let env: Vec<String> = environment(dyno, "/app")
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let none = HashSet::new();
+        let capabilities = LinuxCapabilitiesBuilder::default()
+            .bounding(none.clone())
+            .effective(none.clone())
+            .inheritable(none.clone())
+            .permitted(none.clone())
+            .ambient(none)
+            .build()
+            .map_err(err)?;
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(
+                UserBuilder::default()
+                    .uid(user.uid)
+                    .gid(user.gid)
+                    .additional_gids(Vec::<u32>::new())
+                    .build()
+                    .map_err(err)?,
+            )
+            .args(vec![
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                INIT.to_string(),
+                "dyno-init".to_string(),
+                shell().to_string(),
+                wrapped_command(&dyno.command),
+            ])
+            .env(env)
+            .cwd("/app")
+            .capabilities(capabilities)
+            .no_new_privileges(true)
+            .build()
+            .map_err(err)?;
+        let limit = i64::try_from(dyno.size.memory_limit_bytes()).unwrap_or(i64::MAX);
+        let quota = i64::try_from(dyno.size.memory_quota_bytes).unwrap_or(i64::MAX);
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .map_err(err)?])
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .reservation(quota)
+                    .swap(limit)
+                    .build()
+                    .map_err(err)?,
+            )
+            .pids(
+                LinuxPidsBuilder::default()
+                    .limit(i64::try_from(dyno.size.max_processes).unwrap_or(i64::MAX))
+                    .build()
+                    .map_err(err)?,
+            )
+            .build()
+            .map_err(err)?;
+        let namespaces = [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Ipc,
+        ]
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .resources(resources)
+            .cgroups_path(PathBuf::from(relative_path(&dyno.id)))
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths())
+            .build()
+            .map_err(err)?;
+        SpecBuilder::default()
+            .version("1.0.2")
+            .root(
+                RootBuilder::default()
+                    .path(dyno.dir.join("rootfs"))
+                    .readonly(true)
+                    .build()
+                    .map_err(err)?,
+            )
+            .hostname(dyno.id.clone())
+            .process(process)
+            .mounts(mounts)
+            .linux(linux)
+            .build()
+            .map_err(err)
+    }
+
+    fn delete(&self, dyno_id: &str) {
+        let _ = self
+            .command()
+            .args(["delete", "--force", dyno_id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl DynoBackend for OciBackend {
+    fn describe(&self) -> String {
+        format!("oci ({}, {})", self.binary.display(), self.version)
+    }
+
+    fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
+        // A container of a previous run of this dyno (crash, or a dead server).
+        self.delete(&dyno.id);
+        fresh_dyno_dir(dyno)?;
+        self.write_bundle(dyno)
+    }
+
+    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError> {
+        let mut cmd = self.async_command();
+        cmd.args(["run", "--keep", "--bundle"])
+            .arg(&dyno.dir)
+            .arg(&dyno.id)
+            .current_dir(&dyno.dir)
+            .env_clear()
+            .env("PATH", PATH)
+            // Lets a later server recognise this pid as the dyno's (see `pid_belongs_to_dyno`).
+            .env("SLIPWAY_DYNO_ID", &dyno.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(RuntimeError::io("starting", &self.binary))?;
+        Ok(Running {
+            pid: child.id(),
+            addr: dyno
+                .port
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            child,
+        })
+    }
+
+    fn signal<'a>(
+        &'a self,
+        dyno: &'a DynoSpec,
+        running: &'a Running,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let killed = self
+                .async_command()
+                .args(["kill", "--all", &dyno.id, signal.as_str()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !killed {
+                // The container is not running yet (or any more): runc itself passes the
+                // signal on to what it started.
+                if let Some(pid) = running.pid.and_then(|p| i32::try_from(p).ok()) {
+                    kill_group(pid, signal);
+                }
+            }
+        })
+    }
+
+    fn wait<'a>(&'a self, dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit> {
+        Box::pin(async move {
+            let status = running.child.wait().await.unwrap_or_default();
+            let oom_killed = self.cgroups.oom_kills(&dyno.id).unwrap_or(0) > 0;
+            let _ = self
+                .async_command()
+                .args(["delete", "--force", &dyno.id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            Exit { status, oom_killed }
+        })
+    }
+
+    fn usage(&self, dyno: &DynoSpec) -> Option<Usage> {
+        self.cgroups.usage(&dyno.id)
+    }
+
+    fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError> {
+        self.delete(dyno_id);
+        remove_dir(dir)
+    }
+}
+
+fn base_mounts(dyno: &DynoSpec) -> Vec<Mount> {
+    let tmp_size = format!("size={}k", dyno.size.memory_quota_bytes / 1024);
+    let m = |dest: &str, typ: &str, source: &str, options: &[&str]| {
+        MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(source)
+            .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+    };
+    [
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        m(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        m(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        m(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        m(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", &tmp_size],
+        ),
+        m("/usr", "bind", "/usr", &["rbind", "ro", "nosuid", "nodev"]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+fn bind(source: &Path, dest: &str, read_only: bool) -> Result<Mount, RuntimeError> {
+    let mut options = vec!["rbind", "nosuid", "nodev"];
+    options.push(if read_only { "ro" } else { "rw" });
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| RuntimeError::Bundle {
+            dyno: dest.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Builds `<shared>/etc-<n>` from [`STACK_ETC`] and removes older ones.
+fn build_stack_etc(shared: &Path) -> Result<PathBuf, RuntimeError> {
+    let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    let etc = shared.join(format!("etc-{stamp}"));
+    if let Ok(entries) = std::fs::read_dir(shared) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("etc-") {
+                remove_dir(&entry.path())?;
+            }
+        }
+    }
+    make_dir(&etc, 0o755, None)?;
+    let host = Path::new("/etc");
+    for name in STACK_ETC {
+        copy_tree(&host.join(name), &etc.join(name))?;
+    }
+    for (name, text) in [("passwd", ""), ("group", ""), ("hostname", "dyno\n")] {
+        let path = etc.join(name);
+        std::fs::write(&path, text).map_err(RuntimeError::io("writing", &path))?;
+    }
+    let mtab = etc.join("mtab");
+    std::os::unix::fs::symlink("/proc/self/mounts", &mtab)
+        .map_err(RuntimeError::io("creating", &mtab))?;
+    Ok(etc)
+}
+
+/// Copies files and directories, keeping symlinks as symlinks. A missing source is skipped.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
+    let Ok(meta) = std::fs::symlink_metadata(from) else {
+        return Ok(());
+    };
+    if from == Path::new("/etc/ssl/private") {
+        return Ok(());
+    }
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let target = std::fs::read_link(from).map_err(RuntimeError::io("reading", from))?;
+        std::os::unix::fs::symlink(target, to).map_err(RuntimeError::io("creating", to))?;
+    } else if kind.is_dir() {
+        make_dir(to, 0o755, None)?;
+        for entry in std::fs::read_dir(from).map_err(RuntimeError::io("listing", from))? {
+            let entry = entry.map_err(RuntimeError::io("listing", from))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if kind.is_file() {
+        std::fs::copy(from, to).map_err(RuntimeError::io("copying", from))?;
+        // Readable by the dyno's user, never writable (the mount is read-only anyway).
+        let mode = (meta.permissions().mode() & 0o755) | 0o444;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+            .map_err(RuntimeError::io("setting permissions of", to))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! The fallback backend: each dyno is a process group running from its own copy of the slug,
+//! outside the data directory, under the app's own uid when the server is root.
+//!
+//! What it cannot do (the OCI backend does): hide other processes (`/proc` shows every
+//! process, though not another uid's environment), limit memory, or give the dyno its own
+//! `/tmp`. Without root it cannot even switch users: dynos then run as the server's user.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+use tokio::process::Command;
+
+use crate::backend::{
+    environment, fresh_dyno_dir, remove_dir, shell, wrapped_command, BoxFuture, DynoBackend,
+    DynoSpec, Exit, Running, RuntimeError, Usage,
+};
+use crate::process::kill_group;
+
+pub struct ProcessBackend {
+    why: String,
+}
+
+impl ProcessBackend {
+    /// `why`: the reason this backend runs rather than the OCI one, for the start-up line.
+    pub fn new(why: impl Into<String>) -> Self {
+        Self { why: why.into() }
+    }
+}
+
+impl DynoBackend for ProcessBackend {
+    fn describe(&self) -> String {
+        format!("process ({})", self.why)
+    }
+
+    fn runs_in_host_dirs(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
+        fresh_dyno_dir(dyno).map(|_| ())
+    }
+
+    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError> {
+        let cwd = dyno.dir.join("app");
+        let home = cwd.display().to_string();
+        let mut cmd = Command::new(shell());
+        cmd.arg("-c")
+            .arg(wrapped_command(&dyno.command))
+            .current_dir(&cwd)
+            .env_clear()
+            .envs(environment(dyno, &home))
+            .env("SLIPWAY_DYNO_ID", &dyno.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(user) = &dyno.user {
+            // std drops supplementary groups too when root switches users.
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        let mut child = cmd.spawn().map_err(RuntimeError::io("starting", &cwd))?;
+        Ok(Running {
+            pid: child.id(),
+            addr: dyno
+                .port
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            child,
+        })
+    }
+
+    fn signal<'a>(
+        &'a self,
+        _dyno: &'a DynoSpec,
+        running: &'a Running,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(pid) = running.pid.and_then(|p| i32::try_from(p).ok()) {
+                kill_group(pid, signal);
+            }
+        })
+    }
+
+    fn wait<'a>(&'a self, _dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit> {
+        Box::pin(async move {
+            let status = running.child.wait().await.unwrap_or_default();
+            // Leave nothing of the group behind when its leader exits.
+            if let Some(pid) = running.pid.and_then(|p| i32::try_from(p).ok()) {
+                kill_group(pid, Signal::SIGKILL);
+            }
+            Exit {
+                status,
+                oom_killed: false,
+            }
+        })
+    }
+
+    fn usage(&self, _dyno: &DynoSpec) -> Option<Usage> {
+        None
+    }
+
+    fn cleanup(&self, _dyno_id: &str, dir: &Path) -> Result<(), RuntimeError> {
+        remove_dir(dir)
+    }
+}
