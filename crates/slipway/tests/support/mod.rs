@@ -410,6 +410,9 @@ pub fn read_until(lines: &mpsc::Receiver<String>, needle: &str, secs: u64) -> Ve
             }
             Err(e) => panic!("no line containing {needle:?} ({e}); got {seen:#?}"),
         }
+    }
+}
+
 impl Server {
     /// Where the server runs dynos by default: beside the data directory, never inside it.
     pub fn dynos_dir(&self) -> PathBuf {
