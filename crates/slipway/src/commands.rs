@@ -333,33 +333,49 @@ async fn ps(client: &Client, app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `web=2` -> ("web", "2"); `worker+1` -> ("worker", "+1").
-pub fn parse_scale(change: &str) -> anyhow::Result<(String, String)> {
+/// One `ps:scale` argument: `web=2`, `worker+1`, `worker-1`, optionally with a size
+/// (`web=2:standard-2X`). The quantity's range is the server's to check.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScaleArg {
+    pub process_type: String,
+    pub quantity: String,
+    pub size: Option<String>,
+}
+
+pub fn parse_scale(change: &str) -> anyhow::Result<ScaleArg> {
     let bad = || {
         anyhow::anyhow!(
-            "invalid scale argument {change:?}: use TYPE=N, TYPE+N or TYPE-N, e.g. web=2"
+            "invalid scale argument {change:?}: use TYPE=N, TYPE+N or TYPE-N, optionally with :SIZE, e.g. web=2 or web=2:standard-2X"
         )
     };
-    if let Some((t, q)) = change.split_once('=') {
-        let q = q.split(':').next().unwrap_or(q);
-        if t.is_empty() || q.parse::<i64>().is_err() {
-            return Err(bad());
-        }
-        return Ok((t.to_string(), q.to_string()));
-    }
-    let pos = change.find(['+', '-']).ok_or_else(bad)?;
-    let (t, q) = change.split_at(pos);
-    if t.is_empty() || q[1..].parse::<u32>().is_err() {
+    let (spec, size) = match change.split_once(':') {
+        Some((spec, size)) if !size.is_empty() => (spec, Some(size.to_string())),
+        Some(_) => return Err(bad()),
+        None => (change, None),
+    };
+    let pos = spec.find(['=', '+', '-']).ok_or_else(bad)?;
+    let (t, rest) = spec.split_at(pos);
+    let quantity = rest.strip_prefix('=').unwrap_or(rest);
+    let digits = quantity.strip_prefix(['+', '-']).unwrap_or(quantity);
+    if t.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    Ok((t.to_string(), q.to_string()))
+    Ok(ScaleArg {
+        process_type: t.to_string(),
+        quantity: quantity.to_string(),
+        size,
+    })
 }
 
 async fn ps_scale(client: &Client, app: &str, changes: &[String]) -> anyhow::Result<()> {
     let mut updates = Vec::new();
     for change in changes {
-        let (ptype, quantity) = parse_scale(change)?;
-        updates.push(json!({ "type": ptype, "quantity": quantity }));
+        let arg = parse_scale(change)?;
+        let mut update = json!({ "type": arg.process_type, "quantity": arg.quantity });
+        if let Some(size) = arg.size {
+            update["size"] = json!(size);
+        }
+        updates.push(update);
     }
     eprint!("Scaling dynos... ");
     let req = client
@@ -459,27 +475,34 @@ async fn logs(
 
 #[cfg(test)]
 mod tests {
-    use super::parse_scale;
+    use super::{parse_scale, ScaleArg};
 
     #[test]
     fn scale_arguments() {
+        let arg = |t: &str, q: &str, size: Option<&str>| ScaleArg {
+            process_type: t.into(),
+            quantity: q.into(),
+            size: size.map(str::to_string),
+        };
+        assert_eq!(parse_scale("web=2").expect("ok"), arg("web", "2", None));
         assert_eq!(
-            parse_scale("web=2").expect("ok"),
-            ("web".into(), "2".into())
-        );
-        assert_eq!(
-            parse_scale("web=2:standard-1X").expect("ok"),
-            ("web".into(), "2".into())
+            parse_scale("web=2:standard-2X").expect("ok"),
+            arg("web", "2", Some("standard-2X"))
         );
         assert_eq!(
             parse_scale("worker+1").expect("ok"),
-            ("worker".into(), "+1".into())
+            arg("worker", "+1", None)
         );
         assert_eq!(
             parse_scale("worker-3").expect("ok"),
-            ("worker".into(), "-3".into())
+            arg("worker", "-3", None)
         );
-        for bad in ["web", "=2", "web=x", "web+", "+1"] {
+        // The range is the server's to check, so it can name its limit.
+        assert_eq!(
+            parse_scale("web=+9223372036854775807").expect("ok"),
+            arg("web", "+9223372036854775807", None)
+        );
+        for bad in ["web", "=2", "web=x", "web+", "+1", "web=2:", "web=-"] {
             assert!(parse_scale(bad).is_err(), "{bad}");
         }
     }

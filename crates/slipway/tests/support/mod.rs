@@ -21,6 +21,10 @@ pub struct Server {
     pub router_port: u16,
     pub stdout_lines: Vec<String>,
     child: Option<Child>,
+    /// More `slipway server` flags (see [`Server::start_with`]).
+    extra_args: Vec<String>,
+    /// Where the server's stderr (its tracing log) goes; discarded when `None`.
+    stderr_log: Option<PathBuf>,
 }
 
 fn port_in(line: &str) -> Option<u16> {
@@ -45,6 +49,8 @@ impl Server {
             router_port: 0,
             stdout_lines: Vec::new(),
             child: None,
+            extra_args: Vec::new(),
+            stderr_log: None,
         };
         server.launch();
         server
@@ -65,8 +71,21 @@ impl Server {
                 "--shutdown-timeout",
                 "5",
             ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .args(&self.extra_args)
+            .stdout(Stdio::piped());
+        match &self.stderr_log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("server stderr log");
+                cmd.stderr(file);
+            }
+            None => {
+                cmd.stderr(Stdio::null());
+            }
+        }
         isolate(&mut cmd, &self.home);
         let mut child = cmd.spawn().expect("start slipway server");
         let stdout = child.stdout.take().expect("stdout");
@@ -270,6 +289,59 @@ impl Server {
         }
         pids
     }
+}
+
+impl Server {
+    /// A server with more flags (e.g. `--max-dynos-per-type 3`) whose stderr, its own log,
+    /// is kept in `<root>/server-stderr.log` (read it with [`Server::server_log`]).
+    pub fn start_with(extra_args: &[&str]) -> Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        let home = root.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let stderr_log = root.path().join("server-stderr.log");
+        let mut server = Server {
+            root,
+            data,
+            home,
+            api_port: 0,
+            router_port: 0,
+            stdout_lines: Vec::new(),
+            child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            stderr_log: Some(stderr_log),
+        };
+        server.launch();
+        server
+    }
+
+    /// What the server wrote to stderr so far, without terminal colour codes.
+    pub fn server_log(&self) -> String {
+        let path = self
+            .stderr_log
+            .as_ref()
+            .expect("a server started with Server::start_with");
+        let raw = std::fs::read(path).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
+    }
+}
+
+/// Removes `ESC [ ... letter` sequences (colours) from text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Server {
