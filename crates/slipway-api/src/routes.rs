@@ -33,7 +33,9 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::Shared;
 
-pub use observe::REQUEST_ID;
+/// The request log as a middleware (`axum::middleware::from_fn(observe)`), for routers
+/// outside this module (git, internal) that want the same line and `Request-Id`.
+pub use observe::{observe, REQUEST_ID};
 
 pub fn routes() -> Router<Shared> {
     Router::new()

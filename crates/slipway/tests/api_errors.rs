@@ -208,6 +208,27 @@ fn errors_have_the_platform_api_shape_and_requests_are_logged() {
         422,
         "invalid_params",
     );
+    let message = error_of(
+        &call(
+            "POST",
+            "/apps",
+            &[],
+            Some(r#"{"name":"teamed","team":"acme"}"#),
+        ),
+        422,
+        "invalid_params",
+    );
+    assert!(message.contains("team"), "{message}");
+    // What the official CLI sends when its flags are not given is fine.
+    let (status, _, body) = call(
+        "POST",
+        "/apps",
+        &[],
+        Some(
+            r#"{"name":"plain","region":null,"stack":"slipway-24","locked":false,"feature_flags":[]}"#,
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
     // 401.
     let resp = http(server.api_port, "GET", "/apps", &[], None);
     error_of(&resp, 401, "unauthorized");

@@ -91,13 +91,45 @@ async fn list_apps(
 }
 
 /// `region` and `stack` may be given, as the official CLI does, but only as what this server
-/// has: there is one region and one stack.
+/// has: there is one region and one stack. The CLI's other fields (teams, spaces, ...) are
+/// accepted only when empty: slipway has none of those, and says so rather than ignore them.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CreateApp {
     name: Option<String>,
     region: Option<String>,
     stack: Option<String>,
+    organization: Option<Value>,
+    team: Option<Value>,
+    space: Option<Value>,
+    internal_routing: Option<Value>,
+    kernel: Option<Value>,
+    locked: Option<Value>,
+    feature_flags: Option<Value>,
+}
+
+impl CreateApp {
+    /// The first field set to something slipway does not have.
+    fn unsupported(&self) -> Option<&'static str> {
+        let set = |v: &Option<Value>| match v {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        [
+            ("organization", &self.organization),
+            ("team", &self.team),
+            ("space", &self.space),
+            ("internal_routing", &self.internal_routing),
+            ("kernel", &self.kernel),
+            ("locked", &self.locked),
+            ("feature_flags", &self.feature_flags),
+        ]
+        .into_iter()
+        .find(|(_, v)| set(v))
+        .map(|(name, _)| name)
+    }
 }
 
 async fn create_app(
@@ -106,6 +138,11 @@ async fn create_app(
     body: Option<ApiJson<CreateApp>>,
 ) -> ApiResult<Response> {
     let body = body.map(|ApiJson(b)| b).unwrap_or_default();
+    if let Some(field) = body.unsupported() {
+        return Err(ApiError::invalid(format!(
+            "{field} is not supported by slipway (it has no teams, spaces or app features); leave it out."
+        )));
+    }
     if let Some(region) = body.region.as_deref().filter(|r| *r != views::REGION) {
         return Err(ApiError::invalid(format!(
             "Region {region} is not available; this server has one region, {}.",
