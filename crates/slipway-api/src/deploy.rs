@@ -1,8 +1,8 @@
 //! Deploying a push: the server side of the pre-receive hook.
 //!
 //! The hook (`slipway hook pre-receive`, run by `git receive-pack`) posts the pushed commit as
-//! a tar stream to `POST /internal/push-builds`, authenticated by the one-time token the server
-//! gave that receive-pack. The build runs here and its output streams back as the response,
+//! a tar stream to `POST /internal/push-builds`, authenticated by the token the server gave
+//! that receive-pack: single-use, and good only for a ref update the push carries (`push.rs`). The build runs here and its output streams back as the response,
 //! which the hook prints (git shows it as `remote:` lines). The last line says whether the
 //! build succeeded; the hook's exit status makes git accept or reject the push.
 //!
@@ -17,15 +17,18 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use slipway_build::{BuildEvent, CompileSpec, Compiled, SlugInfo};
 use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::presented_token;
 use crate::control::converge_app;
 use crate::error::ApiError;
-use crate::state::{AppLock, PushGrant, Shared};
+use crate::push::{PushGrant, RefUpdate};
+use crate::state::{AppLock, Shared};
 
 /// The hook looks for this prefix on the last line of the response.
 pub const RESULT_PREFIX: &str = "\u{1e}slipway-build-result: ";
@@ -34,9 +37,6 @@ const MAX_TRANSCRIPT: usize = 1024 * 1024;
 
 pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
     let Some(token) = presented_token(&headers) else {
-        return ApiError::unauthorized().into_response();
-    };
-    let Some(grant) = state.push_grant(&token) else {
         return ApiError::unauthorized().into_response();
     };
     let header = |name: &str| {
@@ -60,6 +60,19 @@ pub async fn push_build(State(state): State<Shared>, headers: HeaderMap, body: B
         )
         .into_response();
     }
+    let update = RefUpdate {
+        old: push.old.clone(),
+        new: push.commit.clone(),
+        refname: push.refname.clone(),
+    };
+    let grant = match state.pushes.take(&push.token, &update) {
+        Ok(grant) => grant,
+        Err(e) => {
+            // Said in the server log only: the caller learns nothing about the token.
+            tracing::warn!(reason = %e, "refused a push build request");
+            return ApiError::unauthorized().into_response();
+        }
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let span = tracing::info_span!("build", app = %grant.app_id, commit = %push.commit);
     tokio::spawn(tracing::Instrument::instrument(
@@ -170,7 +183,7 @@ async fn run(state: Shared, grant: PushGrant, push: Push, body: Body, tx: mpsc::
                 )
                 .await;
             // The next build of this app waits until git has moved the branch to this commit.
-            state.hold_until_push_ends(&push.token, guard);
+            state.pushes.hold_until_end(&push.token, guard);
             out.line(&format!("{RESULT_PREFIX}ok")).await;
         }
         Err(message) => {
@@ -246,54 +259,18 @@ async fn build_and_release(
     .map_err(|e| format!("the build was interrupted: {e}"))?
     .map_err(|e| e.to_string())?;
 
-    let dir = src.clone();
-    let (procfile, said) = tokio::task::spawn_blocking(move || {
-        let mut said = Vec::new();
-        let procfile = slipway_build::compile(&dir, &mut |l| said.push(l.to_string()));
-        (procfile, said)
-    })
-    .await
-    .map_err(|e| format!("the build was interrupted: {e}"))?;
-    for line in said {
-        out.line(&format!("-----> {line}")).await;
-    }
-    let procfile = procfile.map_err(|e| e.to_string())?;
-
-    out.line("-----> Compressing...").await;
     let slug_dir = settings.slug_dir(&app.id);
     tokio::fs::create_dir_all(&slug_dir)
         .await
         .map_err(|e| format!("could not create the slug directory: {e}"))?;
     let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
-    let (dir, path) = (src.clone(), slug_path.clone());
-    let info =
-        tokio::task::spawn_blocking(move || slipway_build::create_slug(&dir, &path, &limits))
-            .await
-            .map_err(|e| format!("the build was interrupted: {e}"))?
-            .map_err(|e| e.to_string())?;
-    out.line(&format!(
-        "       Done: {} ({})",
-        human_size(info.size),
-        info.checksum
-    ))
-    .await;
+    let (compiled, info) = compile(state, app, build, &src, &slug_path, out).await?;
     drop(tmp);
 
     if out.gone() {
         let _ = tokio::fs::remove_file(&slug_path).await;
         return Err("the push was cancelled before the release".into());
     }
-    let discard = |e: slipway_store::StoreError| {
-        let path = slug_path.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let _ = tokio::fs::remove_file(path).await;
-            },
-            tracing::Span::current(),
-        ));
-        tracing::error!(error = %e, "could not record the release");
-        "Internal error while recording the release; see the server log.".to_string()
-    };
     let slug = state
         .store
         .create_slug(&NewSlug {
@@ -302,20 +279,36 @@ async fn build_and_release(
             checksum: info.checksum.clone(),
             size: i64::try_from(info.size).unwrap_or(i64::MAX),
             path: slug_path.display().to_string(),
-            process_types: procfile.processes.clone(),
+            process_types: compiled.process_types.clone(),
         })
-        .await
-        .map_err(discard)?;
+        .await;
+    let slug = match slug {
+        Ok(slug) => slug,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&slug_path).await;
+            tracing::error!(error = %e, "could not record the slug");
+            return Err("Internal error while recording the slug; see the server log.".into());
+        }
+    };
     state.api_log(&app.id, &format!("Build succeeded by user {}", user.email));
     out.line("-----> Launching...").await;
     let release_lock = state.app_lock(AppLock::Release, &app.id);
     let _release_guard = release_lock.lock().await;
     let description = format!("Deploy {short}");
-    let release = state
+    let release = match state
         .store
         .deploy_release(&app.id, &slug, &description, &user.id)
         .await
-        .map_err(discard)?;
+    {
+        Ok(release) => release,
+        Err(e) => {
+            // A failed deploy leaves nothing behind: no release (one transaction), no slug.
+            tracing::error!(error = %e, "could not record the release");
+            let _ = state.store.delete_slug(&slug.id).await;
+            let _ = tokio::fs::remove_file(&slug_path).await;
+            return Err("Internal error while recording the release; see the server log.".into());
+        }
+    };
     state.api_log(&app.id, &format!("{description} by user {}", user.email));
     state.api_log(
         &app.id,
@@ -327,6 +320,15 @@ async fn build_and_release(
     if let Err(e) = converge_app(state, &app.id).await {
         tracing::error!(error = ?e, "could not start dynos for the new release");
     }
+    let gc_state = state.clone();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            if let Err(e) = crate::gc::collect(&gc_state).await {
+                tracing::warn!(error = %e, "collecting unused slugs");
+            }
+        },
+        tracing::info_span!("gc"),
+    ));
     out.line(&format!("       Released v{}", release.version))
         .await;
     out.line(&format!(
@@ -337,10 +339,65 @@ async fn build_and_release(
     Ok((slug, release))
 }
 
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b < 1024 => format!("{b} B"),
-        b if b < 1024 * 1024 => format!("{:.1}K", b as f64 / 1024.0),
-        b => format!("{:.1}M", b as f64 / (1024.0 * 1024.0)),
-    }
+/// Runs the app's buildpacks on `src` and packs the slug, carrying the build's events to the
+/// pusher (and the build record). A push that goes away cancels the build: its buildpack
+/// processes are killed as a group.
+async fn compile(
+    state: &Shared,
+    app: &App,
+    build: &Build,
+    src: &std::path::Path,
+    slug_path: &std::path::Path,
+    out: &mut Output,
+) -> Result<(Compiled, SlugInfo), String> {
+    let settings = &state.settings;
+    let chosen = state
+        .store
+        .buildpacks(&app.id)
+        .await
+        .map_err(|e| format!("could not read the app's buildpacks: {e}"))?;
+    let buildpacks =
+        slipway_build::resolve_buildpacks(&chosen, &app.config, src).map_err(|e| e.to_string())?;
+    let mut spec = CompileSpec::new(
+        src.to_path_buf(),
+        settings.cache_dir(&app.id),
+        settings.builds_dir.join("buildpacks").join("builtin"),
+        settings.builds_dir.join("buildpacks").join("fetched"),
+    );
+    spec.env = app.config.clone();
+    spec.buildpacks = buildpacks;
+    spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
+    spec.timeout = settings.build_timeout;
+    spec.source_version = Some(build.commit_sha.clone());
+    let limits = settings.build_limits;
+    let cancel = CancellationToken::new();
+    let pusher_gone = {
+        let (tx, cancel) = (out.tx.clone(), cancel.clone());
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tx.closed().await;
+                cancel.cancel();
+            },
+            tracing::Span::current(),
+        ))
+    };
+    let (events, mut received) = mpsc::channel::<BuildEvent>(256);
+    let slug_path = slug_path.to_path_buf();
+    let work = async move {
+        let compiled = slipway_build::run_buildpacks(&spec, &events, cancel).await?;
+        let info = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await?;
+        Ok::<_, slipway_build::BuildError>((compiled, info))
+    };
+    let forward = async {
+        while let Some(event) = received.recv().await {
+            if let Some(line) = event.line() {
+                out.line(line).await;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(work, forward);
+    pusher_gone.abort();
+    let (compiled, info) = result.map_err(|e| e.to_string())?;
+    out.line(&format!("       {}", info.checksum)).await;
+    Ok((compiled, info))
 }

@@ -20,7 +20,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::Instrument;
 
 use crate::auth::{new_token, presented_token, token_hash};
-use crate::state::{PushGrant, Shared};
+use crate::push::{self, PushGrant};
+use crate::state::Shared;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
@@ -74,12 +75,17 @@ async fn authorize(
 ) -> Result<(User, App), Response> {
     let token = presented_token(headers).filter(|t| !t.is_empty() && t.len() <= 256);
     let user = match token {
-        Some(t) => state
-            .store
-            .user_by_token_hash(&token_hash(&t))
-            .await
-            .ok()
-            .flatten(),
+        Some(t) => match state.store.user_by_token_hash(&token_hash(&t)).await {
+            Ok(user) => user,
+            // Not the user's fault: never answer a broken database with "wrong password".
+            Err(e) => {
+                tracing::error!(error = %e, "checking git credentials");
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error while checking your credentials; see the server log.",
+                ));
+            }
+        },
         None => None,
     };
     let Some(user) = user else {
@@ -205,17 +211,37 @@ async fn rpc(
         Err(response) => return response,
     };
     let settings = &state.settings;
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let stream = body
+        .into_data_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let raw = StreamReader::new(stream);
+    let mut reader: Box<dyn AsyncRead + Unpin + Send> = if gzip {
+        Box::new(async_compression::tokio::bufread::GzipDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
     let mut cmd = tokio::process::Command::new("git");
     let mut push_token = None;
+    let mut head = Vec::new();
     if service == Service::Receive {
+        // The ref updates come first: the hook's grant covers exactly these.
+        let updates = match push::read_commands(&mut reader).await {
+            Ok((updates, consumed)) => {
+                head = consumed;
+                updates
+            }
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Push refused: {e}.")),
+        };
         let token = new_token();
-        state.grant_push(
+        state.pushes.grant(
             &token,
             PushGrant {
                 app_id: app.id.clone(),
                 user_id: user.id.clone(),
-                // A build may take long; the token dies with the receive-pack anyway.
-                expires: std::time::Instant::now() + std::time::Duration::from_secs(3 * 3600),
+                updates,
             },
         );
         cmd.arg("-c")
@@ -243,7 +269,7 @@ async fn rpc(
         Ok(c) => c,
         Err(e) => {
             if let Some(t) = &push_token {
-                state.revoke_push(t);
+                state.pushes.end(t);
             }
             tracing::error!(error = %e, "could not run git");
             return text(
@@ -258,23 +284,15 @@ async fn rpc(
         return text(StatusCode::INTERNAL_SERVER_ERROR, "could not talk to git");
     };
 
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let limit = settings.max_push_bytes;
     let span = tracing::info_span!("git", app = %app.name, service = service.subcommand());
     let feed = async move {
-        let stream = body
-            .into_data_stream()
-            .map(|r| r.map_err(std::io::Error::other));
-        let raw = StreamReader::new(stream);
-        let reader: Box<dyn AsyncRead + Unpin + Send> = if gzip {
-            Box::new(async_compression::tokio::bufread::GzipDecoder::new(raw))
-        } else {
-            Box::new(raw)
-        };
+        if let Err(e) = stdin.write_all(&head).await {
+            tracing::debug!(error = %e, "git stopped reading the request");
+            return;
+        }
         // One byte over the limit tells a too-large push from one exactly at the limit.
-        let mut bounded = reader.take(limit + 1);
+        let mut bounded = reader.take((limit + 1).saturating_sub(head.len() as u64));
         match tokio::io::copy(&mut bounded, &mut stdin).await {
             Ok(n) if n > limit => tracing::warn!(limit, "push larger than the limit was cut off"),
             Ok(_) => {}
@@ -285,11 +303,14 @@ async fn rpc(
     tokio::spawn(feed.instrument(span.clone()));
     let waiter_state = state.clone();
     let wait = async move {
+        // Keep the first 64 KiB for the log, but read all of it: git must never block on a
+        // full stderr pipe, however chatty the push.
         let mut errors = Vec::new();
         let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
+        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
         let status = child.wait().await;
         if let Some(t) = push_token {
-            waiter_state.revoke_push(&t);
+            waiter_state.pushes.end(&t);
         }
         if !matches!(status, Ok(s) if s.success()) && !errors.is_empty() {
             tracing::info!(stderr = %String::from_utf8_lossy(&errors), "git ended with an error");

@@ -38,6 +38,12 @@ pub struct ServerConfig {
     pub dyno_stop_timeout: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// Where builds run (outside the data directory); `None`: `<data-dir>-builds`.
+    pub builds_dir: Option<PathBuf>,
+    /// How long one build may run.
+    pub build_timeout: Duration,
+    /// How long a client has to send a request's headers (API and router).
+    pub header_read_timeout: Duration,
     /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
     pub max_dynos_per_type: u32,
     pub max_push_bytes: u64,
@@ -85,6 +91,9 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
             cfg.hook_binary.display()
         );
     }
+    if cfg.header_read_timeout.is_zero() {
+        bail!("the header read timeout must be at least 1 second");
+    }
     if cfg.max_dynos_per_type == 0 {
         bail!("the most dynos per process type must be at least 1");
     }
@@ -95,19 +104,13 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
 }
 
 fn prepare_data_dir(dir: &Path, hook_binary: &Path) -> anyhow::Result<()> {
-    for sub in ["", "repos", "slugs", "dynos", "hooks", "tmp"] {
+    for sub in ["", "repos", "slugs", "dynos", "hooks"] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path)
             .with_context(|| format!("creating data directory {}", path.display()))?;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting permissions of {}", dir.display()))?;
-    // Leftovers of builds interrupted by a crash.
-    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
-        for entry in entries.flatten() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
     let hook = dir.join("hooks").join("pre-receive");
     let quoted = hook_binary.display().to_string().replace('\'', "'\\''");
     let script = format!(
@@ -119,6 +122,34 @@ fn prepare_data_dir(dir: &Path, hook_binary: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("making {} executable", tmp.display()))?;
     std::fs::rename(&tmp, &hook)
         .with_context(|| format!("installing git hook {}", hook.display()))?;
+    Ok(())
+}
+
+/// `<dir><suffix>` beside `dir`: `/var/lib/slipway` -> `/var/lib/slipway-builds`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "slipway".into());
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// The builds directory: traversable but not listable (each build's own directory is private to
+/// the user it runs as), with the leftovers of builds a crash interrupted removed.
+fn prepare_builds_dir(dir: &Path) -> anyhow::Result<()> {
+    for sub in ["", "tmp", "cache", "buildpacks"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating builds directory {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("setting permissions of {}", path.display()))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("tmp")) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     Ok(())
 }
 
@@ -213,6 +244,11 @@ pub async fn run(
     // this one over the same dynos.
     let _data_lock = lock_data_dir(&cfg.data_dir)?;
     prepare_data_dir(&cfg.data_dir, &cfg.hook_binary)?;
+    let builds_dir = cfg
+        .builds_dir
+        .clone()
+        .unwrap_or_else(|| sibling(&cfg.data_dir, "-builds"));
+    prepare_builds_dir(&builds_dir)?;
     let store = Store::open(&cfg.data_dir.join(STATE_FILE))
         .await
         .with_context(|| format!("opening the state database in {}", cfg.data_dir.display()))?;
@@ -230,6 +266,8 @@ pub async fn run(
         router_port: router_addr.port(),
         domain: cfg.domain.clone(),
         build_limits: slipway_build::Limits::default(),
+        builds_dir: builds_dir.clone(),
+        build_timeout: cfg.build_timeout,
         max_push_bytes: cfg.max_push_bytes,
         max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),
@@ -245,6 +283,14 @@ pub async fn run(
         dynos.clone(),
     ));
 
+    let interrupted = store.fail_interrupted_builds().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked builds interrupted by the previous server's stop as failed"
+        );
+    }
+    crate::gc::collect(&state).await?;
     let reaped = dynos.reap_stale().await?;
     if reaped > 0 {
         tracing::info!(reaped, "cleaned up dynos left by the previous server");
@@ -283,7 +329,7 @@ pub async fn run(
 
     let app = api_routes(state.clone());
     let limits = slipway_router::ConnectionLimits {
-        header_read_timeout: Duration::from_secs(30),
+        header_read_timeout: cfg.header_read_timeout,
         shutdown_grace: cfg.shutdown_timeout,
     };
     let mut api_task = tokio::spawn(tracing::Instrument::instrument(
@@ -298,6 +344,7 @@ pub async fn run(
     let router_cfg = slipway_router::RouterConfig {
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,
+        header_read_timeout: cfg.header_read_timeout,
         ..slipway_router::RouterConfig::default()
     };
     // The router runs on its own single-threaded runtime: a flood of requests cannot starve

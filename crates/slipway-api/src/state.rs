@@ -1,5 +1,5 @@
 //! What every request handler shares: the store, the log hub, the dyno manager, settings, and
-//! short-lived grants (push tokens, log-session secrets).
+//! short-lived grants (push tokens, see `push.rs`; log-session secrets).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +23,11 @@ pub struct Settings {
     pub router_port: u16,
     pub domain: String,
     pub build_limits: slipway_build::Limits,
+    /// Where builds happen, outside the data directory (`<data-dir>-builds` by default): build
+    /// directories, per-app build caches, installed and fetched buildpacks.
+    pub builds_dir: PathBuf,
+    /// How long one build may run (all its buildpacks).
+    pub build_timeout: Duration,
     /// Largest git request body accepted (the pushed pack), in bytes.
     pub max_push_bytes: u64,
     /// Most dynos of one process type an app may scale to.
@@ -41,7 +46,12 @@ impl Settings {
     }
 
     pub fn build_tmp(&self) -> PathBuf {
-        self.data_dir.join("tmp")
+        self.builds_dir.join("tmp")
+    }
+
+    /// The app's build cache (`CACHE_DIR`), kept between builds.
+    pub fn cache_dir(&self, app_id: &str) -> PathBuf {
+        self.builds_dir.join("cache").join(app_id)
     }
 
     pub fn hooks_dir(&self) -> PathBuf {
@@ -59,23 +69,6 @@ impl Settings {
     pub fn git_url(&self, app: &str) -> String {
         format!("{}/{app}.git", self.api_url)
     }
-}
-
-/// Pushes in progress, by their one-time token.
-#[derive(Default)]
-struct Pushes {
-    grants: HashMap<String, PushGrant>,
-    /// Build locks that stay held until the push's `git receive-pack` exits, i.e. until git
-    /// has updated (or refused to update) the branch the build was for.
-    held: HashMap<String, tokio::sync::OwnedMutexGuard<()>>,
-}
-
-/// A push in progress: what its pre-receive hook may do with the token it was given.
-#[derive(Debug, Clone)]
-pub struct PushGrant {
-    pub app_id: String,
-    pub user_id: String,
-    pub expires: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -114,7 +107,8 @@ pub struct State {
     pub dynos: DynoManager,
     /// App name -> id, for the router (which must not wait on the database).
     pub names: RwLock<HashMap<String, AppEntry>>,
-    pushes: Mutex<Pushes>,
+    /// Pushes in progress and their hooks' grants.
+    pub pushes: crate::push::Pushes,
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
@@ -133,7 +127,7 @@ impl State {
             logs,
             dynos,
             names: RwLock::new(HashMap::new()),
-            pushes: Mutex::new(Pushes::default()),
+            pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
         }
@@ -176,36 +170,6 @@ impl State {
             .entry((kind, app_id.to_string()))
             .or_default()
             .clone()
-    }
-
-    pub fn grant_push(&self, token: &str, grant: PushGrant) {
-        let mut pushes = lock(&self.pushes);
-        let now = Instant::now();
-        pushes.grants.retain(|_, g| g.expires > now);
-        pushes.grants.insert(token.to_string(), grant);
-    }
-
-    pub fn push_grant(&self, token: &str) -> Option<PushGrant> {
-        lock(&self.pushes)
-            .grants
-            .get(token)
-            .filter(|g| g.expires > Instant::now())
-            .cloned()
-    }
-
-    /// Keeps `guard` until the push with `token` ends. If it already ended, drops it now.
-    pub fn hold_until_push_ends(&self, token: &str, guard: tokio::sync::OwnedMutexGuard<()>) {
-        let mut pushes = lock(&self.pushes);
-        if pushes.grants.contains_key(token) {
-            pushes.held.insert(token.to_string(), guard);
-        }
-    }
-
-    /// Ends a push: its token stops working and any lock it held is released.
-    pub fn revoke_push(&self, token: &str) {
-        let mut pushes = lock(&self.pushes);
-        pushes.grants.remove(token);
-        pushes.held.remove(token);
     }
 
     pub fn grant_log_session(&self, secret: &str, grant: LogSessionGrant) {

@@ -1,19 +1,33 @@
 //! From pushed source to slug.
 //!
 //! The pipeline is `extract_source` (a tar of the pushed commit, bounded, never writing outside
-//! its directory) -> `compile` (today: read and check the Procfile; buildpacks plug in here)
-//! -> `create_slug` (a gzipped tar with deterministic headers, so the same tree always has the
-//! same `SHA256:` checksum) -> `unpack_slug` into each dyno's own directory.
+//! its directory) -> [`pipeline::compile`] (the classic Heroku buildpack API: detect, compile,
+//! release, with built-in buildpacks for Python, Node.js, Go, Rust and static sites; see
+//! `buildpacks/` in this crate) -> `create_slug` / [`pipeline::pack_slug`] (a gzipped tar with
+//! deterministic headers, so the same tree always has the same `SHA256:` checksum) ->
+//! `unpack_slug` into each dyno's own directory.
 
+mod buildpack;
+mod event;
+pub mod pipeline;
+mod process;
+pub mod runtime;
 mod slug;
+mod slugignore;
 mod source;
+mod targuard;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use slipway_core::{Procfile, ProcfileError};
 
+pub use buildpack::{install_builtin, resolve_buildpacks, BuildpackRef, Builtin, BUILTINS};
+pub use event::{BuildEvent, Phase};
+pub use pipeline::{compile as run_buildpacks, pack_slug, purge_cache, CompileSpec, Compiled};
 pub use slug::{create_slug, unpack_slug, SlugInfo};
 pub use source::extract_source;
+pub use targuard::MAX_METADATA_ENTRY;
 
 /// Size bounds for untrusted input. Defaults follow Heroku where it has a number.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +76,66 @@ pub enum BuildError {
         expected: String,
         found: String,
     },
+    #[error("no buildpack recognised this app and it has no Procfile. The built-in buildpacks look for: {}. Add one of these files or a Procfile (`web: <command>`), or choose a buildpack (BUILDPACK_URL or .buildpacks)", describe_looked_for(.looked_for))]
+    NotDetected {
+        /// (built-in name, the files it looks for)
+        looked_for: Vec<(String, String)>,
+    },
+    #[error("the app is not compatible with buildpack {buildpack}: its bin/detect refused it")]
+    NotCompatible { buildpack: String },
+    #[error("buildpack {buildpack}: {} failed ({status}); its output is above", .phase.script())]
+    BuildpackFailed {
+        buildpack: String,
+        phase: Phase,
+        /// `exit status 1`, `killed by SIGKILL`...
+        status: String,
+        /// The last lines it printed.
+        output: Vec<String>,
+    },
+    #[error("buildpack {buildpack}: {} did not finish within the build time limit of {}s", .phase.script(), .limit.as_secs())]
+    Timeout {
+        buildpack: String,
+        phase: Phase,
+        limit: Duration,
+    },
+    #[error("the build was cancelled")]
+    Cancelled,
+    #[error("buildpack {buildpack}: could not run {}: {source}", .phase.script())]
+    Spawn {
+        buildpack: String,
+        phase: Phase,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("buildpack {buildpack} is not usable: {reason}")]
+    BuildpackInvalid { buildpack: String, reason: String },
+    #[error("could not fetch buildpack {buildpack}: {reason}")]
+    FetchFailed { buildpack: String, reason: String },
+    #[error("unknown buildpack {0:?}: use a built-in name (nodejs, python, go, rust, static), an absolute directory, or a git URL such as https://host/repo.git#v1")]
+    UnknownBuildpack(String),
+    #[error("buildpack {buildpack}: bin/release printed YAML slipway cannot read ({reason}); it must be a map with an optional `default_process_types` map")]
+    BadRelease { buildpack: String, reason: String },
+    #[error("{file} asks for {runtime} {requested:?}, which is not installed on this server. Installed: {}. Ask for one of these in {file}, or have the operator install it in a runtimes directory", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
+    RuntimeNotInstalled {
+        runtime: &'static str,
+        requested: String,
+        file: &'static str,
+        available: Vec<String>,
+    },
+    #[error("{file} says {found:?}; expected a version such as {expected}")]
+    BadRuntimeFile {
+        file: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("package.json is not valid JSON: {0}")]
+    BadPackageJson(String),
+    #[error("{file} in the pushed source cannot be used: {reason}")]
+    BadSourceFile { file: &'static str, reason: String },
+    #[error("config var name {0:?} cannot be given to buildpacks (it must not be empty, `.`, `..` or contain `/`)")]
+    BadConfigVarName(String),
+    #[error("no process types: buildpack(s) {} declared no default process types and the app has no Procfile; add a Procfile with a line such as `web: <command>`", if .buildpacks.is_empty() { "(none)".to_string() } else { .buildpacks.join(", ") })]
+    NoProcessTypes { buildpacks: Vec<String> },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -69,6 +143,13 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn describe_looked_for(list: &[(String, String)]) -> String {
+    list.iter()
+        .map(|(name, files)| format!("{name}: {files}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl BuildError {
@@ -81,27 +162,12 @@ impl BuildError {
     }
 }
 
-/// Compiles the extracted source in `build_dir` in place, reporting progress through `say`.
-/// Today this checks the Procfile and returns it; buildpacks will run here.
+/// The Procfile-only build (no buildpacks): checks the Procfile in `build_dir` and returns it,
+/// reporting through `say`. Kept for the current push path until it calls
+/// [`pipeline::compile`] (re-exported as [`run_buildpacks`]), which does this and runs the
+/// buildpacks.
 pub fn compile(build_dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Procfile, BuildError> {
-    let path = build_dir.join("Procfile");
-    let meta = match std::fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BuildError::NoProcfile),
-        Err(e) => return Err(BuildError::io("reading", &path)(e)),
-    };
-    if meta.file_type().is_symlink() {
-        // Never follow it: it could point at a file of the server's.
-        return Err(BuildError::ProcfileNotAFile("symbolic link"));
-    }
-    if !meta.is_file() {
-        return Err(BuildError::ProcfileNotAFile("directory or special file"));
-    }
-    if meta.len() > slipway_core::procfile::MAX_PROCFILE_BYTES as u64 {
-        return Err(ProcfileError::TooLarge(meta.len() as usize).into());
-    }
-    let bytes = std::fs::read(&path).map_err(BuildError::io("reading", &path))?;
-    let procfile = Procfile::parse_bytes(&bytes)?;
+    let procfile = pipeline::read_procfile(build_dir)?.ok_or(BuildError::NoProcfile)?;
     let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
     say(&format!("Procfile declares types -> {}", types.join(", ")));
     Ok(procfile)

@@ -203,6 +203,32 @@ impl Subscription {
     }
 }
 
+/// A logfmt value in double quotes that no input can break out of: `"` and `\` are
+/// backslash-escaped, newlines and other control characters (and the Unicode line separators)
+/// are written as `\n`, `\r`, `\t` or `\u{..}`. Use it for every value a client or user
+/// supplied (paths, hosts, headers) before putting it in a `key=value` log line, so nobody can
+/// forge fields such as `status=` that drains and alerts trust.
+pub fn logfmt_quote(value: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn split_message(message: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut rest = message;
@@ -287,6 +313,67 @@ mod tests {
     impl Concat for Vec<LogLine> {
         fn concat_messages(&self) -> String {
             self.iter().map(|l| l.message.as_str()).collect()
+        }
+    }
+
+    /// Reads one quoted logfmt value from the start of `s`: the unescaped value and the rest,
+    /// or `None` if it is not a well-formed quoted value.
+    fn unquote(s: &str) -> Option<(String, &str)> {
+        let mut rest = s.strip_prefix('"')?;
+        let mut out = String::new();
+        loop {
+            let mut chars = rest.chars();
+            let c = chars.next()?;
+            rest = chars.as_str();
+            match c {
+                '"' => return Some((out, rest)),
+                '\\' => {
+                    let mut chars = rest.chars();
+                    let e = chars.next()?;
+                    rest = chars.as_str();
+                    match e {
+                        'n' => out.push('\n'),
+                        'r' => out.push('\r'),
+                        't' => out.push('\t'),
+                        '"' | '\\' => out.push(e),
+                        'u' => {
+                            let (hex, after) = rest.strip_prefix('{')?.split_once('}')?;
+                            out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+                            rest = after;
+                        }
+                        _ => return None,
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    }
+
+    #[test]
+    fn logfmt_quote_escapes_quotes_backslashes_and_line_breaks() {
+        assert_eq!(logfmt_quote("plain"), "\"plain\"");
+        assert_eq!(
+            logfmt_quote("1.2.3.4\" at=info status=200"),
+            "\"1.2.3.4\\\" at=info status=200\""
+        );
+        assert_eq!(logfmt_quote("a\\b\nc\r\u{1b}"), "\"a\\\\b\\nc\\r\\u{1b}\"");
+        assert_eq!(
+            unquote(&logfmt_quote("x\u{7}\"y")),
+            Some(("x\u{7}\"y".into(), ""))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn logfmt_quoted_values_never_end_early_and_round_trip(value in "\\PC*|.*|[\"\\\\ =\n\r\u{0}-\u{1f}\u{2028}a]*") {
+            let quoted = logfmt_quote(&value);
+            let breaks = ['\n', '\r', '\u{2028}', '\u{2029}'];
+            proptest::prop_assert!(!quoted.contains(breaks), "a line break in {}", quoted);
+            proptest::prop_assert!(!quoted.chars().any(char::is_control), "a control char in {}", quoted);
+            // The first unescaped quote after the opening one is the closing one, at the end.
+            let (back, rest) = unquote(&quoted).expect("well-formed");
+            proptest::prop_assert_eq!(rest, "");
+            proptest::prop_assert_eq!(back, value);
         }
     }
 

@@ -22,6 +22,11 @@ pub enum RouterError {
     BootTimeout,
     /// H80: maintenance mode.
     Maintenance,
+    /// H25: the request has more than one `Host`, or a `Host` that disagrees with its
+    /// absolute URI, so which app it is for is ambiguous (400).
+    ConflictingHost,
+    /// H25: the request's headers are over the router's limit (431).
+    HeadersTooLarge,
     /// No app by that name (not a Heroku H code: Heroku answers 404 "no such app").
     NoSuchApp,
 }
@@ -38,6 +43,7 @@ impl RouterError {
             RouterError::ClientInterrupted => Some("H27"),
             RouterError::BootTimeout => Some("H20"),
             RouterError::Maintenance => Some("H80"),
+            RouterError::ConflictingHost | RouterError::HeadersTooLarge => Some("H25"),
             RouterError::NoSuchApp => None,
         }
     }
@@ -53,6 +59,8 @@ impl RouterError {
             RouterError::ClientInterrupted => "Client Request Interrupted",
             RouterError::BootTimeout => "App boot timeout",
             RouterError::Maintenance => "Maintenance mode",
+            RouterError::ConflictingHost => "HTTP restriction: conflicting Host headers",
+            RouterError::HeadersTooLarge => "HTTP restriction: request headers too large",
             RouterError::NoSuchApp => "No such app",
         }
     }
@@ -60,6 +68,8 @@ impl RouterError {
     pub fn status(self) -> StatusCode {
         match self {
             RouterError::NoSuchApp => StatusCode::NOT_FOUND,
+            RouterError::ConflictingHost => StatusCode::BAD_REQUEST,
+            RouterError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             // nginx's "client closed request"; Heroku logs H27 with it.
             RouterError::ClientInterrupted => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
@@ -73,6 +83,14 @@ impl RouterError {
             RouterError::NoSuchApp => (
                 "No such app",
                 "There is no app configured at that hostname. Check the address, or create the app with `slipway apps:create`.",
+            ),
+            RouterError::ConflictingHost => (
+                "Bad request",
+                "The request names more than one host (several Host headers, or a Host that differs from the address in the request line).",
+            ),
+            RouterError::HeadersTooLarge => (
+                "Request headers too large",
+                "The request's headers are larger than this server accepts.",
             ),
             RouterError::Maintenance => (
                 "Offline for Maintenance",

@@ -5,9 +5,16 @@
 //!
 //! The router does not know about apps or dynos itself: it asks a [`Resolver`] (implemented
 //! by the control plane) for each request, so it has no state of its own to get out of date.
+//! The one thing it learns by itself is which dynos refuse connections: those are out of
+//! rotation for [`RouterConfig::out_of_rotation`] and their requests retried on another up
+//! dyno (`rotation.rs`). HTTP/1.1 upgrades (WebSockets) are tunnelled under the same idle
+//! window as responses (`tunnel.rs`); request headers are bounded ([`HeaderLimits`]).
 
+mod body;
 mod errors;
 mod proxy;
+mod rotation;
+mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +68,11 @@ pub struct RouterConfig {
     pub shutdown_grace: Duration,
     /// How long a client has to send a request's headers.
     pub header_read_timeout: Duration,
+    /// How long a dyno that refused a connection stays out of rotation (its requests go to
+    /// the app's other up dynos meanwhile).
+    pub out_of_rotation: Duration,
+    /// Request headers over these bounds get 431 and never reach a dyno.
+    pub header_limits: HeaderLimits,
 }
 
 impl Default for RouterConfig {
@@ -72,7 +84,44 @@ impl Default for RouterConfig {
             boot_wait: Duration::from_secs(75),
             shutdown_grace: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
+            out_of_rotation: Duration::from_secs(5),
+            header_limits: HeaderLimits::default(),
         }
+    }
+}
+
+/// Bounds on a request's headers, enforced by the HTTP layer (hyper answers 431 itself) and
+/// again by the router for HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// The request line and all header lines together, in bytes (at least 8 KiB, hyper's
+    /// smallest read buffer).
+    pub max_bytes: usize,
+    /// How many header fields.
+    pub max_count: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024,
+            max_count: 100,
+        }
+    }
+}
+
+impl HeaderLimits {
+    /// Whether `headers` (as counted by the router: names, values and 4 bytes of framing
+    /// each) are over the bounds.
+    pub fn exceeded_by(&self, headers: &http::HeaderMap) -> bool {
+        if headers.len() > self.max_count {
+            return true;
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        bytes > self.max_bytes
     }
 }
 
@@ -85,17 +134,22 @@ pub async fn serve(
     logs: LogHub,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let local_port = listener.local_addr()?.port();
-    let state = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs, local_port));
+    let port = listener.local_addr()?.port();
+    let proxy = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs));
     let limits = ConnectionLimits {
         header_read_timeout: cfg.header_read_timeout,
         shutdown_grace: cfg.shutdown_grace,
     };
-    serve_http(listener, limits, shutdown, move |peer| {
-        let state = state.clone();
+    serve_with(listener, limits, cfg.header_limits, shutdown, move |peer| {
+        let proxy = proxy.clone();
+        let via = proxy::Via {
+            peer,
+            scheme: "http",
+            port,
+        };
         hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(state.handle(req, peer).await) }
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, via).await) }
         })
     })
     .await
@@ -111,11 +165,40 @@ pub struct ConnectionLimits {
 }
 
 /// The accept loop shared by the router and the API: HTTP/1.1 and HTTP/2 (with upgrades) on
-/// each connection, a header read timeout, and a graceful shutdown under a deadline.
-/// `service_for(peer)` makes the service for one connection.
+/// each connection, a header read timeout, bounded request headers ([`HeaderLimits`]'s
+/// defaults), and a graceful shutdown under a deadline. `service_for(peer)` makes the
+/// service for one connection.
 pub async fn serve_http<S, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(
+        listener,
+        limits,
+        HeaderLimits::default(),
+        shutdown,
+        service_for,
+    )
+    .await
+}
+
+/// [`serve_http`] with request header bounds of the caller's choosing.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
     shutdown: impl Future<Output = ()>,
     service_for: impl Fn(SocketAddr) -> S,
 ) -> std::io::Result<()>
@@ -134,7 +217,14 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 itself when the head does not fit or has too many fields.
+        .max_buf_size(headers.max_bytes.max(8192))
+        // httparse needs a spare slot to see the end of the head after the last field.
+        .max_headers(headers.max_count.saturating_add(1));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -1,28 +1,25 @@
 //! Forwarding one request to a dyno and back.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
-use http_body::{Body, Frame};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use slipway_logs::{LogHub, Source};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use slipway_logs::{logfmt_quote, LogHub, Source};
 
-use crate::{app_from_host, Resolution, Resolver, RouterConfig, RouterError, Target};
+use crate::body::{BodyEnd, BoxError, Counted, Reclaimable};
+use crate::rotation::Rotation;
+use crate::{app_from_host, tunnel, Resolution, Resolver, RouterConfig, RouterError, Target};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ProxyBody = BoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -40,9 +37,8 @@ pub(crate) struct Proxy {
     cfg: RouterConfig,
     resolver: Arc<dyn Resolver>,
     logs: LogHub,
-    client: Client<HttpConnector, Incoming>,
-    next: AtomicUsize,
-    port: u16,
+    client: Client<HttpConnector, Reclaimable>,
+    rotation: Rotation,
 }
 
 /// Everything the router log line says about a request.
@@ -55,67 +51,47 @@ struct RequestLog {
     request_id: String,
     fwd: String,
     start: Instant,
+    via: Via,
 }
+
+/// The listener a request came in on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Via {
+    /// The client's address.
+    pub(crate) peer: SocketAddr,
+    /// `http` or `https`.
+    pub(crate) scheme: &'static str,
+    /// The port the client connected to.
+    pub(crate) port: u16,
+}
+
+/// When the router reached the dyno and how long the dyno took to answer.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    connect_ms: u128,
+    service_ms: u128,
+}
+
+/// How one attempt to send a request to a dyno failed.
+enum Sent {
+    /// No connection: nothing of the request was sent, another dyno may take it.
+    Refused(BoxError),
+    /// The connection broke after the request (or part of it) went out.
+    Failed(BoxError),
+}
+
+/// How long the router waits for a dyno to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RequestLog {
-    fn quoted(&self) -> String {
-        format!(
-            "method={} path=\"{}\" host={} request_id={} fwd=\"{}\"",
-            self.method,
-            escape(&self.path),
-            self.host,
-            self.request_id,
-            self.fwd
-        )
-    }
-}
-
-impl Proxy {
-    pub(crate) fn new(
-        cfg: RouterConfig,
-        resolver: Arc<dyn Resolver>,
-        logs: LogHub,
-        port: u16,
+    fn new(
+        req: &Request<Incoming>,
+        host: &str,
+        via: Via,
+        request_id: String,
+        start: Instant,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self {
-            cfg,
-            resolver,
-            logs,
-            client,
-            next: AtomicUsize::new(0),
-            port,
-        }
-    }
-
-    pub(crate) async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let start = Instant::now();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let request_id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| valid_request_id(v))
-            .map(str::to_string)
-            .unwrap_or_else(new_request_id);
-        let Some(app_name) = app_from_host(&host, &self.cfg.domain) else {
-            return error_response(RouterError::NoSuchApp, &request_id);
-        };
-        let mut log = RequestLog {
+        RequestLog {
             app_id: String::new(),
             method: req.method().to_string(),
             path: req
@@ -124,10 +100,84 @@ impl Proxy {
                 .map(|p| p.as_str().to_string())
                 .unwrap_or_else(|| "/".into()),
             host: host.split(':').next().unwrap_or_default().to_string(),
-            request_id: request_id.clone(),
-            fwd: forwarded_for(req.headers(), peer),
+            request_id,
+            fwd: forwarded_for(req.headers(), via.peer),
             start,
+            via,
+        }
+    }
+
+    /// The request's fields for a router line. Every value came from the client, so each is
+    /// quoted and escaped unless it is a plain token that cannot start another field.
+    fn quoted(&self) -> String {
+        format!(
+            "method={} path={} host={} request_id={} fwd={}",
+            token(&self.method),
+            logfmt_quote(&self.path),
+            token(&self.host),
+            token(&self.request_id),
+            logfmt_quote(&self.fwd)
+        )
+    }
+}
+
+/// `value` as it is when it is a plain token (letters, digits, `-._:/+`, not empty),
+/// otherwise quoted and escaped.
+fn token(value: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !value.is_empty()
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'/' | b'+')
+        });
+    if plain {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(logfmt_quote(value))
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(cfg: RouterConfig, resolver: Arc<dyn Resolver>, logs: LogHub) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let rotation = Rotation::new(cfg.out_of_rotation);
+        Self {
+            cfg,
+            resolver,
+            logs,
+            client,
+            rotation,
+        }
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Incoming>, via: Via) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(hosts) => return self.conflicting_host(&req, &hosts, via, request_id, start),
         };
+        let Some(app_name) = app_from_host(&host, &self.cfg.domain) else {
+            return error_response(RouterError::NoSuchApp, &request_id);
+        };
+        let mut log = RequestLog::new(&req, &host, via, request_id.clone(), start);
+        if self.cfg.header_limits.exceeded_by(req.headers()) {
+            // hyper refuses most of these itself (HTTP/1.1); this catches HTTP/2's.
+            return match self.resolver.resolve(app_name) {
+                Resolution::Found { app_id, .. } => {
+                    log.app_id = app_id;
+                    self.fail(RouterError::HeadersTooLarge, &log, None)
+                }
+                Resolution::NoSuchApp => error_response(RouterError::HeadersTooLarge, &request_id),
+            };
+        }
         let deadline = start + self.cfg.boot_wait;
         let backends = loop {
             let (app_id, target) = match self.resolver.resolve(app_name) {
@@ -150,29 +200,26 @@ impl Proxy {
                 Target::Starting => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         };
-        let (dyno, addr) = &backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()];
-        self.forward(req, addr, dyno, log).await
+        self.forward(req, &backends, log).await
     }
 
+    /// Sends the request to the app's dynos in rotation order until one takes the
+    /// connection: a dyno that refuses it (so no byte of the request was sent) is taken out
+    /// of rotation for a while and the next one is tried.
     async fn forward(
         &self,
-        req: Request<Incoming>,
-        addr: &SocketAddr,
-        dyno: &str,
+        mut req: Request<Incoming>,
+        backends: &[(String, SocketAddr)],
         log: RequestLog,
     ) -> Response<ProxyBody> {
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
         let path = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = match format!("http://{addr}{path}").parse() {
-            Ok(uri) => uri,
-            Err(_) => return self.fail(RouterError::ConnectionClosed, &log, Some(dyno)),
-        };
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
         strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
         if !headers.contains_key(header::HOST) {
@@ -180,9 +227,13 @@ impl Proxy {
                 headers.insert(header::HOST, v);
             }
         }
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
         set(headers, "x-forwarded-for", &log.fwd);
-        set(headers, "x-forwarded-proto", "http");
-        set(headers, "x-forwarded-port", &self.port.to_string());
+        set(headers, "x-forwarded-proto", log.via.scheme);
+        set(headers, "x-forwarded-port", &log.via.port.to_string());
         set(headers, "x-request-id", &log.request_id);
         set(
             headers,
@@ -190,30 +241,129 @@ impl Proxy {
             &chrono::Utc::now().timestamp_millis().to_string(),
         );
         set(headers, "via", "1.1 slipway");
+
         let sent = Instant::now();
-        let outbound = Request::from_parts(parts, body);
-        let response =
-            match tokio::time::timeout(self.cfg.request_timeout, self.client.request(outbound))
-                .await
-            {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
+        let mut body = Some(Reclaimable::new(body));
+        let mut last_dyno = None;
+        for i in self.rotation.order(backends, sent) {
+            let (dyno, addr) = &backends[i];
+            last_dyno = Some(dyno.as_str());
+            let Some(this_body) = body.take() else { break };
+            let reclaim = this_body.handle();
+            // The pooled client takes absolute URIs; a connection of our own, the path.
+            let uri = if upgrade.is_some() {
+                path.parse()
+            } else {
+                format!("http://{addr}{path}").parse()
+            };
+            let Ok(uri) = uri else {
+                return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
+            };
+            let mut outbound = Request::new(this_body);
+            *outbound.method_mut() = parts.method.clone();
+            *outbound.uri_mut() = uri;
+            *outbound.version_mut() = http::Version::HTTP_11;
+            *outbound.headers_mut() = parts.headers.clone();
+            let sending = self.send(outbound, *addr, upgrade.is_some());
+            let response = match tokio::time::timeout_at(deadline, sending).await {
                 Err(_) => return self.fail(RouterError::RequestTimeout, &log, Some(dyno)),
-                Ok(Err(e)) => {
+                Ok(Err(Sent::Refused(e))) => {
+                    tracing::info!(error = %e, dyno, %addr, "dyno refused the connection: out of rotation");
+                    self.rotation.refused(*addr, Instant::now());
+                    body = reclaim.reclaim();
+                    continue;
+                }
+                Ok(Err(Sent::Failed(e))) => {
                     tracing::debug!(error = %e, dyno, "forwarding failed");
                     return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
                 }
                 Ok(Ok(response)) => response,
             };
-        let service_ms = sent.elapsed().as_millis();
-        let connect_ms = sent.duration_since(log.start).as_millis();
+            self.rotation.accepted(*addr);
+            let timing = Timing {
+                connect_ms: sent.duration_since(log.start).as_millis(),
+                service_ms: sent.elapsed().as_millis(),
+            };
+            return match client_upgrade {
+                Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    self.upgraded(response, client_upgrade, client_version, dyno, log, timing)
+                }
+                _ => self.respond(response, client_version, dyno, log, timing),
+            };
+        }
+        self.fail(RouterError::ConnectionClosed, &log, last_dyno)
+    }
+
+    /// One attempt to send a request to a dyno.
+    async fn send(
+        &self,
+        req: Request<Reclaimable>,
+        addr: SocketAddr,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, Sent> {
+        if !upgrade {
+            return self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    Sent::Refused(e.into())
+                } else {
+                    Sent::Failed(e.into())
+                }
+            });
+        }
+        // An upgraded connection is the client's alone: never from or back to the pool.
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+            {
+                Err(_) => return Err(Sent::Refused("connect timed out".into())),
+                Ok(Err(e)) => return Err(Sent::Refused(e.into())),
+                Ok(Ok(stream)) => stream,
+            };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| Sent::Failed(e.into()))?;
+        let span = tracing::debug_span!("dyno-conn", %addr);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "dyno connection ended with an error");
+                }
+            },
+            span,
+        ));
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| Sent::Failed(e.into()))
+    }
+
+    /// The dyno's response on its way to the client, logged when its body is done.
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        client_version: http::Version,
+        dyno: &str,
+        log: RequestLog,
+        timing: Timing,
+    ) -> Response<ProxyBody> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The client keeps its own protocol whatever the dyno answered in (an HTTP/1.0 dyno
+        // must not turn the client's keep-alive HTTP/1.1 connection into a one-shot one).
+        parts.version = client_version;
         let status = parts.status.as_u16();
         let logs = self.logs.clone();
         let dyno = dyno.to_string();
+        let protocol = log.via.scheme;
+        let Timing {
+            connect_ms,
+            service_ms,
+        } = timing;
         let on_done = move |bytes: u64, end: BodyEnd| {
             let line = match end {
                 BodyEnd::Complete => format!(
-                    "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol=http",
+                    "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
                     log.quoted()
                 ),
                 BodyEnd::ClientGone | BodyEnd::DynoGone | BodyEnd::Idle => {
@@ -223,7 +373,7 @@ impl Proxy {
                         _ => RouterError::ServerInterrupted,
                     };
                     format!(
-                        "at=error code={} desc=\"{}\" {} dyno={dyno} connect={connect_ms}ms service={}ms status={} bytes={bytes} protocol=http",
+                        "at=error code={} desc=\"{}\" {} dyno={dyno} connect={connect_ms}ms service={}ms status={} bytes={bytes} protocol={protocol}",
                         error.code().unwrap_or("-"),
                         error.description(),
                         log.quoted(),
@@ -234,15 +384,74 @@ impl Proxy {
             };
             logs.write(&log.app_id, Source::Heroku, "router", &line);
         };
-        let counted = Counted {
-            inner: body,
-            bytes: 0,
-            end: None,
-            idle_timeout: self.cfg.idle_timeout,
-            idle: None,
-            on_done: Some(Box::new(on_done)),
-        };
+        let counted = Counted::new(body, self.cfg.idle_timeout, on_done);
         Response::from_parts(parts, counted.boxed())
+    }
+
+    /// The dyno agreed to switch protocols (a WebSocket): the 101 goes to the client, and a
+    /// tunnel joins the two connections once both sides have switched.
+    fn upgraded(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: OnUpgrade,
+        client_version: http::Version,
+        dyno: &str,
+        log: RequestLog,
+        timing: Timing,
+    ) -> Response<ProxyBody> {
+        let dyno_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        parts.version = client_version;
+        let span = tracing::debug_span!("upgraded", app = %log.app_id, dyno);
+        tokio::spawn(tracing::Instrument::instrument(
+            tunnel::run(client_upgrade, dyno_upgrade, self.cfg.idle_timeout),
+            span,
+        ));
+        self.logs.write(
+            &log.app_id,
+            Source::Heroku,
+            "router",
+            &format!(
+                "at=info {} dyno={dyno} connect={}ms service={}ms status=101 bytes=0 protocol={}",
+                log.quoted(),
+                timing.connect_ms,
+                timing.service_ms,
+                log.via.scheme
+            ),
+        );
+        Response::from_parts(parts, empty())
+    }
+
+    /// A request that names more than one host is refused (H25, 400). It is logged in an
+    /// app's log only when every host it names is that same app.
+    fn conflicting_host(
+        &self,
+        req: &Request<Incoming>,
+        hosts: &[String],
+        via: Via,
+        request_id: String,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        let error = RouterError::ConflictingHost;
+        let mut apps = hosts.iter().map(|h| app_from_host(h, &self.cfg.domain));
+        let first = apps.next().flatten();
+        let app = first.filter(|name| apps.all(|other| other == Some(*name)));
+        let Some(Resolution::Found { app_id, .. }) = app.map(|name| self.resolver.resolve(name))
+        else {
+            return error_response(error, &request_id);
+        };
+        let host = hosts.first().map(String::as_str).unwrap_or_default();
+        let mut log = RequestLog::new(req, host, via, request_id, start);
+        log.app_id = app_id;
+        self.fail(error, &log, None)
     }
 
     fn fail(
@@ -257,12 +466,13 @@ impl Proxy {
             Source::Heroku,
             "router",
             &format!(
-                "at=error code={code} desc=\"{}\" {} dyno={} connect=0ms service={}ms status={} bytes=0 protocol=http",
+                "at=error code={code} desc=\"{}\" {} dyno={} connect=0ms service={}ms status={} bytes=0 protocol={}",
                 error.description(),
                 log.quoted(),
                 dyno.unwrap_or(""),
                 log.start.elapsed().as_millis(),
-                error.status().as_u16()
+                error.status().as_u16(),
+                log.via.scheme
             ),
         );
         error_response(error, &log.request_id)
@@ -289,6 +499,28 @@ fn error_response(error: RouterError, request_id: &str) -> Response<ProxyBody> {
     response
 }
 
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and an
+/// `Upgrade` header), if it does.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), v);
@@ -309,6 +541,40 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// The host a request is for, lowercased: its one `Host` header, or (HTTP/2, absolute-form)
+/// its URI's authority. Several `Host` headers, or a `Host` that differs from the URI's
+/// authority, make the request ambiguous: `Err` with every host it names.
+fn request_host(req: &Request<Incoming>) -> Result<String, Vec<String>> {
+    let mut hosts: Vec<String> = req
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).to_ascii_lowercase())
+        .collect();
+    if let Some(authority) = req.uri().authority() {
+        let authority = authority.as_str().to_ascii_lowercase();
+        // The same host with and without a port names one app.
+        if !hosts
+            .iter()
+            .any(|h| without_port(h) == without_port(&authority))
+        {
+            hosts.push(authority);
+        }
+    }
+    match hosts.len() {
+        0 => Ok(String::new()),
+        1 => Ok(hosts.remove(0)),
+        _ => Err(hosts),
+    }
+}
+
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
     }
 }
 
@@ -335,102 +601,6 @@ fn valid_request_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b'/' | b'-'))
-}
-
-fn escape(path: &str) -> String {
-    path.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
-/// How a proxied response body ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyEnd {
-    Complete,
-    /// The client went away first (H27).
-    ClientGone,
-    /// The dyno's side failed mid-body (H18).
-    DynoGone,
-    /// The dyno sent nothing for the idle timeout (H15).
-    Idle,
-}
-
-/// A response body that counts the bytes it passes on and, when it is finished or dropped,
-/// reports the total and how it ended, for the router log line.
-struct Counted {
-    inner: Incoming,
-    bytes: u64,
-    end: Option<BodyEnd>,
-    /// Heroku's rolling window: every frame from the dyno restarts it.
-    idle_timeout: std::time::Duration,
-    /// Made on the first wait only: most small responses arrive in one piece and never need it.
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
-    on_done: Option<Box<dyn FnOnce(u64, BodyEnd) + Send + Sync>>,
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-                // Restart the window: it is made again at the next wait.
-                self.idle = None;
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.end = Some(BodyEnd::DynoGone);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                self.end = Some(BodyEnd::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let timeout = self.idle_timeout;
-                let idle = self
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        self.end = Some(BodyEnd::Idle);
-                        Poll::Ready(Some(Err(
-                            "the dyno sent nothing for the idle timeout".into()
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        // hyper stops polling once a body with a known length is fully read, so "the dyno
-        // sent everything" also counts as complete.
-        let end = match self.end {
-            Some(end) => end,
-            None if self.inner.is_end_stream() => BodyEnd::Complete,
-            None => BodyEnd::ClientGone,
-        };
-        if let Some(done) = self.on_done.take() {
-            done(self.bytes, end);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -397,3 +397,216 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
         "{line}"
     );
 }
+
+/// The `key=value` fields of a router line (after `heroku[router]: `), values unquoted and
+/// unescaped, in order. Panics on a line that is not well-formed logfmt.
+fn fields(line: &str) -> Vec<(String, String)> {
+    let (_, mut rest) = line.split_once("heroku[router]: ").expect("a router line");
+    let mut out = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return out;
+        }
+        let (key, after) = rest.split_once('=').expect("key=value");
+        assert!(!key.contains([' ', '"']), "bad key {key:?} in {line}");
+        if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next().expect("closing quote") {
+                    (i, '"') => break i + 1,
+                    (_, '\\') => match chars.next().expect("escaped char").1 {
+                        'n' => value.push('\n'),
+                        'r' => value.push('\r'),
+                        't' => value.push('\t'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            out.push((key.to_string(), value));
+            rest = &quoted[end..];
+            assert!(
+                rest.is_empty() || rest.starts_with(' '),
+                "junk after {key} in {line}"
+            );
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            out.push((key.to_string(), after[..end].to_string()));
+            rest = &after[end..];
+        }
+    }
+}
+
+fn field_values<'a>(fields: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn client_supplied_values_cannot_forge_router_log_fields() {
+    let r = router().await;
+    let one = backend("one").await;
+    r.table
+        .set("hello", Target::Up(vec![("web.1".into(), one)]));
+    let forged = "1.2.3.4\" at=info status=200 host=evil";
+    let (status, _, _) = get(
+        &r,
+        "hello.localhost",
+        "/a\"b?c=d%20status=302",
+        &[("x-forwarded-for", forged)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let line = &wait_for_lines(&r, "hello", 1).await[0];
+    let f = fields(line);
+    assert_eq!(field_values(&f, "at"), ["info"], "{line}");
+    assert_eq!(field_values(&f, "status"), ["200"], "{line}");
+    assert_eq!(field_values(&f, "host"), ["hello.localhost"], "{line}");
+    assert_eq!(
+        field_values(&f, "fwd"),
+        [format!("{forged}, 127.0.0.1")],
+        "{line}"
+    );
+    assert_eq!(
+        field_values(&f, "path"),
+        ["/a%22b?c=d%20status=302"],
+        "{line}"
+    );
+
+    // The error lines too (H14 here), with a forged request id that is not kept.
+    r.table.set("idle", Target::NoWebDynos);
+    let (status, _, _) = get(&r, "idle.localhost", "/", &[("x-forwarded-for", forged)]).await;
+    assert_eq!(status, 503);
+    let line = &wait_for_lines(&r, "idle", 1).await[0];
+    let f = fields(line);
+    assert_eq!(field_values(&f, "at"), ["error"], "{line}");
+    assert_eq!(field_values(&f, "status"), ["503"], "{line}");
+    assert_eq!(field_values(&f, "host"), ["idle.localhost"], "{line}");
+    assert_eq!(field_values(&f, "code"), ["H14"], "{line}");
+}
+
+/// Sends `request` as is on a new connection to the router and reads until it closes.
+async fn raw_exchange(r: &Router, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("the router answers and closes")
+        .expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn requests_naming_two_hosts_are_refused() {
+    let r = router().await;
+    let (a, b) = (backend("a").await, backend("b").await);
+    r.table.set("appa", Target::Up(vec![("web.1".into(), a)]));
+    r.table.set("appb", Target::Up(vec![("web.1".into(), b)]));
+
+    // Two Host headers for two apps: 400, and neither app's log claims it.
+    let answer = raw_exchange(
+        &r,
+        b"GET / HTTP/1.1\r\nHost: appa.localhost\r\nHost: appb.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        !answer.contains("\na\n") && !answer.contains("\nb\n"),
+        "{answer}"
+    );
+
+    // Two Host headers for the same app: 400 too, logged in that app's log as H25.
+    let answer = raw_exchange(
+        &r,
+        b"GET / HTTP/1.1\r\nHost: appa.localhost\r\nHost: appa.localhost:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let line = &wait_for_lines(&r, "appa", 1).await[0];
+    let f = fields(line);
+    assert_eq!(field_values(&f, "code"), ["H25"], "{line}");
+    assert_eq!(field_values(&f, "status"), ["400"], "{line}");
+
+    // An absolute-form request line naming another app than Host.
+    let answer = raw_exchange(
+        &r,
+        b"GET http://appb.localhost/ HTTP/1.1\r\nHost: appa.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(router_lines(&r, "appb").is_empty());
+
+    // One Host (and an absolute form that agrees with it) is served.
+    let answer = raw_exchange(
+        &r,
+        b"GET http://appb.localhost/ HTTP/1.1\r\nHost: appb.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\n\r\nb\n"), "{answer}");
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `stream`: its head and body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .expect("read");
+        assert_eq!(n, 1, "connection closed in the response head: {buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().expect("length"))
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body))
+        .await
+        .expect("body in time")
+        .expect("body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn an_http_1_0_dyno_does_not_downgrade_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let r = router().await;
+    let old = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).await;
+    r.table.set("old", Target::Up(vec![("web.1".into(), old)]));
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    for i in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: old.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let (head, body) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "request {i}: {head}"
+        );
+        assert_eq!(body, "hello");
+    }
+}

@@ -6,6 +6,7 @@
 //! over to PostgreSQL later.
 
 mod apps;
+mod buildpacks;
 mod config;
 mod formation;
 mod model;
@@ -280,6 +281,20 @@ impl Store {
         Ok(())
     }
 
+    /// Marks builds still `pending` (a server that stopped mid-build left them) as failed,
+    /// saying why in their output. Returns how many there were.
+    pub async fn fail_interrupted_builds(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'failed', updated_at = $1, \
+             output = output || $2 WHERE status = 'pending'",
+        )
+        .bind(now_ms())
+        .bind(" !     The build was interrupted: the server stopped while it ran. Push again.\n")
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn list_builds(&self, app_id: &str) -> Result<Vec<Build>> {
         sqlx::query("SELECT * FROM builds WHERE app_id = $1 ORDER BY created_at, id")
             .bind(app_id)
@@ -327,6 +342,49 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(slug)
+    }
+
+    /// Forgets a slug (its file is the caller's to remove).
+    pub async fn delete_slug(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM slugs WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every slug's file path, to tell files the store still knows from leftovers.
+    pub async fn slug_paths(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query("SELECT path FROM slugs")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.get("path"))
+            .collect())
+    }
+
+    /// Slugs that may be collected: created before `created_before` (ms since the epoch; newer
+    /// ones may belong to a deploy in progress), used by none of their app's newest
+    /// `keep_releases` releases nor by its current release.
+    pub async fn collectable_slugs(
+        &self,
+        keep_releases: i64,
+        created_before: i64,
+    ) -> Result<Vec<Slug>> {
+        sqlx::query(
+            "SELECT s.* FROM slugs s WHERE s.created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM releases r WHERE r.slug_id = s.id AND r.version > \
+                 (SELECT COALESCE(MAX(version), 0) FROM releases m WHERE m.app_id = s.app_id) - $2) \
+             AND s.id NOT IN (SELECT c.slug_id FROM releases c WHERE c.app_id = s.app_id \
+                 AND c.status = 'succeeded' AND c.slug_id IS NOT NULL ORDER BY c.version DESC LIMIT 1)",
+        )
+        .bind(created_before)
+        .bind(keep_releases)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(Slug::from_row)
+        .collect()
     }
 
     pub async fn slug(&self, id: &str) -> Result<Slug> {

@@ -80,3 +80,9 @@ CREATE TABLE IF NOT EXISTS dynos (
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS buildpack_installations (
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    ordinal BIGINT NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (app_id, ordinal)
+);

@@ -110,3 +110,123 @@ async fn tokens_are_looked_up_by_hash() {
     assert_eq!(s.user_by_token_hash("other").await.expect("q"), None);
     assert_eq!(s.token_count().await.expect("count"), 1);
 }
+
+/// Hundreds of state changes at once (deploys, scaling, maintenance switches) on one app: none
+/// fails with SQLITE_BUSY, and the release ledger has no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_never_fail_and_the_ledger_stays_gapless() {
+    let (_d, s) = store().await;
+    let user = s.ensure_user("admin@example.com").await.expect("user");
+    let app = s.create_app("hello", &user.id).await.expect("create");
+    let slug = s
+        .create_slug(&slug(&app.id, &[("web", "a"), ("worker", "b")]))
+        .await
+        .expect("slug");
+    s.deploy_release(&app.id, &slug, "Deploy v1", &user.id)
+        .await
+        .expect("first deploy");
+    const EACH: usize = 100;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..EACH {
+        let (st, app_id, slug, user_id) =
+            (s.clone(), app.id.clone(), slug.clone(), user.id.clone());
+        tasks.spawn(async move {
+            st.deploy_release(&app_id, &slug, &format!("Deploy {i}"), &user_id)
+                .await
+                .map(|_| ())
+        });
+        let (st, app_id) = (s.clone(), app.id.clone());
+        tasks.spawn(async move {
+            let q = BTreeMap::from([("worker".to_string(), (i % 7) as i64)]);
+            st.scale(&app_id, &q).await.map(|_| ())
+        });
+        let (st, app_id) = (s.clone(), app.id.clone());
+        tasks.spawn(async move { st.set_maintenance(&app_id, i % 2 == 0).await.map(|_| ()) });
+    }
+    let mut failures = Vec::new();
+    let mut done = 0;
+    while let Some(result) = tasks.join_next().await {
+        done += 1;
+        if let Err(e) = result.expect("task") {
+            failures.push(e.to_string());
+        }
+    }
+    assert_eq!(done, 3 * EACH);
+    assert!(
+        failures.is_empty(),
+        "{} of {done} failed: {failures:?}",
+        failures.len()
+    );
+    let versions: Vec<i64> = s
+        .list_releases(&app.id)
+        .await
+        .expect("releases")
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, (1..=(EACH as i64 + 1)).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn interrupted_builds_are_failed_and_unused_slugs_collected() {
+    let (_d, s) = store().await;
+    let user = s.ensure_user("admin@example.com").await.expect("user");
+    let app = s.create_app("hello", &user.id).await.expect("create");
+    let build = s
+        .create_build(&app.id, &user.id, "abc")
+        .await
+        .expect("build");
+    assert_eq!(s.fail_interrupted_builds().await.expect("fail"), 1);
+    let after = s.build(&app.id, &build.id).await.expect("build");
+    assert_eq!(after.status, BuildStatus::Failed);
+    assert!(after.output.contains("interrupted"), "{}", after.output);
+    assert_eq!(s.fail_interrupted_builds().await.expect("again"), 0);
+
+    let mut slugs = Vec::new();
+    for _ in 0..4 {
+        let sl = s
+            .create_slug(&slug(&app.id, &[("web", "a")]))
+            .await
+            .expect("slug");
+        s.deploy_release(&app.id, &sl, "Deploy", &user.id)
+            .await
+            .expect("deploy");
+        slugs.push(sl);
+    }
+    let orphan = s
+        .create_slug(&slug(&app.id, &[("web", "a")]))
+        .await
+        .expect("orphan");
+    let later = now_ms() + 1000;
+    // Keep the newest 2 releases: v1's and v2's slugs go, and the orphan.
+    let mut gone: Vec<String> = s
+        .collectable_slugs(2, later)
+        .await
+        .expect("collectable")
+        .into_iter()
+        .map(|sl| sl.id)
+        .collect();
+    gone.sort();
+    let mut expected = vec![slugs[0].id.clone(), slugs[1].id.clone(), orphan.id.clone()];
+    expected.sort();
+    assert_eq!(gone, expected);
+    // Nothing is collected that is newer than the cut-off.
+    assert!(s.collectable_slugs(2, 0).await.expect("none").is_empty());
+    s.delete_slug(&orphan.id).await.expect("delete");
+    assert!(matches!(
+        s.slug(&orphan.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_data_directory_may_hold_url_characters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let odd = dir.path().join("data?mode=ro&x=%41#frag");
+    std::fs::create_dir_all(&odd).expect("odd dir");
+    let path = odd.join("state.db");
+    let s = Store::open(&path).await.expect("open");
+    s.ensure_user("admin@example.com").await.expect("write");
+    s.close().await;
+    assert!(path.is_file(), "the database is where it was asked to be");
+}

@@ -297,6 +297,15 @@ pub struct ServerArgs {
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Where builds run, outside the data directory [default: <data-dir>-builds]
+    #[arg(long, env = "SLIPWAY_BUILDS_DIR")]
+    pub builds_dir: Option<PathBuf>,
+    /// Seconds one build (all its buildpacks) may run [default: 900]
+    #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
+    pub build_timeout: Option<u64>,
+    /// Seconds a client has to send a request's headers, on the API and the router [default: 30]
+    #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<u64>,
     /// Most dynos of one process type an app may scale to [default: 100]
     #[arg(long, env = "SLIPWAY_MAX_DYNOS_PER_TYPE")]
     pub max_dynos_per_type: Option<u32>,

@@ -1,7 +1,7 @@
 //! `slipway hook pre-receive`: git runs this for each push received through the server.
 //!
 //! It reads the ref updates from stdin, sends the commit to deploy (`git archive`, as a tar
-//! stream) to the server's internal build endpoint with the push's one-time token, and prints
+//! stream) to the server's internal build endpoint with the push's single-use token, and prints
 //! the build output as it arrives (git shows it as `remote:` lines). Its exit status accepts or
 //! rejects the push.
 

@@ -27,6 +27,9 @@ struct FileConfig {
     dyno_stop_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     max_dynos_per_type: Option<u32>,
+    header_read_timeout: Option<u64>,
+    builds_dir: Option<PathBuf>,
+    build_timeout: Option<u64>,
 }
 
 /// `$XDG_DATA_HOME/slipway`, else `~/.local/share/slipway`, else `./.slipway-data`.
@@ -95,6 +98,15 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             args.shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(10),
+        ),
+        builds_dir: args.builds_dir.or(file.builds_dir),
+        build_timeout: Duration::from_secs(
+            args.build_timeout.or(file.build_timeout).unwrap_or(15 * 60),
+        ),
+        header_read_timeout: Duration::from_secs(
+            args.header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(30),
         ),
         max_dynos_per_type: args
             .max_dynos_per_type
@@ -168,6 +180,9 @@ mod tests {
             dyno_stop_timeout: None,
             shutdown_timeout: None,
             max_dynos_per_type: None,
+            header_read_timeout: None,
+            builds_dir: None,
+            build_timeout: None,
         }
     }
 

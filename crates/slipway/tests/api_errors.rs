@@ -149,7 +149,7 @@ fn app_updates_refuse_what_the_api_does_not_do() {
 
 #[test]
 fn errors_have_the_platform_api_shape_and_requests_are_logged() {
-    let server = Server::start_with(&[]);
+    let server = Server::start_logged(&[]);
     let token = server.token();
     let auth = format!("Bearer {token}");
     let call = |method: &str, path: &str, extra: &[(&str, &str)], body: Option<&str>| {

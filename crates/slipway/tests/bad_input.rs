@@ -182,8 +182,13 @@ fn broken_procfiles_reject_the_push_and_keep_the_previous_release() {
     let out = server.git(&repo, &["push", "slipway", "main"]);
     assert!(!out.status.success());
     let said = text(&out);
+    // Nothing to detect and no Procfile: the push says what each buildpack looks for.
     assert!(
-        said.contains("no Procfile found at the root of the pushed source"),
+        said.contains("no buildpack recognised this app and it has no Procfile"),
+        "{said}"
+    );
+    assert!(
+        said.contains("python: requirements.txt") && said.contains("nodejs: package.json"),
         "{said}"
     );
     assert!(said.contains("pre-receive hook declined"), "{said}");
@@ -337,11 +342,11 @@ fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
         logs.contains("heroku[web.1]: Process exited with status 1"),
         "{logs}"
     );
-    let ps = server.cli_ok(&repo, &["ps"]);
-    assert!(
-        ps.contains("web.1: crashed") || ps.contains("web.1: starting"),
-        "{ps}"
-    );
+    // Restarts back off (1 s, 2 s, 4 s ...), so `ps` soon shows the dyno crashed between tries.
+    wait_for(30, "ps to show web.1 crashed", || {
+        let ps = server.cli_ok(&repo, &["ps"]);
+        ps.contains("web.1: crashed").then_some(())
+    });
 
     // Fixing the Procfile and pushing again brings it up.
     std::fs::write(repo.join("Procfile"), "web: python3 server.py\n").expect("write");
@@ -350,4 +355,67 @@ fn a_crashing_app_gets_h10_clear_logs_and_recovers_on_the_next_push() {
     wait_for(60, "the fixed app to serve", || {
         (server.app_get("crashy", "/").0 == 200).then_some(())
     });
+}
+
+/// Values a client controls cannot forge fields of the router's log line, and a request naming
+/// two hosts is refused rather than routed by one of them.
+#[test]
+fn clients_cannot_forge_router_log_fields_or_pick_between_two_hosts() {
+    let server = Server::start();
+    let repo = server.sample_repo("forge-src");
+    server.cli_ok(&repo, &["apps:create", "forge"]);
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(60, "the app to serve", || {
+        (server.app_get("forge", "/").0 == 200).then_some(())
+    });
+
+    let forged = "1.2.3.4\" at=info status=200 host=bank.example.com x=\"";
+    let (status, _, _) = http(
+        server.router_port,
+        "GET",
+        "/forged",
+        &[("Host", "forge.localhost"), ("X-Forwarded-For", forged)],
+        None,
+    );
+    assert_eq!(status, 200);
+    let line = wait_for(30, "the router line of the forged request", || {
+        let logs = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "200"]);
+        logs.lines()
+            .find(|l| l.contains("path=\"/forged\""))
+            .map(str::to_string)
+    });
+    // Outside quoted values, each field appears once, with the router's own value.
+    let mut bare = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, c) => bare.push(c),
+            _ => {}
+        }
+    }
+    assert_eq!(bare.matches(" status=").count(), 1, "{line}");
+    assert_eq!(bare.matches(" at=").count(), 1, "{line}");
+    assert!(bare.contains(" status=200 "), "{line}");
+    assert!(!bare.contains("bank.example.com"), "{line}");
+
+    let (status, _, body) = http(
+        server.router_port,
+        "GET",
+        "/two-hosts",
+        &[("Host", "forge.localhost"), ("Host", "other.localhost")],
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+    // No dyno saw it: the app's log has no served request for that path.
+    let logs = server.cli_ok(&repo, &["logs", "-n", "200"]);
+    assert!(
+        !logs
+            .lines()
+            .any(|l| l.contains("at=info") && l.contains("path=\"/two-hosts\"")),
+        "{logs}"
+    );
 }

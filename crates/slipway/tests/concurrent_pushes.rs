@@ -3,22 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-
-use support::{text, Server};
-
-/// Bytes that do not compress, so building them takes a moment.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use support::{lines_of, read_until, Gate, Server};
 
 #[test]
 fn a_push_that_waited_for_another_is_rejected_when_its_branch_moved() {
@@ -43,39 +28,29 @@ fn a_push_that_waited_for_another_is_rejected_when_its_branch_moved() {
     std::fs::write(second.join("NOTES"), "from B\n").expect("write");
     server.commit_all(&second, "B");
 
-    // A: a big commit whose build takes a while.
-    std::fs::write(first.join("blob.bin"), noise(40 * 1024 * 1024)).expect("write");
+    // A: held at the gate buildpack until B has pushed and is waiting.
+    let gate = Gate::new(&root);
+    gate.use_in(&first);
     server.commit_all(&first, "A");
     let mut push_a = server.git_spawn(&first, &["push", "slipway", "main"]);
-    let mut a_lines = BufReader::new(push_a.stderr.take().expect("stderr")).lines();
-    let mut a_said = Vec::new();
-    for line in a_lines.by_ref() {
-        let line = line.expect("read");
-        let building = line.contains("-----> Building racy");
-        a_said.push(line);
-        if building {
-            break;
-        }
-    }
-    assert!(
-        a_said.iter().any(|l| l.contains("Building")),
-        "A never started building: {a_said:?}"
-    );
+    let a_lines = lines_of(push_a.stderr.take().expect("stderr"));
+    let mut a_said = read_until(&a_lines, "Gate: waiting", 60);
 
-    // B pushes while A builds: it waits, then finds main moved and is rejected.
-    let b = server.git(&second, &["push", &url, "main"]);
-    assert!(!b.status.success(), "B was accepted: {}", text(&b));
-    let b_said = text(&b);
-    assert!(
-        b_said.contains("Waiting for another deploy of racy to finish"),
-        "{b_said}"
-    );
+    // B pushes while A builds: it waits...
+    let mut push_b = server.git_spawn(&second, &["push", &url, "main"]);
+    let b_lines = lines_of(push_b.stderr.take().expect("stderr"));
+    read_until(&b_lines, "Waiting for another deploy of racy to finish", 60);
+    // ...and once A is done, finds main moved and is rejected.
+    gate.open();
+    let b_status = push_b.wait().expect("wait");
+    let b_said = b_lines.iter().collect::<Vec<_>>().join("\n");
+    assert!(!b_status.success(), "B was accepted: {b_said}");
     assert!(
         b_said.contains("main was updated by another push while this one waited"),
         "{b_said}"
     );
 
-    a_said.extend(a_lines.map_while(Result::ok));
+    a_said.extend(a_lines.iter());
     assert!(
         push_a.wait().expect("wait").success(),
         "A failed: {a_said:#?}"

@@ -208,7 +208,7 @@ fn twenty_concurrent_config_sets_all_land_in_a_gapless_ledger() {
 
 #[test]
 fn config_values_round_trip_reach_dynos_and_never_reach_the_platform_log() {
-    let server = Server::start_with(&[]);
+    let server = Server::start_logged(&[]);
     let repo = deployed(&server, "secretive");
     let secret = "s3cr3t-7f3a9b";
     let tricky = format!("it's \"{secret}\"\nline two = x=y\n\tnaïve ✓ $HOME `id` \\ end");

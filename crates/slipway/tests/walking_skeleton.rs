@@ -56,7 +56,7 @@ fn push_build_release_route_log_and_redeploy() {
     let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
     assert!(pushed.contains("remote: -----> Building hello"), "{pushed}");
     assert!(
-        pushed.contains("remote: -----> Procfile declares types -> web"),
+        pushed.contains("remote:        Procfile declares types     -> web"),
         "{pushed}"
     );
     assert!(pushed.contains("remote:        Released v1"), "{pushed}");
@@ -165,9 +165,19 @@ fn push_build_release_route_log_and_redeploy() {
     }
     let _ = tail.kill();
     let _ = tail.wait();
-    let router_only = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "5"]);
+    // The filter keeps the router's lines (there are three: H14, the first page, the tail check)
+    // and only those, though the unfiltered stream has others.
+    let everything = server.cli_ok(&repo, &["logs", "-n", "200"]);
+    assert!(everything.contains(" app[api]: "), "{everything}");
+    let router_only = server.cli_ok(&repo, &["logs", "--dyno", "router", "-n", "200"]);
+    let lines: Vec<&str> = router_only.lines().collect();
+    assert_eq!(lines.len(), 3, "{router_only}");
     assert!(
-        router_only.lines().all(|l| l.contains("heroku[router]")),
+        lines.iter().all(|l| l.contains(" heroku[router]: ")),
+        "{router_only}"
+    );
+    assert!(
+        router_only.contains("path=\"/tail-check\""),
         "{router_only}"
     );
 

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use slipway_testkit::{header, http, lines_of, wait_for};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_slipway");
@@ -20,9 +21,9 @@ pub struct Server {
     pub api_port: u16,
     pub router_port: u16,
     pub stdout_lines: Vec<String>,
+    /// Server flags beyond the harness's own (see [`Server::start_with`]).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
-    /// More `slipway server` flags (see [`Server::start_with`]).
-    extra_args: Vec<String>,
     /// Where the server's stderr (its tracing log) goes; discarded when `None`.
     stderr_log: Option<PathBuf>,
 }
@@ -37,7 +38,29 @@ fn port_in(line: &str) -> Option<u16> {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with extra flags, e.g. `["--header-read-timeout", "2"]`.
+    pub fn start_with(extra_args: &[&str]) -> Server {
+        Server::create(extra_args, false)
+    }
+
+    /// Like [`Server::start_with`], and the server's stderr (its own log) is kept in
+    /// `<root>/server-stderr.log`; read it with [`Server::server_log`].
+    pub fn start_logged(extra_args: &[&str]) -> Server {
+        Server::create(extra_args, true)
+    }
+
+    fn create(extra_args: &[&str], keep_stderr: bool) -> Server {
         let root = tempfile::tempdir().expect("tempdir");
+        // Traversable (not listable), as a data directory's parent usually is: builds and dynos
+        // run as other users in directories beside the data directory.
+        std::fs::set_permissions(
+            root.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod tempdir");
         let data = root.path().join("data");
         let home = root.path().join("home");
         std::fs::create_dir_all(&home).expect("home");
@@ -48,10 +71,13 @@ impl Server {
             api_port: 0,
             router_port: 0,
             stdout_lines: Vec::new(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
-            extra_args: Vec::new(),
             stderr_log: None,
         };
+        if keep_stderr {
+            server.stderr_log = Some(server.root.path().join("server-stderr.log"));
+        }
         server.launch();
         server
     }
@@ -292,35 +318,12 @@ impl Server {
 }
 
 impl Server {
-    /// A server with more flags (e.g. `--max-dynos-per-type 3`) whose stderr, its own log,
-    /// is kept in `<root>/server-stderr.log` (read it with [`Server::server_log`]).
-    pub fn start_with(extra_args: &[&str]) -> Server {
-        let root = tempfile::tempdir().expect("tempdir");
-        let data = root.path().join("data");
-        let home = root.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let stderr_log = root.path().join("server-stderr.log");
-        let mut server = Server {
-            root,
-            data,
-            home,
-            api_port: 0,
-            router_port: 0,
-            stdout_lines: Vec::new(),
-            child: None,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            stderr_log: Some(stderr_log),
-        };
-        server.launch();
-        server
-    }
-
     /// What the server wrote to stderr so far, without terminal colour codes.
     pub fn server_log(&self) -> String {
         let path = self
             .stderr_log
             .as_ref()
-            .expect("a server started with Server::start_with");
+            .expect("a server started with Server::start_logged");
         let raw = std::fs::read(path).unwrap_or_default();
         strip_ansi(&String::from_utf8_lossy(&raw))
     }
@@ -393,4 +396,71 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// A buildpack that holds every build at `bin/compile` until [`Gate::open`]: builds that take
+/// exactly as long as a test needs, ordered by events rather than timing.
+pub struct Gate {
+    pub buildpack: PathBuf,
+    file: PathBuf,
+}
+
+impl Gate {
+    pub fn new(root: &Path) -> Gate {
+        let buildpack = root.join("gate-buildpack");
+        let file = root.join("gate-open");
+        let bin = buildpack.join("bin");
+        std::fs::create_dir_all(&bin).expect("gate buildpack");
+        let scripts = [
+            ("detect", "#!/bin/sh\necho Gate\n".to_string()),
+            (
+                "compile",
+                format!(
+                    "#!/bin/sh\necho '-----> Gate: waiting'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho '-----> Gate: open'\n",
+                    file.display()
+                ),
+            ),
+            ("release", "#!/bin/sh\necho '--- {}'\n".to_string()),
+        ];
+        for (name, body) in scripts {
+            let path = bin.join(name);
+            std::fs::write(&path, body).expect("write gate script");
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .expect("chmod gate script");
+        }
+        Gate { buildpack, file }
+    }
+
+    /// Makes the app in `repo` build with this buildpack (a `.buildpacks` file).
+    pub fn use_in(&self, repo: &Path) {
+        std::fs::write(
+            repo.join(".buildpacks"),
+            format!("{}\n", self.buildpack.display()),
+        )
+        .expect("write .buildpacks");
+    }
+
+    pub fn open(&self) {
+        std::fs::write(&self.file, "").expect("open gate");
+    }
+}
+
+/// Waits until a line containing `needle` comes from `lines` (a child's output), returning
+/// every line read so far.
+pub fn read_until(lines: &mpsc::Receiver<String>, needle: &str, secs: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no line containing {needle:?} ({e}); got {seen:#?}"),
+        }
+    }
 }

@@ -1,0 +1,670 @@
+//! The build pipeline: the classic Heroku buildpack API run on the extracted source.
+//!
+//! [`compile`] takes a [`CompileSpec`] and, in order: removes what `.slugignore` lists, checks
+//! the Procfile (so a broken one fails before a long build), finds the buildpacks (the app's
+//! choice, or detection among the built-ins, which are ordinary files installed by
+//! [`crate::install_builtin`] and run exactly like custom ones), resolves runtime versions,
+//! runs each buildpack's `bin/compile BUILD_DIR CACHE_DIR ENV_DIR`, then the last one's
+//! `bin/release BUILD_DIR`, and merges its `default_process_types` under the Procfile.
+//!
+//! Every buildpack process runs in its own process group with a minimal environment (never the
+//! server's), optionally as another user and under a memory limit, and the whole group is
+//! killed on timeout or cancellation. Progress goes out as [`BuildEvent`]s.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slipway_core::{Procfile, ProcfileError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::buildpack::{self, FetchContext, Located};
+use crate::event::{BuildEvent, Phase};
+use crate::process::{self, Run, RunError};
+use crate::runtime;
+use crate::{BuildError, Limits, SlugInfo};
+
+/// Stack name given to buildpacks as `STACK`.
+pub const STACK: &str = "slipway-24";
+/// Output lines longer than this are cut into pieces.
+pub const MAX_LINE_BYTES: usize = 8 * 1024;
+/// Default build time limit (Heroku's is 15 minutes too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// PATH of buildpack processes, after [`CompileSpec::extra_path`] and the chosen runtimes.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Bytes of `bin/release` and `bin/detect` output read.
+const MAX_CAPTURE: usize = 1024 * 1024;
+
+/// Everything one build needs. Paths must exist or be creatable; when `run_as` is set, their
+/// parent directories must let that user through (`o+x`).
+#[derive(Debug, Clone)]
+pub struct CompileSpec {
+    /// The extracted source, compiled in place; it becomes the slug.
+    pub build_dir: PathBuf,
+    /// The app's build cache (`CACHE_DIR`), kept between builds; created if missing.
+    pub cache_dir: PathBuf,
+    /// The app's config vars, given to buildpacks as `ENV_DIR` (one file per var), never as
+    /// the environment of the buildpack processes.
+    pub env: BTreeMap<String, String>,
+    /// Entries chosen for the app (see [`crate::resolve_buildpacks`]): a built-in's name
+    /// (`python`, `heroku/python`...), an absolute directory, or a git URL (`url#ref`). Empty:
+    /// detect among the built-ins.
+    pub buildpacks: Vec<String>,
+    /// Where the built-in buildpacks are installed (written by `compile` if outdated).
+    pub builtin_dir: PathBuf,
+    /// Cache of fetched git buildpacks; each `url#ref` is fetched once.
+    pub fetch_dir: PathBuf,
+    /// Operator-provided runtimes: `<dir>/python-3.12.1/bin/python3`, `<dir>/node-20.11.0/bin/node`.
+    pub runtimes_dirs: Vec<PathBuf>,
+    /// Directories put before [`DEFAULT_PATH`] for buildpacks (e.g. where cargo or go live).
+    pub extra_path: Vec<PathBuf>,
+    /// For the whole compile (all buildpacks, fetches included).
+    pub timeout: Duration,
+    /// uid/gid the buildpack processes run as (the server must be root); the build and cache
+    /// directories are given to that user first.
+    pub run_as: Option<(u32, u32)>,
+    /// Address-space limit (RLIMIT_AS) of each buildpack process. Node.js and Go reserve much
+    /// virtual memory: keep this generous (several GiB) or unset.
+    pub memory_limit_bytes: Option<u64>,
+    /// The commit being built, given to buildpacks as `SOURCE_VERSION`.
+    pub source_version: Option<String>,
+}
+
+impl CompileSpec {
+    /// A spec with the defaults: no config, detection, no runtimes dirs, 15 minutes, the
+    /// server's own user, no memory limit.
+    pub fn new(
+        build_dir: PathBuf,
+        cache_dir: PathBuf,
+        builtin_dir: PathBuf,
+        fetch_dir: PathBuf,
+    ) -> Self {
+        Self {
+            build_dir,
+            cache_dir,
+            env: BTreeMap::new(),
+            buildpacks: Vec::new(),
+            builtin_dir,
+            fetch_dir,
+            runtimes_dirs: Vec::new(),
+            extra_path: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            run_as: None,
+            memory_limit_bytes: None,
+            source_version: None,
+        }
+    }
+}
+
+/// What a successful compile produced (the compiled tree is `spec.build_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    /// The app's process types: the last buildpack's defaults overlaid by the Procfile.
+    pub process_types: BTreeMap<String, String>,
+    /// Names of the buildpacks that ran, in order (empty for a Procfile-only app).
+    pub buildpacks: Vec<String>,
+    /// Whether the app has a Procfile.
+    pub has_procfile: bool,
+}
+
+/// Runs the buildpacks on `spec.build_dir`; see the module documentation.
+pub async fn compile(
+    spec: &CompileSpec,
+    events: &mpsc::Sender<BuildEvent>,
+    cancel: CancellationToken,
+) -> Result<Compiled, BuildError> {
+    let deadline = Instant::now() + spec.timeout;
+    let build_dir = spec.build_dir.as_path();
+    let say = |e: BuildEvent| async move {
+        let _ = events.send(e).await;
+    };
+
+    let removed = crate::slugignore::apply(build_dir)?;
+    if removed > 0 {
+        say(BuildEvent::title(format!(
+            "Removed {removed} paths listed in .slugignore"
+        )))
+        .await;
+    }
+    let procfile = read_procfile(build_dir)?;
+
+    crate::install_builtin(&spec.builtin_dir)?;
+    std::fs::create_dir_all(&spec.cache_dir)
+        .map_err(BuildError::io("creating", &spec.cache_dir))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("slipway-build-")
+        .tempdir()
+        .map_err(BuildError::io(
+            "creating a scratch directory in",
+            &std::env::temp_dir(),
+        ))?;
+    let env_dir = scratch.path().join("env");
+    let home = scratch.path().join("home");
+    write_env_dir(&env_dir, &spec.env)?;
+    std::fs::create_dir(&home).map_err(BuildError::io("creating", &home))?;
+
+    let mut path_dirs: Vec<PathBuf> = spec.extra_path.clone();
+    path_dirs.extend(std::env::split_paths(DEFAULT_PATH));
+    let mut base_env = BTreeMap::from([
+        ("HOME".to_string(), home.display().to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("STACK".to_string(), STACK.to_string()),
+    ]);
+    if let Some(v) = &spec.source_version {
+        base_env.insert("SOURCE_VERSION".into(), v.clone());
+    }
+    base_env.insert("PATH".into(), join_path(&path_dirs));
+
+    // Which buildpacks.
+    let fetch_cx = FetchContext {
+        builtin_dir: &spec.builtin_dir,
+        fetch_dir: &spec.fetch_dir,
+        env: &base_env,
+        scratch: &home,
+        deadline,
+        timeout: spec.timeout,
+        cancel: &cancel,
+        events,
+    };
+    let explicit = !spec.buildpacks.is_empty();
+    let candidates: Vec<Located> = if explicit {
+        let mut list = Vec::new();
+        for entry in &spec.buildpacks {
+            list.push(buildpack::locate(entry, &fetch_cx).await?);
+        }
+        list
+    } else {
+        let mut list = Vec::new();
+        for b in crate::BUILTINS {
+            list.push(buildpack::locate(b.name, &fetch_cx).await?);
+        }
+        list
+    };
+
+    let runner = Runner {
+        spec,
+        env: base_env.clone(),
+        deadline,
+        cancel: &cancel,
+        events,
+    };
+    let mut chosen: Vec<(Located, String)> = Vec::new();
+    for bp in candidates {
+        let (ok, name) = runner.detect(&bp).await?;
+        if ok {
+            say(BuildEvent::title(format!("{name} app detected"))).await;
+            chosen.push((bp, name));
+            if !explicit {
+                break;
+            }
+        } else if explicit {
+            return Err(BuildError::NotCompatible { buildpack: bp.name });
+        }
+    }
+    if chosen.is_empty() && procfile.is_none() {
+        return Err(BuildError::NotDetected {
+            looked_for: crate::BUILTINS
+                .iter()
+                .map(|b| (b.name.to_string(), b.looks_for.to_string()))
+                .collect(),
+        });
+    }
+
+    // Runtimes for the ecosystems that will be built.
+    let mut env = base_env;
+    let mut prepend: Vec<PathBuf> = Vec::new();
+    let is = |word: &str| {
+        chosen
+            .iter()
+            .any(|(_, n)| n.to_ascii_lowercase().contains(word))
+    };
+    if is("python") {
+        let request = runtime::python_request(build_dir)?;
+        let installed = runtime::installed_pythons(&spec.runtimes_dirs, &path_dirs).await;
+        match runtime::choose_python(request.as_ref(), &installed)? {
+            Some(c) => {
+                say(BuildEvent::title(format!(
+                    "Using Python {} ({}): {}",
+                    c.installed.version_string(),
+                    c.installed.path.display(),
+                    c.reason
+                )))
+                .await;
+                if let Some(w) = &c.warning {
+                    say(BuildEvent::warning(w)).await;
+                }
+                env.insert(
+                    "SLIPWAY_PYTHON".into(),
+                    c.installed.path.display().to_string(),
+                );
+                if let Some(bin) = runtime_bin(&c.installed.path, &spec.runtimes_dirs) {
+                    prepend.push(bin);
+                }
+            }
+            None => {
+                say(BuildEvent::warning(
+                    "no Python 3 interpreter is installed on this server",
+                ))
+                .await
+            }
+        }
+    }
+    if is("node") {
+        let engines = runtime::node_engines(build_dir)?;
+        let installed = runtime::installed_nodes(&spec.runtimes_dirs, &path_dirs).await;
+        if let Some(c) = runtime::choose_node(engines.as_deref(), &installed) {
+            say(BuildEvent::title(format!(
+                "Using Node.js {} ({}): {}",
+                c.installed.version_string(),
+                c.installed.path.display(),
+                c.reason
+            )))
+            .await;
+            if let Some(w) = &c.warning {
+                say(BuildEvent::warning(w)).await;
+            }
+            if let Some(bin) = runtime_bin(&c.installed.path, &spec.runtimes_dirs) {
+                prepend.push(bin);
+            }
+        }
+    }
+    if !prepend.is_empty() {
+        prepend.extend(path_dirs.iter().cloned());
+        env.insert("PATH".into(), join_path(&prepend));
+    }
+    if let Some(owner) = spec.run_as {
+        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
+            chown_tree(dir, owner)?;
+        }
+    }
+    let runner = Runner { env, ..runner };
+
+    for (bp, _) in &chosen {
+        runner.compile(bp, &env_dir).await?;
+    }
+
+    let defaults = match chosen.last() {
+        Some((bp, _)) => runner.release(bp).await?,
+        None => BTreeMap::new(),
+    };
+    say(BuildEvent::title("Discovering process types")).await;
+    let mut process_types = BTreeMap::new();
+    if !defaults.is_empty() {
+        let names: Vec<&str> = defaults.keys().map(String::as_str).collect();
+        say(BuildEvent::detail(format!(
+            "Default types for buildpack -> {}",
+            names.join(", ")
+        )))
+        .await;
+        process_types.extend(defaults);
+    }
+    if let Some(p) = &procfile {
+        let names: Vec<&str> = p.processes.keys().map(String::as_str).collect();
+        say(BuildEvent::detail(format!(
+            "Procfile declares types     -> {}",
+            names.join(", ")
+        )))
+        .await;
+        process_types.extend(p.processes.clone());
+    }
+    let buildpacks: Vec<String> = chosen.into_iter().map(|(bp, _)| bp.name).collect();
+    if process_types.is_empty() {
+        return Err(BuildError::NoProcessTypes { buildpacks });
+    }
+    Ok(Compiled {
+        process_types,
+        buildpacks,
+        has_procfile: procfile.is_some(),
+    })
+}
+
+/// Compresses `build_dir` into the slug at `slug_path` (see [`crate::create_slug`]), saying so
+/// and the slug's size.
+pub async fn pack_slug(
+    build_dir: &Path,
+    slug_path: &Path,
+    limits: &Limits,
+    events: &mpsc::Sender<BuildEvent>,
+) -> Result<SlugInfo, BuildError> {
+    let _ = events.send(BuildEvent::title("Compressing...")).await;
+    let (dir, path, limits) = (build_dir.to_path_buf(), slug_path.to_path_buf(), *limits);
+    let info = tokio::task::spawn_blocking(move || crate::create_slug(&dir, &path, &limits))
+        .await
+        .map_err(|_| BuildError::Cancelled)??;
+    let _ = events
+        .send(BuildEvent::detail(format!(
+            "Done: {}",
+            human_size(info.size)
+        )))
+        .await;
+    Ok(info)
+}
+
+/// `12.3M` style sizes, as Heroku prints them.
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b}B"),
+        b if b < 1024 * 1024 => format!("{:.1}K", b as f64 / 1024.0),
+        b => format!("{:.1}M", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// Removes everything in the app's build cache (`builds:cache:purge`); the directory stays.
+pub fn purge_cache(cache_dir: &Path) -> Result<(), BuildError> {
+    let entries = match std::fs::read_dir(cache_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BuildError::io("listing", cache_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(BuildError::io("listing", cache_dir))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let removed = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(BuildError::io("removing", &path))?;
+    }
+    Ok(())
+}
+
+struct Runner<'a> {
+    spec: &'a CompileSpec,
+    env: BTreeMap<String, String>,
+    deadline: Instant,
+    cancel: &'a CancellationToken,
+    events: &'a mpsc::Sender<BuildEvent>,
+}
+
+impl Runner<'_> {
+    async fn run(
+        &self,
+        bp: &Located,
+        phase: Phase,
+        args: Vec<OsString>,
+        capture: bool,
+    ) -> Result<process::Finished, BuildError> {
+        let program = bp.dir.join(phase.script());
+        let _ = self
+            .events
+            .send(BuildEvent::PhaseStarted {
+                phase,
+                buildpack: bp.name.clone(),
+            })
+            .await;
+        let started = Instant::now();
+        let result = process::run(
+            Run {
+                program: &program,
+                args,
+                env: &self.env,
+                cwd: &self.spec.build_dir,
+                run_as: self.spec.run_as,
+                memory_limit_bytes: self.spec.memory_limit_bytes,
+                deadline: self.deadline,
+                cancel: self.cancel,
+                capture_stdout: capture.then_some(MAX_CAPTURE),
+                buildpack: &bp.name,
+                phase,
+                max_line: MAX_LINE_BYTES,
+            },
+            self.events,
+        )
+        .await;
+        let success = matches!(&result, Ok(f) if f.status.success());
+        let _ = self
+            .events
+            .send(BuildEvent::PhaseFinished {
+                phase,
+                buildpack: bp.name.clone(),
+                duration: started.elapsed(),
+                success,
+            })
+            .await;
+        result.map_err(|e| match e {
+            RunError::Timeout => BuildError::Timeout {
+                buildpack: bp.name.clone(),
+                phase,
+                limit: self.spec.timeout,
+            },
+            RunError::Cancelled => BuildError::Cancelled,
+            RunError::Spawn(source) | RunError::Wait(source) => BuildError::Spawn {
+                buildpack: bp.name.clone(),
+                phase,
+                source,
+            },
+        })
+    }
+
+    /// Whether `bp` applies, and the name its detect printed.
+    async fn detect(&self, bp: &Located) -> Result<(bool, String), BuildError> {
+        let f = self
+            .run(
+                bp,
+                Phase::Detect,
+                vec![self.spec.build_dir.clone().into()],
+                true,
+            )
+            .await?;
+        let printed = String::from_utf8_lossy(&f.stdout);
+        let name: String = printed
+            .lines()
+            .next()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&bp.name)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(100)
+            .collect();
+        Ok((f.status.success(), name))
+    }
+
+    async fn compile(&self, bp: &Located, env_dir: &Path) -> Result<(), BuildError> {
+        let args = vec![
+            self.spec.build_dir.clone().into(),
+            self.spec.cache_dir.clone().into(),
+            env_dir.to_path_buf().into(),
+        ];
+        let f = self.run(bp, Phase::Compile, args, false).await?;
+        if !f.status.success() {
+            return Err(BuildError::BuildpackFailed {
+                buildpack: bp.name.clone(),
+                phase: Phase::Compile,
+                status: process::describe(&f.status),
+                output: f.tail,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `default_process_types` of `bp`'s `bin/release` (none if it has no such script).
+    async fn release(&self, bp: &Located) -> Result<BTreeMap<String, String>, BuildError> {
+        let script = bp.dir.join("bin/release");
+        let runnable = std::fs::metadata(&script)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !runnable {
+            return Ok(BTreeMap::new());
+        }
+        let f = self
+            .run(
+                bp,
+                Phase::Release,
+                vec![self.spec.build_dir.clone().into()],
+                true,
+            )
+            .await?;
+        if !f.status.success() {
+            return Err(BuildError::BuildpackFailed {
+                buildpack: bp.name.clone(),
+                phase: Phase::Release,
+                status: process::describe(&f.status),
+                output: f.tail,
+            });
+        }
+        let types = parse_release(&f.stdout).map_err(|reason| BuildError::BadRelease {
+            buildpack: bp.name.clone(),
+            reason,
+        })?;
+        let mut valid = BTreeMap::new();
+        for (name, command) in types {
+            // The same rules as a Procfile line.
+            match Procfile::parse(&format!("{name}: {command}")) {
+                Ok(p) if p.processes.len() == 1 && !command.contains('\n') => {
+                    valid.extend(p.processes);
+                }
+                _ => {
+                    let _ = self
+                        .events
+                        .send(BuildEvent::warning(format!(
+                            "ignoring default process type {name:?} of buildpack {}: not a valid `type: command`",
+                            bp.name
+                        )))
+                        .await;
+                }
+            }
+        }
+        Ok(valid)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ReleaseYaml {
+    #[serde(default)]
+    default_process_types: Option<BTreeMap<String, String>>,
+}
+
+/// Parses `bin/release` output: YAML with an optional `default_process_types` map.
+pub(crate) fn parse_release(stdout: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let text = std::str::from_utf8(stdout).map_err(|_| "its output is not UTF-8".to_string())?;
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let parsed: Option<ReleaseYaml> = serde_norway::from_str(text).map_err(|e| e.to_string())?;
+    Ok(parsed
+        .and_then(|r| r.default_process_types)
+        .unwrap_or_default())
+}
+
+/// The Procfile, if the source has one: a regular file (never a symlink, which could point at
+/// a file of the server's), at most [`slipway_core::procfile::MAX_PROCFILE_BYTES`].
+pub fn read_procfile(build_dir: &Path) -> Result<Option<Procfile>, BuildError> {
+    let path = build_dir.join("Procfile");
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BuildError::io("reading", &path)(e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(BuildError::ProcfileNotAFile("symbolic link"));
+    }
+    if !meta.is_file() {
+        return Err(BuildError::ProcfileNotAFile("directory or special file"));
+    }
+    if meta.len() > slipway_core::procfile::MAX_PROCFILE_BYTES as u64 {
+        return Err(ProcfileError::TooLarge(meta.len() as usize).into());
+    }
+    let bytes = std::fs::read(&path).map_err(BuildError::io("reading", &path))?;
+    Ok(Some(Procfile::parse_bytes(&bytes)?))
+}
+
+/// Reads a small text file at the root of the source (`runtime.txt`, `.buildpacks`...): `None`
+/// when absent; an error when it is a symlink, not a regular file, larger than `max` bytes or
+/// not UTF-8.
+pub(crate) fn read_source_file(
+    build_dir: &Path,
+    name: &'static str,
+    max: u64,
+) -> Result<Option<String>, BuildError> {
+    let path = build_dir.join(name);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BuildError::io("reading", &path)(e)),
+    };
+    let bad = |reason: String| BuildError::BadSourceFile { file: name, reason };
+    if !meta.file_type().is_file() {
+        return Err(bad(
+            "it must be a regular file (not a symbolic link or directory)".into(),
+        ));
+    }
+    if meta.len() > max {
+        return Err(bad(format!(
+            "it is {} bytes; at most {max} are read",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(BuildError::io("reading", &path))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| bad("it is not UTF-8".into()))
+}
+
+/// ENV_DIR: one file per config var, readable only by the build's user.
+fn write_env_dir(dir: &Path, env: &BTreeMap<String, String>) -> Result<(), BuildError> {
+    std::fs::create_dir(dir).map_err(BuildError::io("creating", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(BuildError::io("setting permissions of", dir))?;
+    for (name, value) in env {
+        let usable = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains('/')
+            && !name.contains('\0');
+        if !usable {
+            return Err(BuildError::BadConfigVarName(name.clone()));
+        }
+        let path = dir.join(name);
+        // The value is a secret: errors name the var, never the value.
+        std::fs::write(&path, value).map_err(BuildError::io("writing config var file", &path))?;
+    }
+    Ok(())
+}
+
+/// The bin directory of an interpreter that lives in a runtimes directory (which must then go on
+/// PATH); `None` for one found on PATH already.
+fn runtime_bin(exe: &Path, runtimes_dirs: &[PathBuf]) -> Option<PathBuf> {
+    runtimes_dirs
+        .iter()
+        .any(|d| exe.starts_with(d))
+        .then(|| exe.parent().map(Path::to_path_buf))
+        .flatten()
+}
+
+fn join_path(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Gives `dir` and everything under it (symlinks themselves, never their targets) to `owner`.
+fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError> {
+    std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))
+        .map_err(BuildError::io("changing the owner of", dir))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(BuildError::io("reading", dir))?;
+    if !meta.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir).map_err(BuildError::io("listing", dir))? {
+        let entry = entry.map_err(BuildError::io("listing", dir))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(BuildError::io("reading", &path))?;
+        if kind.is_dir() {
+            chown_tree(&path, owner)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(owner.0), Some(owner.1))
+                .map_err(BuildError::io("changing the owner of", &path))?;
+        }
+    }
+    Ok(())
+}
