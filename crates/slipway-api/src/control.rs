@@ -360,3 +360,29 @@ pub async fn find_app(state: &Shared, name_or_id: &str) -> ApiResult<App> {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Couldn't find that app: {name_or_id}.")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RestartTarget;
+
+    #[test]
+    fn restart_targets_are_types_or_dynos() {
+        let dyno = |t: &str, index| RestartTarget::Dyno {
+            process_type: t.into(),
+            index,
+        };
+        assert_eq!(
+            RestartTarget::parse("web"),
+            RestartTarget::Type("web".into())
+        );
+        assert_eq!(RestartTarget::parse("web.2"), dyno("web", 2));
+        assert_eq!(RestartTarget::parse("my.worker.10"), dyno("my.worker", 10));
+        for odd in ["web.0", "web.x", ".1", "web."] {
+            assert_eq!(
+                RestartTarget::parse(odd),
+                RestartTarget::Type(odd.into()),
+                "{odd}"
+            );
+        }
+    }
+}

@@ -191,6 +191,14 @@ fn twenty_concurrent_config_sets_all_land_in_a_gapless_ledger() {
         assert_eq!(config[format!("KEY_{i}")], format!("value-{i}"), "{body}");
     }
     assert_eq!(versions(&server, "busy"), (1..=21).collect::<Vec<_>>());
+    let listed = json(&server.cli_ok(&repo, &["releases", "-n", "3", "--json"]));
+    let listed: Vec<i64> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["version"].as_i64())
+        .collect();
+    assert_eq!(listed, [21, 20, 19]);
     let (_, _, body) = server.api("GET", "/apps/busy/releases/21", None);
     let last = json(&body);
     assert_eq!(last["current"], true, "{body}");
@@ -432,7 +440,17 @@ fn formation_sizes_restarts_and_destroy() {
     let after_stop = runs_fresh(&server, "shape", &["web.1", "web.2"], &ids(&after, "web.2"));
     let said = server.cli_ok(&repo, &["ps:restart"]);
     assert_eq!(said, "web.1\nweb.2\n");
-    runs_fresh(&server, "shape", &["web.1", "web.2"], &ids(&after_stop, ""));
+    let after_all = runs_fresh(&server, "shape", &["web.1", "web.2"], &ids(&after_stop, ""));
+    // The Platform API's other spelling for a type restart.
+    let (status, _, body) = server.api("DELETE", "/apps/shape/formations/web", None);
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        json(&body)["restarted"],
+        serde_json::json!(["web.1", "web.2"])
+    );
+    runs_fresh(&server, "shape", &["web.1", "web.2"], &ids(&after_all, ""));
+    let ps = json(&server.cli_ok(&repo, &["ps", "--json"]));
+    assert_eq!(ps.as_array().map(Vec::len), Some(2), "{ps}");
     serves(&server, "shape", "Hello from slipway");
     let logs = server.cli_ok(&repo, &["logs", "-n", "1500"]);
     assert!(logs.contains("app[api]: Restart web.2 by user"), "{logs}");
