@@ -1,6 +1,5 @@
 //! Control-plane operations, shared by the API handlers, git pushes and server start-up.
 
-use axum::http::StatusCode;
 use slipway_core::AppName;
 use slipway_runtime::{ProcessSpec, ReleaseSpec};
 use slipway_store::{App, User};
@@ -86,9 +85,7 @@ async fn generated_name(state: &Shared) -> ApiResult<AppName> {
                 .map_err(|e| ApiError::internal("generating an app name", e));
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "conflict",
+    Err(ApiError::conflict(
         "Could not find a free app name; pass one explicitly.",
     ))
 }
