@@ -1,12 +1,23 @@
 //! Control-plane operations, shared by the API handlers, git pushes and server start-up.
 
-use axum::http::StatusCode;
 use slipway_core::AppName;
 use slipway_runtime::{ProcessSpec, ReleaseSpec};
 use slipway_store::{App, User};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppEntry, AppLock, Shared};
+
+/// What destroying an app removed, so the user is told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub dynos: usize,
+    pub releases: i64,
+    pub builds: i64,
+    pub slugs: i64,
+    pub slug_bytes: i64,
+    pub repository: bool,
+    pub log_lines: usize,
+}
 
 /// Creates an app and its git repository. Either both exist afterwards, or neither.
 pub async fn create_app(state: &Shared, user: &User, name: Option<&str>) -> ApiResult<App> {
@@ -74,41 +85,112 @@ async fn generated_name(state: &Shared) -> ApiResult<AppName> {
                 .map_err(|e| ApiError::internal("generating an app name", e));
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "conflict",
+    Err(ApiError::conflict(
         "Could not find a free app name; pass one explicitly.",
     ))
 }
 
-/// Destroys an app: stops its dynos, then removes its records, repository, slugs and logs.
-pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<()> {
+/// Destroys an app: stops its dynos, then removes its records (releases, builds, slugs,
+/// formation), repository, slug files and logs. Says what it removed.
+pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<Removed> {
     let lock = state.app_lock(AppLock::Release, &app.id);
     let _guard = lock.lock().await;
+    let footprint = state.store.app_footprint(&app.id).await?;
+    let log_lines = state
+        .logs
+        .history(
+            &app.id,
+            &slipway_logs::Filter::default(),
+            slipway_logs::HISTORY_LINES,
+        )
+        .len();
     state.forget_app(&app.name);
+    let dynos = state.dynos.list(&app.id).len();
     state.dynos.stop_app(&app.id).await;
     state.store.delete_app(&app.id).await?;
-    for dir in [
-        state.settings.repo_dir(&app.id),
-        state.settings.slug_dir(&app.id),
+    let mut repository = false;
+    for (dir, is_repo) in [
+        (state.settings.repo_dir(&app.id), true),
+        (state.settings.slug_dir(&app.id), false),
     ] {
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove app files");
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => repository |= is_repo,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove app files")
             }
         }
     }
     state.logs.remove(&app.id);
-    Ok(())
+    Ok(Removed {
+        dynos,
+        releases: footprint.releases,
+        builds: footprint.builds,
+        slugs: footprint.slugs,
+        slug_bytes: footprint.slug_bytes,
+        repository,
+        log_lines,
+    })
 }
 
-/// Brings the app's dynos in line with its current release and formation.
-pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<()> {
+/// Renames an app. The router serves it under the new name at once (and no longer under the
+/// old one); git follows by itself, since repositories are stored by app id.
+pub async fn rename_app(state: &Shared, app: &App, new: &AppName, user: &User) -> ApiResult<App> {
+    let lock = state.app_lock(AppLock::Release, &app.id);
+    let _guard = lock.lock().await;
+    let renamed = state
+        .store
+        .rename_app(&app.id, new.as_str())
+        .await
+        .map_err(|e| match e {
+            slipway_store::StoreError::Conflict(_) => ApiError::invalid(format!(
+                "Name {new} is already taken; choose another app name."
+            )),
+            other => other.into(),
+        })?;
+    // The new name works before the old one stops: no moment when neither routes.
+    state.remember_app(
+        &renamed.name,
+        AppEntry {
+            id: renamed.id.clone(),
+            maintenance: renamed.maintenance,
+        },
+    );
+    state.forget_app(&app.name);
+    state.api_log(
+        &app.id,
+        &format!(
+            "Rename app from {} to {} by user {}",
+            app.name, renamed.name, user.email
+        ),
+    );
+    Ok(renamed)
+}
+
+/// Turns maintenance mode on or off; the router answers H80 while it is on.
+pub async fn set_maintenance(state: &Shared, app: &App, on: bool) -> ApiResult<App> {
+    let app = state.store.set_maintenance(&app.id, on).await?;
+    state.remember_app(
+        &app.name,
+        AppEntry {
+            id: app.id.clone(),
+            maintenance: app.maintenance,
+        },
+    );
+    Ok(app)
+}
+
+/// What an app's dynos should be: its current release and formation. `None` before the first
+/// deploy (no release, or a release without a slug).
+async fn desired(
+    state: &Shared,
+    app_id: &str,
+) -> ApiResult<Option<(ReleaseSpec, Vec<ProcessSpec>)>> {
     let Some(release) = state.store.current_release(app_id).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(slug_id) = release.slug_id.as_deref() else {
-        return Ok(());
+        return Ok(None);
     };
     let slug = state.store.slug(slug_id).await?;
     let formation = state.store.formation(app_id).await?;
@@ -120,17 +202,151 @@ pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<()> {
             command: f.command.clone(),
         })
         .collect();
-    state.dynos.converge(
-        ReleaseSpec {
-            app_id: app_id.to_string(),
-            version: release.version,
-            slug_path: slug.path.into(),
-            slug_checksum: slug.checksum,
-            env: release.config,
-        },
-        &specs,
-    );
+    let release = ReleaseSpec {
+        app_id: app_id.to_string(),
+        version: release.version,
+        slug_path: slug.path.into(),
+        slug_checksum: slug.checksum,
+        env: release.config,
+    };
+    Ok(Some((release, specs)))
+}
+
+/// Brings the app's dynos in line with its current release and formation. Callers that
+/// changed the release or formation hold the app's `Release` lock across the change and this
+/// call, so two changes never converge out of order.
+pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<()> {
+    if let Some((release, specs)) = desired(state, app_id).await? {
+        state.dynos.converge(release, &specs);
+    }
     Ok(())
+}
+
+/// Which dynos `ps:restart` restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartTarget {
+    All,
+    /// Every dyno of a process type: `web`.
+    Type(String),
+    /// One dyno: `web.2`.
+    Dyno {
+        process_type: String,
+        index: u32,
+    },
+}
+
+impl RestartTarget {
+    /// `web` or `web.2`.
+    pub fn parse(raw: &str) -> Self {
+        match raw.rsplit_once('.') {
+            Some((t, n)) if !t.is_empty() => match n.parse::<u32>() {
+                Ok(index) if index > 0 => RestartTarget::Dyno {
+                    process_type: t.to_string(),
+                    index,
+                },
+                _ => RestartTarget::Type(raw.to_string()),
+            },
+            _ => RestartTarget::Type(raw.to_string()),
+        }
+    }
+}
+
+/// Restarts dynos as Heroku's `ps:restart` does (without preboot): each is stopped (SIGTERM,
+/// then SIGKILL after the stop timeout) while its replacement starts from a fresh copy of the
+/// slug. Returns the names of the dynos restarted.
+///
+/// The dyno manager restarts through `converge` only: a first pass without the dynos to
+/// restart retires them, a second with the whole formation starts fresh ones. That reaches
+/// every dyno of a type, and one dyno when it is the highest-numbered of its type (`web.1` of
+/// one web dyno); restarting `web.1` while `web.2` runs needs a per-dyno restart in the
+/// dyno manager and is refused until it has one.
+pub async fn restart_dynos(
+    state: &Shared,
+    app: &App,
+    target: &RestartTarget,
+) -> ApiResult<Vec<String>> {
+    let lock = state.app_lock(AppLock::Release, &app.id);
+    let _guard = lock.lock().await;
+    let Some((release, specs)) = desired(state, &app.id).await? else {
+        return Err(ApiError::invalid(format!(
+            "{} has no release to run yet; push with `git push slipway main` first.",
+            app.name
+        )));
+    };
+    let running: Vec<String> = state
+        .dynos
+        .list(&app.id)
+        .into_iter()
+        .filter(|d| d.release_version == release.version)
+        .map(|d| d.name)
+        .collect();
+    let find_type = |t: &str| {
+        specs.iter().find(|s| s.process_type == t).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Couldn't find that process type ({t}) on {}; its formation has: {}.",
+                app.name,
+                specs
+                    .iter()
+                    .map(|s| s.process_type.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    };
+    // The quantity each type keeps during the first pass.
+    let kept = |t: &str, q: u32| -> u32 {
+        match target {
+            RestartTarget::All => 0,
+            RestartTarget::Type(rt) if rt == t => 0,
+            RestartTarget::Dyno {
+                process_type,
+                index,
+            } if process_type == t => index - 1,
+            _ => q,
+        }
+    };
+    match target {
+        RestartTarget::All => {}
+        RestartTarget::Type(t) => {
+            find_type(t)?;
+        }
+        RestartTarget::Dyno {
+            process_type,
+            index,
+        } => {
+            let spec = find_type(process_type)?;
+            if *index > spec.quantity {
+                return Err(ApiError::not_found(format!(
+                    "Couldn't find that dyno ({process_type}.{index}) on {}: {process_type} runs {} dyno(s).",
+                    app.name, spec.quantity
+                )));
+            }
+            if *index < spec.quantity {
+                return Err(ApiError::not_implemented(format!(
+                    "Restarting {process_type}.{index} alone while {process_type}.{} runs is not supported yet; restart every {process_type} dyno with `slipway ps:restart {process_type}`.",
+                    spec.quantity
+                )));
+            }
+        }
+    }
+    let first: Vec<ProcessSpec> = specs
+        .iter()
+        .map(|s| ProcessSpec {
+            quantity: kept(&s.process_type, s.quantity),
+            ..s.clone()
+        })
+        .collect();
+    let restarted: Vec<String> = specs
+        .iter()
+        .flat_map(|s| {
+            (kept(&s.process_type, s.quantity) + 1..=s.quantity)
+                .map(move |i| format!("{}.{i}", s.process_type))
+        })
+        .filter(|name| running.contains(name))
+        .collect();
+    state.dynos.converge(release.clone(), &first);
+    state.dynos.converge(release, &specs);
+    Ok(restarted)
 }
 
 /// Loads an app by name or id, or answers Heroku's 404.
@@ -140,4 +356,30 @@ pub async fn find_app(state: &Shared, name_or_id: &str) -> ApiResult<App> {
         .find_app(name_or_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Couldn't find that app: {name_or_id}.")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestartTarget;
+
+    #[test]
+    fn restart_targets_are_types_or_dynos() {
+        let dyno = |t: &str, index| RestartTarget::Dyno {
+            process_type: t.into(),
+            index,
+        };
+        assert_eq!(
+            RestartTarget::parse("web"),
+            RestartTarget::Type("web".into())
+        );
+        assert_eq!(RestartTarget::parse("web.2"), dyno("web", 2));
+        assert_eq!(RestartTarget::parse("my.worker.10"), dyno("my.worker", 10));
+        for odd in ["web.0", "web.x", ".1", "web."] {
+            assert_eq!(
+                RestartTarget::parse(odd),
+                RestartTarget::Type(odd.into()),
+                "{odd}"
+            );
+        }
+    }
 }

@@ -1,4 +1,11 @@
 //! API errors: the one place where failures become HTTP statuses and `{"id","message"}` bodies.
+//!
+//! Ids are the Platform API's: `bad_request` (400: the body is not JSON, a header is
+//! malformed), `unauthorized` (401), `forbidden` (403), `not_found` (404),
+//! `method_not_allowed` (405), `conflict` (409), `invalid_params` (422: well-formed but wrong:
+//! a field of the wrong type or unknown, a value out of range), `rate_limit` (429),
+//! `not_implemented` (501: a feature slipway does not have yet), `internal_server_error` (500).
+//! Messages never carry config values or tokens.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -30,6 +37,23 @@ impl ApiError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    /// A feature slipway does not have yet: say so, never pretend it worked.
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", message)
     }
 
     pub fn unauthorized() -> Self {
@@ -99,10 +123,62 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(ApiError::new(
-                rejection.status(),
-                "bad_request",
-                format!("Invalid request body: {}", rejection.body_text()),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// Bodies that are not JSON are `bad_request` (400); JSON of the wrong shape (a missing or
+/// unknown field, a wrong type) is `invalid_params` (422), as the Platform API answers.
+fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection as R;
+    let status = rejection.status();
+    match rejection {
+        R::JsonDataError(e) => ApiError::invalid(format!(
+            "Invalid request body: {}",
+            // serde's own words, after axum's preamble ("Failed to deserialize ...: ").
+            e.body_text()
+                .split_once(": ")
+                .map_or(e.body_text(), |(_, why)| why.to_string())
+        )),
+        R::JsonSyntaxError(e) => ApiError::bad_request(format!(
+            "Invalid request body: not valid JSON ({})",
+            e.body_text()
+                .split_once(": ")
+                .map_or(e.body_text(), |(_, why)| why.to_string())
+        )),
+        R::MissingJsonContentType(_) => ApiError::new(
+            status,
+            "bad_request",
+            "Invalid request body: send it as JSON with Content-Type: application/json.",
+        ),
+        other => ApiError::new(
+            status,
+            "bad_request",
+            format!("Invalid request body: {}", other.body_text()),
+        ),
+    }
+}
+
+/// `Path<T>` whose rejections answer in the API's error shape. The message never repeats the
+/// path itself (a log-session URL carries its secret there).
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(_) => Err(ApiError::bad_request(
+                "Invalid URL: a path segment is not valid UTF-8 or not what this endpoint takes.",
             )),
         }
     }

@@ -237,6 +237,8 @@ pub fn api_routes(state: Shared) -> Router {
                 "No such API endpoint. See ARCHITECTURE.md for the API slipway serves.",
             )
         })
+        // Every request, git and the hook's included, is logged with its Request-Id.
+        .layer(axum::middleware::from_fn(routes::observe))
         .with_state(state)
 }
 

@@ -5,7 +5,13 @@ use serde_json::{json, Value};
 use slipway_runtime::DynoInfo;
 use slipway_store::{App, Build, Formation, Release, Slug, User};
 
+use crate::control::Removed;
 use crate::state::Settings;
+
+/// The one region and stack this server has (see ARCHITECTURE.md).
+pub const REGION: &str = "local";
+pub const STACK: &str = "slipway-24";
+pub const STACK_ID: &str = "00000000-0000-0000-0000-000000000024";
 
 pub fn time(ms: i64) -> Value {
     match Utc.timestamp_millis_opt(ms).single() {
@@ -39,9 +45,9 @@ pub fn app(settings: &Settings, app: &App, owner: &User, slug_size: Option<i64>)
         "git_url": settings.git_url(&app.name),
         "maintenance": app.maintenance,
         "owner": { "id": owner.id, "email": owner.email },
-        "region": { "id": "00000000-0000-0000-0000-000000000001", "name": "local" },
-        "stack": { "id": "00000000-0000-0000-0000-000000000024", "name": "slipway-24" },
-        "build_stack": { "id": "00000000-0000-0000-0000-000000000024", "name": "slipway-24" },
+        "region": { "id": "00000000-0000-0000-0000-000000000001", "name": REGION },
+        "stack": { "id": STACK_ID, "name": STACK },
+        "build_stack": { "id": STACK_ID, "name": STACK },
         "generation": { "id": "00000000-0000-0000-0000-000000000001", "name": "cedar" },
         "create_status": "complete",
         "created_at": time(app.created_at),
@@ -90,14 +96,28 @@ pub fn formation(app: &App, f: &Formation) -> Value {
     })
 }
 
-pub fn dyno(app: &App, d: &DynoInfo, release_id: Option<&str>) -> Value {
+/// What `DELETE /apps/{app}` removed, next to the app it answers with.
+pub fn removed(r: &Removed) -> Value {
+    json!({
+        "dynos": r.dynos,
+        "releases": r.releases,
+        "builds": r.builds,
+        "slugs": r.slugs,
+        "slug_bytes": r.slug_bytes,
+        "repository": r.repository,
+        "log_lines": r.log_lines,
+    })
+}
+
+/// A dyno; `size` is its process type's size in the formation.
+pub fn dyno(app: &App, d: &DynoInfo, release_id: Option<&str>, size: &str) -> Value {
     json!({
         "id": d.id,
         "name": d.name,
         "type": d.process_type,
         "command": d.command,
         "state": d.state.as_str(),
-        "size": "standard-1X",
+        "size": size,
         "attach_url": Value::Null,
         "created_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         "updated_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -123,7 +143,7 @@ pub fn build(app: &App, b: &Build, user: &User, slug: Option<&Slug>) -> Value {
             "version_description": Value::Null,
         },
         "buildpacks": [],
-        "stack": "slipway-24",
+        "stack": STACK,
         "output_stream_url": Value::Null,
     })
 }

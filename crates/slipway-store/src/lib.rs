@@ -5,8 +5,12 @@
 //! since the epoch (BIGINT), JSON documents as TEXT, booleans as INTEGER, so the schema carries
 //! over to PostgreSQL later.
 
+mod apps;
 mod buildpacks;
+mod config;
+mod formation;
 mod model;
+mod releases;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,7 +22,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+pub use apps::AppFootprint;
+pub use config::{config_bytes, config_description, ConfigOutcome};
+pub use formation::FormationUpdate;
 pub use model::*;
+pub use releases::{ReleaseStatus, RollbackRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -415,6 +423,7 @@ impl Store {
             Some(&slug.id),
             &config,
             user_id,
+            ReleaseStatus::Succeeded,
         )
         .await?;
         let now = now_ms();
@@ -586,13 +595,16 @@ impl Store {
     }
 }
 
-async fn insert_release(
+/// Appends the app's next release (version = last + 1, inside the caller's IMMEDIATE
+/// transaction, so versions are gapless under concurrent writers).
+pub(crate) async fn insert_release(
     tx: &mut Transaction<'_, Sqlite>,
     app_id: &str,
     description: &str,
     slug_id: Option<&str>,
     config: &str,
     user_id: &str,
+    status: ReleaseStatus,
 ) -> Result<Release> {
     let version: i64 =
         sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 AS v FROM releases WHERE app_id = $1")
@@ -604,7 +616,7 @@ async fn insert_release(
     let id = new_id();
     sqlx::query(
         "INSERT INTO releases (id, app_id, version, description, slug_id, config, status, user_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'succeeded', $7, $8, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
     )
     .bind(&id)
     .bind(app_id)
@@ -612,6 +624,7 @@ async fn insert_release(
     .bind(description)
     .bind(slug_id)
     .bind(config)
+    .bind(status.as_str())
     .bind(user_id)
     .bind(now)
     .execute(&mut **tx)

@@ -38,10 +38,14 @@ pub struct AppArg {
     pub app: Option<String>,
 }
 
+/// Client commands are named and grouped as the Heroku CLI's are; each group's code is in
+/// `commands/<group>.rs` (apps, config, releases, ps, builds, logs, maintenance, git).
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the platform: API, git endpoint, router and dynos
     Server(ServerArgs),
+
+    // ---- apps (commands/apps.rs) ----
     /// List apps
     Apps,
     /// Create an app
@@ -61,7 +65,15 @@ pub enum Command {
         /// App name (same as --app)
         name: Option<String>,
     },
-    /// Destroy an app, its dynos, releases and repository
+    /// Rename an app; its URL and git remote follow (the `slipway` remote here is updated)
+    #[command(name = "apps:rename")]
+    AppsRename {
+        #[command(flatten)]
+        app: AppArg,
+        /// The new name
+        newname: String,
+    },
+    /// Destroy an app: its dynos, releases, slugs, repository and logs, for good
     #[command(name = "apps:destroy")]
     AppsDestroy {
         #[command(flatten)]
@@ -70,21 +82,49 @@ pub enum Command {
         #[arg(long)]
         confirm: Option<String>,
     },
-    /// Add a git remote for an app, with this CLI as its credential helper
-    #[command(name = "git:remote")]
-    GitRemote {
+
+    // ---- config vars (commands/config.rs) ----
+    /// Show an app's config vars
+    Config {
         #[command(flatten)]
         app: AppArg,
-        /// Name of the remote
-        #[arg(short, long, default_value = "slipway")]
-        remote: String,
+        /// As shell assignments (KEY='value'), ready for `eval` or a .env file
+        #[arg(short, long, conflicts_with = "json")]
+        shell: bool,
+        /// As a JSON object
+        #[arg(long)]
+        json: bool,
     },
-    /// git credential helper: answers git with the API token (set up by git:remote)
-    #[command(name = "git:credential", hide = true)]
-    GitCredential {
-        /// get, store or erase
-        operation: String,
+    /// Print one config var's value
+    #[command(name = "config:get")]
+    ConfigGet {
+        #[command(flatten)]
+        app: AppArg,
+        /// The config var's name
+        key: String,
+        /// As a shell assignment (KEY='value')
+        #[arg(short, long)]
+        shell: bool,
     },
+    /// Set config vars (one release) and restart the dynos onto them: A=1 B=2
+    #[command(name = "config:set")]
+    ConfigSet {
+        #[command(flatten)]
+        app: AppArg,
+        /// KEY=VALUE pairs; the value is everything after the first `=`
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove config vars (one release) and restart the dynos: A B
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+
+    // ---- releases (commands/releases.rs) ----
     /// List an app's releases, newest first
     Releases {
         #[command(flatten)]
@@ -92,26 +132,81 @@ pub enum Command {
         /// How many releases to show
         #[arg(short, long, default_value_t = 15)]
         num: usize,
+        /// As JSON
+        #[arg(long)]
+        json: bool,
     },
-    /// List an app's dynos
+    /// Show a release (the current one by default) and the config var names it carried
+    #[command(name = "releases:info")]
+    ReleasesInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// Release version (v3 or 3) or id
+        release: Option<String>,
+        /// As JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll back to a release's code and config (the previous release by default)
+    Rollback {
+        #[command(flatten)]
+        app: AppArg,
+        /// Release version (v3 or 3) or id
+        release: Option<String>,
+    },
+
+    // ---- formation and dynos (commands/ps.rs) ----
+    /// List an app's dynos: type, number, command, state, since
     Ps {
         #[command(flatten)]
         app: AppArg,
+        /// As JSON
+        #[arg(long)]
+        json: bool,
     },
-    /// Scale process types: web=2 worker+1
+    /// Scale process types: web=2 worker+1 web=2:standard-2X
     #[command(name = "ps:scale")]
     PsScale {
         #[command(flatten)]
         app: AppArg,
-        /// TYPE=N, TYPE+N or TYPE-N
+        /// TYPE=N, TYPE+N or TYPE-N, optionally :SIZE
         #[arg(required = true)]
         changes: Vec<String>,
     },
+    /// Change dyno sizes: web=standard-2X (standard-1X, standard-2X, performance-M)
+    #[command(name = "ps:type", alias = "ps:resize")]
+    PsType {
+        #[command(flatten)]
+        app: AppArg,
+        /// TYPE=SIZE
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Restart dynos: all, a type (web) or one dyno (web.1)
+    #[command(name = "ps:restart")]
+    PsRestart {
+        #[command(flatten)]
+        app: AppArg,
+        /// A process type or dyno name [default: every dyno]
+        target: Option<String>,
+    },
+    /// Stop a dyno (a formation dyno is started again, as on Heroku)
+    #[command(name = "ps:stop")]
+    PsStop {
+        #[command(flatten)]
+        app: AppArg,
+        /// A dyno name (web.1) or process type
+        target: String,
+    },
+
+    // ---- builds (commands/builds.rs) ----
     /// List an app's builds
     Builds {
         #[command(flatten)]
         app: AppArg,
     },
+
+    // ---- maintenance (commands/apps.rs) ----
     /// Turn maintenance mode on (the router answers H80)
     #[command(name = "maintenance:on")]
     MaintenanceOn {
@@ -124,6 +219,8 @@ pub enum Command {
         #[command(flatten)]
         app: AppArg,
     },
+
+    // ---- logs (commands/logs.rs) ----
     /// Show an app's logs
     Logs {
         #[command(flatten)]
@@ -141,6 +238,24 @@ pub enum Command {
         #[arg(short, long)]
         source: Option<String>,
     },
+
+    // ---- git (commands/git.rs) ----
+    /// Add a git remote for an app, with this CLI as its credential helper
+    #[command(name = "git:remote")]
+    GitRemote {
+        #[command(flatten)]
+        app: AppArg,
+        /// Name of the remote
+        #[arg(short, long, default_value = "slipway")]
+        remote: String,
+    },
+    /// git credential helper: answers git with the API token (set up by git:remote)
+    #[command(name = "git:credential", hide = true)]
+    GitCredential {
+        /// get, store or erase
+        operation: String,
+    },
+
     /// Internal: run by git inside the server
     #[command(subcommand, hide = true)]
     Hook(HookCommand),

@@ -1,58 +1,87 @@
 //! Client commands. Data goes to stdout, progress and hints to stderr.
+//!
+//! One module per group of the Heroku CLI (and of the Platform API resources they call):
+//! `apps` (apps:*, maintenance:*), `config` (config:*), `releases` (releases*, rollback),
+//! `ps` (ps:*: formation and dynos), `builds`, `logs`, `git` (git:remote, the credential
+//! helper).
 
-use std::io::{BufRead, Write};
+mod apps;
+mod builds;
+mod config;
+mod git;
+mod logs;
+mod ps;
+mod releases;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use chrono::{DateTime, Local, Utc};
-use futures::StreamExt;
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cli::{Command, Global};
-use crate::client::{own_binary, resolve_app, Client};
+use crate::client::{resolve_app, Client};
 
 pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
     if let Command::GitCredential { operation } = &command {
-        return git_credential(&global, operation);
+        return git::git_credential(&global, operation);
     }
     let client = Client::from_global(&global)?;
+    let c = &client;
     match command {
-        Command::Apps => apps(&client).await,
-        Command::AppsCreate { name, no_remote } => {
-            apps_create(&client, &global, name, no_remote).await
-        }
-        Command::AppsInfo { app, name } => {
-            apps_info(&client, &resolve_app(app.app.or(name))?).await
+        Command::Apps => apps::list(c).await,
+        Command::AppsCreate { name, no_remote } => apps::create(c, &global, name, no_remote).await,
+        Command::AppsInfo { app, name } => apps::info(c, &resolve_app(app.app.or(name))?).await,
+        Command::AppsRename { app, newname } => {
+            apps::rename(c, &resolve_app(app.app)?, &newname).await
         }
         Command::AppsDestroy { app, confirm } => {
-            apps_destroy(&client, &resolve_app(app.app)?, confirm).await
+            apps::destroy(c, &resolve_app(app.app)?, confirm).await
         }
-        Command::GitRemote { app, remote } => {
-            git_remote(&client, &global, &resolve_app(app.app)?, &remote).await
-        }
-        Command::Releases { app, num } => releases(&client, &resolve_app(app.app)?, num).await,
-        Command::Ps { app } => ps(&client, &resolve_app(app.app)?).await,
-        Command::PsScale { app, changes } => {
-            ps_scale(&client, &resolve_app(app.app)?, &changes).await
-        }
-        Command::Builds { app } => builds(&client, &resolve_app(app.app)?).await,
-        Command::MaintenanceOn { app } => maintenance(&client, &resolve_app(app.app)?, true).await,
+        Command::MaintenanceOn { app } => apps::maintenance(c, &resolve_app(app.app)?, true).await,
         Command::MaintenanceOff { app } => {
-            maintenance(&client, &resolve_app(app.app)?, false).await
+            apps::maintenance(c, &resolve_app(app.app)?, false).await
         }
+        Command::Config { app, shell, json } => {
+            config::show(c, &resolve_app(app.app)?, shell, json).await
+        }
+        Command::ConfigGet { app, key, shell } => {
+            config::get(c, &resolve_app(app.app)?, &key, shell).await
+        }
+        Command::ConfigSet { app, pairs } => config::set(c, &resolve_app(app.app)?, &pairs).await,
+        Command::ConfigUnset { app, keys } => config::unset(c, &resolve_app(app.app)?, &keys).await,
+        Command::Releases { app, num, json } => {
+            releases::list(c, &resolve_app(app.app)?, num, json).await
+        }
+        Command::ReleasesInfo { app, release, json } => {
+            releases::info(c, &resolve_app(app.app)?, release, json).await
+        }
+        Command::Rollback { app, release } => {
+            releases::rollback(c, &resolve_app(app.app)?, release).await
+        }
+        Command::Ps { app, json } => ps::list(c, &resolve_app(app.app)?, json).await,
+        Command::PsScale { app, changes } => ps::scale(c, &resolve_app(app.app)?, &changes).await,
+        Command::PsType { app, changes } => ps::resize(c, &resolve_app(app.app)?, &changes).await,
+        Command::PsRestart { app, target } => {
+            ps::restart(c, &resolve_app(app.app)?, target.as_deref()).await
+        }
+        Command::PsStop { app, target } => ps::stop(c, &resolve_app(app.app)?, &target).await,
+        Command::Builds { app } => builds::list(c, &resolve_app(app.app)?).await,
         Command::Logs {
             app,
             num,
             tail,
             dyno,
             source,
-        } => logs(&client, &resolve_app(app.app)?, num, tail, dyno, source).await,
+        } => logs::show(c, &resolve_app(app.app)?, num, tail, dyno, source).await,
+        Command::GitRemote { app, remote } => {
+            git::remote(c, &global, &resolve_app(app.app)?, &remote).await
+        }
         Command::Server(_) | Command::Hook(_) | Command::GitCredential { .. } => {
             bail!("internal error: command dispatched to the wrong place")
         }
     }
 }
 
+/// A string field of an API object, or "".
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("")
 }
@@ -83,404 +112,30 @@ fn app_path(app: &str) -> String {
     format!("/apps/{app}")
 }
 
-async fn apps(client: &Client) -> anyhow::Result<()> {
-    let list = client.get("/apps").await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "=== Apps")?;
-    for app in list.as_array().into_iter().flatten() {
-        writeln!(out, "{}", s(app, "name"))?;
-    }
-    Ok(())
-}
-
-async fn apps_create(
-    client: &Client,
-    global: &Global,
-    name: Option<String>,
-    no_remote: bool,
-) -> anyhow::Result<()> {
-    let body = match &name {
-        Some(n) => json!({ "name": n }),
-        None => json!({}),
-    };
-    eprint!("Creating {}... ", name.as_deref().unwrap_or("app"));
-    let app = match client
-        .send(client.request(Method::POST, "/apps").json(&body))
-        .await
-    {
-        Ok(app) => app,
+/// Runs a request while `doing...` is on stderr, then `done` or `failed`.
+async fn progress<T>(
+    doing: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    eprint!("{doing}... ");
+    match work.await {
+        Ok(v) => Ok(v),
         Err(e) => {
             eprintln!("failed");
-            return Err(e);
-        }
-    };
-    let created = s(&app, "name");
-    eprintln!("done, {created}");
-    println!("{} | {}", s(&app, "web_url"), s(&app, "git_url"));
-    // Like `heroku create`: inside a repository without a slipway remote, add one.
-    let in_repo = std::process::Command::new("git")
-        .args(["rev-parse", "--is-inside-work-tree"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let has_remote = std::process::Command::new("git")
-        .args(["remote", "get-url", "slipway"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if in_repo && !has_remote && !no_remote {
-        return git_remote(client, global, created, "slipway").await;
-    }
-    eprintln!("hint: run `slipway git:remote -a {created}` in your repository, then `git push slipway main`");
-    Ok(())
-}
-
-async fn apps_info(client: &Client, app: &str) -> anyhow::Result<()> {
-    let info = client.get(&app_path(app)).await?;
-    let formation = client.get(&format!("{}/formation", app_path(app))).await?;
-    let dynos: Vec<String> = formation
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| format!("{}: {}", s(f, "type"), f["quantity"]))
-        .collect();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "=== {}", s(&info, "name"))?;
-    writeln!(out, "Dynos:       {}", dynos.join(", "))?;
-    writeln!(out, "Git URL:     {}", s(&info, "git_url"))?;
-    writeln!(
-        out,
-        "Maintenance: {}",
-        info["maintenance"].as_bool().unwrap_or(false)
-    )?;
-    writeln!(out, "Owner:       {}", s(&info["owner"], "email"))?;
-    writeln!(out, "Region:      {}", s(&info["region"], "name"))?;
-    writeln!(out, "Released:    {}", when(&info["released_at"]))?;
-    match info["slug_size"].as_u64() {
-        Some(size) => writeln!(out, "Slug size:   {size} B")?,
-        None => writeln!(out, "Slug size:   (not deployed yet)")?,
-    }
-    writeln!(out, "Stack:       {}", s(&info["stack"], "name"))?;
-    writeln!(out, "Web URL:     {}", s(&info, "web_url"))?;
-    Ok(())
-}
-
-async fn apps_destroy(client: &Client, app: &str, confirm: Option<String>) -> anyhow::Result<()> {
-    if confirm.as_deref() != Some(app) {
-        bail!(
-            "this destroys {app}, its dynos, releases, slugs and repository. To proceed, run again with --confirm {app}"
-        );
-    }
-    eprint!("Destroying {app} (including all add-ons)... ");
-    client
-        .send(client.request(Method::DELETE, &app_path(app)))
-        .await?;
-    eprintln!("done");
-    Ok(())
-}
-
-async fn git_remote(
-    client: &Client,
-    global: &Global,
-    app: &str,
-    remote: &str,
-) -> anyhow::Result<()> {
-    let info = client.get(&app_path(app)).await?;
-    let url = s(&info, "git_url").to_string();
-    let git = |args: &[&str]| -> anyhow::Result<std::process::Output> {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .with_context(|| format!("running git {}", args.join(" ")))
-    };
-    let inside = git(&["rev-parse", "--git-dir"])?;
-    if !inside.status.success() {
-        bail!(
-            "not inside a git repository; run `git init` first, or cd into your app's repository"
-        );
-    }
-    let exists = git(&["remote", "get-url", remote])?.status.success();
-    let action = if exists { "set-url" } else { "add" };
-    let done = git(&["remote", action, remote, &url])?;
-    if !done.status.success() {
-        bail!(
-            "git remote {action} failed: {}",
-            String::from_utf8_lossy(&done.stderr).trim()
-        );
-    }
-    // The credential helper hands git the token at push time; it is never written to config.
-    let mut helper = format!(
-        "!'{}'",
-        own_binary()?.display().to_string().replace('\'', "'\\''")
-    );
-    if let Some(dir) = &global.data_dir {
-        helper.push_str(&format!(
-            " --data-dir '{}'",
-            dir.display().to_string().replace('\'', "'\\''")
-        ));
-    }
-    helper.push_str(" git:credential");
-    let key = format!("credential.{}.helper", client.base);
-    // An empty value first resets helpers configured elsewhere for this URL.
-    for args in [
-        vec!["config", "--replace-all", key.as_str(), ""],
-        vec!["config", "--add", key.as_str(), helper.as_str()],
-    ] {
-        let out = git(&args)?;
-        if !out.status.success() {
-            bail!(
-                "git config failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            Err(e)
         }
     }
-    println!("set git remote {remote} to {url}");
-    Ok(())
 }
 
-/// git's credential helper protocol: for `get`, answer with the API token as the password.
-fn git_credential(global: &Global, operation: &str) -> anyhow::Result<()> {
-    // Read (and ignore) what git says; it ends with a blank line or EOF.
-    let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        if line.context("reading from git")?.is_empty() {
-            break;
-        }
-    }
-    if operation != "get" {
-        return Ok(());
-    }
-    let client = Client::from_global(global)?;
-    println!("username=slipway\npassword={}", client.token());
-    Ok(())
-}
-
-async fn releases(client: &Client, app: &str, num: usize) -> anyhow::Result<()> {
+/// The newest release's version, as `v7` (for "done, v7" lines).
+async fn latest_version(client: &Client, app: &str) -> anyhow::Result<String> {
     let req = client
-        .request(Method::GET, &format!("{}/releases", app_path(app)))
-        .header(
-            "Range",
-            format!("version ..; max={}, order=desc", num.clamp(1, 1000)),
-        );
+        .request(reqwest::Method::GET, &format!("{}/releases", app_path(app)))
+        .header("Range", "version ..; max=1, order=desc");
     let list = client.send(req).await?;
-    let rows: Vec<&Value> = list.as_array().into_iter().flatten().collect();
-    let current = rows
-        .iter()
-        .find(|r| r["current"].as_bool() == Some(true))
-        .map(|r| format!("v{}", r["version"]))
-        .unwrap_or_else(|| "none".into());
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "=== {app} Releases - Current: {current}")?;
-    if rows.is_empty() {
-        writeln!(
-            out,
-            "{app} has no releases yet: push with `git push slipway main`"
-        )?;
-    }
-    let width = rows
-        .iter()
-        .map(|r| s(r, "description").len())
-        .max()
-        .unwrap_or(0);
-    for r in rows {
-        writeln!(
-            out,
-            "{:<5} {:<width$}  {}  {}",
-            format!("v{}", r["version"]),
-            s(r, "description"),
-            s(&r["user"], "email"),
-            when(&r["created_at"])
-        )?;
-    }
-    Ok(())
-}
-
-async fn ps(client: &Client, app: &str) -> anyhow::Result<()> {
-    let formation = client.get(&format!("{}/formation", app_path(app))).await?;
-    let dynos = client.get(&format!("{}/dynos", app_path(app))).await?;
-    let mut out = std::io::stdout().lock();
-    let formation: Vec<&Value> = formation.as_array().into_iter().flatten().collect();
-    if formation.is_empty() {
-        writeln!(
-            out,
-            "No dynos on {app}: push a Procfile with `git push slipway main`"
-        )?;
-    }
-    for f in formation {
-        let ptype = s(f, "type");
-        writeln!(
-            out,
-            "=== {ptype} ({}): {} ({})",
-            s(f, "size"),
-            s(f, "command"),
-            f["quantity"]
-        )?;
-        for d in dynos
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|d| s(d, "type") == ptype)
-        {
-            writeln!(
-                out,
-                "{}: {} {} (v{})",
-                s(d, "name"),
-                s(d, "state"),
-                when(&d["updated_at"]),
-                d["release"]["version"]
-            )?;
-        }
-        writeln!(out)?;
-    }
-    Ok(())
-}
-
-/// `web=2` -> ("web", "2"); `worker+1` -> ("worker", "+1").
-pub fn parse_scale(change: &str) -> anyhow::Result<(String, String)> {
-    let bad = || {
-        anyhow::anyhow!(
-            "invalid scale argument {change:?}: use TYPE=N, TYPE+N or TYPE-N, e.g. web=2"
-        )
-    };
-    if let Some((t, q)) = change.split_once('=') {
-        let q = q.split(':').next().unwrap_or(q);
-        if t.is_empty() || q.parse::<i64>().is_err() {
-            return Err(bad());
-        }
-        return Ok((t.to_string(), q.to_string()));
-    }
-    let pos = change.find(['+', '-']).ok_or_else(bad)?;
-    let (t, q) = change.split_at(pos);
-    if t.is_empty() || q[1..].parse::<u32>().is_err() {
-        return Err(bad());
-    }
-    Ok((t.to_string(), q.to_string()))
-}
-
-async fn ps_scale(client: &Client, app: &str, changes: &[String]) -> anyhow::Result<()> {
-    let mut updates = Vec::new();
-    for change in changes {
-        let (ptype, quantity) = parse_scale(change)?;
-        updates.push(json!({ "type": ptype, "quantity": quantity }));
-    }
-    eprint!("Scaling dynos... ");
-    let req = client
-        .request(Method::PATCH, &format!("{}/formation", app_path(app)))
-        .json(&json!({ "updates": updates }));
-    let formation = match client.send(req).await {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("failed");
-            return Err(e);
-        }
-    };
-    let now: Vec<String> = formation
+    Ok(list
         .as_array()
-        .into_iter()
-        .flatten()
-        .map(|f| format!("{} at {}:{}", s(f, "type"), f["quantity"], s(f, "size")))
-        .collect();
-    eprintln!("done, now running {}", now.join(", "));
-    Ok(())
-}
-
-async fn builds(client: &Client, app: &str) -> anyhow::Result<()> {
-    let list = client.get(&format!("{}/builds", app_path(app))).await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "=== {app} Builds")?;
-    for b in list.as_array().into_iter().flatten().rev() {
-        writeln!(
-            out,
-            "{}  {:<9}  {}  {}  {}",
-            s(b, "id"),
-            s(b, "status"),
-            &s(&b["source_blob"], "version")
-                .chars()
-                .take(7)
-                .collect::<String>(),
-            s(&b["user"], "email"),
-            when(&b["created_at"])
-        )?;
-    }
-    Ok(())
-}
-
-async fn maintenance(client: &Client, app: &str, on: bool) -> anyhow::Result<()> {
-    let word = if on { "Enabling" } else { "Disabling" };
-    eprint!("{word} maintenance mode for {app}... ");
-    let req = client
-        .request(Method::PATCH, &app_path(app))
-        .json(&json!({ "maintenance": on }));
-    client.send(req).await?;
-    eprintln!("done");
-    Ok(())
-}
-
-async fn logs(
-    client: &Client,
-    app: &str,
-    num: usize,
-    tail: bool,
-    dyno: Option<String>,
-    source: Option<String>,
-) -> anyhow::Result<()> {
-    let req = client
-        .request(Method::POST, &format!("{}/log-sessions", app_path(app)))
-        .json(&json!({ "lines": num, "tail": tail, "dyno": dyno, "source": source }));
-    let session = client.send(req).await?;
-    let url = session["logplex_url"]
-        .as_str()
-        .context("the API returned a log session without logplex_url")?;
-    let response = reqwest::Client::new()
-        .get(url)
-        .header("Accept", "text/event-stream")
-        .send()
-        .await?;
-    if !response.status().is_success() {
-        bail!("the log stream answered {}", response.status());
-    }
-    let mut stream = response.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut out = std::io::stdout();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.context("reading the log stream")?);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            if let Some(data) = line.trim_end_matches(['\n', '\r']).strip_prefix("data: ") {
-                writeln!(out, "{data}")?;
-                out.flush()?;
-            }
-        }
-        if buf.len() > 64 * 1024 {
-            buf.clear();
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_scale;
-
-    #[test]
-    fn scale_arguments() {
-        assert_eq!(
-            parse_scale("web=2").expect("ok"),
-            ("web".into(), "2".into())
-        );
-        assert_eq!(
-            parse_scale("web=2:standard-1X").expect("ok"),
-            ("web".into(), "2".into())
-        );
-        assert_eq!(
-            parse_scale("worker+1").expect("ok"),
-            ("worker".into(), "+1".into())
-        );
-        assert_eq!(
-            parse_scale("worker-3").expect("ok"),
-            ("worker".into(), "-3".into())
-        );
-        for bad in ["web", "=2", "web=x", "web+", "+1"] {
-            assert!(parse_scale(bad).is_err(), "{bad}");
-        }
-    }
+        .and_then(|l| l.first())
+        .map(|r| format!("v{}", r["version"]))
+        .unwrap_or_else(|| "no release".into()))
 }

@@ -24,6 +24,8 @@ pub struct Server {
     /// Server flags beyond the harness's own (see [`Server::start_with`]).
     pub extra_args: Vec<String>,
     child: Option<Child>,
+    /// Where the server's stderr (its tracing log) goes; discarded when `None`.
+    stderr_log: Option<PathBuf>,
 }
 
 fn port_in(line: &str) -> Option<u16> {
@@ -41,6 +43,16 @@ impl Server {
 
     /// A server with extra flags, e.g. `["--header-read-timeout", "2"]`.
     pub fn start_with(extra_args: &[&str]) -> Server {
+        Server::create(extra_args, false)
+    }
+
+    /// Like [`Server::start_with`], and the server's stderr (its own log) is kept in
+    /// `<root>/server-stderr.log`; read it with [`Server::server_log`].
+    pub fn start_logged(extra_args: &[&str]) -> Server {
+        Server::create(extra_args, true)
+    }
+
+    fn create(extra_args: &[&str], keep_stderr: bool) -> Server {
         let root = tempfile::tempdir().expect("tempdir");
         // Traversable (not listable), as a data directory's parent usually is: builds and dynos
         // run as other users in directories beside the data directory.
@@ -61,7 +73,11 @@ impl Server {
             stdout_lines: Vec::new(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
+            stderr_log: None,
         };
+        if keep_stderr {
+            server.stderr_log = Some(server.root.path().join("server-stderr.log"));
+        }
         server.launch();
         server
     }
@@ -88,8 +104,20 @@ impl Server {
             ])
             .args(&self.extra_args)
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stdout(Stdio::piped());
+        match &self.stderr_log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("server stderr log");
+                cmd.stderr(file);
+            }
+            None => {
+                cmd.stderr(Stdio::null());
+            }
+        }
         isolate(&mut cmd, &self.home);
         let mut child = cmd.spawn().expect("start slipway server");
         let stdout = child.stdout.take().expect("stdout");
@@ -293,6 +321,36 @@ impl Server {
         }
         pids
     }
+}
+
+impl Server {
+    /// What the server wrote to stderr so far, without terminal colour codes.
+    pub fn server_log(&self) -> String {
+        let path = self
+            .stderr_log
+            .as_ref()
+            .expect("a server started with Server::start_logged");
+        let raw = std::fs::read(path).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(&raw))
+    }
+}
+
+/// Removes `ESC [ ... letter` sequences (colours) from text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Server {
