@@ -368,6 +368,13 @@ async fn compile(
     spec.buildpacks = buildpacks;
     spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
     spec.timeout = settings.build_timeout;
+    // The app's own unprivileged user when the server is root: a build can read neither other
+    // apps' files nor the platform's state.
+    spec.run_as = state
+        .dynos
+        .app_user(&app.id)
+        .map_err(|e| format!("could not choose the build's user: {e}"))?
+        .map(|u| (u.uid, u.gid));
     spec.source_version = Some(build.commit_sha.clone());
     let limits = settings.build_limits;
     let cancel = CancellationToken::new();

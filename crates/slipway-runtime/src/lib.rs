@@ -323,6 +323,12 @@ pub struct DynoManager {
 }
 
 impl DynoManager {
+    /// The app's own unprivileged user (allocated on first use), when the server runs as root
+    /// and can switch users; builds and one-off dynos of the app run as it too.
+    pub fn app_user(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
+        self.inner.user_for(app_id)
+    }
+
     /// Chooses the backend `cfg` asks for (see [`select_backend`]) and prepares the dynos
     /// directory.
     pub fn new(cfg: RuntimeConfig, store: Store, logs: LogHub) -> Result<Self, RuntimeError> {
