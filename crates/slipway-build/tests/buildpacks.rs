@@ -432,7 +432,7 @@ async fn custom_buildpack_from_a_local_git_repository_is_fetched_once() {
     spec.env
         .insert("GREETING".into(), "hello from ENV_DIR".into());
     let (compiled, text) = build(&spec).await.ok();
-    assert_eq!(compiled.buildpacks, [url.clone()]);
+    assert_eq!(compiled.buildpacks, std::slice::from_ref(&url));
     assert_eq!(compiled.process_types["web"], "./greet");
     assert!(
         text.contains(&format!("-----> Fetching buildpack {url}")),
