@@ -362,7 +362,8 @@ async fn compile(
         src.to_path_buf(),
         settings.cache_dir(&app.id),
         settings.builds_dir.join("buildpacks").join("builtin"),
-        settings.builds_dir.join("buildpacks").join("fetched"),
+        // Per app: a fetched buildpack is the app's own code, never shared with another app.
+        settings.builds_dir.join("buildpacks").join("fetched").join(&app.id),
     );
     spec.env = app.config.clone();
     spec.buildpacks = buildpacks;
