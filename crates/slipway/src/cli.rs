@@ -354,6 +354,9 @@ pub struct ServerArgs {
     /// Where builds run, outside the data directory [default: <data-dir>-builds]
     #[arg(long, env = "SLIPWAY_BUILDS_DIR")]
     pub builds_dir: Option<PathBuf>,
+    /// Address space (MB) each buildpack process may use [default: 4096]
+    #[arg(long, env = "SLIPWAY_BUILD_MEMORY_LIMIT")]
+    pub build_memory_limit: Option<u64>,
     /// Seconds one build (all its buildpacks) may run [default: 900]
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
     pub build_timeout: Option<u64>,

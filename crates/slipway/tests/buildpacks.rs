@@ -11,7 +11,9 @@ use support::{text, wait_for, Server};
 
 /// A git repository holding a copy of `tests/apps/<app>`, committed on main.
 fn app_repo(server: &Server, app: &str, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps").join(app);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/apps")
+        .join(app);
     let dir = server.root.path().join(name);
     copy_dir(&src, &dir);
     server.git_ok(&dir, &["init", "-q", "-b", "main"]);
@@ -123,7 +125,10 @@ fn a_custom_buildpack_from_git_builds_and_a_failing_one_keeps_the_old_release() 
         "broken-buildpack",
         Some("#!/bin/sh\necho '-----> Broken buildpack'\necho 'compile failed: no hello.cfg' >&2\nexit 1\n"),
     );
-    let repo = server.repo_with("custom-src", &[("hello.txt", "hello from a custom buildpack\n")]);
+    let repo = server.repo_with(
+        "custom-src",
+        &[("hello.txt", "hello from a custom buildpack\n")],
+    );
     server.cli_ok(&repo, &["apps:create", "custom"]);
     let url = format!("file://{}#v1", good.display());
     server.cli_ok(&repo, &["buildpacks:set", &url]);
@@ -133,7 +138,10 @@ fn a_custom_buildpack_from_git_builds_and_a_failing_one_keeps_the_old_release() 
     assert!(said.contains("Hello buildpack compiling"), "{said}");
     page(&server, "custom", "/", "HELLO FROM A CUSTOM BUILDPACK");
 
-    server.cli_ok(&repo, &["buildpacks:set", &format!("file://{}#v1", bad.display())]);
+    server.cli_ok(
+        &repo,
+        &["buildpacks:set", &format!("file://{}#v1", bad.display())],
+    );
     std::fs::write(repo.join("hello.txt"), "changed\n").expect("write");
     server.commit_all(&repo, "with the broken buildpack");
     let out = server.git(&repo, &["push", "slipway", "main"]);
@@ -144,10 +152,15 @@ fn a_custom_buildpack_from_git_builds_and_a_failing_one_keeps_the_old_release() 
     // The old release keeps serving, and no release was made.
     page(&server, "custom", "/", "HELLO FROM A CUSTOM BUILDPACK");
     let releases = server.cli_ok(&repo, &["releases"]);
-    assert!(releases.contains("Current: v1") && !releases.contains("v2"), "{releases}");
+    assert!(
+        releases.contains("Current: v1") && !releases.contains("v2"),
+        "{releases}"
+    );
 
     server.cli_ok(&repo, &["buildpacks:clear"]);
-    assert!(server.cli_ok(&repo, &["buildpacks"]).contains("no buildpacks set"));
+    assert!(server
+        .cli_ok(&repo, &["buildpacks"])
+        .contains("no buildpacks set"));
 }
 
 #[test]
@@ -161,7 +174,10 @@ fn a_python_version_that_is_not_installed_is_refused_naming_it() {
     let said = text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("3.9"), "{said}");
-    assert!(said.contains("3.11"), "the installed version is named: {said}");
+    assert!(
+        said.contains("3.11"),
+        "the installed version is named: {said}"
+    );
     let releases = server.cli_ok(&repo, &["releases"]);
     assert!(!releases.contains("v1"), "{releases}");
 }
