@@ -757,3 +757,35 @@ fn purge_empties_the_cache() {
     assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     slipway_build::purge_cache(&dir.path().join("missing")).expect("missing is fine");
 }
+
+#[tokio::test]
+async fn uv_project_installs_from_its_lockfile_with_uv_fetched_from_pypi_when_missing() {
+    let site = Site::new();
+    let app = site.source("uv-app", "b1/app");
+    let (compiled, text) = build(&site.spec(&app)).await.ok();
+    assert_eq!(compiled.buildpacks, ["python"]);
+    assert!(
+        text.contains("Installing dependencies from uv.lock with uv"),
+        "{text}"
+    );
+    let moved = site.path("elsewhere/app");
+    std::fs::create_dir_all(moved.parent().expect("parent")).expect("mkdir");
+    std::fs::rename(&app, &moved).expect("move");
+    let out = in_dyno(
+        &moved,
+        "python -c 'import itsdangerous, sys; print(sys.prefix)'",
+    );
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(&moved.join(".slipway/venv").display().to_string()),
+        "{out:?}"
+    );
+
+    let again = site.source("uv-app", "b2/app");
+    let (_, text) = build(&site.spec(&again)).await.ok();
+    assert!(
+        text.contains("Using cached dependencies (pyproject.toml and uv.lock unchanged)"),
+        "{text}"
+    );
+}
