@@ -62,6 +62,10 @@ pub struct CompileSpec {
     pub runtimes_dirs: Vec<PathBuf>,
     /// Directories put before [`DEFAULT_PATH`] for buildpacks (e.g. where cargo or go live).
     pub extra_path: Vec<PathBuf>,
+    /// Variables the operator gives every buildpack (e.g. `RUSTUP_HOME`, `GOPROXY`, a private
+    /// index URL). Not the app's config (that is `env`, in ENV_DIR); these win over nothing:
+    /// `PATH`, `HOME`, `LANG`, `STACK` and `SOURCE_VERSION` are always the pipeline's.
+    pub extra_env: BTreeMap<String, String>,
     /// For the whole compile (all buildpacks, fetches included).
     pub timeout: Duration,
     /// uid/gid the buildpack processes run as (the server must be root); the build and cache
@@ -92,6 +96,7 @@ impl CompileSpec {
             fetch_dir,
             runtimes_dirs: Vec::new(),
             extra_path: Vec::new(),
+            extra_env: BTreeMap::new(),
             timeout: DEFAULT_TIMEOUT,
             run_as: None,
             memory_limit_bytes: None,
@@ -149,11 +154,13 @@ pub async fn compile(
 
     let mut path_dirs: Vec<PathBuf> = spec.extra_path.clone();
     path_dirs.extend(std::env::split_paths(DEFAULT_PATH));
-    let mut base_env = BTreeMap::from([
+    let mut base_env = spec.extra_env.clone();
+    base_env.extend([
         ("HOME".to_string(), home.display().to_string()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("STACK".to_string(), STACK.to_string()),
     ]);
+    base_env.remove("SOURCE_VERSION");
     if let Some(v) = &spec.source_version {
         base_env.insert("SOURCE_VERSION".into(), v.clone());
     }

@@ -337,6 +337,11 @@ async fn static_site_is_served_by_its_default_web_process() {
     let (compiled, text) = build(&site.spec(&app)).await.ok();
     assert_eq!(compiled.buildpacks, ["static"]);
     assert!(text.contains("Static HTML app detected"), "{text}");
+    assert!(
+        text.contains("-----> Removed 1 paths listed in .slugignore"),
+        "{text}"
+    );
+    assert!(!app.join("design.psd").exists() && app.join("style.css").exists());
     let web = compiled.process_types["web"].clone();
 
     let slug = site.path("slug.tgz");
@@ -457,7 +462,20 @@ async fn custom_buildpack_from_a_local_git_repository_is_fetched_once() {
     let mut spec = site.spec(&again);
     spec.buildpacks = vec![url.clone()];
     spec.env.insert("GREETING".into(), "again".into());
-    let (_, text) = build(&spec).await.ok();
+    // The Procfile wins over the buildpack's defaults; both are kept.
+    std::fs::write(
+        again.join("Procfile"),
+        "web: ./from-procfile\nworker: ./work\n",
+    )
+    .expect("write");
+    let (compiled, text) = build(&spec).await.ok();
+    assert_eq!(
+        compiled.process_types,
+        BTreeMap::from([
+            ("web".to_string(), "./from-procfile".to_string()),
+            ("worker".to_string(), "./work".to_string())
+        ])
+    );
     assert!(
         text.contains(&format!("-----> Using buildpack {url} (fetched before)")),
         "{text}"
@@ -787,5 +805,68 @@ async fn uv_project_installs_from_its_lockfile_with_uv_fetched_from_pypi_when_mi
     assert!(
         text.contains("Using cached dependencies (pyproject.toml and uv.lock unchanged)"),
         "{text}"
+    );
+}
+
+/// Go is built when a toolchain is on the build PATH; otherwise the error says what is missing.
+#[tokio::test]
+async fn go_module_builds_with_an_installed_toolchain_or_says_it_is_missing() {
+    let site = Site::new();
+    let app = site.source("go-app", "b1/app");
+    let spec = site.spec(&app);
+    let has_go = std::env::split_paths(slipway_build::pipeline::DEFAULT_PATH)
+        .any(|d| d.join("go").is_file());
+    let outcome = build(&spec).await;
+    if has_go {
+        let (compiled, _) = outcome.ok();
+        assert_eq!(compiled.process_types["web"], "bin/hello");
+        let out = std::process::Command::new(app.join("bin/hello"))
+            .arg("--version")
+            .output()
+            .expect("run");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 1.0\n");
+    } else {
+        let (err, text) = outcome.err();
+        assert!(matches!(err, BuildError::BuildpackFailed { .. }), "{err}");
+        assert!(
+            text.contains("go.mod found, but no Go toolchain is installed on this server"),
+            "{text}"
+        );
+    }
+}
+
+/// A rustup toolchain is usable when the operator gives its PATH and RUSTUP_HOME.
+#[tokio::test]
+async fn rust_package_builds_its_binary_into_the_slug() {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        panic!("HOME is not set");
+    };
+    let cargo_bin = home.join(".cargo/bin");
+    assert!(
+        cargo_bin.join("cargo").is_file(),
+        "these tests need cargo in {}",
+        cargo_bin.display()
+    );
+    let site = Site::new();
+    let app = site.source("rust-app", "b1/app");
+    let mut spec = site.spec(&app);
+    spec.extra_path = vec![cargo_bin];
+    spec.extra_env.insert(
+        "RUSTUP_HOME".into(),
+        home.join(".rustup").display().to_string(),
+    );
+    let (compiled, text) = build(&spec).await.ok();
+    assert_eq!(compiled.buildpacks, ["rust"]);
+    assert_eq!(compiled.process_types["web"], "bin/hello-slipway", "{text}");
+    let out = std::process::Command::new(app.join("bin/hello-slipway"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello from Rust on slipway\n"
+    );
+    assert!(
+        !app.join("target").exists(),
+        "the build tree stays in the cache"
     );
 }
