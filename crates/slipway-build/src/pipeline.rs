@@ -192,6 +192,12 @@ pub async fn compile(
         list
     };
 
+    // Everything a buildpack process may write belongs to the build user from here on.
+    if let Some(owner) = spec.run_as {
+        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
+            chown_tree(dir, owner)?;
+        }
+    }
     let runner = Runner {
         spec,
         env: base_env.clone(),
@@ -282,11 +288,6 @@ pub async fn compile(
     if !prepend.is_empty() {
         prepend.extend(path_dirs.iter().cloned());
         env.insert("PATH".into(), join_path(&prepend));
-    }
-    if let Some(owner) = spec.run_as {
-        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
-            chown_tree(dir, owner)?;
-        }
     }
     let runner = Runner { env, ..runner };
 

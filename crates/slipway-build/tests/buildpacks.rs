@@ -870,3 +870,30 @@ async fn rust_package_builds_its_binary_into_the_slug() {
         "the build tree stays in the cache"
     );
 }
+
+/// The built-in Python buildpack works as an unprivileged build user.
+#[tokio::test]
+async fn python_builds_as_an_unprivileged_user() {
+    let site = Site::new();
+    std::fs::set_permissions(site.root.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let app = site.path("b1/app");
+    std::fs::create_dir_all(&app).expect("mkdir");
+    std::fs::write(app.join("requirements.txt"), "itsdangerous==2.2.0\n").expect("write");
+    std::fs::write(
+        app.join("Procfile"),
+        "worker: python -c 'import itsdangerous'\n",
+    )
+    .expect("write");
+    let mut spec = site.spec(&app);
+    spec.run_as = Some((65534, 65534));
+    let (_, text) = build(&spec).await.ok();
+    assert!(
+        text.contains("Installing dependencies from requirements.txt"),
+        "{text}"
+    );
+    let venv = std::fs::metadata(app.join(".slipway/venv")).expect("venv");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&venv), 65534);
+    let out = in_dyno(&app, "python -c 'import itsdangerous'");
+    assert!(out.status.success(), "{out:?}");
+}
