@@ -128,7 +128,7 @@ pub async fn compile(
         let _ = events.send(e).await;
     };
 
-    let removed = crate::slugignore::apply(build_dir)?;
+    let removed = blocking(build_dir, crate::slugignore::apply).await?;
     if removed > 0 {
         say(BuildEvent::title(format!(
             "Removed {removed} paths listed in .slugignore"
@@ -195,7 +195,7 @@ pub async fn compile(
     // Everything a buildpack process may write belongs to the build user from here on.
     if let Some(owner) = spec.run_as {
         for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
-            chown_tree(dir, owner)?;
+            blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
     let runner = Runner {
@@ -342,7 +342,7 @@ pub async fn pack_slug(
     let (dir, path, limits) = (build_dir.to_path_buf(), slug_path.to_path_buf(), *limits);
     let info = tokio::task::spawn_blocking(move || crate::create_slug(&dir, &path, &limits))
         .await
-        .map_err(|_| BuildError::Cancelled)??;
+        .map_err(|e| BuildError::Interrupted(e.to_string()))??;
     let _ = events
         .send(BuildEvent::detail(format!(
             "Done: {}",
@@ -651,6 +651,17 @@ fn join_path(dirs: &[PathBuf]) -> String {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Runs a file-tree walk on the blocking pool, so a large tree does not stall the runtime.
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    work: impl FnOnce(&Path) -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || work(&dir))
+        .await
+        .map_err(|e| BuildError::Interrupted(e.to_string()))?
 }
 
 /// Gives `dir` and everything under it (symlinks themselves, never their targets) to `owner`.
