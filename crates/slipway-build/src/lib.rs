@@ -100,6 +100,8 @@ pub enum BuildError {
     },
     #[error("the build was cancelled")]
     Cancelled,
+    #[error("the build was interrupted: {0}")]
+    Interrupted(String),
     #[error("buildpack {buildpack}: could not run {}: {source}", .phase.script())]
     Spawn {
         buildpack: String,

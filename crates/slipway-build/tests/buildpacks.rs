@@ -337,6 +337,11 @@ async fn static_site_is_served_by_its_default_web_process() {
     let (compiled, text) = build(&site.spec(&app)).await.ok();
     assert_eq!(compiled.buildpacks, ["static"]);
     assert!(text.contains("Static HTML app detected"), "{text}");
+    assert!(
+        text.contains("-----> Removed 1 paths listed in .slugignore"),
+        "{text}"
+    );
+    assert!(!app.join("design.psd").exists() && app.join("style.css").exists());
     let web = compiled.process_types["web"].clone();
 
     let slug = site.path("slug.tgz");
@@ -457,7 +462,20 @@ async fn custom_buildpack_from_a_local_git_repository_is_fetched_once() {
     let mut spec = site.spec(&again);
     spec.buildpacks = vec![url.clone()];
     spec.env.insert("GREETING".into(), "again".into());
-    let (_, text) = build(&spec).await.ok();
+    // The Procfile wins over the buildpack's defaults; both are kept.
+    std::fs::write(
+        again.join("Procfile"),
+        "web: ./from-procfile\nworker: ./work\n",
+    )
+    .expect("write");
+    let (compiled, text) = build(&spec).await.ok();
+    assert_eq!(
+        compiled.process_types,
+        BTreeMap::from([
+            ("web".to_string(), "./from-procfile".to_string()),
+            ("worker".to_string(), "./work".to_string())
+        ])
+    );
     assert!(
         text.contains(&format!("-----> Using buildpack {url} (fetched before)")),
         "{text}"
@@ -756,4 +774,126 @@ fn purge_empties_the_cache() {
     slipway_build::purge_cache(dir.path()).expect("purge");
     assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
     slipway_build::purge_cache(&dir.path().join("missing")).expect("missing is fine");
+}
+
+#[tokio::test]
+async fn uv_project_installs_from_its_lockfile_with_uv_fetched_from_pypi_when_missing() {
+    let site = Site::new();
+    let app = site.source("uv-app", "b1/app");
+    let (compiled, text) = build(&site.spec(&app)).await.ok();
+    assert_eq!(compiled.buildpacks, ["python"]);
+    assert!(
+        text.contains("Installing dependencies from uv.lock with uv"),
+        "{text}"
+    );
+    let moved = site.path("elsewhere/app");
+    std::fs::create_dir_all(moved.parent().expect("parent")).expect("mkdir");
+    std::fs::rename(&app, &moved).expect("move");
+    let out = in_dyno(
+        &moved,
+        "python -c 'import itsdangerous, sys; print(sys.prefix)'",
+    );
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains(&moved.join(".slipway/venv").display().to_string()),
+        "{out:?}"
+    );
+
+    let again = site.source("uv-app", "b2/app");
+    let (_, text) = build(&site.spec(&again)).await.ok();
+    assert!(
+        text.contains("Using cached dependencies (pyproject.toml and uv.lock unchanged)"),
+        "{text}"
+    );
+}
+
+/// Go is built when a toolchain is on the build PATH; otherwise the error says what is missing.
+#[tokio::test]
+async fn go_module_builds_with_an_installed_toolchain_or_says_it_is_missing() {
+    let site = Site::new();
+    let app = site.source("go-app", "b1/app");
+    let spec = site.spec(&app);
+    let has_go = std::env::split_paths(slipway_build::pipeline::DEFAULT_PATH)
+        .any(|d| d.join("go").is_file());
+    let outcome = build(&spec).await;
+    if has_go {
+        let (compiled, _) = outcome.ok();
+        assert_eq!(compiled.process_types["web"], "bin/hello");
+        let out = std::process::Command::new(app.join("bin/hello"))
+            .arg("--version")
+            .output()
+            .expect("run");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 1.0\n");
+    } else {
+        let (err, text) = outcome.err();
+        assert!(matches!(err, BuildError::BuildpackFailed { .. }), "{err}");
+        assert!(
+            text.contains("go.mod found, but no Go toolchain is installed on this server"),
+            "{text}"
+        );
+    }
+}
+
+/// A rustup toolchain is usable when the operator gives its PATH and RUSTUP_HOME.
+#[tokio::test]
+async fn rust_package_builds_its_binary_into_the_slug() {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        panic!("HOME is not set");
+    };
+    let cargo_bin = home.join(".cargo/bin");
+    assert!(
+        cargo_bin.join("cargo").is_file(),
+        "these tests need cargo in {}",
+        cargo_bin.display()
+    );
+    let site = Site::new();
+    let app = site.source("rust-app", "b1/app");
+    let mut spec = site.spec(&app);
+    spec.extra_path = vec![cargo_bin];
+    spec.extra_env.insert(
+        "RUSTUP_HOME".into(),
+        home.join(".rustup").display().to_string(),
+    );
+    let (compiled, text) = build(&spec).await.ok();
+    assert_eq!(compiled.buildpacks, ["rust"]);
+    assert_eq!(compiled.process_types["web"], "bin/hello-slipway", "{text}");
+    let out = std::process::Command::new(app.join("bin/hello-slipway"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello from Rust on slipway\n"
+    );
+    assert!(
+        !app.join("target").exists(),
+        "the build tree stays in the cache"
+    );
+}
+
+/// The built-in Python buildpack works as an unprivileged build user.
+#[tokio::test]
+async fn python_builds_as_an_unprivileged_user() {
+    let site = Site::new();
+    std::fs::set_permissions(site.root.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let app = site.path("b1/app");
+    std::fs::create_dir_all(&app).expect("mkdir");
+    std::fs::write(app.join("requirements.txt"), "itsdangerous==2.2.0\n").expect("write");
+    std::fs::write(
+        app.join("Procfile"),
+        "worker: python -c 'import itsdangerous'\n",
+    )
+    .expect("write");
+    let mut spec = site.spec(&app);
+    spec.run_as = Some((65534, 65534));
+    let (_, text) = build(&spec).await.ok();
+    assert!(
+        text.contains("Installing dependencies from requirements.txt"),
+        "{text}"
+    );
+    let venv = std::fs::metadata(app.join(".slipway/venv")).expect("venv");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&venv), 65534);
+    let out = in_dyno(&app, "python -c 'import itsdangerous'");
+    assert!(out.status.success(), "{out:?}");
 }
