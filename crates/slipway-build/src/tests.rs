@@ -12,25 +12,23 @@ fn tree(dir: &Path) {
 }
 
 #[test]
-fn compile_reads_the_procfile_or_explains_what_is_missing() {
+fn the_procfile_is_read_checked_and_never_followed_through_a_symlink() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut said = Vec::new();
-    assert!(matches!(
-        compile(dir.path(), &mut |l| said.push(l.to_string())),
-        Err(BuildError::NoProcfile)
-    ));
+    assert!(pipeline::read_procfile(dir.path()).expect("none").is_none());
     std::fs::write(dir.path().join("Procfile"), "web ./x").expect("write");
-    let err = compile(dir.path(), &mut |_| {}).expect_err("malformed");
+    let err = pipeline::read_procfile(dir.path()).expect_err("malformed");
     assert!(err.to_string().contains("line 1"), "{err}");
     std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
     std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Procfile")).expect("symlink");
-    let err = compile(dir.path(), &mut |_| {}).expect_err("symlink");
+    let err = pipeline::read_procfile(dir.path()).expect_err("symlink");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
     tree(dir.path());
-    let procfile = compile(dir.path(), &mut |l| said.push(l.to_string())).expect("valid");
+    let procfile = pipeline::read_procfile(dir.path())
+        .expect("valid")
+        .expect("present");
     assert_eq!(procfile.processes["web"], "./run.sh");
-    assert_eq!(said, ["Procfile declares types -> web, worker"]);
+    assert_eq!(procfile.processes["worker"], "sleep 100");
 }
 
 #[test]
