@@ -374,13 +374,14 @@ async fn compile(
     spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
     spec.timeout = settings.build_timeout;
     spec.memory_limit_bytes = Some(settings.build_memory_limit_bytes);
-    // The app's own unprivileged user when the server is root: a build can read neither other
-    // apps' files nor the platform's state.
+    // The app's own unprivileged build user when the server is root: a build can read neither
+    // other apps' files nor the platform's state, and shares its uid with no dyno.
     spec.run_as = state
         .dynos
-        .app_user(&app.id)
+        .build_user(&app.id)
         .map_err(|e| format!("could not choose the build's user: {e}"))?
         .map(|u| (u.uid, u.gid));
+    let build_user = spec.run_as;
     spec.source_version = Some(build.commit_sha.clone());
     let limits = settings.build_limits;
     let cancel = CancellationToken::new();
@@ -397,7 +398,16 @@ async fn compile(
     let (events, mut received) = mpsc::channel::<BuildEvent>(256);
     let slug_path = slug_path.to_path_buf();
     let work = async move {
-        let compiled = slipway_build::run_buildpacks(&spec, &events, cancel).await?;
+        // Nothing of an earlier build may still run while root prepares this one's files, nor
+        // after its buildpacks, while root packs the slug.
+        if let Some(user) = build_user {
+            slipway_build::kill_user_processes(user).await?;
+        }
+        let compiled = slipway_build::run_buildpacks(&spec, &events, cancel).await;
+        if let Some(user) = build_user {
+            slipway_build::kill_user_processes(user).await?;
+        }
+        let compiled = compiled?;
         let info = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await?;
         Ok::<_, slipway_build::BuildError>((compiled, info))
     };

@@ -181,12 +181,14 @@ pub(crate) struct FetchContext<'a> {
     pub builtin_dir: &'a Path,
     pub fetch_dir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
-    pub scratch: &'a Path,
     pub deadline: Instant,
     /// The build's time limit, for the error message.
     pub timeout: std::time::Duration,
     pub cancel: &'a CancellationToken,
     pub events: &'a mpsc::Sender<BuildEvent>,
+    /// The build's user: a git buildpack is fetched as it, so a `file://` URL reads only what
+    /// that user may read (never another app's repository in the data directory).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Finds (fetching when needed) the directory of the buildpack `entry` names.
@@ -247,6 +249,10 @@ async fn fetch(
         .prefix(".fetch-")
         .tempdir_in(cx.fetch_dir)
         .map_err(BuildError::io("creating a directory in", cx.fetch_dir))?;
+    if let Some(owner) = cx.run_as {
+        // Fresh, root-owned and 0700 until now: nothing else can have linked into it.
+        crate::pipeline::chown_tree(tmp.path(), owner)?;
+    }
     let failed = |reason: String| BuildError::FetchFailed {
         buildpack: entry.to_string(),
         reason,
@@ -257,7 +263,8 @@ async fn fetch(
         .filter(|(k, _)| matches!(k.as_str(), "PATH" | "LANG"))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    env.insert("HOME".into(), cx.scratch.display().to_string());
+    // The fetch's own directory: it belongs to the user git runs as.
+    env.insert("HOME".into(), tmp.path().display().to_string());
     env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
     env.insert("GIT_CONFIG_NOSYSTEM".into(), "1".into());
     // Never `ext::` (runs commands) or other exotic transports.
@@ -296,7 +303,7 @@ async fn fetch(
                 args,
                 env: &env,
                 cwd: tmp.path(),
-                run_as: None,
+                run_as: cx.run_as,
                 memory_limit_bytes: None,
                 deadline: cx.deadline,
                 cancel: cx.cancel,

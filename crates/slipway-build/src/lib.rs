@@ -11,6 +11,7 @@ mod buildpack;
 mod event;
 pub mod pipeline;
 mod process;
+mod reap;
 pub mod runtime;
 mod slug;
 mod slugignore;
@@ -20,11 +21,12 @@ mod targuard;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use slipway_core::{Procfile, ProcfileError};
+use slipway_core::ProcfileError;
 
 pub use buildpack::{install_builtin, resolve_buildpacks, BuildpackRef, Builtin, BUILTINS};
 pub use event::{BuildEvent, Phase};
 pub use pipeline::{compile as run_buildpacks, pack_slug, purge_cache, CompileSpec, Compiled};
+pub use reap::kill_user_processes;
 pub use slug::{create_slug, unpack_slug, SlugInfo};
 pub use source::extract_source;
 pub use targuard::MAX_METADATA_ENTRY;

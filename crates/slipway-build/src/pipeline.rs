@@ -171,11 +171,11 @@ pub async fn compile(
         builtin_dir: &spec.builtin_dir,
         fetch_dir: &spec.fetch_dir,
         env: &base_env,
-        scratch: &home,
         deadline,
         timeout: spec.timeout,
         cancel: &cancel,
         events,
+        run_as: spec.run_as,
     };
     let explicit = !spec.buildpacks.is_empty();
     let candidates: Vec<Located> = if explicit {
@@ -665,7 +665,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Gives `dir` and everything under it (symlinks themselves, never their targets) to `owner`.
-fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError> {
+pub(crate) fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError> {
     std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))
         .map_err(BuildError::io("changing the owner of", dir))?;
     let meta = std::fs::symlink_metadata(dir).map_err(BuildError::io("reading", dir))?;

@@ -45,6 +45,9 @@ pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
 pub use users::{AppUser, FIRST_UID, LAST_UID};
 
+/// Builds run as their app's uid plus this (500000-599999), never as a dyno's uid.
+pub const BUILD_UID_OFFSET: u32 = 100_000;
+
 /// Which backend runs dynos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RuntimeKind {
@@ -327,6 +330,16 @@ impl DynoManager {
     /// and can switch users; builds and one-off dynos of the app run as it too.
     pub fn app_user(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
         self.inner.user_for(app_id)
+    }
+
+    /// The user the app's builds run as: its own uid shifted by [`BUILD_UID_OFFSET`], so no
+    /// dyno shares it and every process a build left behind can be found and killed (by uid)
+    /// before root touches the build's files again.
+    pub fn build_user(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
+        Ok(self.inner.user_for(app_id)?.map(|u| AppUser {
+            uid: u.uid + BUILD_UID_OFFSET,
+            gid: u.gid + BUILD_UID_OFFSET,
+        }))
     }
 
     /// Chooses the backend `cfg` asks for (see [`select_backend`]) and prepares the dynos

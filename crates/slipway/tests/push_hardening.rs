@@ -171,3 +171,66 @@ fn a_build_interrupted_by_a_crash_is_marked_failed() {
     let out = server.cli(&repo, &["releases"]);
     assert!(!text(&out).contains("v1"), "no release: {}", text(&out));
 }
+
+/// Live (not zombie) processes whose command line contains `needle`.
+fn processes_running(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(path.join("status"))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+            .unwrap_or(true);
+        if cmdline.contains(needle) && !zombie {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn processes_a_build_leaves_behind_are_killed_before_root_packs_its_slug() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    let bp = root.join("daemonizing-buildpack/bin");
+    std::fs::create_dir_all(&bp).expect("buildpack dir");
+    for (name, body) in [
+        ("detect", "#!/bin/sh\necho Daemon\n"),
+        (
+            "compile",
+            "#!/bin/sh\nsetsid -f sh -c 'exec sleep 613' </dev/null >/dev/null 2>&1\necho '-----> left a process behind'\n",
+        ),
+        ("release", "#!/bin/sh\necho '--- {}'\n"),
+    ] {
+        std::fs::write(bp.join(name), body).expect("write");
+        std::fs::set_permissions(
+            bp.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+    }
+    let repo = server.sample_repo("daemon-src");
+    std::fs::write(
+        repo.join(".buildpacks"),
+        format!("{}\n", root.join("daemonizing-buildpack").display()),
+    )
+    .expect("write .buildpacks");
+    server.commit_all(&repo, "a buildpack that daemonizes");
+    server.cli_ok(&repo, &["apps:create", "daemon"]);
+    let out = server.git(&repo, &["push", "slipway", "main"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("left a process behind"),
+        "{}",
+        text(&out)
+    );
+    // The slug was made after the kill: by the time the push is accepted, nothing is left.
+    let left = processes_running("sleep 613");
+    assert!(left.is_empty(), "still running after the build: {left:?}");
+}
