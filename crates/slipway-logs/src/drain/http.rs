@@ -24,7 +24,9 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 async fn connect(ctx: &Ctx, url: &Url, target: &str) -> Result<Conn, DrainError> {
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
     let tls = url.scheme() == "https";
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let stream = syslog::connect(host, port, tls.then_some(&ctx.tls), target).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -93,7 +95,10 @@ pub(super) async fn send(
         .map_err(|e| http_err(&e))?;
     let exchange = async {
         sender.ready().await.map_err(|e| http_err(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| http_err(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| http_err(&e))?;
         let status = response.status();
         // Read (a bounded part of) the answer so the connection can carry the next batch.
         let mut body = response.into_body();

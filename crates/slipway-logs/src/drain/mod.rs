@@ -26,7 +26,7 @@ use url::Url;
 
 use crate::{Dropped, LogLine};
 
-pub use syslog::frame;
+pub use syslog::{frame, parse_frames};
 
 /// Lines waiting for one drain before new ones are dropped (Logplex buffers 1,024).
 pub const DRAIN_BUFFER: usize = 1024;
@@ -185,11 +185,7 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub fn start(
-        spec: DrainSpec,
-        app_name: &str,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Self {
+    pub fn start(spec: DrainSpec, app_name: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let (tx, rx) = mpsc::channel(DRAIN_BUFFER);
         let counters = Arc::new(Counters::default());
         let id = spec.id.clone();
@@ -291,9 +287,7 @@ async fn deliver(ctx: Ctx, mut rx: mpsc::Receiver<Arc<LogLine>>) {
             }
             Err(e) => {
                 conn = Conn::None;
-                backoff = (backoff * 2)
-                    .max(Duration::from_secs(1))
-                    .min(MAX_BACKOFF);
+                backoff = (backoff * 2).max(Duration::from_secs(1)).min(MAX_BACKOFF);
                 tracing::warn!(error = %e, retry_in = ?backoff, "log drain failed; retrying");
                 tokio::time::sleep(backoff).await;
             }

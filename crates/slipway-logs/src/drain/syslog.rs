@@ -33,6 +33,31 @@ pub fn frame(host: &str, line: &LogLine) -> String {
     format!("{} {msg}", msg.len())
 }
 
+/// Splits octet-counted frames off the front of `buf` (what a receiver reads): the complete
+/// frames, and how many bytes they took. `Err` if the stream is not octet-counted.
+pub fn parse_frames(buf: &[u8]) -> Result<(Vec<String>, usize), String> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        let Some(space) = rest.iter().position(|b| *b == b' ') else {
+            if rest.len() > 10 {
+                return Err(format!("no length prefix at byte {at}"));
+            }
+            return Ok((frames, at));
+        };
+        let len: usize = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("bad length prefix at byte {at}"))?;
+        let Some(frame) = rest.get(space + 1..space + 1 + len) else {
+            return Ok((frames, at));
+        };
+        frames.push(String::from_utf8_lossy(frame).into_owned());
+        at += space + 1 + len;
+    }
+}
+
 pub(super) type Conn = Box<dyn AsyncStream>;
 
 pub(super) async fn connect(
@@ -58,12 +83,11 @@ pub(super) async fn connect(
         target: target.to_string(),
         reason: "TLS is unavailable on this server (see its log)".into(),
     })?;
-    let name = rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
-        DrainError::Tls {
+    let name =
+        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| DrainError::Tls {
             target: target.to_string(),
             reason: format!("{host:?} is not a valid server name: {e}"),
-        }
-    })?;
+        })?;
     let stream = tokio::time::timeout(
         IO_TIMEOUT,
         tokio_rustls::TlsConnector::from(config).connect(name, tcp),
