@@ -268,6 +268,8 @@ struct Inner {
     defaults: HistoryLimits,
     tls: Mutex<Option<Option<Arc<rustls::ClientConfig>>>>,
     drain_ca: Option<PathBuf>,
+    /// Set at shutdown: every tail ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// All apps' log streams. Cheap to clone.
@@ -335,6 +337,7 @@ impl LogHub {
                 defaults,
                 tls: Mutex::new(None),
                 drain_ca: ca,
+                closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }
@@ -483,7 +486,21 @@ impl LogHub {
                 missed: 0,
             },
         };
-        (backlog, Subscription { rx, filter })
+        let closing = self.inner.closing.subscribe();
+        (
+            backlog,
+            Subscription {
+                rx,
+                filter,
+                closing,
+            },
+        )
+    }
+
+    /// Ends every tail (at shutdown, so open log sessions do not hold the server up; clients
+    /// reconnect to the next server and resume after the last line they got).
+    pub fn close_tails(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// The history limits an app keeps.
@@ -582,12 +599,17 @@ pub enum Next {
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<LogLine>>,
     filter: Filter,
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Subscription {
     pub async fn recv(&mut self) -> Next {
         loop {
-            match self.rx.recv().await {
+            let next = tokio::select! {
+                next = self.rx.recv() => next,
+                _ = self.closing.wait_for(|c| *c) => return Next::Closed,
+            };
+            match next {
                 Ok(line) if self.filter.matches(&line) => return Next::Line(line),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(n)) => return Next::Dropped(n),

@@ -376,3 +376,11 @@ proptest::proptest! {
         proptest::prop_assert_eq!(back, value);
     }
 }
+
+#[tokio::test]
+async fn closing_ends_every_tail() {
+    let hub = LogHub::new();
+    let (_, mut sub) = hub.subscribe("a", Filter::default(), 10);
+    hub.close_tails();
+    assert!(matches!(sub.recv().await, Next::Closed));
+}
