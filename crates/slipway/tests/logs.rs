@@ -113,7 +113,7 @@ fn ordering_filters_and_history_across_restart_and_redeploy() {
     let mut server = Server::start();
     let repo = deploy(&server, "ticker");
     server.cli_ok(&repo, &["ps:scale", "web=2"]);
-    wait_line(&server, &repo, "web.2 tick 20");
+    wait_line(&server, &repo, "web.2 tick 60");
 
     // One stream, ordered: consecutive sequence numbers, time never going back, and each
     // dyno's own lines in the order it wrote them.
@@ -192,7 +192,8 @@ fn ordering_filters_and_history_across_restart_and_redeploy() {
         assert_eq!(w[1], w[0] + 1, "a gap or repeat across the restart");
     }
 
-    // And a redeploy.
+    // And a redeploy (the restarted server listens on a new port: point git at it).
+    server.cli_ok(&repo, &["git:remote", "-a", "ticker"]);
     std::fs::write(
         repo.join("Procfile"),
         "web: env VERSION=v2 python3 -u app.py\n",
