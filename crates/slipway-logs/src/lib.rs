@@ -344,7 +344,19 @@ impl LogHub {
 
     /// Appends one message, split into several lines where it is longer than [`MAX_LINE_BYTES`].
     pub fn write(&self, app_id: &str, source: Source, dyno: &str, message: &str) {
-        let now = Utc::now();
+        self.write_at(app_id, source, dyno, message, Utc::now());
+    }
+
+    /// [`LogHub::write`] with the clock's reading given (a clock that steps back must not
+    /// reorder the stream).
+    fn write_at(
+        &self,
+        app_id: &str,
+        source: Source,
+        dyno: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) {
         let mut streams = self.lock();
         let stream = self.stream(&mut streams, app_id);
         for part in split_message(message) {

@@ -384,3 +384,15 @@ async fn closing_ends_every_tail() {
     hub.close_tails();
     assert!(matches!(sub.recv().await, Next::Closed));
 }
+
+#[test]
+fn a_clock_stepping_back_does_not_reorder_the_stream() {
+    let hub = LogHub::new();
+    let later = Utc::now();
+    let earlier = later - chrono::Duration::seconds(5);
+    hub.write_at("a", Source::App, "web.1", "first", later);
+    hub.write_at("a", Source::App, "web.2", "second", earlier);
+    let lines = hub.history("a", &Filter::default(), 10);
+    assert_eq!(messages(&lines), ["first", "second"]);
+    assert_eq!(lines[1].time, later);
+}
