@@ -101,7 +101,7 @@ fn is_final(err: &anyhow::Error) -> bool {
 
 async fn retry_wait(failures: u32, err: &anyhow::Error) {
     let delay = Duration::from_millis(200 * u64::from(failures.min(10)));
-    if failures == 1 || failures % 20 == 0 {
+    if failures == 1 || failures.is_multiple_of(20) {
         eprintln!("slipway: log stream unavailable ({err:#}); retrying...");
     }
     tokio::time::sleep(delay).await;
