@@ -46,14 +46,10 @@ mkdir "$work/app" && cp bench/logs-app/* "$work/app/"
 "$BIN" ps:scale -a logbench web="$N" >/dev/null
 
 last_seq() { "$BIN" logs -a logbench -n 1 --json | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["seq"])'; }
-# Wait until all N dynos write.
-for _ in $(seq 600); do
-  up=$("$BIN" logs -a logbench -n 1500 --json | python3 -c '
-import json, sys
-print(len({json.loads(l)["dyno"] for l in sys.stdin if " t=" in json.loads(l)["message"]}))')
-  [ "$up" -ge "$N" ] && break
-  sleep 0.2
-done
+# Wait until all N dynos are up (then they write).
+up_count() { "$BIN" ps -a logbench --json 2>/dev/null | python3 -c 'import json,sys; print(sum(1 for d in json.load(sys.stdin) if d.get("state") == "up"))'; }
+for _ in $(seq 300); do [ "$(up_count)" -ge "$N" ] && break; sleep 0.2; done
+sleep 1
 s0=$(last_seq); t0=$(date +%s%N)
 sleep "$DURATION"
 s1=$(last_seq); t1=$(date +%s%N)
@@ -75,7 +71,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 sleep 2
-delays=$(timeout $((DURATION + 6)) "$BIN" logs -a logbench --tail --json -n 1 2>/dev/null | python3 -c "
+delays=$(timeout $((DURATION + 30)) "$BIN" logs -a logbench --tail --json -n 1 2>/dev/null | python3 -c "
 import json, re, sys, time
 # Lines written in the first second are left out: they waited for this reader to start.
 warm = time.time_ns() + 1_000_000_000
@@ -88,7 +84,7 @@ for line in sys.stdin:
         d.append((now - int(m.group(1))) / 1e6)
     if time.time() > end:
         break
-if '$VERBOSE':
+if '${VERBOSE:-}':
     print('first 10:', [round(x) for x in d[:10]], 'max at', d.index(max(d)), 'of', len(d), file=sys.stderr)
 d.sort()
 if not d:
