@@ -13,6 +13,7 @@
 //! | `builds` | Build | `GET /apps/A/builds[/ID]` |
 //! | `buildpacks` | Buildpack Installation, Build Cache | `GET/PUT /apps/A/buildpack-installations`, `DELETE /apps/A/build-cache` |
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
+//! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -25,6 +26,7 @@ mod builds;
 mod config_vars;
 mod dynos;
 mod formation;
+mod log_drains;
 mod log_sessions;
 mod observe;
 mod releases;
@@ -37,6 +39,7 @@ use crate::state::Shared;
 
 /// The request log as a middleware (`axum::middleware::from_fn(observe)`), for routers
 /// outside this module (git, internal) that want the same line and `Request-Id`.
+pub use log_drains::drain_spec;
 pub use observe::{observe, REQUEST_ID};
 
 pub fn routes() -> Router<Shared> {
@@ -50,6 +53,7 @@ pub fn routes() -> Router<Shared> {
         .merge(builds::routes())
         .merge(buildpacks::routes())
         .merge(log_sessions::routes())
+        .merge(log_drains::routes())
         .merge(addons::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)

@@ -292,7 +292,30 @@ pub async fn run(
         max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),
     };
-    let logs = LogHub::new();
+    // Each app's history in `<data>/logs/<app-id>/`; its drains start before its dynos do.
+    let logs = LogHub::open(slipway_logs::HubConfig {
+        dir: Some(cfg.data_dir.join("logs")),
+        drain_ca: std::env::var_os("SLIPWAY_LOG_DRAIN_CA").map(PathBuf::from),
+        ..slipway_logs::HubConfig::default()
+    })
+    .context("opening the apps' log history")?;
+    for drain in store.all_log_drains().await? {
+        if let (Some(spec), Ok(app)) = (routes::drain_spec(&drain), store.app(&drain.app_id).await)
+        {
+            logs.set_drain(&app.id, &app.name, spec);
+        }
+    }
+    let drop_reports = logs.clone();
+    let drop_reports_task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                drop_reports.report_pending_drops();
+            }
+        },
+        tracing::info_span!("log_drop_reports"),
+    ));
     let dynos_dir = cfg
         .dynos_dir
         .clone()
@@ -422,6 +445,9 @@ pub async fn run(
         }
     };
     tracing::info!("shutting down");
+    // Tails end now (clients reconnect to the next server), not at the shutdown deadline.
+    logs.close_tails();
+    drop_reports_task.abort();
     // Open requests (and log tails) get the shutdown timeout to finish, then are cut.
     let deadline = tokio::time::Instant::now() + cfg.shutdown_timeout;
     if !api_done
@@ -442,6 +468,7 @@ pub async fn run(
         dynos.stop_all().await;
     }
     let _ = std::fs::remove_file(&server_file);
+    logs.flush().await;
     store.close().await;
     match failure {
         Some(e) => Err(e),

@@ -9,6 +9,7 @@ mod apps;
 mod buildpacks;
 mod config;
 mod formation;
+mod log_drains;
 mod model;
 mod releases;
 
@@ -25,6 +26,7 @@ use uuid::Uuid;
 pub use apps::AppFootprint;
 pub use config::{config_bytes, config_description, ConfigOutcome};
 pub use formation::FormationUpdate;
+pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
 pub use releases::{ReleaseStatus, RollbackRefusal};
 

@@ -86,3 +86,12 @@ CREATE TABLE IF NOT EXISTS buildpack_installations (
     url TEXT NOT NULL,
     PRIMARY KEY (app_id, ordinal)
 );
+CREATE TABLE IF NOT EXISTS log_drains (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    token TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (app_id, url)
+);

@@ -274,12 +274,12 @@ pub enum Command {
         app: AppArg,
     },
 
-    // ---- logs (commands/logs.rs) ----
+    // ---- logs (commands/logs.rs, commands/drains.rs) ----
     /// Show an app's logs
     Logs {
         #[command(flatten)]
         app: AppArg,
-        /// Lines of history (at most 1500)
+        /// Lines of history (at most what the app keeps: 1500 unless its log settings say more)
         #[arg(short, long, default_value_t = 100)]
         num: usize,
         /// Keep streaming new lines
@@ -291,6 +291,30 @@ pub enum Command {
         /// Only app or heroku lines
         #[arg(short, long)]
         source: Option<String>,
+        /// One JSON object per line: seq, time, source, dyno, message
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the app's log drains
+    Drains {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the app's logs to a drain: syslog://host:port, syslog+tls://host:port, https://...
+    #[command(name = "drains:add")]
+    DrainsAdd {
+        #[command(flatten)]
+        app: AppArg,
+        url: String,
+    },
+    /// Stop sending the app's logs to a drain (its URL or id)
+    #[command(name = "drains:remove")]
+    DrainsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        url_or_id: String,
     },
 
     // ---- git (commands/git.rs) ----

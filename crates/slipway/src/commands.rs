@@ -9,6 +9,7 @@ mod apps;
 mod buildpacks;
 mod builds;
 mod config;
+mod drains;
 mod git;
 mod logs;
 mod ps;
@@ -86,7 +87,22 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             tail,
             dyno,
             source,
-        } => logs::show(c, &resolve_app(app.app)?, num, tail, dyno, source).await,
+            json,
+        } => {
+            let args = logs::LogsArgs {
+                num,
+                tail,
+                dyno,
+                source,
+                json,
+            };
+            logs::show(c, &global, &resolve_app(app.app)?, args).await
+        }
+        Command::Drains { app, json } => drains::list(c, &resolve_app(app.app)?, json).await,
+        Command::DrainsAdd { app, url } => drains::add(c, &resolve_app(app.app)?, &url).await,
+        Command::DrainsRemove { app, url_or_id } => {
+            drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
+        }
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }

@@ -1,6 +1,12 @@
 //! Log Session: `POST /apps/{app}/log-sessions` grants a `logplex_url` whose secret (valid
 //! five minutes) is the credential; `GET /log-sessions/{secret}` streams it as Server-Sent
 //! Events, as Logplex does.
+//!
+//! Each line is one event: `id:` is the line's sequence number in the app's stream, `data:`
+//! the line in Heroku's format. A client that reconnects (a new session) sends the last id it
+//! got as `Last-Event-ID`, the SSE way, and gets every kept line after it instead of the
+//! last `lines`: nothing repeated, nothing skipped that is still kept; lines no longer kept
+//! are counted in a `heroku[logplex]` notice. Drop notices have no `id:`.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -51,10 +57,12 @@ async fn create_log_session(
     let app = find_app(&state, &app).await?;
     let req = body.map(|ApiJson(b)| b).unwrap_or_default();
     let lines = req.lines.unwrap_or(DEFAULT_LOG_LINES);
-    if lines > slipway_logs::HISTORY_LINES {
+    let kept = state.logs.limits(&app.id).lines;
+    if lines > kept {
         return Err(ApiError::invalid(format!(
-            "lines must be at most {}; that is all the history kept.",
-            slipway_logs::HISTORY_LINES
+            "lines must be at most {kept}; that is all the history this app keeps \
+             (see PATCH /apps/{}/log-settings).",
+            app.name
         )));
     }
     if let Some(source) = &req.source {
@@ -105,11 +113,29 @@ fn public_base(state: &Shared, headers: &HeaderMap) -> String {
 }
 
 fn sse_event(line: &LogLine) -> Bytes {
-    // A log line never holds a newline, but an SSE event must not either.
+    // An SSE event's data must not hold a line break.
     Bytes::from(format!(
-        "data: {}\n\n",
+        "id: {}\ndata: {}\n\n",
+        line.seq,
         line.format().replace(['\r', '\n'], " ")
     ))
+}
+
+/// A `heroku[logplex]` notice (no `id:`: it is not a line of the stream).
+fn sse_notice(message: &str) -> Bytes {
+    Bytes::from(format!(
+        "data: {} heroku[logplex]: {message}\n\n",
+        slipway_logs::format_time(chrono::Utc::now())
+    ))
+}
+
+/// The sequence number in a `Last-Event-ID` header, if it holds one.
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 20)
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Streams a log session as Server-Sent Events: the history, then (with `tail`) new lines and
@@ -117,18 +143,30 @@ fn sse_event(line: &LogLine) -> Bytes {
 async fn stream_log_session(
     State(state): State<Shared>,
     ApiPath(secret): ApiPath<String>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let grant = state
         .log_session(&secret)
         .ok_or_else(|| ApiError::not_found("Log session expired or unknown; request a new one."))?;
-    let (history, mut subscription) =
-        state
-            .logs
-            .subscribe(&grant.app_id, grant.filter.clone(), grant.lines);
+    let (backlog, mut subscription) = state.logs.subscribe_after(
+        &grant.app_id,
+        grant.filter.clone(),
+        last_event_id(&headers),
+        grant.lines,
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     let span = tracing::info_span!("log_session", app = %grant.app_id, tail = grant.tail);
     let stream_lines = async move {
-        for line in &history {
+        if backlog.missed > 0 {
+            let notice = format!(
+                "Error L10 (output buffer overflow): {} messages since the last one read are no longer kept",
+                backlog.missed
+            );
+            if tx.send(sse_notice(&notice)).await.is_err() {
+                return;
+            }
+        }
+        for line in &backlog.lines {
             if tx.send(sse_event(line)).await.is_err() {
                 return;
             }
@@ -142,9 +180,8 @@ async fn stream_log_session(
             let event = tokio::select! {
                 next = subscription.recv() => match next {
                     Next::Line(line) => sse_event(&line),
-                    Next::Dropped(n) => Bytes::from(format!(
-                        "data: {} heroku[logplex]: Error L10 (output buffer overflow): {n} messages dropped\n\n",
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+                    Next::Dropped(n) => sse_notice(&format!(
+                        "Error L10 (output buffer overflow): {n} messages dropped"
                     )),
                     Next::Closed => return,
                 },

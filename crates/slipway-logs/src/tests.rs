@@ -1,0 +1,6 @@
+//! Unit tests of the hub: format, filters, ordering, history on disk, tails and drains.
+
+use super::*;
+
+mod drains;
+mod hub;
