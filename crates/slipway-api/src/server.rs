@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub builds_dir: Option<PathBuf>,
     /// How long one build may run.
     pub build_timeout: Duration,
+    /// How long a release phase may run before its release fails.
+    pub release_phase_timeout: Duration,
     /// How long a client has to send a request's headers (API and router).
     pub header_read_timeout: Duration,
     /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
@@ -279,6 +281,7 @@ pub async fn run(
         build_limits: slipway_build::Limits::default(),
         builds_dir: builds_dir.clone(),
         build_timeout: cfg.build_timeout,
+        release_phase_timeout: cfg.release_phase_timeout,
         max_push_bytes: cfg.max_push_bytes,
         max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),

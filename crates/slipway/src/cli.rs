@@ -303,6 +303,9 @@ pub struct ServerArgs {
     /// Seconds one build (all its buildpacks) may run [default: 900]
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
     pub build_timeout: Option<u64>,
+    /// Seconds a release phase (the Procfile's `release:` command) may run [default: 3600]
+    #[arg(long, env = "SLIPWAY_RELEASE_PHASE_TIMEOUT")]
+    pub release_phase_timeout: Option<u64>,
     /// Seconds a client has to send a request's headers, on the API and the router [default: 30]
     #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<u64>,

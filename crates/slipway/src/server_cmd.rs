@@ -30,6 +30,7 @@ struct FileConfig {
     header_read_timeout: Option<u64>,
     builds_dir: Option<PathBuf>,
     build_timeout: Option<u64>,
+    release_phase_timeout: Option<u64>,
     dynos_dir: Option<PathBuf>,
     dyno_runtime: Option<String>,
     oci_runtime: Option<String>,
@@ -113,6 +114,11 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         builds_dir: args.builds_dir.or(file.builds_dir),
         build_timeout: Duration::from_secs(
             args.build_timeout.or(file.build_timeout).unwrap_or(15 * 60),
+        ),
+        release_phase_timeout: Duration::from_secs(
+            args.release_phase_timeout
+                .or(file.release_phase_timeout)
+                .unwrap_or(3600),
         ),
         header_read_timeout: Duration::from_secs(
             args.header_read_timeout
@@ -201,6 +207,7 @@ mod tests {
             header_read_timeout: None,
             builds_dir: None,
             build_timeout: None,
+            release_phase_timeout: None,
             dynos_dir: None,
             dyno_runtime: None,
             oci_runtime: None,
