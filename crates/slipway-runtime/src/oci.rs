@@ -78,12 +78,14 @@ const SYSTEM_DIRS: &[&str] = &["bin", "lib", "lib32", "lib64", "libx32", "sbin"]
 /// PID 1 of every dyno. The kernel does not deliver signals a namespace's init has no handler
 /// for, so the dyno's command (often `exec`ing a server that installs none) never runs as
 /// PID 1: this shell starts it, passes SIGTERM/SIGINT on, and exits with its status when it
-/// exits (taking every other process of the dyno with it, as on Heroku). `<&0` keeps its
-/// stdin (a one-off dyno's), which a background job would otherwise get as `/dev/null`.
+/// exits (taking every other process of the dyno with it, as on Heroku). Its stdin (a one-off
+/// dyno's) is passed on through fd 3: a background job's own fd 0 is `/dev/null`.
 const INIT: &str = r#"trap 'kill -TERM $c 2>/dev/null' TERM
 trap 'kill -INT $c 2>/dev/null' INT
-"$1" -c "$2" <&0 &
+exec 3<&0
+"$1" -c "$2" <&3 3<&- &
 c=$!
+exec 3<&-
 while :; do
   wait $c; s=$?
   if [ $s -gt 128 ] && kill -0 $c 2>/dev/null; then continue; fi
