@@ -110,7 +110,9 @@ impl OneOffs {
 /// What a one-off of `release` runs with.
 pub async fn release_spec(state: &Shared, release: &Release) -> ApiResult<ReleaseSpec> {
     let slug_id = release.slug_id.as_deref().ok_or_else(|| {
-        ApiError::invalid("The app has no slug to run yet; push with `git push slipway main` first.")
+        ApiError::invalid(
+            "The app has no slug to run yet; push with `git push slipway main` first.",
+        )
     })?;
     let slug = state.store.slug(slug_id).await?;
     Ok(ReleaseSpec {
@@ -293,7 +295,9 @@ pub async fn finish_release(
     };
     if let Err(e) = state.store.set_release_status(&release.id, status).await {
         tracing::error!(error = %e, "could not record the release phase's result");
-        return Err("Internal error while recording the release phase's result; see the server log.".into());
+        return Err(
+            "Internal error while recording the release phase's result; see the server log.".into(),
+        );
     }
     match &result {
         Ok(()) => state.api_log(
@@ -391,7 +395,9 @@ async fn run_release_phase(
             output.push_str("[output cut at 1 MiB]\n");
         }
     }
-    let exit = exit.await.map_err(|_| "the release phase was lost".to_string())?;
+    let exit = exit
+        .await
+        .map_err(|_| "the release phase was lost".to_string())?;
     if let Err(e) = state.store.set_release_output(&release.id, &output).await {
         tracing::warn!(error = %e, "could not keep the release phase's output");
     }
@@ -408,7 +414,11 @@ async fn run_release_phase(
             exit.code, release.version, release.version
         ));
     }
-    say(format!("       Release command succeeded (v{})", release.version)).await;
+    say(format!(
+        "       Release command succeeded (v{})",
+        release.version
+    ))
+    .await;
     Ok(())
 }
 

@@ -409,8 +409,14 @@ impl Store {
         description: &str,
         user_id: &str,
     ) -> Result<Release> {
-        self.deploy_release_with_status(app_id, slug, description, user_id, ReleaseStatus::Succeeded)
-            .await
+        self.deploy_release_with_status(
+            app_id,
+            slug,
+            description,
+            user_id,
+            ReleaseStatus::Succeeded,
+        )
+        .await
     }
 
     /// [`Store::deploy_release`], or with `Pending` (a release phase must pass first): the

@@ -185,11 +185,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if let (ReleaseStatus::Succeeded, Some(slug_id)) = (status, release.slug_id.as_deref()) {
-            let types: Option<String> = sqlx::query("SELECT process_types FROM slugs WHERE id = $1")
-                .bind(slug_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.get("process_types"));
+            let types: Option<String> =
+                sqlx::query("SELECT process_types FROM slugs WHERE id = $1")
+                    .bind(slug_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.get("process_types"));
             if let Some(types) = types {
                 let types: BTreeMap<String, String> = serde_json::from_str(&types)?;
                 shape_formation(&mut tx, &release.app_id, &types).await?;

@@ -143,13 +143,7 @@ async fn update_config(
     };
     let outcome = state
         .store
-        .update_config(
-            &app.id,
-            &changes,
-            MAX_CONFIG_BYTES,
-            &user.id,
-            status,
-        )
+        .update_config(&app.id, &changes, MAX_CONFIG_BYTES, &user.id, status)
         .await?;
     match outcome {
         ConfigOutcome::Unchanged(config) => Ok(Json(json!(config))),

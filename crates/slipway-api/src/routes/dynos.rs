@@ -38,7 +38,10 @@ pub fn routes() -> Router<Shared> {
             get(dyno_info).delete(restart_one),
         )
         .route("/apps/{app}/dynos/{dyno}/actions/stop", post(stop_one))
-        .route("/apps/{app}/dynos/{dyno}/actions/resize", post(resize_one_off))
+        .route(
+            "/apps/{app}/dynos/{dyno}/actions/resize",
+            post(resize_one_off),
+        )
         .route("/apps/{app}/formations/{ptype}", delete(restart_one))
         .route("/dynos/attach/{secret}", get(crate::oneoff::attach))
 }
@@ -273,7 +276,9 @@ async fn run_one_off(
     if !bad.is_empty() {
         let shown: Vec<String> = bad
             .iter()
-            .map(|k| serde_json::to_string(&k.chars().take(64).collect::<String>()).unwrap_or_default())
+            .map(|k| {
+                serde_json::to_string(&k.chars().take(64).collect::<String>()).unwrap_or_default()
+            })
             .collect();
         return Err(ApiError::invalid(format!(
             "Invalid env: {} (names are shell variable names; values at most {MAX_VALUE_BYTES} bytes, without NUL).",
@@ -333,9 +338,11 @@ async fn run_one_off(
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let (id, attach_url, state_name) = if detached {
-        let one_off = state.dynos.run_one_off(request).await.map_err(|e| {
-            ApiError::internal("starting the one-off dyno", e)
-        })?;
+        let one_off = state
+            .dynos
+            .run_one_off(request)
+            .await
+            .map_err(|e| ApiError::internal("starting the one-off dyno", e))?;
         let (app_id, n, handle) = (app.id.clone(), name.clone(), one_off.handle.clone());
         state.one_offs.track(&app_id, &n, handle);
         let st = state.clone();
@@ -366,7 +373,10 @@ async fn run_one_off(
     };
     state.api_log(
         &app.id,
-        &format!("Starting process with command `{}` by user {}", body.command, user.email),
+        &format!(
+            "Starting process with command `{}` by user {}",
+            body.command, user.email
+        ),
     );
     Ok((
         StatusCode::CREATED,
@@ -404,7 +414,10 @@ async fn resize_one_off(
 ) -> ApiResult<Response> {
     let app = find_app(&state, &app).await?;
     let handle = state.one_offs.handle(&app.id, &dyno).ok_or_else(|| {
-        ApiError::not_found(format!("Couldn't find that one-off dyno ({dyno}) on {}.", app.name))
+        ApiError::not_found(format!(
+            "Couldn't find that one-off dyno ({dyno}) on {}.",
+            app.name
+        ))
     })?;
     if body.cols == 0 || body.rows == 0 {
         return Err(ApiError::invalid("cols and rows must be at least 1."));

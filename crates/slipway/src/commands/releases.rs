@@ -163,10 +163,7 @@ pub async fn output(client: &Client, app: &str, release: &str) -> anyhow::Result
     let text = response.text().await?;
     if !status.is_success() {
         let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        anyhow::bail!(
-            "{}",
-            body["message"].as_str().unwrap_or(text.trim())
-        );
+        anyhow::bail!("{}", body["message"].as_str().unwrap_or(text.trim()));
     }
     print!("{text}");
     Ok(())

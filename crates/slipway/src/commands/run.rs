@@ -64,7 +64,10 @@ fn env_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
     for pair in pairs {
         let Some((k, v)) = pair.split_once('=') else {
-            bail!("--env takes KEY=VALUE, got {:?}", pair.split('=').next().unwrap_or(""));
+            bail!(
+                "--env takes KEY=VALUE, got {:?}",
+                pair.split('=').next().unwrap_or("")
+            );
         };
         env.insert(k.to_string(), v.to_string());
     }
@@ -324,7 +327,10 @@ mod tests {
     fn one_argument_is_a_shell_line_several_are_quoted() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(command_line(&v(&["echo $HOME"])), "echo $HOME");
-        assert_eq!(command_line(&v(&["sh", "-c", "exit 42"])), "sh -c 'exit 42'");
+        assert_eq!(
+            command_line(&v(&["sh", "-c", "exit 42"])),
+            "sh -c 'exit 42'"
+        );
         assert_eq!(command_line(&v(&["echo", "it's"])), "echo 'it'\\''s'");
     }
 }
