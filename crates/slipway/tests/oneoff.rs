@@ -127,9 +127,19 @@ time.sleep(0.5)
 os.write(fd, b"echo cols=$COLUMNS; tty; exit 7\r")
 read_until(b"cols=97", 60)
 read_until(b"/dev/pts", 10)
-_, status = os.waitpid(pid, 0)
+status = None
+end = time.time() + 30
+while status is None and time.time() < end:
+    done, st = os.waitpid(pid, os.WNOHANG)
+    if done:
+        status = os.waitstatus_to_exitcode(st)
+    else:
+        read_until(b"\0never", 0.2)
+if status is None:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
 sys.stdout.write(out.decode("utf-8", "replace"))
-sys.stdout.write("\nCLI-EXIT=%d\n" % os.waitstatus_to_exitcode(status))
+sys.stdout.write("\nCLI-EXIT=%s\n" % status)
 "#;
     let out = Command::new("python3")
         .arg("-c")
