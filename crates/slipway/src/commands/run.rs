@@ -214,7 +214,6 @@ pub async fn attached(c: &Client, app: &str, opts: RunOptions) -> anyhow::Result
             }
             let text = String::from_utf8_lossy(&rest);
             let code = text
-                .trim()
                 .split_whitespace()
                 .next()
                 .and_then(|n| n.parse::<i32>().ok())
