@@ -259,6 +259,20 @@ fn release_phase_success_and_config_changes_run_it() {
         let (status, body) = server.app_get("relok", "/");
         (status == 200 && body.contains("second (dyno")).then_some(())
     });
+
+    // A rollback runs the release phase too, with the config it brings back.
+    server.cli_ok(&repo, &["rollback", "v1"]);
+    let output = wait_for(60, "v3's release phase", || {
+        let out = server.cli(&repo, &["releases:output", "v3"]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    assert!(output.contains("migrating\nv=\n"), "{output:?}");
+    wait_for(60, "v1's config to serve again", || {
+        let (status, body) = server.app_get("relok", "/");
+        (status == 200 && body.contains("Hello from slipway (dyno")).then_some(())
+    });
 }
 
 #[test]
