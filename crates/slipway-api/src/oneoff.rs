@@ -51,6 +51,7 @@ pub const MAX_RELEASE_OUTPUT: usize = 1024 * 1024;
 /// A one-off waiting for its client.
 pub struct Waiting {
     pub app_id: String,
+    pub release_id: String,
     pub request: OneOffRequest,
     pub expires: Instant,
 }
@@ -59,7 +60,19 @@ pub struct Waiting {
 #[derive(Default)]
 pub struct OneOffs {
     waiting: Mutex<HashMap<String, Waiting>>,
-    running: Mutex<HashMap<(String, String), OneOffHandle>>,
+    running: Mutex<HashMap<(String, String), Running>>,
+}
+
+/// A running one-off, as `GET /apps/{app}/dynos` lists it.
+#[derive(Clone)]
+pub struct Running {
+    pub handle: OneOffHandle,
+    pub id: String,
+    pub command: String,
+    pub size: String,
+    pub release_version: i64,
+    pub release_id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,8 +94,8 @@ impl OneOffs {
             .filter(|w| w.expires > Instant::now())
     }
 
-    pub fn track(&self, app_id: &str, name: &str, handle: OneOffHandle) {
-        lock(&self.running).insert((app_id.to_string(), name.to_string()), handle);
+    pub fn track(&self, app_id: &str, name: &str, running: Running) {
+        lock(&self.running).insert((app_id.to_string(), name.to_string()), running);
     }
 
     pub fn untrack(&self, app_id: &str, name: &str) {
@@ -92,18 +105,18 @@ impl OneOffs {
     pub fn handle(&self, app_id: &str, name: &str) -> Option<OneOffHandle> {
         lock(&self.running)
             .get(&(app_id.to_string(), name.to_string()))
-            .cloned()
+            .map(|r| r.handle.clone())
     }
 
-    /// Names of an app's running one-offs.
-    pub fn names(&self, app_id: &str) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.running)
-            .keys()
-            .filter(|(a, _)| a == app_id)
-            .map(|(_, n)| n.clone())
+    /// An app's running one-offs, by name.
+    pub fn list(&self, app_id: &str) -> Vec<(String, Running)> {
+        let mut list: Vec<(String, Running)> = lock(&self.running)
+            .iter()
+            .filter(|((a, _), _)| a == app_id)
+            .map(|((_, n), r)| (n.clone(), r.clone()))
             .collect();
-        names.sort();
-        names
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
     }
 }
 
@@ -150,6 +163,12 @@ pub async fn attach(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let app_id = waiting.app_id.clone();
+    let (command, size, version) = (
+        waiting.request.command.clone(),
+        waiting.request.size.name.clone(),
+        waiting.request.release.version,
+    );
+    let release_id = waiting.release_id.clone();
     let one_off = match state.dynos.run_one_off(waiting.request).await {
         Ok(o) => o,
         Err(e) => return ApiError::internal("starting the one-off dyno", e).into_response(),
@@ -158,7 +177,19 @@ pub async fn attach(
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             let name = one_off.name.clone();
-            state.one_offs.track(&app_id, &name, one_off.handle.clone());
+            state.one_offs.track(
+                &app_id,
+                &name,
+                Running {
+                    handle: one_off.handle.clone(),
+                    id: one_off.id.clone(),
+                    command,
+                    size,
+                    release_version: version,
+                    release_id,
+                    started_at: chrono::Utc::now(),
+                },
+            );
             match on_upgrade.await {
                 Ok(upgraded) => bridge(TokioIo::new(upgraded), one_off).await,
                 Err(e) => {

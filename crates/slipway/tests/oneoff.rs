@@ -171,6 +171,20 @@ fn run_detached_output_goes_to_the_logs() {
     let out = server.cli_ok(&repo, &["run:detached", "echo detached-$DYNO"]);
     let name = out.trim().to_string();
     assert!(name.starts_with("run.") && name.len() == 8, "{out}");
+    // A long one is listed by `ps` while it runs, and `ps:stop` ends it.
+    let long = server.cli_ok(&repo, &["run:detached", "--ttl", "600", "sleep 300"]);
+    let long = long.trim().to_string();
+    // (The echo one leaves the list once it has exited and been cleaned up.)
+    wait_for(30, "ps to list the long one-off alone", || {
+        let ps = server.cli_ok(&repo, &["ps"]);
+        (ps.contains("=== run: one-off processes (1)")
+            && ps.contains(&format!("{long} (standard-1X): up")))
+        .then_some(())
+    });
+    server.cli_ok(&repo, &["ps:stop", &long]);
+    wait_for(30, "the stopped one-off to leave ps", || {
+        (!server.cli_ok(&repo, &["ps"]).contains(&long)).then_some(())
+    });
     let line = wait_for(30, "the detached output in the logs", || {
         let logs = server.cli_ok(&repo, &["logs", "-n", "200"]);
         logs.lines()

@@ -74,21 +74,39 @@ async fn list_dynos(
         .collect();
     let sizes = sizes(&state, &app.id).await?;
     let dynos = state.dynos.list(&app.id);
-    Ok(Json(Value::Array(
-        dynos
-            .iter()
-            .map(|d| {
-                views::dyno(
-                    &app,
-                    d,
-                    releases.get(&d.release_version).map(String::as_str),
-                    sizes
-                        .get(&d.process_type)
-                        .map_or(DEFAULT_SIZE, String::as_str),
-                )
-            })
-            .collect(),
-    )))
+    let mut list: Vec<Value> = dynos
+        .iter()
+        .map(|d| {
+            views::dyno(
+                &app,
+                d,
+                releases.get(&d.release_version).map(String::as_str),
+                sizes
+                    .get(&d.process_type)
+                    .map_or(DEFAULT_SIZE, String::as_str),
+            )
+        })
+        .collect();
+    // Running one-offs, as Heroku lists them: type `run`, state `up`.
+    for (name, r) in state.one_offs.list(&app.id) {
+        let at = r
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        list.push(json!({
+            "id": r.id,
+            "name": name,
+            "type": "run",
+            "command": r.command,
+            "state": "up",
+            "size": r.size,
+            "attach_url": Value::Null,
+            "created_at": at,
+            "updated_at": at,
+            "release": { "id": r.release_id, "version": r.release_version },
+            "app": { "id": app.id, "name": app.name },
+        }));
+    }
+    Ok(Json(Value::Array(list)))
 }
 
 async fn dyno_info(
@@ -343,8 +361,20 @@ async fn run_one_off(
             .run_one_off(request)
             .await
             .map_err(|e| ApiError::internal("starting the one-off dyno", e))?;
-        let (app_id, n, handle) = (app.id.clone(), name.clone(), one_off.handle.clone());
-        state.one_offs.track(&app_id, &n, handle);
+        let (app_id, n) = (app.id.clone(), name.clone());
+        state.one_offs.track(
+            &app_id,
+            &n,
+            crate::oneoff::Running {
+                handle: one_off.handle.clone(),
+                id: one_off.id.clone(),
+                command: body.command.clone(),
+                size: size.name.clone(),
+                release_version: release.version,
+                release_id: release.id.clone(),
+                started_at: chrono::Utc::now(),
+            },
+        );
         let st = state.clone();
         let exit = one_off.exit;
         tokio::spawn(tracing::Instrument::instrument(
@@ -361,6 +391,7 @@ async fn run_one_off(
             &secret,
             Waiting {
                 app_id: app.id.clone(),
+                release_id: release.id.clone(),
                 request,
                 expires: Instant::now() + ATTACH_TTL,
             },
