@@ -153,10 +153,10 @@ pub async fn attached(c: &Client, app: &str, opts: RunOptions) -> anyhow::Result
     let tty = !opts.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let mut env = env_pairs(&opts.env)?;
     if tty {
-        if let Some((cols, rows)) = window_size() {
-            env.insert("COLUMNS".into(), cols.to_string());
-            env.insert("LINES".into(), rows.to_string());
-        }
+        // A terminal that does not know its size (0x0) gets the classic 80x24.
+        let (cols, rows) = window_size().unwrap_or((80, 24));
+        env.insert("COLUMNS".into(), cols.to_string());
+        env.insert("LINES".into(), rows.to_string());
         if let Ok(term) = std::env::var("TERM") {
             env.entry("TERM".into()).or_insert(term);
         }
