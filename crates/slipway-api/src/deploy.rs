@@ -7,7 +7,9 @@
 //! build succeeded; the hook's exit status makes git accept or reject the push.
 //!
 //! A build that fails changes nothing but its own build record: the slug and release are only
-//! created at the end, the formation and release in one transaction.
+//! created at the end, the formation and release in one transaction. A slug that declares
+//! `release:` makes a pending release whose release phase runs before it goes live
+//! (`oneoff.rs`); if it fails, the release is marked failed and the push is rejected.
 
 use std::convert::Infallible;
 
@@ -18,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use slipway_build::{BuildEvent, CompileSpec, Compiled, SlugInfo};
-use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
+use slipway_store::{App, Build, BuildStatus, NewSlug, Release, ReleaseStatus, Slug, User};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -295,9 +297,15 @@ async fn build_and_release(
     let release_lock = state.app_lock(AppLock::Release, &app.id);
     let _release_guard = release_lock.lock().await;
     let description = format!("Deploy {short}");
+    // With a release phase the release is pending (never current) until its command passed.
+    let release_command = slug.process_types.get("release").cloned();
+    let status = match release_command {
+        Some(_) => ReleaseStatus::Pending,
+        None => ReleaseStatus::Succeeded,
+    };
     let release = match state
         .store
-        .deploy_release(&app.id, &slug, &description, &user.id)
+        .deploy_release_with_status(&app.id, &slug, &description, &user.id, status)
         .await
     {
         Ok(release) => release,
@@ -317,6 +325,10 @@ async fn build_and_release(
             release.version, user.email
         ),
     );
+    if let Some(command) = release_command {
+        // A failure leaves the previous release serving; the push is rejected.
+        crate::oneoff::finish_release(state, app, &release, &command, Some(&out.tx)).await?;
+    }
     if let Err(e) = converge_app(state, &app.id).await {
         tracing::error!(error = ?e, "could not start dynos for the new release");
     }

@@ -4,6 +4,7 @@
 //! - `routes.rs`: the REST API (Platform API v3 shapes); `views.rs` its JSON; `paging.rs`
 //!   Range headers; `auth.rs` tokens; `error.rs` the one mapping of errors to HTTP.
 //! - `git.rs`: git smart HTTP; `deploy.rs`: the build a push triggers.
+//! - `oneoff.rs`: attaching to one-off dynos (`run`), the release phase.
 //! - `control.rs`: operations shared by all of them (create/destroy apps, converge dynos).
 //! - `state.rs`: what handlers share, and the router's view of apps.
 
@@ -13,6 +14,7 @@ pub mod deploy;
 pub mod error;
 pub mod gc;
 pub mod git;
+pub mod oneoff;
 pub mod paging;
 pub mod push;
 pub mod routes;

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub build_timeout: Duration,
     /// Address space each buildpack process may use.
     pub build_memory_limit_bytes: u64,
+    /// How long a release phase may run before its release fails.
+    pub release_phase_timeout: Duration,
     /// How long a client has to send a request's headers (API and router).
     pub header_read_timeout: Duration,
     /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
@@ -288,6 +290,7 @@ pub async fn run(
         builds_dir: builds_dir.clone(),
         build_timeout: cfg.build_timeout,
         build_memory_limit_bytes: cfg.build_memory_limit_bytes,
+        release_phase_timeout: cfg.release_phase_timeout,
         max_push_bytes: cfg.max_push_bytes,
         max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),

@@ -30,6 +30,8 @@ pub struct Settings {
     pub build_timeout: Duration,
     /// Address space (RLIMIT_AS) of each buildpack process.
     pub build_memory_limit_bytes: u64,
+    /// How long a release phase may run before its release fails (Heroku: 1 h).
+    pub release_phase_timeout: Duration,
     /// Largest git request body accepted (the pushed pack), in bytes.
     pub max_push_bytes: u64,
     /// Most dynos of one process type an app may scale to.
@@ -112,6 +114,8 @@ pub struct State {
     /// Pushes in progress and their hooks' grants.
     pub pushes: crate::push::Pushes,
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
+    /// One-off dynos waiting for their `run` client, and those running (`oneoff.rs`).
+    pub one_offs: crate::oneoff::OneOffs,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -131,6 +135,7 @@ impl State {
             names: RwLock::new(HashMap::new()),
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
+            one_offs: crate::oneoff::OneOffs::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }

@@ -169,6 +169,14 @@ pub enum RuntimeError {
     InsideDataDir { dir: PathBuf, data_dir: PathBuf },
     #[error("no free uid left for app {app} in {first}..{last}; remove apps or raise the range")]
     NoFreeUid { app: String, first: u32, last: u32 },
+    #[error("the {backend} backend cannot run one-off dyno {dyno}")]
+    OneOffUnsupported { backend: String, dyno: String },
+    #[error("could not open a pseudo-terminal for one-off dyno {dyno}: {source}")]
+    Terminal {
+        dyno: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the uid table {path} is corrupt at line {line}; fix or remove the line")]
     UidTable { path: PathBuf, line: usize },
 }
@@ -218,6 +226,30 @@ pub trait DynoBackend: Send + Sync + 'static {
 
     /// Removes everything the dyno left: its container, its directory. Blocking.
     fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError>;
+
+    /// Like [`DynoBackend::prepare`], for a one-off dyno (`oneoff.rs`), which may run on a
+    /// terminal.
+    fn prepare_one_off(&self, dyno: &DynoSpec, _terminal: bool) -> Result<(), RuntimeError> {
+        self.prepare(dyno)
+    }
+
+    /// Starts a one-off dyno's command with `stdio` (see [`OneOffStdio`]). With pipes, the
+    /// command's stdin is `Running::child.stdin`.
+    fn start_one_off(&self, dyno: &DynoSpec, _stdio: OneOffStdio) -> Result<Running, RuntimeError> {
+        Err(RuntimeError::OneOffUnsupported {
+            backend: self.describe(),
+            dyno: dyno.name.clone(),
+        })
+    }
+}
+
+/// How a one-off dyno's standard streams are connected.
+#[derive(Debug)]
+pub enum OneOffStdio {
+    /// Three pipes: stdin, stdout, stderr.
+    Pipes,
+    /// The slave side of a pseudo-terminal the caller opened: stdin, stdout and stderr.
+    Terminal(std::os::fd::OwnedFd),
 }
 
 pub(crate) const PATH: &str = "/usr/local/bin:/usr/bin:/bin";

@@ -20,8 +20,10 @@ mod backend;
 mod cgroup;
 pub mod lifecycle;
 mod oci;
+mod oneoff;
 mod plain;
 mod process;
+mod restart;
 mod supervisor;
 mod users;
 
@@ -38,9 +40,15 @@ use slipway_logs::LogHub;
 use slipway_store::{DynoState, Store};
 use tokio::sync::watch;
 
-pub use backend::{BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Running, RuntimeError, Usage};
+pub use backend::{
+    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage,
+};
 pub use lifecycle::Lifecycle;
 pub use oci::{OciBackend, STACK_ETC};
+pub use oneoff::{
+    OneOff, OneOffExit, OneOffHandle, OneOffIo, OneOffMode, OneOffRequest, TerminalSize,
+    DEFAULT_TIME_TO_LIVE,
+};
 pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
 pub use users::{AppUser, FIRST_UID, LAST_UID};

@@ -39,7 +39,7 @@ use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, make_dir, remove_dir, shell, wrapped_command, BoxFuture,
-    DynoBackend, DynoSpec, Exit, Running, RuntimeError, Usage, PATH,
+    DynoBackend, DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage, PATH,
 };
 use crate::cgroup::{relative_path, Cgroups};
 use crate::process::kill_group;
@@ -78,11 +78,14 @@ const SYSTEM_DIRS: &[&str] = &["bin", "lib", "lib32", "lib64", "libx32", "sbin"]
 /// PID 1 of every dyno. The kernel does not deliver signals a namespace's init has no handler
 /// for, so the dyno's command (often `exec`ing a server that installs none) never runs as
 /// PID 1: this shell starts it, passes SIGTERM/SIGINT on, and exits with its status when it
-/// exits (taking every other process of the dyno with it, as on Heroku).
+/// exits (taking every other process of the dyno with it, as on Heroku). Its stdin (a one-off
+/// dyno's) is passed on through fd 3: a background job's own fd 0 is `/dev/null`.
 const INIT: &str = r#"trap 'kill -TERM $c 2>/dev/null' TERM
 trap 'kill -INT $c 2>/dev/null' INT
-"$1" -c "$2" &
+exec 3<&0
+"$1" -c "$2" <&3 3<&- &
 c=$!
+exec 3<&-
 while :; do
   wait $c; s=$?
   if [ $s -gt 128 ] && kill -0 $c 2>/dev/null; then continue; fi
@@ -209,6 +212,11 @@ impl OciBackend {
 
     /// `<dir>/config.json`, `<dir>/rootfs`, `<dir>/passwd`, `<dir>/group`.
     fn write_bundle(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
+        self.write_bundle_with(dyno, false)
+    }
+
+    /// The bundle, with `process.terminal` set as given (one-off dynos on a terminal).
+    fn write_bundle_with(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
         let rootfs = dyno.dir.join("rootfs");
         make_dir(&rootfs, 0o755, None)?;
         for d in ["usr", "etc", "app", "proc", "dev", "var"] {
@@ -263,7 +271,7 @@ impl OciBackend {
         mounts.push(bind(&passwd, "/etc/passwd", true)?);
         mounts.push(bind(&group, "/etc/group", true)?);
         mounts.push(bind(&dyno.dir.join("app"), "/app", false)?);
-        let spec = self.spec(dyno, user, mounts)?;
+        let spec = self.spec(dyno, user, mounts, terminal)?;
         let config = dyno.dir.join("config.json");
         spec.save(&config).map_err(|e| RuntimeError::Bundle {
             dyno: dyno.name.clone(),
@@ -279,6 +287,7 @@ impl OciBackend {
         dyno: &DynoSpec,
         user: AppUser,
         mounts: Vec<Mount>,
+        terminal: bool,
     ) -> Result<Spec, RuntimeError> {
         let err = |e: oci_spec::OciSpecError| RuntimeError::Bundle {
             dyno: dyno.name.clone(),
@@ -298,7 +307,7 @@ impl OciBackend {
             .build()
             .map_err(err)?;
         let process = ProcessBuilder::default()
-            .terminal(false)
+            .terminal(terminal)
             .user(
                 UserBuilder::default()
                     .uid(user.uid)
@@ -483,6 +492,67 @@ impl DynoBackend for OciBackend {
         self.delete(dyno_id);
         remove_dir(dir)
     }
+
+    fn prepare_one_off(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
+        self.delete(&dyno.id);
+        fresh_dyno_dir(dyno)?;
+        self.write_bundle_with(dyno, terminal)
+    }
+
+    /// runc refuses `--console-socket` unless it detaches, and a detached container's exit
+    /// status reaches only a subreaper. So runc runs in the foreground with the caller's
+    /// pseudo-terminal as its stdio: it makes the container's own terminal, copies between
+    /// the two (raw), and on SIGWINCH gives the container's the size of ours.
+    fn start_one_off(&self, dyno: &DynoSpec, stdio: OneOffStdio) -> Result<Running, RuntimeError> {
+        let mut cmd = self.async_command();
+        cmd.args(["run", "--keep", "--bundle"])
+            .arg(&dyno.dir)
+            .arg(&dyno.id)
+            .current_dir(&dyno.dir)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("SLIPWAY_DYNO_ID", &dyno.id)
+            .process_group(0)
+            .kill_on_drop(false);
+        one_off_stdio(&mut cmd, stdio, &dyno.name)?;
+        let mut child = cmd
+            .spawn()
+            .map_err(RuntimeError::io("starting", &self.binary))?;
+        Ok(Running {
+            pid: child.id(),
+            addr: None,
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            child,
+        })
+    }
+}
+
+/// Connects a one-off's stdin, stdout and stderr: pipes, or the terminal's slave side.
+pub(crate) fn one_off_stdio(
+    cmd: &mut Command,
+    stdio: OneOffStdio,
+    dyno: &str,
+) -> Result<(), RuntimeError> {
+    match stdio {
+        OneOffStdio::Pipes => {
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        OneOffStdio::Terminal(slave) => {
+            let dup = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone().map_err(|source| RuntimeError::Terminal {
+                    dyno: dyno.to_string(),
+                    source,
+                })
+            };
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+        }
+    }
+    Ok(())
 }
 
 fn base_mounts(dyno: &DynoSpec) -> Vec<Mount> {

@@ -14,8 +14,9 @@ use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, remove_dir, shell, wrapped_command, BoxFuture, DynoBackend,
-    DynoSpec, Exit, Running, RuntimeError, Usage,
+    DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage,
 };
+use crate::oci::one_off_stdio;
 use crate::process::kill_group;
 
 pub struct ProcessBackend {
@@ -106,5 +107,43 @@ impl DynoBackend for ProcessBackend {
 
     fn cleanup(&self, _dyno_id: &str, dir: &Path) -> Result<(), RuntimeError> {
         remove_dir(dir)
+    }
+
+    /// On a terminal the command runs under `setsid --ctty`, which makes it a session leader
+    /// with the terminal as its controlling terminal (so Ctrl-C and window changes reach it)
+    /// without unsafe code in this process; the session's process group is signalled as a
+    /// dyno's is.
+    fn start_one_off(&self, dyno: &DynoSpec, stdio: OneOffStdio) -> Result<Running, RuntimeError> {
+        let cwd = dyno.dir.join("app");
+        let home = cwd.display().to_string();
+        let terminal = matches!(stdio, OneOffStdio::Terminal(_));
+        let mut cmd = if terminal {
+            let mut c = Command::new("setsid");
+            c.arg("--ctty").arg(shell());
+            c
+        } else {
+            let mut c = Command::new(shell());
+            c.process_group(0);
+            c
+        };
+        cmd.arg("-c")
+            .arg(wrapped_command(&dyno.command))
+            .current_dir(&cwd)
+            .env_clear()
+            .envs(environment(dyno, &home))
+            .env("SLIPWAY_DYNO_ID", &dyno.id)
+            .kill_on_drop(false);
+        one_off_stdio(&mut cmd, stdio, &dyno.name)?;
+        if let Some(user) = &dyno.user {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        let mut child = cmd.spawn().map_err(RuntimeError::io("starting", &cwd))?;
+        Ok(Running {
+            pid: child.id(),
+            addr: None,
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            child,
+        })
     }
 }

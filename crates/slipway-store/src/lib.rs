@@ -411,6 +411,27 @@ impl Store {
         description: &str,
         user_id: &str,
     ) -> Result<Release> {
+        self.deploy_release_with_status(
+            app_id,
+            slug,
+            description,
+            user_id,
+            ReleaseStatus::Succeeded,
+        )
+        .await
+    }
+
+    /// [`Store::deploy_release`], or with `Pending` (a release phase must pass first): the
+    /// release is created and the formation left alone until
+    /// [`Store::set_release_status`] makes it succeed.
+    pub async fn deploy_release_with_status(
+        &self,
+        app_id: &str,
+        slug: &Slug,
+        description: &str,
+        user_id: &str,
+        status: ReleaseStatus,
+    ) -> Result<Release> {
         let mut tx = self.write_tx().await?;
         let config: String = sqlx::query("SELECT config FROM apps WHERE id = $1")
             .bind(app_id)
@@ -425,9 +446,13 @@ impl Store {
             Some(&slug.id),
             &config,
             user_id,
-            ReleaseStatus::Succeeded,
+            status,
         )
         .await?;
+        if status == ReleaseStatus::Pending {
+            tx.commit().await?;
+            return Ok(release);
+        }
         let now = now_ms();
         let existing: Vec<String> =
             sqlx::query("SELECT process_type FROM formation WHERE app_id = $1")

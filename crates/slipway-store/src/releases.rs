@@ -68,6 +68,19 @@ impl Store {
         target_version: i64,
         user_id: &str,
     ) -> Result<std::result::Result<Release, RollbackRefusal>> {
+        self.rollback_release_with_status(app_id, target_version, user_id, ReleaseStatus::Succeeded)
+            .await
+    }
+
+    /// [`Store::rollback_release`], or `Pending` (a release phase must pass first): the
+    /// formation is then shaped when [`Store::set_release_status`] makes it succeed.
+    pub async fn rollback_release_with_status(
+        &self,
+        app_id: &str,
+        target_version: i64,
+        user_id: &str,
+        status: ReleaseStatus,
+    ) -> Result<std::result::Result<Release, RollbackRefusal>> {
         let mut tx = self.write_tx().await?;
         let target = sqlx::query("SELECT * FROM releases WHERE app_id = $1 AND version = $2")
             .bind(app_id)
@@ -106,15 +119,43 @@ impl Store {
             Some(slug_id),
             &config,
             user_id,
-            ReleaseStatus::Succeeded,
+            status,
         )
         .await?;
-        shape_formation(&mut tx, app_id, &types).await?;
+        if status == ReleaseStatus::Succeeded {
+            shape_formation(&mut tx, app_id, &types).await?;
+        }
         tx.commit().await?;
         Ok(Ok(release))
     }
 
-    /// Moves a pending release to succeeded or failed (the end of its release phase).
+    /// A release phase's output (bounded by the caller), kept with its release.
+    pub async fn set_release_output(&self, release_id: &str, output: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO release_outputs (release_id, output) VALUES ($1, $2) \
+             ON CONFLICT (release_id) DO UPDATE SET output = excluded.output",
+        )
+        .bind(release_id)
+        .bind(output)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The release phase's output of a release, if one ran.
+    pub async fn release_output(&self, release_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query("SELECT output FROM release_outputs WHERE release_id = $1")
+                .bind(release_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.get("output")),
+        )
+    }
+
+    /// Moves a pending release to succeeded or failed (the end of its release phase). A
+    /// release that succeeds shapes the formation by its slug's process types in the same
+    /// transaction (a deploy or rollback made pending left it alone).
     pub async fn set_release_status(
         &self,
         release_id: &str,
@@ -143,6 +184,18 @@ impl Store {
             .bind(release_id)
             .execute(&mut *tx)
             .await?;
+        if let (ReleaseStatus::Succeeded, Some(slug_id)) = (status, release.slug_id.as_deref()) {
+            let types: Option<String> =
+                sqlx::query("SELECT process_types FROM slugs WHERE id = $1")
+                    .bind(slug_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.get("process_types"));
+            if let Some(types) = types {
+                let types: BTreeMap<String, String> = serde_json::from_str(&types)?;
+                shape_formation(&mut tx, &release.app_id, &types).await?;
+            }
+        }
         let row = sqlx::query("SELECT * FROM releases WHERE id = $1")
             .bind(release_id)
             .fetch_one(&mut *tx)

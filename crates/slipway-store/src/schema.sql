@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS releases (
     updated_at BIGINT NOT NULL,
     UNIQUE (app_id, version)
 );
+CREATE TABLE IF NOT EXISTS release_outputs (
+    release_id TEXT PRIMARY KEY REFERENCES releases(id) ON DELETE CASCADE,
+    output TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS formation (
     id TEXT PRIMARY KEY,
     app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,

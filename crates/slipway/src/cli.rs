@@ -147,6 +147,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a release's release phase printed
+    #[command(name = "releases:output")]
+    ReleasesOutput {
+        #[command(flatten)]
+        app: AppArg,
+        /// Release version (v3 or 3) or id
+        release: String,
+    },
     /// Roll back to a release's code and config (the previous release by default)
     Rollback {
         #[command(flatten)]
@@ -154,6 +162,14 @@ pub enum Command {
         /// Release version (v3 or 3) or id
         release: Option<String>,
     },
+
+    // ---- one-off dynos (commands/run.rs) ----
+    /// Run a command in a one-off dyno with the app's current release and config, attached to
+    /// this terminal (a real pty when stdin is one, pipes otherwise); exits with its status
+    Run(RunArgs),
+    /// Run a command in a one-off dyno in the background; its output goes to the logs as run.N
+    #[command(name = "run:detached")]
+    RunDetached(RunArgs),
 
     // ---- formation and dynos (commands/ps.rs) ----
     /// List an app's dynos: type, number, command, state, since
@@ -384,6 +400,9 @@ pub struct ServerArgs {
     /// Seconds one build (all its buildpacks) may run [default: 900]
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
     pub build_timeout: Option<u64>,
+    /// Seconds a release phase (the Procfile's `release:` command) may run [default: 3600]
+    #[arg(long, env = "SLIPWAY_RELEASE_PHASE_TIMEOUT")]
+    pub release_phase_timeout: Option<u64>,
     /// Seconds a client has to send a request's headers, on the API and the router [default: 30]
     #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<u64>,
@@ -399,4 +418,25 @@ pub struct ServerArgs {
     /// The OCI runtime: runc, crun, or a path [default: runc]
     #[arg(long, env = "SLIPWAY_OCI_RUNTIME")]
     pub oci_runtime: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub app: AppArg,
+    /// Dyno size: standard-1X, standard-2X, performance-M [default: standard-1X]
+    #[arg(short, long)]
+    pub size: Option<String>,
+    /// Extra environment variable for the command, KEY=VALUE (repeatable)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Seconds after which the dyno is stopped [default: 86400]
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<u64>,
+    /// Plain pipes even when this is a terminal
+    #[arg(long)]
+    pub no_tty: bool,
+    /// The command: one argument is a shell line; several are quoted as needed
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }

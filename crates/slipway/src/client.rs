@@ -47,6 +47,7 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
     None
 }
 
+#[derive(Clone)]
 pub struct Client {
     pub base: String,
     token: Secret,

@@ -14,6 +14,7 @@ mod git;
 mod logs;
 mod ps;
 mod releases;
+mod run;
 
 use anyhow::bail;
 use chrono::{DateTime, Local, Utc};
@@ -55,6 +56,13 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::ReleasesInfo { app, release, json } => {
             releases::info(c, &resolve_app(app.app)?, release, json).await
+        }
+        Command::ReleasesOutput { app, release } => {
+            releases::output(c, &resolve_app(app.app)?, &release).await
+        }
+        Command::RunDetached(args) => {
+            let app = resolve_app(args.app.app.clone())?;
+            run::detached(c, &app, run_options(args)).await
         }
         Command::Rollback { app, release } => {
             releases::rollback(c, &resolve_app(app.app)?, release).await
@@ -106,10 +114,27 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }
-        Command::Server(_) | Command::Hook(_) | Command::GitCredential { .. } => {
+        Command::Server(_) | Command::Hook(_) | Command::GitCredential { .. } | Command::Run(_) => {
             bail!("internal error: command dispatched to the wrong place")
         }
     }
+}
+
+fn run_options(args: crate::cli::RunArgs) -> run::RunOptions {
+    run::RunOptions {
+        command: args.command,
+        env: args.env,
+        size: args.size,
+        ttl: args.ttl,
+        no_tty: args.no_tty,
+    }
+}
+
+/// `slipway run`: returns the command's exit status, for the process to exit with.
+pub async fn run_attached(global: Global, args: crate::cli::RunArgs) -> anyhow::Result<i32> {
+    let client = Client::from_global(&global)?;
+    let app = resolve_app(args.app.app.clone())?;
+    run::attached(&client, &app, run_options(args)).await
 }
 
 /// A string field of an API object, or "".

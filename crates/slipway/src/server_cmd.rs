@@ -31,6 +31,7 @@ struct FileConfig {
     builds_dir: Option<PathBuf>,
     build_timeout: Option<u64>,
     build_memory_limit: Option<u64>,
+    release_phase_timeout: Option<u64>,
     dynos_dir: Option<PathBuf>,
     dyno_runtime: Option<String>,
     oci_runtime: Option<String>,
@@ -120,6 +121,11 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         build_timeout: Duration::from_secs(
             args.build_timeout.or(file.build_timeout).unwrap_or(15 * 60),
         ),
+        release_phase_timeout: Duration::from_secs(
+            args.release_phase_timeout
+                .or(file.release_phase_timeout)
+                .unwrap_or(3600),
+        ),
         header_read_timeout: Duration::from_secs(
             args.header_read_timeout
                 .or(file.header_read_timeout)
@@ -208,6 +214,7 @@ mod tests {
             builds_dir: None,
             build_timeout: None,
             build_memory_limit: None,
+            release_phase_timeout: None,
             dynos_dir: None,
             dyno_runtime: None,
             oci_runtime: None,

@@ -410,7 +410,6 @@ fn formation_sizes_restarts_and_destroy() {
             vec!["ps:restart", "web.3"],
             "Couldn't find that dyno (web.3)",
         ),
-        (vec!["ps:restart", "web.1"], "not supported yet"),
     ] {
         let out = server.cli(&repo, &args);
         assert!(
@@ -455,10 +454,10 @@ fn formation_sizes_restarts_and_destroy() {
     let logs = server.cli_ok(&repo, &["logs", "-n", "1500"]);
     assert!(logs.contains("app[api]: Restart web.2 by user"), "{logs}");
 
-    // One-off dynos are not there yet, and say so.
-    let (status, _, body) = server.api("POST", "/apps/shape/dynos", Some(r#"{"command":"ls"}"#));
-    assert_eq!(status, 501, "{body}");
-    assert_eq!(json(&body)["id"], "not_implemented");
+    // A one-off needs a command (one-off dynos are tested in oneoff.rs).
+    let (status, _, body) = server.api("POST", "/apps/shape/dynos", Some(r#"{"command":" "}"#));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(json(&body)["id"], "invalid_params");
 
     // Destroy says what it removed, and removes it.
     let app_id = json(&server.api("GET", "/apps/shape", None).2)["id"]

@@ -130,18 +130,20 @@ async fn update_config(
     let changes = parse_changes(&body)?;
     // Held across the release and the converge: two changes never converge out of order.
     let lock = state.app_lock(AppLock::Release, &app.id);
-    let _guard = lock.lock().await;
-    // With a release phase (later), the release is created `Pending`, the phase runs, and
-    // only a succeeded release is converged onto; see `Store::set_release_status`.
+    let guard = lock.lock_owned().await;
+    // With a release phase the release is created `Pending`, the phase runs in the
+    // background (holding the lock), and only a succeeded release is converged onto.
+    let release_command = match state.store.current_release(&app.id).await? {
+        Some(current) => crate::oneoff::release_command(&state, &current).await?,
+        None => None,
+    };
+    let status = match release_command {
+        Some(_) => ReleaseStatus::Pending,
+        None => ReleaseStatus::Succeeded,
+    };
     let outcome = state
         .store
-        .update_config(
-            &app.id,
-            &changes,
-            MAX_CONFIG_BYTES,
-            &user.id,
-            ReleaseStatus::Succeeded,
-        )
+        .update_config(&app.id, &changes, MAX_CONFIG_BYTES, &user.id, status)
         .await?;
     match outcome {
         ConfigOutcome::Unchanged(config) => Ok(Json(json!(config))),
@@ -161,7 +163,16 @@ async fn update_config(
                     release.version, user.email
                 ),
             );
-            converge_app(&state, &app.id).await?;
+            match release_command {
+                Some(command) => crate::oneoff::finish_in_background(
+                    state.clone(),
+                    app.clone(),
+                    release,
+                    command,
+                    guard,
+                ),
+                None => converge_app(&state, &app.id).await?,
+            }
             Ok(Json(json!(config)))
         }
     }

@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
-use slipway_store::{RollbackRefusal, StoreError};
+use slipway_store::{ReleaseStatus, RollbackRefusal, StoreError};
 
 use super::apps::Users;
 use crate::auth::Auth;
@@ -23,6 +23,33 @@ pub fn routes() -> Router<Shared> {
     Router::new()
         .route("/apps/{app}/releases", get(list_releases).post(rollback))
         .route("/apps/{app}/releases/{release}", get(release_info))
+        .route("/apps/{app}/releases/{release}/output", get(release_output))
+}
+
+/// `GET /apps/{app}/releases/{release}/output`: what the release phase printed (text, at
+/// most 1 MiB), 404 when no release phase ran for it.
+async fn release_output(
+    State(state): State<Shared>,
+    _auth: Auth,
+    ApiPath((app, release)): ApiPath<(String, String)>,
+) -> ApiResult<Response> {
+    let app = find_app(&state, &app).await?;
+    let r = state.store.release(&app.id, &release).await?;
+    let output = state.store.release_output(&r.id).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "v{} of {} has no release phase output: its slug declares no `release:` command, or the phase has not run yet.",
+            r.version, app.name
+        ))
+    })?;
+    Ok((
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        output,
+    )
+        .into_response())
 }
 
 async fn list_releases(
@@ -104,8 +131,14 @@ async fn rollback(
         }
     };
     let lock = state.app_lock(AppLock::Release, &app.id);
-    let _guard = lock.lock().await;
+    let guard = lock.lock_owned().await;
     let target = state.store.release(&app.id, &wanted).await?;
+    // As on Heroku, a rollback runs the release phase of the release it brings back.
+    let release_command = crate::oneoff::release_command(&state, &target).await?;
+    let status = match release_command {
+        Some(_) => ReleaseStatus::Pending,
+        None => ReleaseStatus::Succeeded,
+    };
     let v = target.version;
     if let Some(slug_id) = &target.slug_id {
         let on_disk = match state.store.slug(slug_id).await {
@@ -122,7 +155,11 @@ async fn rollback(
             )));
         }
     }
-    let release = match state.store.rollback_release(&app.id, v, &user.id).await? {
+    let release = match state
+        .store
+        .rollback_release_with_status(&app.id, v, &user.id, status)
+        .await?
+    {
         Ok(release) => release,
         Err(refusal) => {
             let why = match refusal {
@@ -147,7 +184,13 @@ async fn rollback(
             release.version, user.email
         ),
     );
-    converge_app(&state, &app.id).await?;
-    let view = views::release(&app, &release, &user, true);
+    let current = release_command.is_none();
+    let view = views::release(&app, &release, &user, current);
+    match release_command {
+        Some(command) => {
+            crate::oneoff::finish_in_background(state.clone(), app.clone(), release, command, guard)
+        }
+        None => converge_app(&state, &app.id).await?,
+    }
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

@@ -23,6 +23,27 @@ pub async fn list(client: &Client, app: &str, json: bool) -> anyhow::Result<()> 
             "No dynos on {app}: push a Procfile with `git push slipway main`"
         )?;
     }
+    let one_offs: Vec<&Value> = dynos
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| s(d, "type") == "run")
+        .collect();
+    if !one_offs.is_empty() {
+        writeln!(out, "=== run: one-off processes ({})", one_offs.len())?;
+        for d in one_offs {
+            writeln!(
+                out,
+                "{} ({}): {} {}: {}",
+                s(d, "name"),
+                s(d, "size"),
+                s(d, "state"),
+                when(&d["updated_at"]),
+                s(d, "command")
+            )?;
+        }
+        writeln!(out)?;
+    }
     for f in formation {
         let ptype = s(f, "type");
         writeln!(

@@ -149,3 +149,22 @@ pub async fn rollback(client: &Client, app: &str, release: Option<String>) -> an
     );
     Ok(())
 }
+
+/// `releases:output vN`: the release phase's output, as it was printed.
+pub async fn output(client: &Client, app: &str, release: &str) -> anyhow::Result<()> {
+    let response = client
+        .request(
+            reqwest::Method::GET,
+            &format!("{}/releases/{release}/output", app_path(app)),
+        )
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        anyhow::bail!("{}", body["message"].as_str().unwrap_or(text.trim()));
+    }
+    print!("{text}");
+    Ok(())
+}
