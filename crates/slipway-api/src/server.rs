@@ -32,11 +32,14 @@ pub struct ServerConfig {
     pub router_listen: SocketAddr,
     /// Apps are served at `<app>.<domain>` by the router.
     pub domain: String,
-    /// Stop all dynos when the server stops (the default; see ARCHITECTURE.md).
+    /// Stop all dynos when the server stops. Off by default: dynos run under their own
+    /// monitors, keep running while the server is away and are re-adopted when it starts.
     pub stop_dynos_on_exit: bool,
     pub admin_email: String,
     /// SIGTERM to SIGKILL for dynos.
     pub dyno_stop_timeout: Duration,
+    /// How long a web dyno has to bind `PORT` before R10.
+    pub dyno_boot_timeout: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
     /// Where builds run (outside the data directory); `None`: `<data-dir>-builds`.
@@ -293,6 +296,9 @@ pub async fn run(
     runtime_cfg.runtime = cfg.dyno_runtime;
     runtime_cfg.oci_runtime = cfg.oci_runtime.clone();
     runtime_cfg.stop_timeout = cfg.dyno_stop_timeout;
+    runtime_cfg.boot_timeout = cfg.dyno_boot_timeout;
+    // Dynos run under `slipway dyno-monitor`, which outlives this process.
+    runtime_cfg.monitor_command = vec![cfg.hook_binary.clone().into(), "dyno-monitor".into()];
     let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone())
         .context("setting up the dyno runtime")?;
     let state: Shared = Arc::new(State::new(
@@ -310,9 +316,26 @@ pub async fn run(
         );
     }
     crate::gc::collect(&state).await?;
-    let reaped = dynos.reap_stale().await?;
-    if reaped > 0 {
-        tracing::info!(reaped, "cleaned up dynos left by the previous server");
+    // Dynos a previous server left running are supervised again (same processes, their
+    // output followed from where it stopped); the others are cleaned up. Converging then
+    // starts only what is missing.
+    let running = dynos.recover().await?;
+    let adopted = running.len();
+    for record in running {
+        match control::release_spec(&state, &record.app_id, record.release_version).await {
+            Ok(Some(release)) => dynos.adopt(&record, &release).await,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(dyno = %record.id, error = ?e, "could not load the dyno's release");
+                }
+                if let Err(e) = dynos.discard(&record).await {
+                    tracing::warn!(dyno = %record.id, error = %e, "could not remove a dyno");
+                }
+            }
+        }
+    }
+    if adopted > 0 {
+        tracing::info!(adopted, "re-adopted the dynos the previous server left running");
     }
     for app in store.list_apps().await? {
         state.remember_app(

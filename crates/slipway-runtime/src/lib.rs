@@ -13,12 +13,19 @@
 //! On a deploy the old dynos keep serving until the new web dynos are up (or have failed to
 //! come up), then they are stopped: SIGTERM, and SIGKILL after the stop timeout.
 //!
-//! What a dyno needs to be found again (id, pid, port, release, directory) is kept in the
-//! store; [`DynoManager::reap_stale`] uses it at start-up to clean up after a server that died.
+//! Each dyno runs under its own monitor process (`monitor.rs`, the `slipway dyno-monitor`
+//! subcommand), which holds its output in a bounded on-disk log (`dynolog.rs`) and records its
+//! exit, so dynos outlive the server. What a dyno needs to be found again (id, pid, port,
+//! release, directory) is kept in the store; at start-up [`DynoManager::recover`] finds the
+//! dynos whose monitors still run, for the control plane to [`DynoManager::adopt`] them, and
+//! cleans up after the others.
 
+mod attach;
 mod backend;
 mod cgroup;
+mod dynolog;
 pub mod lifecycle;
+pub mod monitor;
 mod oci;
 mod plain;
 mod process;
@@ -35,10 +42,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use slipway_logs::LogHub;
-use slipway_store::{DynoState, Store};
+use slipway_store::{DynoRecord, DynoState, Store};
 use tokio::sync::watch;
 
-pub use backend::{BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Running, RuntimeError, Usage};
+pub use backend::{
+    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Launch, Running, RuntimeError, Usage,
+};
 pub use lifecycle::Lifecycle;
 pub use oci::{OciBackend, STACK_ETC};
 pub use plain::ProcessBackend;
@@ -88,6 +97,9 @@ pub struct RuntimeConfig {
     pub memory_check_interval: Duration,
     /// The size every dyno gets (per process type later).
     pub dyno_size: DynoSize,
+    /// The dyno monitor: program and leading arguments; the monitor directory is appended.
+    /// Default: this executable's `dyno-monitor` subcommand.
+    pub monitor_command: Vec<std::ffi::OsString>,
 }
 
 impl RuntimeConfig {
@@ -102,6 +114,7 @@ impl RuntimeConfig {
             max_restart_delay: Duration::from_secs(60),
             memory_check_interval: Duration::from_secs(20),
             dyno_size: DynoSize::standard_1x(),
+            monitor_command: default_monitor_command(),
         }
     }
 
@@ -114,6 +127,12 @@ impl RuntimeConfig {
         name.push("-dynos");
         data_dir.with_file_name(name)
     }
+}
+
+/// `<this executable> dyno-monitor`.
+fn default_monitor_command() -> Vec<std::ffi::OsString> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slipway"));
+    vec![exe.into_os_string(), "dyno-monitor".into()]
 }
 
 /// The backend `cfg` asks for. With [`RuntimeKind::Auto`], a failing OCI runtime is not an
@@ -531,38 +550,117 @@ impl DynoManager {
         }
     }
 
-    /// Cleans up after a server that stopped without stopping its dynos: each recorded dyno
-    /// whose process still runs (checked by its `SLIPWAY_DYNO_ID`, so a reused pid is never
-    /// hit) is killed, its container and directory removed, and its record deleted. The
-    /// caller then converges each app again from the store.
-    pub async fn reap_stale(&self) -> Result<usize, slipway_store::StoreError> {
-        let records = self.inner.store.all_dynos().await?;
-        let count = records.len();
-        for record in records {
-            if let Some(pid) = record.pid {
-                if process::pid_belongs_to_dyno(pid, &record.id) {
-                    if let Ok(pid) = i32::try_from(pid) {
-                        process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
-                    }
+    /// Sorts out the dynos a previous server recorded. A dyno whose monitor still runs is
+    /// returned (untouched) for the caller to [`adopt`](Self::adopt) or
+    /// [`discard`](Self::discard). Any other is cleaned up: what it wrote since that server
+    /// stopped reading is delivered to the app's log first, then its processes (checked by
+    /// their `SLIPWAY_DYNO_ID`, so a reused pid is never hit), container, directories and
+    /// record are removed. The caller then converges each app, which starts what is missing.
+    pub async fn recover(&self) -> Result<Vec<DynoRecord>, slipway_store::StoreError> {
+        let mut alive = Vec::new();
+        for record in self.inner.store.all_dynos().await? {
+            let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+            if tokio::net::UnixStream::connect(dir.join(monitor::SOCKET))
+                .await
+                .is_ok()
+            {
+                alive.push(record);
+                continue;
+            }
+            let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
+            if let Some(exit) = attach::drain_dead(&dir, &sink) {
+                self.inner.logs.write(
+                    &record.app_id,
+                    slipway_logs::Source::Heroku,
+                    &record.name,
+                    &format!(
+                        "Process exited with status {} while the platform was away",
+                        Exit {
+                            status: exit.status(),
+                            oom_killed: false
+                        }
+                        .code()
+                    ),
+                );
+            }
+            self.remove_stale(&record, None).await?;
+        }
+        Ok(alive)
+    }
+
+    /// Supervises again a dyno [`recover`](Self::recover) found running, as a dyno of
+    /// `release` (the release it was recorded with). Its processes are not touched: it keeps
+    /// its pid, port and state, and its output is followed from where the last server
+    /// stopped. If its monitor ended meanwhile, it is handled as a crash would be (restarted).
+    /// Call before converging the app, which then keeps it if it matches the formation.
+    pub async fn adopt(&self, record: &DynoRecord, release: &ReleaseSpec) {
+        let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
+        let Some(attached) = attach::Attached::adopt(&dir, sink).await else {
+            if let Err(e) = self.remove_stale(record, None).await {
+                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a dyno");
+            }
+            return;
+        };
+        let pid = attached.pids.dyno;
+        let dyno = supervisor::adopt(&self.inner, release, record, attached);
+        self.inner
+            .lock_apps()
+            .entry(record.app_id.clone())
+            .or_default()
+            .push(dyno);
+        tracing::info!(dyno = %record.name, id = %record.id, pid, "re-adopted a running dyno");
+    }
+
+    /// Stops and removes a running dyno [`recover`](Self::recover) found that has no place
+    /// any more (its app or release is gone).
+    pub async fn discard(&self, record: &DynoRecord) -> Result<(), slipway_store::StoreError> {
+        let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let pid = attach::read_pids(&dir).map(|p| p.dyno);
+        self.remove_stale(record, pid).await
+    }
+
+    /// Kills what is left of a dyno, removes its container and directories and its record.
+    async fn remove_stale(
+        &self,
+        record: &DynoRecord,
+        pid: Option<u32>,
+    ) -> Result<(), slipway_store::StoreError> {
+        let monitor_dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let monitor_pid = attach::read_pids(&monitor_dir).map(|p| p.monitor);
+        for pid in [record.pid, pid.map(i64::from), monitor_pid.map(i64::from)]
+            .into_iter()
+            .flatten()
+        {
+            if process::pid_belongs_to_dyno(pid, &record.id) {
+                if let Ok(pid) = i32::try_from(pid) {
+                    process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
-            let dir = PathBuf::from(&record.dir);
-            let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
-                dir
-            } else {
-                // Recorded by an older server (dynos inside the data directory): only the
-                // container, if any, is removed.
-                PathBuf::new()
-            };
-            let backend = self.inner.backend.clone();
-            let id = record.id.clone();
-            let cleaned = tokio::task::spawn_blocking(move || backend.cleanup(&id, &dir)).await;
-            if let Ok(Err(e)) = cleaned {
-                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
-            }
-            self.inner.store.delete_dyno(&record.id).await?;
         }
-        Ok(count)
+        let dir = PathBuf::from(&record.dir);
+        let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
+            dir
+        } else {
+            // Recorded by an older server (dynos inside the data directory): only the
+            // container, if any, is removed.
+            PathBuf::new()
+        };
+        let backend = self.inner.backend.clone();
+        let id = record.id.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            backend.cleanup(&id, &dir)?;
+            backend::remove_dir(&monitor_dir)
+        })
+        .await;
+        if let Ok(Err(e)) = cleaned {
+            tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
+        }
+        self.inner.store.delete_dyno(&record.id).await
     }
 }
 
