@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::{new_token, token_hash};
 use crate::error::ApiError;
-use crate::state::{AppEntry, RouteTable, Settings, Shared, State};
+use crate::state::{AppEntry, Settings, Shared, State};
 use crate::{control, deploy, git, routes};
 
 #[derive(Debug, Clone)]
@@ -368,6 +368,11 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The router's route table follows the dynos (and puts idle apps to sleep).
+    tokio::spawn(tracing::Instrument::instrument(
+        state.routes.clone().follow(dynos.subscribe(), stop_rx.clone()),
+        tracing::info_span!("routes"),
+    ));
 
     let app = api_routes(state.clone());
     let limits = slipway_router::ConnectionLimits {
@@ -394,7 +399,7 @@ pub async fn run(
     let router_listener = router_listener
         .into_std()
         .context("handing the router's listener to its runtime")?;
-    let resolver = Arc::new(RouteTable(state.clone()));
+    let resolver = state.routes.clone();
     let router_logs = logs.clone();
     let router_stop = stopped(stop_rx.clone());
     let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

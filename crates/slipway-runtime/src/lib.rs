@@ -219,6 +219,13 @@ pub enum WebStatus {
 /// runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DynoEvent {
+    /// A dyno joined the app's dynos: started by `converge` (in `starting`), or re-adopted
+    /// from a previous server (in its recorded state).
+    Added {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+    },
     /// A lifecycle transition.
     Changed {
         app_id: String,
@@ -237,6 +244,8 @@ pub enum DynoEvent {
         usage: Usage,
         quota_bytes: u64,
     },
+    /// The app went to sleep (its web dynos stop; see [`DynoManager::sleep_app`]) or woke up.
+    Sleep { app_id: String, asleep: bool },
     /// The supervisor finished: the dyno, its container and directory are gone.
     Removed {
         app_id: String,
@@ -313,7 +322,20 @@ pub(crate) struct Inner {
     pub(crate) users: Option<users::UidTable>,
     pub(crate) events: tokio::sync::broadcast::Sender<DynoEvent>,
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
+    /// What each app was last converged to, and whether it sleeps.
+    desired: Mutex<HashMap<String, Desired>>,
 }
+
+/// An app's release and formation as last converged, and whether its web dynos sleep.
+struct Desired {
+    release: ReleaseSpec,
+    formation: Vec<ProcessSpec>,
+    asleep: bool,
+}
+
+/// The config var that lets an app's web dynos sleep after this many seconds without requests
+/// (Heroku's eco dynos); absent, empty or 0: they never sleep.
+pub const SLEEP_AFTER_VAR: &str = "SLIPWAY_SLEEP_AFTER";
 
 impl Inner {
     fn lock_apps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Dyno>>>> {
@@ -329,6 +351,14 @@ impl Inner {
                 apps.remove(app_id);
             }
         }
+    }
+
+    fn added(&self, dyno: &Dyno) {
+        let _ = self.events.send(DynoEvent::Added {
+            app_id: dyno.app_id.clone(),
+            dyno_id: dyno.id.clone(),
+            name: dyno.name.clone(),
+        });
     }
 
     pub(crate) fn user_for(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
@@ -384,6 +414,7 @@ impl DynoManager {
                 users,
                 events: tokio::sync::broadcast::channel(1024).0,
                 apps: Mutex::new(HashMap::new()),
+                desired: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -401,7 +432,95 @@ impl DynoManager {
 
     /// Makes the app's dynos match `release` and `formation`. Returns at once; replaced dynos
     /// are stopped in the background once the new web dynos are up or have failed to start.
+    /// An app that sleeps keeps no web dynos until it is woken
+    /// ([`wake_app`](Self::wake_app)); a release that no longer lets it sleep wakes it.
     pub fn converge(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
+        let effective = {
+            let mut desired = self.lock_desired();
+            let asleep = desired
+                .get(&release.app_id)
+                .is_some_and(|d| d.asleep && sleep_after(&release.env).is_some());
+            desired.insert(
+                release.app_id.clone(),
+                Desired {
+                    release: release.clone(),
+                    formation: formation.to_vec(),
+                    asleep,
+                },
+            );
+            effective_formation(formation, asleep)
+        };
+        self.apply(release, &effective);
+    }
+
+    fn lock_desired(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desired>> {
+        self.inner.desired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the app's web dynos may go without a request before they sleep, if its
+    /// release lets them ([`SLEEP_AFTER_VAR`]).
+    pub fn sleep_after(&self, app_id: &str) -> Option<Duration> {
+        self.lock_desired()
+            .get(app_id)
+            .and_then(|d| sleep_after(&d.release.env))
+    }
+
+    pub fn is_asleep(&self, app_id: &str) -> bool {
+        self.lock_desired().get(app_id).is_some_and(|d| d.asleep)
+    }
+
+    /// Puts an app that may sleep to sleep: its web dynos stop (`Idling`), other process
+    /// types keep running. Returns whether it fell asleep now.
+    pub fn sleep_app(&self, app_id: &str) -> bool {
+        self.set_asleep(app_id, true)
+    }
+
+    /// Wakes a sleeping app: its web dynos start again. Returns whether it was asleep.
+    pub fn wake_app(&self, app_id: &str) -> bool {
+        self.set_asleep(app_id, false)
+    }
+
+    fn set_asleep(&self, app_id: &str, asleep: bool) -> bool {
+        let (release, formation) = {
+            let mut desired = self.lock_desired();
+            let Some(d) = desired.get_mut(app_id) else {
+                return false;
+            };
+            if d.asleep == asleep || (asleep && sleep_after(&d.release.env).is_none()) {
+                return false;
+            }
+            d.asleep = asleep;
+            (d.release.clone(), effective_formation(&d.formation, asleep))
+        };
+        let web: Vec<String> = self
+            .list(app_id)
+            .into_iter()
+            .filter(|d| d.process_type == "web")
+            .map(|d| d.name)
+            .collect();
+        if asleep {
+            for name in &web {
+                self.inner
+                    .logs
+                    .write(app_id, slipway_logs::Source::Heroku, name, "Idling");
+            }
+        } else {
+            self.inner.logs.write(
+                app_id,
+                slipway_logs::Source::Heroku,
+                "web",
+                "Unidling: a request arrived for a sleeping app",
+            );
+        }
+        let _ = self.inner.events.send(DynoEvent::Sleep {
+            app_id: app_id.to_string(),
+            asleep,
+        });
+        self.apply(release, &formation);
+        true
+    }
+
+    fn apply(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
         let app_id = release.app_id.clone();
         let mut started: Vec<Arc<Dyno>> = Vec::new();
         let mut retire: Vec<Arc<Dyno>> = Vec::new();
@@ -436,6 +555,9 @@ impl DynoManager {
             }
             current.extend(started.iter().cloned());
         }
+        for d in &started {
+            self.inner.added(d);
+        }
         if retire.is_empty() {
             return;
         }
@@ -469,6 +591,7 @@ impl DynoManager {
 
     /// Stops every dyno of an app and waits until they are gone.
     pub async fn stop_app(&self, app_id: &str) {
+        self.lock_desired().remove(app_id);
         let dynos: Vec<Arc<Dyno>> = self
             .inner
             .lock_apps()
@@ -608,7 +731,8 @@ impl DynoManager {
             .lock_apps()
             .entry(record.app_id.clone())
             .or_default()
-            .push(dyno);
+            .push(dyno.clone());
+        self.inner.added(&dyno);
         tracing::info!(dyno = %record.name, id = %record.id, pid, "re-adopted a running dyno");
     }
 
@@ -699,6 +823,29 @@ fn check_reachable(dir: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
+}
+
+/// [`SLEEP_AFTER_VAR`] of a release's config.
+fn sleep_after(env: &BTreeMap<String, String>) -> Option<Duration> {
+    env.get(SLEEP_AFTER_VAR)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+/// The formation to run: a sleeping app's web dynos are not.
+fn effective_formation(formation: &[ProcessSpec], asleep: bool) -> Vec<ProcessSpec> {
+    formation
+        .iter()
+        .map(|p| ProcessSpec {
+            quantity: if asleep && p.process_type == "web" {
+                0
+            } else {
+                p.quantity
+            },
+            ..p.clone()
+        })
+        .collect()
 }
 
 fn dyno_index(name: &str) -> u64 {
