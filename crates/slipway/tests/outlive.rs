@@ -292,3 +292,46 @@ fn a_crashing_dyno_is_restarted_with_growing_delays() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn an_app_that_may_sleep_idles_without_requests_and_the_next_request_wakes_it() {
+    let server = Server::start();
+    let (repo, _) = deploy_ticker(&server, "dozy");
+    server.cli_ok(&repo, &["config:set", "SLIPWAY_SLEEP_AFTER=2"]);
+    // The new release's dyno serves; from its last request on, the app is idle.
+    wait_for(60, "v2 to serve", || {
+        let ps = server.cli_ok(&repo, &["ps"]);
+        (ps.contains("web.1: up") && ps.contains("v2") && !ps.contains("v1")
+            && server.app_get("dozy", "/").0 == 200)
+            .then_some(())
+    });
+    let last_request = chrono::Utc::now();
+    let lines = wait_for(30, "the app to fall asleep", || {
+        let lines = log(&server, &repo);
+        let idling = lines.iter().position(|l| l.contains("heroku[web.1]: Idling"))?;
+        (lines[idling..]
+            .iter()
+            .any(|l| l.contains("heroku[web.1]: State changed from up to down"))
+            && server.dyno_processes().is_empty())
+        .then_some(lines)
+    });
+    let idling = lines
+        .iter()
+        .find(|l| l.contains("Idling"))
+        .expect("Idling line");
+    let idle = time_of(idling).with_timezone(&chrono::Utc) - last_request;
+    assert!(
+        idle >= chrono::Duration::milliseconds(1500),
+        "slept after {idle} of idleness, not 2 s"
+    );
+    let ps = server.cli_ok(&repo, &["ps"]);
+    assert!(!ps.contains("web.1: up"), "{ps}");
+
+    // One request wakes it and is served once the dyno is up.
+    let (status, body) = server.app_get("dozy", "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("pid="), "{body}");
+    let lines = log(&server, &repo);
+    assert!(lines.iter().any(|l| l.contains("Unidling")), "{lines:#?}");
+    assert!(!server.dyno_processes().is_empty());
+}
