@@ -335,7 +335,10 @@ pub async fn run(
         }
     }
     if adopted > 0 {
-        tracing::info!(adopted, "re-adopted the dynos the previous server left running");
+        tracing::info!(
+            adopted,
+            "re-adopted the dynos the previous server left running"
+        );
     }
     for app in store.list_apps().await? {
         state.remember_app(
@@ -370,7 +373,10 @@ pub async fn run(
     };
     // The router's route table follows the dynos (and puts idle apps to sleep).
     tokio::spawn(tracing::Instrument::instrument(
-        state.routes.clone().follow(dynos.subscribe(), stop_rx.clone()),
+        state
+            .routes
+            .clone()
+            .follow(dynos.subscribe(), stop_rx.clone()),
         tracing::info_span!("routes"),
     ));
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use slipway_logs::{Filter, LogHub};
 use slipway_router::{Resolution, Resolver, Target};
-use arc_swap::ArcSwap;
 use slipway_runtime::{DynoEvent, DynoManager, WebStatus};
 use slipway_store::Store;
 

@@ -59,8 +59,8 @@ impl Attached {
             detail: format!("encoding its launch: {e}"),
         })?;
         {
-            use std::os::unix::fs::OpenOptionsExt;
             use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let path = dir.join(LAUNCH_FILE);
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -72,7 +72,8 @@ impl Attached {
                 .map_err(RuntimeError::io("writing", &path))?;
         }
         let log_path = dir.join(MONITOR_LOG);
-        let log = std::fs::File::create(&log_path).map_err(RuntimeError::io("creating", &log_path))?;
+        let log =
+            std::fs::File::create(&log_path).map_err(RuntimeError::io("creating", &log_path))?;
         let (program, args) = monitor.split_first().ok_or_else(|| RuntimeError::Monitor {
             dyno: dyno_id.to_string(),
             detail: "no monitor command configured".into(),
@@ -90,7 +91,10 @@ impl Attached {
             .stderr(log)
             .kill_on_drop(false)
             .spawn()
-            .map_err(RuntimeError::io("starting the dyno monitor", Path::new(program)))?;
+            .map_err(RuntimeError::io(
+                "starting the dyno monitor",
+                Path::new(program),
+            ))?;
         let deadline = Instant::now() + START_TIMEOUT;
         let conn = loop {
             if let Ok(conn) = UnixStream::connect(dir.join(SOCKET)).await {
@@ -192,7 +196,9 @@ fn deliver(dir: &Path, cursor: &mut Cursor, sink: &LineSink) {
                 }
             }
         }
-        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not read the dyno's output"),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not read the dyno's output")
+        }
     }
 }
 

@@ -286,7 +286,9 @@ mod tests {
     fn pump_splits_lines_and_bounds_them() {
         let input: &[u8] = b"one\r\ntwo\n\nxxxxxxxxxx-tail";
         let mut lines = Vec::new();
-        pump(input, 4, |l| lines.push(String::from_utf8_lossy(l).into_owned()));
+        pump(input, 4, |l| {
+            lines.push(String::from_utf8_lossy(l).into_owned())
+        });
         assert_eq!(lines, ["one", "two", "", "xxxx", "xxxx", "xx-t", "ail"]);
     }
 

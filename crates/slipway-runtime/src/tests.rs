@@ -84,7 +84,7 @@ fn test_monitor() -> Vec<std::ffi::OsString> {
 /// test otherwise.
 #[test]
 fn dyno_monitor_entry() {
-    let Some(last) = std::env::args().last() else {
+    let Some(last) = std::env::args().next_back() else {
         return;
     };
     let dir = Path::new(&last);

@@ -43,7 +43,7 @@ pub struct AppArg {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the platform: API, git endpoint, router and dynos
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
 
     // ---- apps (commands/apps.rs) ----
     /// List apps

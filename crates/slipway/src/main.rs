@@ -31,7 +31,7 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            cli::Command::Server(args) => server_cmd::run(args).await.map(|_| 0),
+            cli::Command::Server(args) => server_cmd::run(*args).await.map(|_| 0),
             cli::Command::Hook(cli::HookCommand::PreReceive) => hook::pre_receive().await,
             other => commands::run(cli.global, other).await.map(|_| 0),
         }

@@ -31,9 +31,9 @@ fn a_killed_server_reaps_its_orphans_and_serves_again() {
     }
     // The dynos themselves outlive their SIGKILLed monitors (they are in their own process
     // group).
-    assert!(orphans
-        .iter()
-        .any(|pid| !monitors.contains(pid) && std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    assert!(orphans.iter().any(
+        |pid| !monitors.contains(pid) && std::path::Path::new(&format!("/proc/{pid}")).exists()
+    ));
 
     server.launch();
     let body = wait_for(60, "the app after the restart", || {

@@ -86,7 +86,10 @@ fn alive(pid: u32) -> bool {
 fn undelivered_ticks(server: &Server) -> Vec<u64> {
     let monitors = server.dynos_dir().join(".monitors");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&monitors).expect("monitors dir").flatten() {
+    for entry in std::fs::read_dir(&monitors)
+        .expect("monitors dir")
+        .flatten()
+    {
         let dir = entry.path();
         let cursor = std::fs::read_to_string(dir.join("cursor")).unwrap_or_default();
         let mut parts = cursor.split_whitespace();
@@ -216,7 +219,9 @@ fn a_web_dyno_that_does_not_bind_in_the_boot_timeout_is_killed_r10() {
     let repo = deploy(&server, "sleepy", &[("Procfile", "web: sleep 1000\n")]);
     let lines = wait_for(30, "R10 and the crash it causes", || {
         let lines = log(&server, &repo);
-        let r10 = lines.iter().position(|l| l.contains("Error R10 (Boot timeout)"))?;
+        let r10 = lines
+            .iter()
+            .position(|l| l.contains("Error R10 (Boot timeout)"))?;
         lines[r10..]
             .iter()
             .any(|l| l.contains("State changed from starting to crashed"))
@@ -241,7 +246,9 @@ fn a_web_dyno_that_does_not_bind_in_the_boot_timeout_is_killed_r10() {
     );
     let after = &lines[lines.iter().position(|l| l == r10).expect("r10")..];
     assert!(
-        after.iter().any(|l| l.contains("Stopping process with SIGKILL")),
+        after
+            .iter()
+            .any(|l| l.contains("Stopping process with SIGKILL")),
         "{after:#?}"
     );
     assert!(
@@ -301,14 +308,18 @@ fn an_app_that_may_sleep_idles_without_requests_and_the_next_request_wakes_it() 
     // The new release's dyno serves; from its last request on, the app is idle.
     wait_for(60, "v2 to serve", || {
         let ps = server.cli_ok(&repo, &["ps"]);
-        (ps.contains("web.1: up") && ps.contains("v2") && !ps.contains("v1")
+        (ps.contains("web.1: up")
+            && ps.contains("v2")
+            && !ps.contains("v1")
             && server.app_get("dozy", "/").0 == 200)
             .then_some(())
     });
     let last_request = chrono::Utc::now();
     let lines = wait_for(30, "the app to fall asleep", || {
         let lines = log(&server, &repo);
-        let idling = lines.iter().position(|l| l.contains("heroku[web.1]: Idling"))?;
+        let idling = lines
+            .iter()
+            .position(|l| l.contains("heroku[web.1]: Idling"))?;
         (lines[idling..]
             .iter()
             .any(|l| l.contains("heroku[web.1]: State changed from up to down"))

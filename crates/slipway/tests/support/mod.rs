@@ -383,8 +383,14 @@ impl Drop for Server {
             }
         }
         // Dynos and their monitors outlive a server that does not stop them: end this test's.
-        for pid in self.monitor_processes().into_iter().chain(self.dyno_processes()) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        for pid in self
+            .monitor_processes()
+            .into_iter()
+            .chain(self.dyno_processes())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
     }
 }
