@@ -84,6 +84,11 @@ impl ExitRecord {
         }
     }
 
+    /// Nothing was recorded: the monitor itself died (killed) before its dyno's exit.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.code.is_none() && self.signal.is_none()
+    }
+
     pub(crate) fn read(dir: &Path) -> Option<Self> {
         let text = std::fs::read(dir.join(EXIT_FILE)).ok()?;
         serde_json::from_slice(&text).ok()

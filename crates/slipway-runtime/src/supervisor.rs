@@ -342,11 +342,11 @@ impl Supervisor {
                     ));
                     self.say("Stopping process with SIGKILL");
                     backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
-                    let exit = self.exit_of(live.attached.wait().await).await;
+                    let exit = self.exit_of(live.attached.wait().await, pid).await;
                     return self.crashed(exit, Some(addr), pid).await;
                 }
                 Boot::Exited(exit) => {
-                    let exit = self.exit_of(exit).await;
+                    let exit = self.exit_of(exit, pid).await;
                     return self.crashed(exit, Some(addr), pid).await;
                 }
                 Boot::Stop => return self.stop_dyno(&mut live, Some(addr), pid).await,
@@ -370,7 +370,7 @@ impl Supervisor {
             };
             match next {
                 Next::Exited(exit) => {
-                    let exit = self.exit_of(exit).await;
+                    let exit = self.exit_of(exit, pid).await;
                     return self.crashed(exit, addr, pid).await;
                 }
                 Next::Stop => return self.stop_dyno(&mut live, addr, pid).await,
@@ -378,7 +378,7 @@ impl Supervisor {
                     if self.check_memory() {
                         // The kernel's OOM killer struck: Heroku kills the whole dyno (R15).
                         backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
-                        let mut exit = self.exit_of(live.attached.wait().await).await;
+                        let mut exit = self.exit_of(live.attached.wait().await, pid).await;
                         exit.oom_killed = true;
                         return self.crashed(exit, addr, pid).await;
                     }
@@ -442,7 +442,16 @@ impl Supervisor {
     }
 
     /// How the dyno ended, with what the backend knows (the OOM killer) after its exit.
-    async fn exit_of(&self, record: ExitRecord) -> Exit {
+    async fn exit_of(&self, record: ExitRecord, pid: Option<u32>) -> Exit {
+        if record.is_lost() {
+            // Its processes may still run, with nobody holding their output: end them
+            // before the dyno is restarted.
+            self.say("Error: the dyno's monitor process died; stopping the dyno");
+            self.inner
+                .backend
+                .signal_pid(&self.spec, pid, Signal::SIGKILL)
+                .await;
+        }
         let oom_killed = self.inner.backend.exited(&self.spec).await;
         Exit {
             status: record.status(),
@@ -508,7 +517,7 @@ impl Supervisor {
                 live.attached.wait().await
             }
         };
-        let exit = self.exit_of(exit).await;
+        let exit = self.exit_of(exit, pid).await;
         self.say(&format!("Process exited with status {}", exit.code()));
         self.transition(Event::Stopped, None, None).await;
         Outcome::Stopped

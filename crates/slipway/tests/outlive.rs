@@ -346,3 +346,44 @@ fn an_app_that_may_sleep_idles_without_requests_and_the_next_request_wakes_it() 
     assert!(lines.iter().any(|l| l.contains("Unidling")), "{lines:#?}");
     assert!(!server.dyno_processes().is_empty());
 }
+
+#[test]
+fn a_dyno_whose_monitor_dies_is_stopped_and_started_again() {
+    monitor_dies("oci");
+}
+
+#[test]
+fn a_process_dyno_whose_monitor_dies_is_stopped_and_started_again() {
+    monitor_dies("process");
+}
+
+fn monitor_dies(runtime: &str) {
+    let server = Server::start_with(&["--dyno-runtime", runtime]);
+    let (repo, _) = deploy_ticker(&server, "orphaned");
+    let dynos = server.dyno_processes();
+    let monitors = server.monitor_processes();
+    assert_eq!(monitors.len(), 1);
+    std::process::Command::new("kill")
+        .args(["-KILL", &monitors[0].to_string()])
+        .status()
+        .expect("kill");
+    // (The pid the app reports is its pid inside the container: the same for every run.)
+    let lines = wait_for(60, "a new dyno serving", || {
+        let lines = log(&server, &repo);
+        let starts = lines
+            .iter()
+            .filter(|l| l.contains("Starting process"))
+            .count();
+        (starts == 2 && server.app_get("orphaned", "/").0 == 200).then_some(lines)
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the dyno's monitor process died")),
+        "{lines:#?}"
+    );
+    for pid in dynos.iter().filter(|p| !monitors.contains(p)) {
+        assert!(!alive(*pid), "process {pid} of the old dyno still runs");
+    }
+    assert_eq!(server.monitor_processes().len(), 1);
+}
