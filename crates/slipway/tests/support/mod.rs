@@ -392,6 +392,18 @@ impl Drop for Server {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
+        // Containers: their processes are not found by their working directory.
+        let state = self.dynos_dir().join(".oci/state");
+        for entry in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force"])
+                .arg(entry.file_name())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
