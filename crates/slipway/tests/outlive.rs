@@ -108,7 +108,16 @@ fn undelivered_ticks(server: &Server) -> Vec<u64> {
 
 #[test]
 fn a_killed_server_leaves_dynos_running_and_the_next_one_adopts_them() {
-    let mut server = Server::start();
+    killed_server_adopts("oci");
+}
+
+#[test]
+fn a_killed_server_leaves_process_dynos_running_and_the_next_one_adopts_them() {
+    killed_server_adopts("process");
+}
+
+fn killed_server_adopts(runtime: &str) {
+    let mut server = Server::start_with(&["--dyno-runtime", runtime]);
     server.stop_dynos_on_exit = false;
     server.terminate();
     server.launch();
