@@ -112,6 +112,16 @@ pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<Removed> {
     for (dir, is_repo) in [
         (state.settings.repo_dir(&app.id), true),
         (state.settings.slug_dir(&app.id), false),
+        (state.settings.cache_dir(&app.id), false),
+        (
+            state
+                .settings
+                .builds_dir
+                .join("buildpacks")
+                .join("fetched")
+                .join(&app.id),
+            false,
+        ),
     ] {
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => repository |= is_repo,

@@ -362,12 +362,18 @@ async fn compile(
         src.to_path_buf(),
         settings.cache_dir(&app.id),
         settings.builds_dir.join("buildpacks").join("builtin"),
-        settings.builds_dir.join("buildpacks").join("fetched"),
+        // Per app: a fetched buildpack is the app's own code, never shared with another app.
+        settings
+            .builds_dir
+            .join("buildpacks")
+            .join("fetched")
+            .join(&app.id),
     );
     spec.env = app.config.clone();
     spec.buildpacks = buildpacks;
     spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
     spec.timeout = settings.build_timeout;
+    spec.memory_limit_bytes = Some(settings.build_memory_limit_bytes);
     // The app's own unprivileged user when the server is root: a build can read neither other
     // apps' files nor the platform's state.
     spec.run_as = state

@@ -11,6 +11,7 @@
 //! | `formation` | Formation | `GET/PATCH /apps/A/formation`, `GET/PATCH /apps/A/formation/T` |
 //! | `dynos` | Dyno | `GET/DELETE /apps/A/dynos[/D]`, `POST /apps/A/dynos/D/actions/stop`, `DELETE /apps/A/formations/T` |
 //! | `builds` | Build | `GET /apps/A/builds[/ID]` |
+//! | `buildpacks` | Buildpack Installation, Build Cache | `GET/PUT /apps/A/buildpack-installations`, `DELETE /apps/A/build-cache` |
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
 //!
@@ -19,6 +20,7 @@
 mod account;
 mod addons;
 mod apps;
+mod buildpacks;
 mod builds;
 mod config_vars;
 mod dynos;
@@ -46,6 +48,7 @@ pub fn routes() -> Router<Shared> {
         .merge(formation::routes())
         .merge(dynos::routes())
         .merge(builds::routes())
+        .merge(buildpacks::routes())
         .merge(log_sessions::routes())
         .merge(addons::routes())
         // Set after every route: it applies to the routes that exist when it is called.

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub builds_dir: Option<PathBuf>,
     /// How long one build may run.
     pub build_timeout: Duration,
+    /// Address space each buildpack process may use.
+    pub build_memory_limit_bytes: u64,
     /// How long a client has to send a request's headers (API and router).
     pub header_read_timeout: Duration,
     /// Most dynos of one process type (`ps:scale` beyond it is refused with 422).
@@ -102,6 +104,12 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
             "the slipway binary {} (used as the git pre-receive hook) does not exist",
             cfg.hook_binary.display()
         );
+    }
+    if cfg.build_memory_limit_bytes < 256 * 1024 * 1024 {
+        bail!("the build memory limit must be at least 256 MB; buildpacks need room to run");
+    }
+    if cfg.build_timeout.is_zero() {
+        bail!("the build timeout must be at least 1 second");
     }
     if cfg.header_read_timeout.is_zero() {
         bail!("the header read timeout must be at least 1 second");
@@ -282,6 +290,7 @@ pub async fn run(
         build_limits: slipway_build::Limits::default(),
         builds_dir: builds_dir.clone(),
         build_timeout: cfg.build_timeout,
+        build_memory_limit_bytes: cfg.build_memory_limit_bytes,
         max_push_bytes: cfg.max_push_bytes,
         max_dynos_per_type: cfg.max_dynos_per_type,
         hook_binary: cfg.hook_binary.clone(),

@@ -30,6 +30,8 @@ pub struct Settings {
     pub builds_dir: PathBuf,
     /// How long one build may run (all its buildpacks).
     pub build_timeout: Duration,
+    /// Address space (RLIMIT_AS) of each buildpack process.
+    pub build_memory_limit_bytes: u64,
     /// Largest git request body accepted (the pushed pack), in bytes.
     pub max_push_bytes: u64,
     /// Most dynos of one process type an app may scale to.

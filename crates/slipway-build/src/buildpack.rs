@@ -72,16 +72,25 @@ pub fn install_builtin(dir: &Path) -> Result<(), BuildError> {
     for bp in BUILTINS {
         for (rel, content) in bp.files {
             let path = dir.join(bp.name).join(rel);
-            if std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) {
+            let current = std::fs::metadata(&path)
+                .is_ok_and(|m| m.permissions().mode() & 0o777 == 0o755)
+                && std::fs::read(&path).is_ok_and(|old| old == content.as_bytes());
+            if current {
                 continue;
             }
             let parent = path.parent().unwrap_or(dir);
             std::fs::create_dir_all(parent).map_err(BuildError::io("creating", parent))?;
-            let tmp = path.with_extension("partial");
-            std::fs::write(&tmp, content).map_err(BuildError::io("writing", &tmp))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-                .map_err(BuildError::io("setting permissions of", &tmp))?;
-            std::fs::rename(&tmp, &path).map_err(BuildError::io("installing", &path))?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+                .map_err(BuildError::io("setting permissions of", parent))?;
+            // A name of its own: two builds may install at the same time.
+            let mut tmp = tempfile::NamedTempFile::new_in(parent)
+                .map_err(BuildError::io("creating a file in", parent))?;
+            std::io::Write::write_all(&mut tmp, content.as_bytes())
+                .map_err(BuildError::io("writing", tmp.path()))?;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(BuildError::io("setting permissions of", tmp.path()))?;
+            tmp.persist(&path)
+                .map_err(|e| BuildError::io("installing", &path)(e.error))?;
         }
     }
     Ok(())

@@ -60,8 +60,6 @@ pub enum BuildError {
         "the pushed source has an entry that would be written outside the build directory: {0}"
     )]
     UnsafePath(String),
-    #[error("no Procfile found at the root of the pushed source; add one with a line such as `web: ./server --port $PORT`")]
-    NoProcfile,
     #[error(
         "the Procfile must be a regular file, but the pushed one is a {0}; commit the file itself"
     )]
@@ -100,6 +98,8 @@ pub enum BuildError {
     },
     #[error("the build was cancelled")]
     Cancelled,
+    #[error("the build was interrupted: {0}")]
+    Interrupted(String),
     #[error("buildpack {buildpack}: could not run {}: {source}", .phase.script())]
     Spawn {
         buildpack: String,
@@ -160,17 +160,6 @@ impl BuildError {
             source,
         }
     }
-}
-
-/// The Procfile-only build (no buildpacks): checks the Procfile in `build_dir` and returns it,
-/// reporting through `say`. Kept for the current push path until it calls
-/// [`pipeline::compile`] (re-exported as [`run_buildpacks`]), which does this and runs the
-/// buildpacks.
-pub fn compile(build_dir: &Path, say: &mut dyn FnMut(&str)) -> Result<Procfile, BuildError> {
-    let procfile = pipeline::read_procfile(build_dir)?.ok_or(BuildError::NoProcfile)?;
-    let types: Vec<&str> = procfile.processes.keys().map(String::as_str).collect();
-    say(&format!("Procfile declares types -> {}", types.join(", ")));
-    Ok(procfile)
 }
 
 #[cfg(test)]

@@ -62,6 +62,10 @@ pub struct CompileSpec {
     pub runtimes_dirs: Vec<PathBuf>,
     /// Directories put before [`DEFAULT_PATH`] for buildpacks (e.g. where cargo or go live).
     pub extra_path: Vec<PathBuf>,
+    /// Variables the operator gives every buildpack (e.g. `RUSTUP_HOME`, `GOPROXY`, a private
+    /// index URL). Not the app's config (that is `env`, in ENV_DIR); these win over nothing:
+    /// `PATH`, `HOME`, `LANG`, `STACK` and `SOURCE_VERSION` are always the pipeline's.
+    pub extra_env: BTreeMap<String, String>,
     /// For the whole compile (all buildpacks, fetches included).
     pub timeout: Duration,
     /// uid/gid the buildpack processes run as (the server must be root); the build and cache
@@ -92,6 +96,7 @@ impl CompileSpec {
             fetch_dir,
             runtimes_dirs: Vec::new(),
             extra_path: Vec::new(),
+            extra_env: BTreeMap::new(),
             timeout: DEFAULT_TIMEOUT,
             run_as: None,
             memory_limit_bytes: None,
@@ -123,7 +128,7 @@ pub async fn compile(
         let _ = events.send(e).await;
     };
 
-    let removed = crate::slugignore::apply(build_dir)?;
+    let removed = blocking(build_dir, crate::slugignore::apply).await?;
     if removed > 0 {
         say(BuildEvent::title(format!(
             "Removed {removed} paths listed in .slugignore"
@@ -149,11 +154,13 @@ pub async fn compile(
 
     let mut path_dirs: Vec<PathBuf> = spec.extra_path.clone();
     path_dirs.extend(std::env::split_paths(DEFAULT_PATH));
-    let mut base_env = BTreeMap::from([
+    let mut base_env = spec.extra_env.clone();
+    base_env.extend([
         ("HOME".to_string(), home.display().to_string()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("STACK".to_string(), STACK.to_string()),
     ]);
+    base_env.remove("SOURCE_VERSION");
     if let Some(v) = &spec.source_version {
         base_env.insert("SOURCE_VERSION".into(), v.clone());
     }
@@ -185,6 +192,12 @@ pub async fn compile(
         list
     };
 
+    // Everything a buildpack process may write belongs to the build user from here on.
+    if let Some(owner) = spec.run_as {
+        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
+            blocking(dir, move |d| chown_tree(d, owner)).await?;
+        }
+    }
     let runner = Runner {
         spec,
         env: base_env.clone(),
@@ -276,11 +289,6 @@ pub async fn compile(
         prepend.extend(path_dirs.iter().cloned());
         env.insert("PATH".into(), join_path(&prepend));
     }
-    if let Some(owner) = spec.run_as {
-        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
-            chown_tree(dir, owner)?;
-        }
-    }
     let runner = Runner { env, ..runner };
 
     for (bp, _) in &chosen {
@@ -334,7 +342,7 @@ pub async fn pack_slug(
     let (dir, path, limits) = (build_dir.to_path_buf(), slug_path.to_path_buf(), *limits);
     let info = tokio::task::spawn_blocking(move || crate::create_slug(&dir, &path, &limits))
         .await
-        .map_err(|_| BuildError::Cancelled)??;
+        .map_err(|e| BuildError::Interrupted(e.to_string()))??;
     let _ = events
         .send(BuildEvent::detail(format!(
             "Done: {}",
@@ -643,6 +651,17 @@ fn join_path(dirs: &[PathBuf]) -> String {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Runs a file-tree walk on the blocking pool, so a large tree does not stall the runtime.
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    work: impl FnOnce(&Path) -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || work(&dir))
+        .await
+        .map_err(|e| BuildError::Interrupted(e.to_string()))?
 }
 
 /// Gives `dir` and everything under it (symlinks themselves, never their targets) to `owner`.

@@ -176,7 +176,7 @@ fn from_runtimes_dirs(dirs: &[PathBuf], prefix: &str, exe: &str) -> Vec<Installe
                 })
             })
             .collect();
-        list.sort_by(|a, b| b.version.cmp(&a.version));
+        list.sort_by_key(|i| std::cmp::Reverse(i.version));
         found.extend(list);
     }
     found

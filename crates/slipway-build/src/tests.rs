@@ -12,25 +12,23 @@ fn tree(dir: &Path) {
 }
 
 #[test]
-fn compile_reads_the_procfile_or_explains_what_is_missing() {
+fn the_procfile_is_read_checked_and_never_followed_through_a_symlink() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut said = Vec::new();
-    assert!(matches!(
-        compile(dir.path(), &mut |l| said.push(l.to_string())),
-        Err(BuildError::NoProcfile)
-    ));
+    assert!(pipeline::read_procfile(dir.path()).expect("none").is_none());
     std::fs::write(dir.path().join("Procfile"), "web ./x").expect("write");
-    let err = compile(dir.path(), &mut |_| {}).expect_err("malformed");
+    let err = pipeline::read_procfile(dir.path()).expect_err("malformed");
     assert!(err.to_string().contains("line 1"), "{err}");
     std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
     std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Procfile")).expect("symlink");
-    let err = compile(dir.path(), &mut |_| {}).expect_err("symlink");
+    let err = pipeline::read_procfile(dir.path()).expect_err("symlink");
     assert!(err.to_string().contains("symbolic link"), "{err}");
     std::fs::remove_file(dir.path().join("Procfile")).expect("rm");
     tree(dir.path());
-    let procfile = compile(dir.path(), &mut |l| said.push(l.to_string())).expect("valid");
+    let procfile = pipeline::read_procfile(dir.path())
+        .expect("valid")
+        .expect("present");
     assert_eq!(procfile.processes["web"], "./run.sh");
-    assert_eq!(said, ["Procfile declares types -> web, worker"]);
+    assert_eq!(procfile.processes["worker"], "sleep 100");
 }
 
 #[test]
@@ -106,11 +104,14 @@ fn extraction_never_leaves_its_directory_and_is_bounded() {
     let dest = root.path().join("build");
     std::fs::create_dir(&dest).expect("mkdir");
     let evil = tar_with(&[("../escaped", b"x")]);
-    let _ = extract_source(&evil[..], &dest, &Limits::default());
+    let err = extract_source(&evil[..], &dest, &Limits::default()).expect_err("escape");
+    assert!(matches!(err, BuildError::UnsafePath(_)), "{err:?}");
     assert!(!root.path().join("escaped").exists());
 
+    // An absolute name lands inside the directory.
     let abs = tar_with(&[("/tmp/slipway-escape-test", b"x")]);
-    let _ = extract_source(&abs[..], &dest, &Limits::default());
+    extract_source(&abs[..], &dest, &Limits::default()).expect("extracted inside");
+    assert!(dest.join("tmp/slipway-escape-test").is_file());
     assert!(!Path::new("/tmp/slipway-escape-test").exists());
 
     let big = tar_with(&[("a", &[0u8; 100]), ("b", &[0u8; 100])]);
@@ -137,4 +138,107 @@ fn extraction_never_leaves_its_directory_and_is_bounded() {
         std::fs::read_to_string(dest.join("Procfile")).expect("read"),
         "web: x"
     );
+}
+
+/// A tar header block of `kind` declaring `size` bytes, with a valid checksum.
+fn raw_header(name: &str, kind: u8, size: u64) -> [u8; 512] {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    *h.as_bytes()
+}
+
+#[test]
+fn oversized_long_name_and_pax_headers_fail_before_they_are_buffered() {
+    let dest = tempfile::tempdir().expect("tempdir");
+    for (kind, what) in [
+        (b'L', "GNU long name"),
+        (b'K', "GNU long link name"),
+        (b'x', "PAX extended header"),
+    ] {
+        // A 64 MiB metadata entry whose data never comes: the tar crate would try to read it all
+        // (and fail with an unexpected end of file); the guard refuses it from the header alone.
+        let declared = 64 * 1024 * 1024;
+        let tarball = raw_header("././@LongLink", kind, declared);
+        let err =
+            extract_source(&tarball[..], dest.path(), &Limits::default()).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(what) && text.contains(&declared.to_string()),
+            "{text}"
+        );
+    }
+
+    // Within the bound, long names still work, and a PAX size is followed.
+    let long = format!("{}/file.txt", "d".repeat(200));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &long, &b"hello"[..]).expect("append");
+    b.append_pax_extensions([("comment", &b"pax is fine"[..])])
+        .expect("pax");
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, "after-pax", &b"ok"[..])
+        .expect("append");
+    let tarball = b.into_inner().expect("finish");
+    extract_source(&tarball[..], dest.path(), &Limits::default()).expect("extract");
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join(&long)).expect("read"),
+        "hello"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("after-pax")).expect("read"),
+        "ok"
+    );
+}
+
+#[test]
+fn write_failures_are_reported_as_what_they_are_and_escapes_as_escapes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dest = root.path().join("build");
+    std::fs::create_dir(&dest).expect("mkdir");
+    // A file where the tarball needs a directory: writing fails (we run as root, so permissions
+    // cannot make it fail).
+    std::fs::write(dest.join("lib"), "a file").expect("write");
+    let tarball = tar_with(&[("lib/inner.txt", b"x")]);
+    let err = extract_source(&tarball[..], &dest, &Limits::default()).expect_err("fails");
+    match &err {
+        BuildError::Io { path, source, .. } => {
+            assert_eq!(path, &dest.join("lib/inner.txt"));
+            assert!(!source.to_string().is_empty());
+        }
+        other => panic!("expected an I/O error naming the path, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("outside"), "{err}");
+
+    // A symlink in the tarball, then a file through it: an escape.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "out", root.path()).expect("link");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.as_old_mut().name[..9].copy_from_slice(b"out/owned");
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).expect("append");
+    let tarball = b.into_inner().expect("finish");
+    let err = extract_source(&tarball[..], &dest, &Limits::default()).expect_err("escape");
+    assert!(matches!(err, BuildError::UnsafePath(_)), "{err:?}");
+    assert!(!root.path().join("owned").exists());
+
+    let evil = tar_with(&[("../escaped", b"x")]);
+    let err = extract_source(&evil[..], &dest, &Limits::default()).expect_err("escape");
+    assert!(matches!(err, BuildError::UnsafePath(_)), "{err:?}");
 }

@@ -12,8 +12,10 @@
 
 mod body;
 mod errors;
+mod listen;
 mod proxy;
 mod rotation;
+pub mod tls;
 mod tunnel;
 
 use std::future::Future;
@@ -21,12 +23,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use slipway_logs::LogHub;
 use tokio::net::TcpListener;
 
 pub use errors::RouterError;
+pub use listen::{serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
 
 /// Where a request for an app can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,43 +91,8 @@ impl Default for RouterConfig {
     }
 }
 
-/// Bounds on a request's headers, enforced by the HTTP layer (hyper answers 431 itself) and
-/// again by the router for HTTP/2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderLimits {
-    /// The request line and all header lines together, in bytes (at least 8 KiB, hyper's
-    /// smallest read buffer).
-    pub max_bytes: usize,
-    /// How many header fields.
-    pub max_count: usize,
-}
-
-impl Default for HeaderLimits {
-    fn default() -> Self {
-        Self {
-            max_bytes: 32 * 1024,
-            max_count: 100,
-        }
-    }
-}
-
-impl HeaderLimits {
-    /// Whether `headers` (as counted by the router: names, values and 4 bytes of framing
-    /// each) are over the bounds.
-    pub fn exceeded_by(&self, headers: &http::HeaderMap) -> bool {
-        if headers.len() > self.max_count {
-            return true;
-        }
-        let bytes: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum();
-        bytes > self.max_bytes
-    }
-}
-
-/// Serves `listener` until `shutdown` resolves, then lets open requests finish for up to
-/// `shutdown_grace`.
+/// Serves `listener` (plain HTTP) until `shutdown` resolves, then lets open requests finish
+/// for up to `shutdown_grace`. The same as [`Router::new`] and [`Router::serve`].
 pub async fn serve(
     listener: TcpListener,
     cfg: RouterConfig,
@@ -134,132 +100,100 @@ pub async fn serve(
     logs: LogHub,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let port = listener.local_addr()?.port();
-    let proxy = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs));
-    let limits = ConnectionLimits {
-        header_read_timeout: cfg.header_read_timeout,
-        shutdown_grace: cfg.shutdown_grace,
-    };
-    serve_with(listener, limits, cfg.header_limits, shutdown, move |peer| {
-        let proxy = proxy.clone();
-        let via = proxy::Via {
-            peer,
-            scheme: "http",
-            port,
-        };
-        hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, via).await) }
-        })
-    })
-    .await
-}
-
-/// Time limits for every HTTP connection slipway accepts.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// How long a client has to send a request's headers (no slowloris holding connections).
-    pub header_read_timeout: Duration,
-    /// How long open connections get to finish after shutdown begins.
-    pub shutdown_grace: Duration,
-}
-
-/// The accept loop shared by the router and the API: HTTP/1.1 and HTTP/2 (with upgrades) on
-/// each connection, a header read timeout, bounded request headers ([`HeaderLimits`]'s
-/// defaults), and a graceful shutdown under a deadline. `service_for(peer)` makes the
-/// service for one connection.
-pub async fn serve_http<S, B>(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
-) -> std::io::Result<()>
-where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_with(
-        listener,
-        limits,
-        HeaderLimits::default(),
-        shutdown,
-        service_for,
-    )
-    .await
-}
-
-/// [`serve_http`] with request header bounds of the caller's choosing.
-pub async fn serve_with<S, B>(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    headers: HeaderLimits,
-    shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
-) -> std::io::Result<()>
-where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 itself when the head does not fit or has too many fields.
-        .max_buf_size(headers.max_bytes.max(8192))
-        // httparse needs a spare slot to see the end of the head after the last field.
-        .max_headers(headers.max_count.saturating_add(1));
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_for(peer));
-        let conn = graceful.watch(conn.into_owned());
-        let span = tracing::debug_span!("conn", %peer);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            },
-            span,
-        ));
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    Router::new(cfg, resolver, logs)
+        .serve(listener, shutdown)
         .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown grace period");
+}
+
+/// The router, for serving several listeners (HTTP and HTTPS) with one set of state (which
+/// dynos are out of rotation).
+#[derive(Clone)]
+pub struct Router {
+    cfg: RouterConfig,
+    proxy: Arc<proxy::Proxy>,
+}
+
+impl Router {
+    pub fn new(cfg: RouterConfig, resolver: Arc<dyn Resolver>, logs: LogHub) -> Self {
+        let proxy = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs));
+        Self { cfg, proxy }
     }
-    Ok(())
+
+    /// Serves plain HTTP on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let port = listener.local_addr()?.port();
+        let service_for = self.service_for("http", port);
+        serve_with(
+            listener,
+            self.limits(),
+            self.cfg.header_limits,
+            shutdown,
+            service_for,
+        )
+        .await
+    }
+
+    /// Serves HTTPS on `listener` until `shutdown` resolves, with `tls` (e.g.
+    /// [`tls::CertStore::server_config`]). Dynos see `X-Forwarded-Proto: https` and the
+    /// listener's port in `X-Forwarded-Port`.
+    pub async fn serve_tls(
+        &self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let port = listener.local_addr()?.port();
+        let service_for = self.service_for("https", port);
+        listen::serve_tls(
+            listener,
+            tls,
+            self.limits(),
+            self.cfg.header_limits,
+            shutdown,
+            service_for,
+        )
+        .await
+    }
+
+    fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: self.cfg.header_read_timeout,
+            shutdown_grace: self.cfg.shutdown_grace,
+        }
+    }
+
+    fn service_for(&self, scheme: &'static str, port: u16) -> impl Fn(SocketAddr) -> Service {
+        let proxy = self.proxy.clone();
+        move |peer| Service {
+            proxy: proxy.clone(),
+            via: proxy::Via { peer, scheme, port },
+        }
+    }
+}
+
+/// The router's service for one connection.
+#[derive(Clone)]
+pub struct Service {
+    proxy: Arc<proxy::Proxy>,
+    via: proxy::Via,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
+    type Response = http::Response<proxy::ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let proxy = self.proxy.clone();
+        let via = self.via;
+        Box::pin(async move { Ok(proxy.handle(req, via).await) })
+    }
 }
 
 /// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.

@@ -46,7 +46,8 @@ struct Router {
     table: Arc<Table>,
 }
 
-const IDLE: Duration = Duration::from_millis(800);
+/// Long enough that a busy machine answering an echo never looks idle by accident.
+const IDLE: Duration = Duration::from_millis(1200);
 
 async fn router() -> Router {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -206,6 +206,60 @@ pub enum Command {
         app: AppArg,
     },
 
+    /// Empty an app's build cache: the next build installs every dependency again
+    #[command(name = "builds:cache:purge")]
+    BuildsCachePurge {
+        #[command(flatten)]
+        app: AppArg,
+        /// The app's name, to confirm
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+
+    // ---- buildpacks (commands/buildpacks.rs) ----
+    /// List the buildpacks an app's builds run
+    Buildpacks {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Set the app's buildpack (or the one at --index)
+    #[command(name = "buildpacks:set")]
+    BuildpacksSet {
+        #[command(flatten)]
+        app: AppArg,
+        /// A built-in (heroku/python), a directory on the server, or a git URL with #ref
+        url: String,
+        /// 1-based position to replace
+        #[arg(short, long)]
+        index: Option<usize>,
+    },
+    /// Add a buildpack (last, or at --index)
+    #[command(name = "buildpacks:add")]
+    BuildpacksAdd {
+        #[command(flatten)]
+        app: AppArg,
+        url: String,
+        /// 1-based position to insert at
+        #[arg(short, long)]
+        index: Option<usize>,
+    },
+    /// Remove a buildpack, by URL or --index
+    #[command(name = "buildpacks:remove")]
+    BuildpacksRemove {
+        #[command(flatten)]
+        app: AppArg,
+        url: Option<String>,
+        /// 1-based position to remove
+        #[arg(short, long)]
+        index: Option<usize>,
+    },
+    /// Remove every buildpack: builds detect the buildpack to use again
+    #[command(name = "buildpacks:clear")]
+    BuildpacksClear {
+        #[command(flatten)]
+        app: AppArg,
+    },
+
     // ---- maintenance (commands/apps.rs) ----
     /// Turn maintenance mode on (the router answers H80)
     #[command(name = "maintenance:on")]
@@ -312,6 +366,9 @@ pub struct ServerArgs {
     /// Where builds run, outside the data directory [default: <data-dir>-builds]
     #[arg(long, env = "SLIPWAY_BUILDS_DIR")]
     pub builds_dir: Option<PathBuf>,
+    /// Address space (MB) each buildpack process may use [default: 4096]
+    #[arg(long, env = "SLIPWAY_BUILD_MEMORY_LIMIT")]
+    pub build_memory_limit: Option<u64>,
     /// Seconds one build (all its buildpacks) may run [default: 900]
     #[arg(long, env = "SLIPWAY_BUILD_TIMEOUT")]
     pub build_timeout: Option<u64>,

@@ -6,6 +6,7 @@
 //! helper).
 
 mod apps;
+mod buildpacks;
 mod builds;
 mod config;
 mod git;
@@ -65,6 +66,20 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::PsStop { app, target } => ps::stop(c, &resolve_app(app.app)?, &target).await,
         Command::Builds { app } => builds::list(c, &resolve_app(app.app)?).await,
+        Command::BuildsCachePurge { app, confirm } => {
+            buildpacks::purge_cache(c, &resolve_app(app.app)?, confirm.as_deref()).await
+        }
+        Command::Buildpacks { app } => buildpacks::list(c, &resolve_app(app.app)?).await,
+        Command::BuildpacksSet { app, url, index } => {
+            buildpacks::set(c, &resolve_app(app.app)?, &url, index).await
+        }
+        Command::BuildpacksAdd { app, url, index } => {
+            buildpacks::add(c, &resolve_app(app.app)?, &url, index).await
+        }
+        Command::BuildpacksRemove { app, url, index } => {
+            buildpacks::remove(c, &resolve_app(app.app)?, url.as_deref(), index).await
+        }
+        Command::BuildpacksClear { app } => buildpacks::clear(c, &resolve_app(app.app)?).await,
         Command::Logs {
             app,
             num,

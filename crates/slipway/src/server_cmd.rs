@@ -31,6 +31,7 @@ struct FileConfig {
     header_read_timeout: Option<u64>,
     builds_dir: Option<PathBuf>,
     build_timeout: Option<u64>,
+    build_memory_limit: Option<u64>,
     dynos_dir: Option<PathBuf>,
     dyno_runtime: Option<String>,
     oci_runtime: Option<String>,
@@ -118,6 +119,11 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
                 .unwrap_or(10),
         ),
         builds_dir: args.builds_dir.or(file.builds_dir),
+        build_memory_limit_bytes: args
+            .build_memory_limit
+            .or(file.build_memory_limit)
+            .unwrap_or(4096)
+            .saturating_mul(1024 * 1024),
         build_timeout: Duration::from_secs(
             args.build_timeout.or(file.build_timeout).unwrap_or(15 * 60),
         ),
@@ -209,6 +215,7 @@ mod tests {
             header_read_timeout: None,
             builds_dir: None,
             build_timeout: None,
+            build_memory_limit: None,
             dynos_dir: None,
             dyno_runtime: None,
             oci_runtime: None,

@@ -30,7 +30,8 @@ relocate_venv() {
     esac
   done
   # Activation scripts hard-code the path; the dyno uses .profile.d instead.
-  rm -f "$venv"/bin/activate "$venv"/bin/activate.csh "$venv"/bin/activate.fish "$venv"/bin/activate.nu "$venv"/bin/Activate.ps1 "$venv"/bin/activate_this.py
+  rm -f "$venv"/bin/activate "$venv"/bin/activate.* "$venv"/bin/activate_this.py \
+    "$venv"/bin/Activate.ps1 "$venv"/bin/deactivate.bat "$venv"/bin/pydoc.bat
   # pyvenv.cfg's `command =` line records how it was created, build path included.
   if [ -f "$venv/pyvenv.cfg" ]; then
     grep -v '^command *=' "$venv/pyvenv.cfg" > "$venv/pyvenv.cfg.new" || true

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Build benchmark: push-to-serving time, i.e. from `git push` until the router serves the new
+# code, for
+#   1. a Procfile-only app (examples/hello),
+#   2. a small Django app (crates/slipway/tests/apps/django: Django + gunicorn + whitenoise from
+#      PyPI, collectstatic), first deploy (empty build cache),
+#   3. the same Django app redeployed after a code change (cached dependencies),
+# and, in the same run, the named alternative for (3): the same redeploy by hand with the same
+# tools (git checkout, `python3 -m venv`, `pip install -r requirements.txt` from a warm pip
+# cache, collectstatic, start gunicorn, first request), which is what Piku-style deploys do.
+#
+#   bench/build.sh                          # 3 redeploys, release build
+#   RUNS=5 BIN=target/debug/slipway bench/build.sh
+#
+# Needs root (runc), runc, git, python3 with venv, curl, and PyPI. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+RUNS=${RUNS:-3}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bin slipway >&2
+  BIN=$root/target/release/slipway
+fi
+BIN=$(realpath "$BIN")
+work=$(mktemp -d)
+chmod 711 "$work"
+server=""
+gunicorn=""
+cleanup() {
+  [ -n "$gunicorn" ] && kill "$gunicorn" 2>/dev/null || true
+  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+git_q() { git -c user.name=bench -c user.email=bench@localhost "$@"; }
+
+mkdir -p "$work/home"
+export HOME=$work/home SLIPWAY_DATA_DIR=$work/data
+"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 >"$work/server.out" 2>"$work/server.err" &
+server=$!
+for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+router=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
+
+serves() { # APP TEXT: until the router serves TEXT from APP
+  until curl -s -H "Host: $1.localhost" "http://127.0.0.1:$router/" | grep -q "$2"; do sleep 0.01; done
+}
+
+# deploy APP DIR TEXT: push DIR and wait until TEXT is served; prints milliseconds.
+deploy() {
+  local start; start=$(now_ms)
+  (cd "$2" && git push -q slipway main >"$work/push.log" 2>&1) || { cat "$work/push.log" >&2; exit 1; }
+  serves "$1" "$3"
+  echo $(( $(now_ms) - start ))
+}
+
+new_app() { # NAME SRC
+  mkdir -p "$work/$1" && cp -a "$2/." "$work/$1/"
+  (cd "$work/$1" && git init -q -b main && git add -A && git_q commit -qm bench &&
+    "$BIN" apps:create "$1" >/dev/null)
+}
+
+new_app hello examples/hello
+t_hello=$(deploy hello "$work/hello" "Hello")
+
+new_app django crates/slipway/tests/apps/django
+t_first=$(deploy django "$work/django" "Hello from Django")
+
+redeploys=()
+for i in $(seq "$RUNS"); do
+  sed -i "s/Hello from Django[^<]*</Hello from Django $i</" "$work/django/mysite/urls.py"
+  (cd "$work/django" && git add -A && git_q commit -qm "change $i")
+  redeploys+=("$(deploy django "$work/django" "Hello from Django $i")")
+done
+
+# The same redeploy by hand, with a warm pip cache (filled by the first round, not timed).
+hand=$work/by-hand
+by_hand() { # ROUND: prints milliseconds from checkout to first response
+  local start port; start=$(now_ms)
+  rm -rf "$hand/app" && git clone -q "$work/django" "$hand/app"
+  python3 -m venv "$hand/app/.venv"
+  "$hand/app/.venv/bin/pip" install -q --cache-dir "$hand/pip-cache" -r "$hand/app/requirements.txt"
+  (cd "$hand/app" && .venv/bin/python manage.py collectstatic --noinput >/dev/null)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (cd "$hand/app" && exec .venv/bin/gunicorn mysite.wsgi --bind "127.0.0.1:$port" >/dev/null 2>&1) &
+  gunicorn=$!
+  until curl -s "http://127.0.0.1:$port/" | grep -q "Hello from Django"; do sleep 0.01; done
+  echo $(( $(now_ms) - start ))
+  kill "$gunicorn"; wait "$gunicorn" 2>/dev/null || true; gunicorn=""
+}
+mkdir -p "$hand"
+by_hand >/dev/null
+hands=()
+for _ in $(seq "$RUNS"); do hands+=("$(by_hand)"); done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "| deploy | push to serving (ms) |"
+echo "|---|---|"
+echo "| Procfile-only app (examples/hello), first deploy | $t_hello |"
+echo "| Django app, first deploy (empty cache, PyPI) | $t_first |"
+echo "| Django app, cached redeploy, median of $RUNS (${redeploys[*]}) | $(median "${redeploys[@]}") |"
+echo "| by hand: venv + pip from warm cache + collectstatic + gunicorn, median of $RUNS (${hands[*]}) | $(median "${hands[@]}") |"

@@ -1,0 +1,236 @@
+//! The accept loop every slipway listener uses (router and API, plain and TLS): HTTP/1.1
+//! and HTTP/2 with upgrades, a header read timeout, bounded request headers, and a graceful
+//! shutdown under a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Bounds on a request's headers, enforced by the HTTP layer (hyper answers 431 itself) and
+/// again by the router for HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// The request line and all header lines together, in bytes (at least 8 KiB, hyper's
+    /// smallest read buffer).
+    pub max_bytes: usize,
+    /// How many header fields.
+    pub max_count: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 32 * 1024,
+            max_count: 100,
+        }
+    }
+}
+
+impl HeaderLimits {
+    /// Whether `headers` (as counted by the router: names, values and 4 bytes of framing
+    /// each) are over the bounds.
+    pub fn exceeded_by(&self, headers: &http::HeaderMap) -> bool {
+        if headers.len() > self.max_count {
+            return true;
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        bytes > self.max_bytes
+    }
+}
+
+/// Time limits for every HTTP connection slipway accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// How long a client has to send a request's headers (no slowloris holding connections).
+    pub header_read_timeout: Duration,
+    /// How long open connections get to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+}
+
+/// The accept loop shared by the router and the API: HTTP/1.1 and HTTP/2 (with upgrades) on
+/// each connection, a header read timeout, bounded request headers ([`HeaderLimits`]'s
+/// defaults), and a graceful shutdown under a deadline. `service_for(peer)` makes the
+/// service for one connection.
+pub async fn serve_http<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(
+        listener,
+        limits,
+        HeaderLimits::default(),
+        shutdown,
+        service_for,
+    )
+    .await
+}
+
+/// [`serve_http`] with request header bounds of the caller's choosing.
+pub async fn serve_with<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    accept_loop(listener, limits, headers, None, shutdown, service_for).await
+}
+
+/// [`serve_with`] over TLS: each connection's handshake (SNI, ALPN h2 or http/1.1, as `tls`
+/// says) must finish within the header read timeout, then it is served like a plain one.
+pub async fn serve_tls<S, B>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(
+        listener,
+        limits,
+        headers,
+        Some(acceptor),
+        shutdown,
+        service_for,
+    )
+    .await
+}
+
+async fn accept_loop<S, B>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+    service_for: impl Fn(SocketAddr) -> S,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 itself when the head does not fit or has too many fields.
+        .max_buf_size(headers.max_bytes.max(8192))
+        // httparse needs a spare slot to see the end of the head after the last field.
+        .max_headers(headers.max_count.saturating_add(1));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service_for(peer);
+        let span = tracing::debug_span!("conn", %peer);
+        let Some(acceptor) = &tls else {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                },
+                span,
+            ));
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let stream =
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            },
+            span,
+        ));
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+    Ok(())
+}
