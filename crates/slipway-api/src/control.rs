@@ -199,10 +199,9 @@ async fn desired(
     let Some(release) = state.store.current_release(app_id).await? else {
         return Ok(None);
     };
-    let Some(slug_id) = release.slug_id.as_deref() else {
+    let Some(release) = release_spec_of(state, app_id, release).await? else {
         return Ok(None);
     };
-    let slug = state.store.slug(slug_id).await?;
     let formation = state.store.formation(app_id).await?;
     let specs: Vec<ProcessSpec> = formation
         .iter()
@@ -212,14 +211,39 @@ async fn desired(
             command: f.command.clone(),
         })
         .collect();
-    let release = ReleaseSpec {
+    Ok(Some((release, specs)))
+}
+
+/// Release `version` of an app as the dyno manager runs it (for re-adopting a dyno a previous
+/// server left running). `None` when the app has no such release with a slug.
+pub async fn release_spec(
+    state: &Shared,
+    app_id: &str,
+    version: i64,
+) -> ApiResult<Option<ReleaseSpec>> {
+    match state.store.release(app_id, &version.to_string()).await {
+        Ok(release) => release_spec_of(state, app_id, release).await,
+        Err(slipway_store::StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn release_spec_of(
+    state: &Shared,
+    app_id: &str,
+    release: slipway_store::Release,
+) -> ApiResult<Option<ReleaseSpec>> {
+    let Some(slug_id) = release.slug_id.as_deref() else {
+        return Ok(None);
+    };
+    let slug = state.store.slug(slug_id).await?;
+    Ok(Some(ReleaseSpec {
         app_id: app_id.to_string(),
         version: release.version,
         slug_path: slug.path.into(),
         slug_checksum: slug.checksum,
         env: release.config,
-    };
-    Ok(Some((release, specs)))
+    }))
 }
 
 /// Brings the app's dynos in line with its current release and formation. Callers that

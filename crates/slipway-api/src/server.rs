@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::{new_token, token_hash};
 use crate::error::ApiError;
-use crate::state::{AppEntry, RouteTable, Settings, Shared, State};
+use crate::state::{AppEntry, Settings, Shared, State};
 use crate::{control, deploy, git, routes};
 
 #[derive(Debug, Clone)]
@@ -32,11 +32,14 @@ pub struct ServerConfig {
     pub router_listen: SocketAddr,
     /// Apps are served at `<app>.<domain>` by the router.
     pub domain: String,
-    /// Stop all dynos when the server stops (the default; see ARCHITECTURE.md).
+    /// Stop all dynos when the server stops. Off by default: dynos run under their own
+    /// monitors, keep running while the server is away and are re-adopted when it starts.
     pub stop_dynos_on_exit: bool,
     pub admin_email: String,
     /// SIGTERM to SIGKILL for dynos.
     pub dyno_stop_timeout: Duration,
+    /// How long a web dyno has to bind `PORT` before R10.
+    pub dyno_boot_timeout: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
     /// Where builds run (outside the data directory); `None`: `<data-dir>-builds`.
@@ -328,6 +331,9 @@ pub async fn run(
     runtime_cfg.runtime = cfg.dyno_runtime;
     runtime_cfg.oci_runtime = cfg.oci_runtime.clone();
     runtime_cfg.stop_timeout = cfg.dyno_stop_timeout;
+    runtime_cfg.boot_timeout = cfg.dyno_boot_timeout;
+    // Dynos run under `slipway dyno-monitor`, which outlives this process.
+    runtime_cfg.monitor_command = vec![cfg.hook_binary.clone().into(), "dyno-monitor".into()];
     let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone())
         .context("setting up the dyno runtime")?;
     let state: Shared = Arc::new(State::new(
@@ -345,9 +351,29 @@ pub async fn run(
         );
     }
     crate::gc::collect(&state).await?;
-    let reaped = dynos.reap_stale().await?;
-    if reaped > 0 {
-        tracing::info!(reaped, "cleaned up dynos left by the previous server");
+    // Dynos a previous server left running are supervised again (same processes, their
+    // output followed from where it stopped); the others are cleaned up. Converging then
+    // starts only what is missing.
+    let running = dynos.recover().await?;
+    let adopted = running.len();
+    for record in running {
+        match control::release_spec(&state, &record.app_id, record.release_version).await {
+            Ok(Some(release)) => dynos.adopt(&record, &release).await,
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(dyno = %record.id, error = ?e, "could not load the dyno's release");
+                }
+                if let Err(e) = dynos.discard(&record).await {
+                    tracing::warn!(dyno = %record.id, error = %e, "could not remove a dyno");
+                }
+            }
+        }
+    }
+    if adopted > 0 {
+        tracing::info!(
+            adopted,
+            "re-adopted the dynos the previous server left running"
+        );
     }
     for app in store.list_apps().await? {
         state.remember_app(
@@ -380,6 +406,14 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // The router's route table follows the dynos (and puts idle apps to sleep).
+    tokio::spawn(tracing::Instrument::instrument(
+        state
+            .routes
+            .clone()
+            .follow(dynos.subscribe(), stop_rx.clone()),
+        tracing::info_span!("routes"),
+    ));
 
     let app = api_routes(state.clone());
     let limits = slipway_router::ConnectionLimits {
@@ -406,7 +440,7 @@ pub async fn run(
     let router_listener = router_listener
         .into_std()
         .context("handing the router's listener to its runtime")?;
-    let resolver = Arc::new(RouteTable(state.clone()));
+    let resolver = state.routes.clone();
     let router_logs = logs.clone();
     let router_stop = stopped(stop_rx.clone());
     let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use slipway_logs::{Filter, LogHub};
 use slipway_router::{Resolution, Resolver, Target};
-use slipway_runtime::{DynoManager, WebStatus};
+use slipway_runtime::{DynoEvent, DynoManager, WebStatus};
 use slipway_store::Store;
 
 /// Settings the handlers need, resolved once the listeners are bound.
@@ -109,8 +111,9 @@ pub struct State {
     pub store: Store,
     pub logs: LogHub,
     pub dynos: DynoManager,
-    /// App name -> id, for the router (which must not wait on the database).
-    pub names: RwLock<HashMap<String, AppEntry>>,
+    /// App name -> where its requests go, for the router (which must not wait on the
+    /// database or the dyno manager).
+    pub routes: Arc<RouteTable>,
     /// Pushes in progress and their hooks' grants.
     pub pushes: crate::push::Pushes,
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
@@ -131,8 +134,8 @@ impl State {
             settings,
             store,
             logs,
+            routes: Arc::new(RouteTable::new(dynos.clone())),
             dynos,
-            names: RwLock::new(HashMap::new()),
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
@@ -157,18 +160,14 @@ impl State {
         }
     }
 
+    /// Routes `name` to the app (a new app, a rename, a maintenance change).
     pub fn remember_app(&self, name: &str, entry: AppEntry) {
-        self.names
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), entry);
+        self.routes.remember(name, entry);
     }
 
+    /// Stops routing `name`.
     pub fn forget_app(&self, name: &str) {
-        self.names
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
+        self.routes.forget(name);
     }
 
     /// One of an app's locks (see [`AppLock`]).
@@ -194,36 +193,218 @@ impl State {
     }
 }
 
-/// The router asks the control plane where each request goes.
-pub struct RouteTable(pub Shared);
+/// When a request for an app last came in, shared by every snapshot of the route table.
+#[derive(Debug)]
+pub struct Activity {
+    /// Milliseconds since the Unix epoch.
+    last_request_ms: AtomicI64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            last_request_ms: AtomicI64::new(now_ms()),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_request_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last request (or since the app was first routed).
+    pub fn idle_for(&self) -> Duration {
+        let idle = now_ms().saturating_sub(self.last_request_ms.load(Ordering::Relaxed));
+        Duration::from_millis(u64::try_from(idle).unwrap_or(0))
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Where one app's requests go, as of the snapshot holding it.
+#[derive(Debug, Clone)]
+struct Route {
+    app_id: String,
+    target: Target,
+    /// The app sleeps: a request wakes it and waits (as for a starting dyno).
+    asleep: bool,
+    activity: Arc<Activity>,
+}
+
+/// The whole route table at one moment: app name -> route. Never changed once published.
+#[derive(Debug, Default)]
+struct Snapshot {
+    by_name: HashMap<String, Route>,
+}
+
+/// What the route table is built from, changed by one writer at a time.
+#[derive(Default)]
+struct Sources {
+    apps: HashMap<String, AppEntry>,
+    activity: HashMap<String, Arc<Activity>>,
+}
+
+/// The router's view of the apps: an immutable [`Snapshot`] swapped in whole whenever an app
+/// or one of its dynos changes, so routing a request takes no lock (an atomic load of the
+/// current snapshot). Rebuilt from the dyno manager's events ([`RouteTable::follow`]) and
+/// from the control plane's app changes (`remember_app`, `forget_app`: names, maintenance).
+pub struct RouteTable {
+    current: ArcSwap<Snapshot>,
+    sources: Mutex<Sources>,
+    dynos: DynoManager,
+    wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    wake_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+}
+
+impl RouteTable {
+    pub fn new(dynos: DynoManager) -> Self {
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            sources: Mutex::new(Sources::default()),
+            dynos,
+            wake_tx,
+            wake_rx: Mutex::new(Some(wake_rx)),
+        }
+    }
+
+    fn remember(&self, name: &str, entry: AppEntry) {
+        let mut sources = lock(&self.sources);
+        sources
+            .activity
+            .entry(entry.id.clone())
+            .or_insert_with(|| Arc::new(Activity::new()));
+        sources.apps.insert(name.to_string(), entry);
+        self.publish(&sources);
+    }
+
+    fn forget(&self, name: &str) {
+        let mut sources = lock(&self.sources);
+        if let Some(entry) = sources.apps.remove(name) {
+            if !sources.apps.values().any(|e| e.id == entry.id) {
+                sources.activity.remove(&entry.id);
+            }
+        }
+        self.publish(&sources);
+    }
+
+    /// Builds and swaps in a new snapshot from `sources` and the dynos' state now.
+    fn publish(&self, sources: &Sources) {
+        let mut by_name = HashMap::with_capacity(sources.apps.len());
+        for (name, entry) in &sources.apps {
+            let asleep = !entry.maintenance && self.dynos.is_asleep(&entry.id);
+            let target = if entry.maintenance {
+                Target::Maintenance
+            } else if asleep {
+                Target::Starting
+            } else {
+                match self.dynos.web_status(&entry.id) {
+                    WebStatus::NoWebDynos => Target::NoWebDynos,
+                    WebStatus::Starting => Target::Starting,
+                    WebStatus::Crashed => Target::Crashed,
+                    WebStatus::Up(backends) => {
+                        Target::Up(backends.into_iter().map(|b| (b.dyno, b.addr)).collect())
+                    }
+                }
+            };
+            let activity = sources
+                .activity
+                .get(&entry.id)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Activity::new()));
+            by_name.insert(
+                name.clone(),
+                Route {
+                    app_id: entry.id.clone(),
+                    target,
+                    asleep,
+                    activity,
+                },
+            );
+        }
+        self.current.store(Arc::new(Snapshot { by_name }));
+    }
+
+    fn refresh(&self) {
+        let sources = lock(&self.sources);
+        self.publish(&sources);
+    }
+
+    /// Keeps the table current until `stop`: rebuilds it on every dyno event, wakes sleeping
+    /// apps a request came for, and puts apps that may sleep to sleep once they have had no
+    /// request for their idle time.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<DynoEvent>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(mut wake_rx) = lock(&self.wake_rx).take() else {
+            return;
+        };
+        self.refresh();
+        let mut idle_check = tokio::time::interval(IDLE_CHECK);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(DynoEvent::MemoryQuotaExceeded { .. }) => {}
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.refresh()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                Some(app_id) = wake_rx.recv() => {
+                    if self.dynos.wake_app(&app_id) {
+                        tracing::info!(app = %app_id, "woke a sleeping app for a request");
+                    }
+                }
+                _ = idle_check.tick() => self.put_idle_apps_to_sleep(),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    }
+
+    fn put_idle_apps_to_sleep(&self) {
+        let candidates: Vec<(String, Arc<Activity>)> = {
+            let sources = lock(&self.sources);
+            sources
+                .apps
+                .values()
+                .filter(|e| !e.maintenance)
+                .filter_map(|e| Some((e.id.clone(), sources.activity.get(&e.id)?.clone())))
+                .collect()
+        };
+        for (app_id, activity) in candidates {
+            let Some(after) = self.dynos.sleep_after(&app_id) else {
+                continue;
+            };
+            if activity.idle_for() >= after
+                && !self.dynos.is_asleep(&app_id)
+                && self.dynos.sleep_app(&app_id)
+            {
+                tracing::info!(app = %app_id, idle_secs = after.as_secs(), "an idle app went to sleep");
+            }
+        }
+    }
+}
+
+/// How often apps that may sleep are checked for idleness.
+const IDLE_CHECK: Duration = Duration::from_millis(500);
 
 impl Resolver for RouteTable {
     fn resolve(&self, app_name: &str) -> Resolution {
-        let entry = self
-            .0
-            .names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(app_name)
-            .cloned();
-        let Some(entry) = entry else {
+        let snapshot = self.current.load();
+        let Some(route) = snapshot.by_name.get(app_name) else {
             return Resolution::NoSuchApp;
         };
-        let target = if entry.maintenance {
-            Target::Maintenance
-        } else {
-            match self.0.dynos.web_status(&entry.id) {
-                WebStatus::NoWebDynos => Target::NoWebDynos,
-                WebStatus::Starting => Target::Starting,
-                WebStatus::Crashed => Target::Crashed,
-                WebStatus::Up(backends) => {
-                    Target::Up(backends.into_iter().map(|b| (b.dyno, b.addr)).collect())
-                }
-            }
-        };
+        route.activity.touch();
+        if route.asleep {
+            let _ = self.wake_tx.send(route.app_id.clone());
+        }
         Resolution::Found {
-            app_id: entry.id,
-            target,
+            app_id: route.app_id.clone(),
+            target: route.target.clone(),
         }
     }
 }

@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncRead;
 use tokio::process::Child;
 
+pub use crate::monitor::Launch;
 use crate::users::AppUser;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -177,6 +178,8 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the monitor of dyno {dyno}: {detail}")]
+    Monitor { dyno: String, detail: String },
     #[error("the uid table {path} is corrupt at line {line}; fix or remove the line")]
     UidTable { path: PathBuf, line: usize },
 }
@@ -207,8 +210,38 @@ pub trait DynoBackend: Send + Sync + 'static {
     /// bundle). Blocking; any leftover of a previous run of the same dyno is replaced.
     fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError>;
 
-    /// Starts the dyno's command.
-    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError>;
+    /// What a dyno monitor (`monitor.rs`) runs for the dyno: its main process, whose exit
+    /// status is the dyno's and whose stdout and stderr are its output.
+    fn launch(&self, dyno: &DynoSpec) -> Result<Launch, RuntimeError>;
+
+    /// Starts the dyno's command as the server's own child, its output piped to the server
+    /// (for dynos that need not outlive the server).
+    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError> {
+        let launch = self.launch(dyno)?;
+        let mut child = command(&launch)
+            .spawn()
+            .map_err(RuntimeError::io("starting", &launch.program))?;
+        Ok(Running {
+            pid: child.id(),
+            addr: dyno.port.map(loopback),
+            stdout: child.stdout.take().map(|s| Box::new(s) as _),
+            stderr: child.stderr.take().map(|s| Box::new(s) as _),
+            child,
+        })
+    }
+
+    /// Sends `signal` to every process of a dyno whose main process (as run by its monitor)
+    /// is `pid`.
+    fn signal_pid<'a>(
+        &'a self,
+        dyno: &'a DynoSpec,
+        pid: Option<u32>,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()>;
+
+    /// After a monitored dyno's main process exited: whether the kernel's OOM killer struck,
+    /// and the backend's own clean-up of the run (the container).
+    fn exited<'a>(&'a self, dyno: &'a DynoSpec) -> BoxFuture<'a, bool>;
 
     /// Sends `signal` to every process of the dyno.
     fn signal<'a>(
@@ -250,6 +283,29 @@ pub enum OneOffStdio {
     Pipes,
     /// The slave side of a pseudo-terminal the caller opened: stdin, stdout and stderr.
     Terminal(std::os::fd::OwnedFd),
+}
+
+/// Where a web dyno listening on `port` is reached: loopback (dynos share the host's network).
+pub(crate) fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
+/// `launch` as a child of the server, its output piped.
+pub(crate) fn command(launch: &Launch) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&launch.program);
+    cmd.args(&launch.args)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some((uid, gid)) = launch.user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
 }
 
 pub(crate) const PATH: &str = "/usr/local/bin:/usr/bin:/bin";

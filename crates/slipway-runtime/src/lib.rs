@@ -13,12 +13,19 @@
 //! On a deploy the old dynos keep serving until the new web dynos are up (or have failed to
 //! come up), then they are stopped: SIGTERM, and SIGKILL after the stop timeout.
 //!
-//! What a dyno needs to be found again (id, pid, port, release, directory) is kept in the
-//! store; [`DynoManager::reap_stale`] uses it at start-up to clean up after a server that died.
+//! Each dyno runs under its own monitor process (`monitor.rs`, the `slipway dyno-monitor`
+//! subcommand), which holds its output in a bounded on-disk log (`dynolog.rs`) and records its
+//! exit, so dynos outlive the server. What a dyno needs to be found again (id, pid, port,
+//! release, directory) is kept in the store; at start-up [`DynoManager::recover`] finds the
+//! dynos whose monitors still run, for the control plane to [`DynoManager::adopt`] them, and
+//! cleans up after the others.
 
+mod attach;
 mod backend;
 mod cgroup;
+mod dynolog;
 pub mod lifecycle;
+pub mod monitor;
 mod oci;
 mod oneoff;
 mod plain;
@@ -37,11 +44,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use slipway_logs::LogHub;
-use slipway_store::{DynoState, Store};
+use slipway_store::{DynoRecord, DynoState, Store};
 use tokio::sync::watch;
 
 pub use backend::{
-    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage,
+    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage,
 };
 pub use lifecycle::Lifecycle;
 pub use oci::{OciBackend, STACK_ETC};
@@ -99,6 +106,9 @@ pub struct RuntimeConfig {
     pub memory_check_interval: Duration,
     /// The size every dyno gets (per process type later).
     pub dyno_size: DynoSize,
+    /// The dyno monitor: program and leading arguments; the monitor directory is appended.
+    /// Default: this executable's `dyno-monitor` subcommand.
+    pub monitor_command: Vec<std::ffi::OsString>,
 }
 
 impl RuntimeConfig {
@@ -113,6 +123,7 @@ impl RuntimeConfig {
             max_restart_delay: Duration::from_secs(60),
             memory_check_interval: Duration::from_secs(20),
             dyno_size: DynoSize::standard_1x(),
+            monitor_command: default_monitor_command(),
         }
     }
 
@@ -125,6 +136,12 @@ impl RuntimeConfig {
         name.push("-dynos");
         data_dir.with_file_name(name)
     }
+}
+
+/// `<this executable> dyno-monitor`.
+fn default_monitor_command() -> Vec<std::ffi::OsString> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("slipway"));
+    vec![exe.into_os_string(), "dyno-monitor".into()]
 }
 
 /// The backend `cfg` asks for. With [`RuntimeKind::Auto`], a failing OCI runtime is not an
@@ -211,6 +228,13 @@ pub enum WebStatus {
 /// runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DynoEvent {
+    /// A dyno joined the app's dynos: started by `converge` (in `starting`), or re-adopted
+    /// from a previous server (in its recorded state).
+    Added {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+    },
     /// A lifecycle transition.
     Changed {
         app_id: String,
@@ -229,6 +253,8 @@ pub enum DynoEvent {
         usage: Usage,
         quota_bytes: u64,
     },
+    /// The app went to sleep (its web dynos stop; see [`DynoManager::sleep_app`]) or woke up.
+    Sleep { app_id: String, asleep: bool },
     /// The supervisor finished: the dyno, its container and directory are gone.
     Removed {
         app_id: String,
@@ -305,7 +331,20 @@ pub(crate) struct Inner {
     pub(crate) users: Option<users::UidTable>,
     pub(crate) events: tokio::sync::broadcast::Sender<DynoEvent>,
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
+    /// What each app was last converged to, and whether it sleeps.
+    desired: Mutex<HashMap<String, Desired>>,
 }
+
+/// An app's release and formation as last converged, and whether its web dynos sleep.
+struct Desired {
+    release: ReleaseSpec,
+    formation: Vec<ProcessSpec>,
+    asleep: bool,
+}
+
+/// The config var that lets an app's web dynos sleep after this many seconds without requests
+/// (Heroku's eco dynos); absent, empty or 0: they never sleep.
+pub const SLEEP_AFTER_VAR: &str = "SLIPWAY_SLEEP_AFTER";
 
 impl Inner {
     fn lock_apps(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Dyno>>>> {
@@ -321,6 +360,14 @@ impl Inner {
                 apps.remove(app_id);
             }
         }
+    }
+
+    fn added(&self, dyno: &Dyno) {
+        let _ = self.events.send(DynoEvent::Added {
+            app_id: dyno.app_id.clone(),
+            dyno_id: dyno.id.clone(),
+            name: dyno.name.clone(),
+        });
     }
 
     pub(crate) fn user_for(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
@@ -386,6 +433,7 @@ impl DynoManager {
                 users,
                 events: tokio::sync::broadcast::channel(1024).0,
                 apps: Mutex::new(HashMap::new()),
+                desired: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -403,7 +451,95 @@ impl DynoManager {
 
     /// Makes the app's dynos match `release` and `formation`. Returns at once; replaced dynos
     /// are stopped in the background once the new web dynos are up or have failed to start.
+    /// An app that sleeps keeps no web dynos until it is woken
+    /// ([`wake_app`](Self::wake_app)); a release that no longer lets it sleep wakes it.
     pub fn converge(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
+        let effective = {
+            let mut desired = self.lock_desired();
+            let asleep = desired
+                .get(&release.app_id)
+                .is_some_and(|d| d.asleep && sleep_after(&release.env).is_some());
+            desired.insert(
+                release.app_id.clone(),
+                Desired {
+                    release: release.clone(),
+                    formation: formation.to_vec(),
+                    asleep,
+                },
+            );
+            effective_formation(formation, asleep)
+        };
+        self.apply(release, &effective);
+    }
+
+    fn lock_desired(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desired>> {
+        self.inner.desired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long the app's web dynos may go without a request before they sleep, if its
+    /// release lets them ([`SLEEP_AFTER_VAR`]).
+    pub fn sleep_after(&self, app_id: &str) -> Option<Duration> {
+        self.lock_desired()
+            .get(app_id)
+            .and_then(|d| sleep_after(&d.release.env))
+    }
+
+    pub fn is_asleep(&self, app_id: &str) -> bool {
+        self.lock_desired().get(app_id).is_some_and(|d| d.asleep)
+    }
+
+    /// Puts an app that may sleep to sleep: its web dynos stop (`Idling`), other process
+    /// types keep running. Returns whether it fell asleep now.
+    pub fn sleep_app(&self, app_id: &str) -> bool {
+        self.set_asleep(app_id, true)
+    }
+
+    /// Wakes a sleeping app: its web dynos start again. Returns whether it was asleep.
+    pub fn wake_app(&self, app_id: &str) -> bool {
+        self.set_asleep(app_id, false)
+    }
+
+    fn set_asleep(&self, app_id: &str, asleep: bool) -> bool {
+        let (release, formation) = {
+            let mut desired = self.lock_desired();
+            let Some(d) = desired.get_mut(app_id) else {
+                return false;
+            };
+            if d.asleep == asleep || (asleep && sleep_after(&d.release.env).is_none()) {
+                return false;
+            }
+            d.asleep = asleep;
+            (d.release.clone(), effective_formation(&d.formation, asleep))
+        };
+        let web: Vec<String> = self
+            .list(app_id)
+            .into_iter()
+            .filter(|d| d.process_type == "web")
+            .map(|d| d.name)
+            .collect();
+        if asleep {
+            for name in &web {
+                self.inner
+                    .logs
+                    .write(app_id, slipway_logs::Source::Heroku, name, "Idling");
+            }
+        } else {
+            self.inner.logs.write(
+                app_id,
+                slipway_logs::Source::Heroku,
+                "web",
+                "Unidling: a request arrived for a sleeping app",
+            );
+        }
+        let _ = self.inner.events.send(DynoEvent::Sleep {
+            app_id: app_id.to_string(),
+            asleep,
+        });
+        self.apply(release, &formation);
+        true
+    }
+
+    fn apply(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
         let app_id = release.app_id.clone();
         let mut started: Vec<Arc<Dyno>> = Vec::new();
         let mut retire: Vec<Arc<Dyno>> = Vec::new();
@@ -438,6 +574,9 @@ impl DynoManager {
             }
             current.extend(started.iter().cloned());
         }
+        for d in &started {
+            self.inner.added(d);
+        }
         if retire.is_empty() {
             return;
         }
@@ -471,6 +610,7 @@ impl DynoManager {
 
     /// Stops every dyno of an app and waits until they are gone.
     pub async fn stop_app(&self, app_id: &str) {
+        self.lock_desired().remove(app_id);
         let dynos: Vec<Arc<Dyno>> = self
             .inner
             .lock_apps()
@@ -552,38 +692,118 @@ impl DynoManager {
         }
     }
 
-    /// Cleans up after a server that stopped without stopping its dynos: each recorded dyno
-    /// whose process still runs (checked by its `SLIPWAY_DYNO_ID`, so a reused pid is never
-    /// hit) is killed, its container and directory removed, and its record deleted. The
-    /// caller then converges each app again from the store.
-    pub async fn reap_stale(&self) -> Result<usize, slipway_store::StoreError> {
-        let records = self.inner.store.all_dynos().await?;
-        let count = records.len();
-        for record in records {
-            if let Some(pid) = record.pid {
-                if process::pid_belongs_to_dyno(pid, &record.id) {
-                    if let Ok(pid) = i32::try_from(pid) {
-                        process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
-                    }
+    /// Sorts out the dynos a previous server recorded. A dyno whose monitor still runs is
+    /// returned (untouched) for the caller to [`adopt`](Self::adopt) or
+    /// [`discard`](Self::discard). Any other is cleaned up: what it wrote since that server
+    /// stopped reading is delivered to the app's log first, then its processes (checked by
+    /// their `SLIPWAY_DYNO_ID`, so a reused pid is never hit), container, directories and
+    /// record are removed. The caller then converges each app, which starts what is missing.
+    pub async fn recover(&self) -> Result<Vec<DynoRecord>, slipway_store::StoreError> {
+        let mut alive = Vec::new();
+        for record in self.inner.store.all_dynos().await? {
+            let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+            if tokio::net::UnixStream::connect(dir.join(monitor::SOCKET))
+                .await
+                .is_ok()
+            {
+                alive.push(record);
+                continue;
+            }
+            let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
+            if let Some(exit) = attach::drain_dead(&dir, &sink) {
+                self.inner.logs.write(
+                    &record.app_id,
+                    slipway_logs::Source::Heroku,
+                    &record.name,
+                    &format!(
+                        "Process exited with status {} while the platform was away",
+                        Exit {
+                            status: exit.status(),
+                            oom_killed: false
+                        }
+                        .code()
+                    ),
+                );
+            }
+            self.remove_stale(&record, None).await?;
+        }
+        Ok(alive)
+    }
+
+    /// Supervises again a dyno [`recover`](Self::recover) found running, as a dyno of
+    /// `release` (the release it was recorded with). Its processes are not touched: it keeps
+    /// its pid, port and state, and its output is followed from where the last server
+    /// stopped. If its monitor ended meanwhile, it is handled as a crash would be (restarted).
+    /// Call before converging the app, which then keeps it if it matches the formation.
+    pub async fn adopt(&self, record: &DynoRecord, release: &ReleaseSpec) {
+        let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
+        let Some(attached) = attach::Attached::adopt(&dir, sink).await else {
+            if let Err(e) = self.remove_stale(record, None).await {
+                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a dyno");
+            }
+            return;
+        };
+        let pid = attached.pids.dyno;
+        let dyno = supervisor::adopt(&self.inner, release, record, attached);
+        self.inner
+            .lock_apps()
+            .entry(record.app_id.clone())
+            .or_default()
+            .push(dyno.clone());
+        self.inner.added(&dyno);
+        tracing::info!(dyno = %record.name, id = %record.id, pid, "re-adopted a running dyno");
+    }
+
+    /// Stops and removes a running dyno [`recover`](Self::recover) found that has no place
+    /// any more (its app or release is gone).
+    pub async fn discard(&self, record: &DynoRecord) -> Result<(), slipway_store::StoreError> {
+        let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let pid = attach::read_pids(&dir).map(|p| p.dyno);
+        self.remove_stale(record, pid).await
+    }
+
+    /// Kills what is left of a dyno, removes its container and directories and its record.
+    async fn remove_stale(
+        &self,
+        record: &DynoRecord,
+        pid: Option<u32>,
+    ) -> Result<(), slipway_store::StoreError> {
+        let monitor_dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
+        let monitor_pid = attach::read_pids(&monitor_dir).map(|p| p.monitor);
+        for pid in [record.pid, pid.map(i64::from), monitor_pid.map(i64::from)]
+            .into_iter()
+            .flatten()
+        {
+            if process::pid_belongs_to_dyno(pid, &record.id) {
+                if let Ok(pid) = i32::try_from(pid) {
+                    process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
-            let dir = PathBuf::from(&record.dir);
-            let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
-                dir
-            } else {
-                // Recorded by an older server (dynos inside the data directory): only the
-                // container, if any, is removed.
-                PathBuf::new()
-            };
-            let backend = self.inner.backend.clone();
-            let id = record.id.clone();
-            let cleaned = tokio::task::spawn_blocking(move || backend.cleanup(&id, &dir)).await;
-            if let Ok(Err(e)) = cleaned {
-                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
-            }
-            self.inner.store.delete_dyno(&record.id).await?;
         }
-        Ok(count)
+        let dir = PathBuf::from(&record.dir);
+        let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
+            dir
+        } else {
+            // Recorded by an older server (dynos inside the data directory): only the
+            // container, if any, is removed.
+            PathBuf::new()
+        };
+        let backend = self.inner.backend.clone();
+        let id = record.id.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            backend.cleanup(&id, &dir)?;
+            backend::remove_dir(&monitor_dir)
+        })
+        .await;
+        if let Ok(Err(e)) = cleaned {
+            tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
+        }
+        self.inner.store.delete_dyno(&record.id).await
     }
 }
 
@@ -622,6 +842,29 @@ fn check_reachable(dir: &Path) -> Result<(), RuntimeError> {
         }
     }
     Ok(())
+}
+
+/// [`SLEEP_AFTER_VAR`] of a release's config.
+fn sleep_after(env: &BTreeMap<String, String>) -> Option<Duration> {
+    env.get(SLEEP_AFTER_VAR)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+}
+
+/// The formation to run: a sleeping app's web dynos are not.
+fn effective_formation(formation: &[ProcessSpec], asleep: bool) -> Vec<ProcessSpec> {
+    formation
+        .iter()
+        .map(|p| ProcessSpec {
+            quantity: if asleep && p.process_type == "web" {
+                0
+            } else {
+                p.quantity
+            },
+            ..p.clone()
+        })
+        .collect()
 }
 
 fn dyno_index(name: &str) -> u64 {

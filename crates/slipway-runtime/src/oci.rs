@@ -23,7 +23,6 @@
 //! `runc delete`, so an OOM kill can be read from the cgroup after the dyno exited.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,7 +38,7 @@ use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, make_dir, remove_dir, shell, wrapped_command, BoxFuture,
-    DynoBackend, DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage, PATH,
+    DynoBackend, DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage, PATH,
 };
 use crate::cgroup::{relative_path, Cgroups};
 use crate::process::kill_group;
@@ -412,39 +411,29 @@ impl DynoBackend for OciBackend {
         self.write_bundle(dyno)
     }
 
-    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError> {
-        let mut cmd = self.async_command();
-        cmd.args(["run", "--keep", "--bundle"])
-            .arg(&dyno.dir)
-            .arg(&dyno.id)
-            .current_dir(&dyno.dir)
-            .env_clear()
-            .env("PATH", PATH)
-            // Lets a later server recognise this pid as the dyno's (see `pid_belongs_to_dyno`).
-            .env("SLIPWAY_DYNO_ID", &dyno.id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(RuntimeError::io("starting", &self.binary))?;
-        Ok(Running {
-            pid: child.id(),
-            addr: dyno
-                .port
-                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
-            stdout: child.stdout.take().map(|s| Box::new(s) as _),
-            stderr: child.stderr.take().map(|s| Box::new(s) as _),
-            child,
+    fn launch(&self, dyno: &DynoSpec) -> Result<Launch, RuntimeError> {
+        let mut args: Vec<String> = vec!["--root".into(), self.state_dir.display().to_string()];
+        args.extend(["run", "--keep", "--bundle"].map(String::from));
+        args.push(dyno.dir.display().to_string());
+        args.push(dyno.id.clone());
+        Ok(Launch {
+            program: self.binary.clone(),
+            args,
+            env: vec![
+                ("PATH".into(), PATH.into()),
+                // Lets a later server recognise this pid as the dyno's (`pid_belongs_to_dyno`).
+                ("SLIPWAY_DYNO_ID".into(), dyno.id.clone()),
+            ],
+            cwd: dyno.dir.clone(),
+            user: None,
+            kill_group_on_exit: false,
         })
     }
 
-    fn signal<'a>(
+    fn signal_pid<'a>(
         &'a self,
         dyno: &'a DynoSpec,
-        running: &'a Running,
+        pid: Option<u32>,
         signal: Signal,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -461,16 +450,15 @@ impl DynoBackend for OciBackend {
             if !killed {
                 // The container is not running yet (or any more): runc itself passes the
                 // signal on to what it started.
-                if let Some(pid) = running.pid.and_then(|p| i32::try_from(p).ok()) {
+                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
                     kill_group(pid, signal);
                 }
             }
         })
     }
 
-    fn wait<'a>(&'a self, dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit> {
+    fn exited<'a>(&'a self, dyno: &'a DynoSpec) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            let status = running.child.wait().await.unwrap_or_default();
             let oom_killed = self.cgroups.oom_kills(&dyno.id).unwrap_or(0) > 0;
             let _ = self
                 .async_command()
@@ -480,6 +468,23 @@ impl DynoBackend for OciBackend {
                 .stderr(Stdio::null())
                 .status()
                 .await;
+            oom_killed
+        })
+    }
+
+    fn signal<'a>(
+        &'a self,
+        dyno: &'a DynoSpec,
+        running: &'a Running,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()> {
+        self.signal_pid(dyno, running.pid, signal)
+    }
+
+    fn wait<'a>(&'a self, dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit> {
+        Box::pin(async move {
+            let status = running.child.wait().await.unwrap_or_default();
+            let oom_killed = self.exited(dyno).await;
             Exit { status, oom_killed }
         })
     }

@@ -5,16 +5,14 @@
 //! process, though not another uid's environment), limit memory, or give the dyno its own
 //! `/tmp`. Without root it cannot even switch users: dynos then run as the server's user.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::Stdio;
 
 use nix::sys::signal::Signal;
 use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, remove_dir, shell, wrapped_command, BoxFuture, DynoBackend,
-    DynoSpec, Exit, OneOffStdio, Running, RuntimeError, Usage,
+    DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage,
 };
 use crate::oci::one_off_stdio;
 use crate::process::kill_group;
@@ -43,35 +41,37 @@ impl DynoBackend for ProcessBackend {
         fresh_dyno_dir(dyno).map(|_| ())
     }
 
-    fn start(&self, dyno: &DynoSpec) -> Result<Running, RuntimeError> {
+    fn launch(&self, dyno: &DynoSpec) -> Result<Launch, RuntimeError> {
         let cwd = dyno.dir.join("app");
         let home = cwd.display().to_string();
-        let mut cmd = Command::new(shell());
-        cmd.arg("-c")
-            .arg(wrapped_command(&dyno.command))
-            .current_dir(&cwd)
-            .env_clear()
-            .envs(environment(dyno, &home))
-            .env("SLIPWAY_DYNO_ID", &dyno.id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(user) = &dyno.user {
+        let mut env: Vec<(String, String)> = environment(dyno, &home).into_iter().collect();
+        env.push(("SLIPWAY_DYNO_ID".into(), dyno.id.clone()));
+        Ok(Launch {
+            program: shell().into(),
+            args: vec!["-c".into(), wrapped_command(&dyno.command)],
+            env,
+            cwd,
             // std drops supplementary groups too when root switches users.
-            cmd.uid(user.uid).gid(user.gid);
-        }
-        let mut child = cmd.spawn().map_err(RuntimeError::io("starting", &cwd))?;
-        Ok(Running {
-            pid: child.id(),
-            addr: dyno
-                .port
-                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
-            stdout: child.stdout.take().map(|s| Box::new(s) as _),
-            stderr: child.stderr.take().map(|s| Box::new(s) as _),
-            child,
+            user: dyno.user.as_ref().map(|u| (u.uid, u.gid)),
+            kill_group_on_exit: true,
         })
+    }
+
+    fn signal_pid<'a>(
+        &'a self,
+        _dyno: &'a DynoSpec,
+        pid: Option<u32>,
+        signal: Signal,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                kill_group(pid, signal);
+            }
+        })
+    }
+
+    fn exited<'a>(&'a self, _dyno: &'a DynoSpec) -> BoxFuture<'a, bool> {
+        Box::pin(async move { false })
     }
 
     fn signal<'a>(

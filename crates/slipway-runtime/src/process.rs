@@ -24,9 +24,11 @@ pub fn pid_belongs_to_dyno(pid: i64, dyno_id: &str) -> bool {
         .any(|var| var == wanted.as_bytes())
 }
 
-/// Reads `reader` to its end, calling `line` for each line. Lines longer than `max` bytes are
+/// Reads `reader` to its end, calling `line` for each line (for output piped to the server:
+/// dynos started with [`crate::DynoBackend::start`]). Lines longer than `max` bytes are
 /// cut into pieces of at most `max`, so a process that never writes a newline cannot make the
 /// server buffer without bound.
+#[allow(dead_code)]
 pub(crate) async fn pump_lines<R: AsyncRead + Unpin>(
     mut reader: R,
     max: usize,

@@ -1,7 +1,12 @@
-//! One dyno's life: prepare its filesystem, start it through the backend, watch it boot and
-//! its memory, restart it when it crashes, stop it when asked. Every state change is a
-//! [`Lifecycle`] transition, which prints Heroku's `State changed from X to Y` line and is
-//! recorded in the store (what `reap_stale` needs after a crash of the server).
+//! One dyno's life: prepare its filesystem, start it through the backend under a dyno monitor
+//! (`monitor.rs`, which outlives the server), watch it boot and its memory, restart it when it
+//! crashes, stop it when asked. Every state change is a [`Lifecycle`] transition, which prints
+//! Heroku's `State changed from X to Y` line and is recorded in the store (what a later server
+//! needs to re-adopt the dyno, or clean up after it).
+//!
+//! A supervisor can also take over a dyno a previous server left running ([`adopt`]): it
+//! follows the existing monitor from where the last server stopped reading, without
+//! restarting anything.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -10,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use nix::sys::signal::Signal;
-use slipway_logs::{Source, MAX_LINE_BYTES};
-use slipway_store::DynoRecord;
+use slipway_logs::Source;
+use slipway_store::{DynoRecord, DynoState};
 use tokio::sync::watch;
 
-use crate::backend::{DynoSpec, Exit, Running};
+use crate::attach::{monitor_dir, Attached, LineSink};
+use crate::backend::{loopback, remove_dir, DynoSpec, Exit};
 use crate::lifecycle::{Event, Lifecycle};
-use crate::process::{free_port, pump_lines};
+use crate::monitor::ExitRecord;
+use crate::process::free_port;
 use crate::{Dyno, DynoEvent, Inner, ProcessSpec, ReleaseSpec, Status};
 
 /// A dyno that ran this long before crashing is restarted at once, as a first crash is.
@@ -28,10 +35,53 @@ pub(crate) fn spawn(
     spec: &ProcessSpec,
     name: String,
 ) -> Arc<Dyno> {
+    let id = uuid::Uuid::new_v4().to_string();
+    start_supervisor(inner, release, spec, name, id, Lifecycle::Starting, None)
+}
+
+/// A dyno a previous server left running, whose monitor is alive: supervised again from its
+/// recorded state (`Up`, or `Starting` for a web dyno that had not bound its port yet).
+pub(crate) fn adopt(
+    inner: &Arc<Inner>,
+    release: &ReleaseSpec,
+    record: &DynoRecord,
+    attached: Attached,
+) -> Arc<Dyno> {
+    let spec = ProcessSpec {
+        process_type: record.process_type.clone(),
+        quantity: 0,
+        command: record.command.clone(),
+    };
+    let state = match record.state {
+        DynoState::Up => Lifecycle::Up,
+        _ => Lifecycle::Starting,
+    };
+    let port = record.port.and_then(|p| u16::try_from(p).ok());
+    start_supervisor(
+        inner,
+        release,
+        &spec,
+        record.name.clone(),
+        record.id.clone(),
+        state,
+        Some((attached, port)),
+    )
+}
+
+fn start_supervisor(
+    inner: &Arc<Inner>,
+    release: &ReleaseSpec,
+    spec: &ProcessSpec,
+    name: String,
+    id: String,
+    lifecycle: Lifecycle,
+    adopted: Option<(Attached, Option<u16>)>,
+) -> Arc<Dyno> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
+    let port = adopted.as_ref().and_then(|(_, p)| *p);
     let dyno = Arc::new(Dyno {
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         app_id: release.app_id.clone(),
         name,
         process_type: spec.process_type.clone(),
@@ -39,8 +89,8 @@ pub(crate) fn spawn(
         release: release.clone(),
         size: inner.cfg.dyno_size.clone(),
         status: Mutex::new(Status {
-            lifecycle: Lifecycle::Starting,
-            addr: None,
+            lifecycle,
+            addr: port.map(loopback),
             updated_at: Utc::now(),
             usage: None,
         }),
@@ -59,7 +109,7 @@ pub(crate) fn spawn(
                 name: d.name.clone(),
                 command: d.command.clone(),
                 config: d.release.env.clone(),
-                port: None,
+                port,
                 size: d.size.clone(),
                 dir: inner.cfg.dynos_dir.join(&d.app_id).join(&d.id),
                 slug_path: d.release.slug_path.clone(),
@@ -71,6 +121,7 @@ pub(crate) fn spawn(
                 dyno: d.clone(),
                 stop: stop_rx,
                 spec,
+                adopted: adopted.map(|(a, _)| a),
             }
             .run()
             .await;
@@ -82,11 +133,27 @@ pub(crate) fn spawn(
     dyno
 }
 
+/// The dyno's output, as `app[web.1]` lines.
+pub(crate) fn app_sink(inner: &Inner, app_id: &str, name: &str) -> LineSink {
+    let logs = inner.logs.clone();
+    let app = app_id.to_string();
+    let name = name.to_string();
+    Arc::new(move |line: &str| logs.write(&app, Source::App, &name, line))
+}
+
+/// A dyno's main process under its monitor.
+struct Live {
+    attached: Attached,
+    pid: Option<u32>,
+}
+
 struct Supervisor {
     inner: Arc<Inner>,
     dyno: Arc<Dyno>,
     stop: watch::Receiver<bool>,
     spec: DynoSpec,
+    /// A running monitor to follow instead of starting the dyno (the first run only).
+    adopted: Option<Attached>,
 }
 
 enum Outcome {
@@ -194,7 +261,12 @@ impl Supervisor {
         }
         let backend = self.inner.backend.clone();
         let (id, dir) = (self.spec.id.clone(), self.spec.dir.clone());
-        match tokio::task::spawn_blocking(move || backend.cleanup(&id, &dir)).await {
+        let monitor = monitor_dir(&self.inner.cfg.dynos_dir, &id);
+        let cleaned = tokio::task::spawn_blocking(move || {
+            backend.cleanup(&id, &dir)?;
+            remove_dir(&monitor)
+        });
+        match cleaned.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not clean up the dyno"),
             Err(e) => tracing::warn!(error = %e, "dyno clean-up panicked"),
@@ -225,56 +297,40 @@ impl Supervisor {
         }
     }
 
-    /// Starts the dyno once and follows it until it exits or a stop is requested.
+    /// Starts the dyno once (or takes over the adopted one) and follows it until it exits or
+    /// a stop is requested.
     async fn run_once(&mut self) -> Outcome {
         let is_web = self.dyno.process_type == "web";
-        self.spec.port = None;
-        if is_web {
-            match free_port() {
-                Ok(p) => self.spec.port = Some(p),
-                Err(e) => {
-                    self.say(&format!("Error: no free port for the dyno: {e}"));
+        let (mut live, already_up) = match self.adopted.take() {
+            Some(attached) => {
+                self.spec.user = self.inner.user_for(&self.dyno.app_id).ok().flatten();
+                let up = self.dyno.lock_status().lifecycle == Lifecycle::Up;
+                let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
+                (Live { attached, pid }, up)
+            }
+            None => match self.start_dyno(is_web).await {
+                Some(live) => (live, false),
+                None => {
                     self.transition(Event::Exited, None, None).await;
                     return Outcome::Crashed;
                 }
-            }
-        }
-        // The port is in the bundle the backend writes.
-        if let Err(e) = self.prepare().await {
-            self.say(&format!(
-                "Error: could not prepare the dyno's filesystem: {e}"
-            ));
-            self.transition(Event::Exited, None, None).await;
-            return Outcome::Crashed;
-        }
-        self.say(&format!(
-            "Starting process with command `{}`",
-            self.dyno.command
-        ));
-        let mut running = match self.inner.backend.start(&self.spec) {
-            Ok(running) => running,
-            Err(e) => {
-                self.say(&format!("Error: could not start the process: {e}"));
-                self.transition(Event::Exited, None, None).await;
-                return Outcome::Crashed;
-            }
+            },
         };
-        let (pid, addr) = (running.pid, running.addr);
-        self.record(Lifecycle::Starting, addr, pid).await;
-        self.pump_output(&mut running);
+        let addr = self.spec.port.map(loopback);
+        let pid = live.pid;
 
         let backend = self.inner.backend.clone();
         let mut stop = self.stop.clone();
-        if let Some(addr) = addr {
+        if let (Some(addr), false) = (addr, already_up) {
             let boot_timeout = self.inner.cfg.boot_timeout;
             enum Boot {
                 Bound(bool),
-                Exited(Exit),
+                Exited(ExitRecord),
                 Stop,
             }
             let boot = tokio::select! {
                 up = wait_for_port(addr, boot_timeout) => Boot::Bound(up),
-                exit = backend.wait(&self.spec, &mut running) => Boot::Exited(exit),
+                exit = live.attached.wait() => Boot::Exited(exit),
                 _ = stop.wait_for(|s| *s) => Boot::Stop,
             };
             match boot {
@@ -285,41 +341,121 @@ impl Supervisor {
                         boot_timeout.as_secs()
                     ));
                     self.say("Stopping process with SIGKILL");
-                    backend.signal(&self.spec, &running, Signal::SIGKILL).await;
-                    let exit = backend.wait(&self.spec, &mut running).await;
+                    backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
+                    let exit = self.exit_of(live.attached.wait().await, pid).await;
                     return self.crashed(exit, Some(addr), pid).await;
                 }
-                Boot::Exited(exit) => return self.crashed(exit, Some(addr), pid).await,
-                Boot::Stop => return self.stop_dyno(&mut running, Some(addr), pid).await,
+                Boot::Exited(exit) => {
+                    let exit = self.exit_of(exit, pid).await;
+                    return self.crashed(exit, Some(addr), pid).await;
+                }
+                Boot::Stop => return self.stop_dyno(&mut live, Some(addr), pid).await,
             }
         }
-        self.transition(Event::Booted, addr, pid).await;
+        if !already_up {
+            self.transition(Event::Booted, addr, pid).await;
+        }
         let mut check = tokio::time::interval(self.inner.cfg.memory_check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             enum Next {
-                Exited(Exit),
+                Exited(ExitRecord),
                 Stop,
                 Check,
             }
             let next = tokio::select! {
-                exit = backend.wait(&self.spec, &mut running) => Next::Exited(exit),
+                exit = live.attached.wait() => Next::Exited(exit),
                 _ = stop.wait_for(|s| *s) => Next::Stop,
                 _ = check.tick() => Next::Check,
             };
             match next {
-                Next::Exited(exit) => return self.crashed(exit, addr, pid).await,
-                Next::Stop => return self.stop_dyno(&mut running, addr, pid).await,
+                Next::Exited(exit) => {
+                    let exit = self.exit_of(exit, pid).await;
+                    return self.crashed(exit, addr, pid).await;
+                }
+                Next::Stop => return self.stop_dyno(&mut live, addr, pid).await,
                 Next::Check => {
                     if self.check_memory() {
                         // The kernel's OOM killer struck: Heroku kills the whole dyno (R15).
-                        backend.signal(&self.spec, &running, Signal::SIGKILL).await;
-                        let mut exit = backend.wait(&self.spec, &mut running).await;
+                        backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
+                        let mut exit = self.exit_of(live.attached.wait().await, pid).await;
                         exit.oom_killed = true;
                         return self.crashed(exit, addr, pid).await;
                     }
                 }
             }
+        }
+    }
+
+    /// Prepares the dyno's filesystem and starts it under a new monitor. `None` (said in the
+    /// log) when it could not start.
+    async fn start_dyno(&mut self, is_web: bool) -> Option<Live> {
+        self.spec.port = None;
+        if is_web {
+            match free_port() {
+                Ok(p) => self.spec.port = Some(p),
+                Err(e) => {
+                    self.say(&format!("Error: no free port for the dyno: {e}"));
+                    return None;
+                }
+            }
+        }
+        // The port is in the bundle the backend writes.
+        if let Err(e) = self.prepare().await {
+            self.say(&format!(
+                "Error: could not prepare the dyno's filesystem: {e}"
+            ));
+            return None;
+        }
+        self.say(&format!(
+            "Starting process with command `{}`",
+            self.dyno.command
+        ));
+        let launch = match self.inner.backend.launch(&self.spec) {
+            Ok(launch) => launch,
+            Err(e) => {
+                self.say(&format!("Error: could not start the process: {e}"));
+                return None;
+            }
+        };
+        let dir = monitor_dir(&self.inner.cfg.dynos_dir, &self.dyno.id);
+        let sink = app_sink(&self.inner, &self.dyno.app_id, &self.dyno.name);
+        let attached = match Attached::start(
+            &self.inner.cfg.monitor_command,
+            &dir,
+            &self.dyno.id,
+            &launch,
+            sink,
+        )
+        .await
+        {
+            Ok(attached) => attached,
+            Err(e) => {
+                self.say(&format!("Error: could not start the process: {e}"));
+                return None;
+            }
+        };
+        let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
+        self.record(Lifecycle::Starting, self.spec.port.map(loopback), pid)
+            .await;
+        Some(Live { attached, pid })
+    }
+
+    /// How the dyno ended, with what the backend knows (the OOM killer) after its exit.
+    async fn exit_of(&self, record: ExitRecord, pid: Option<u32>) -> Exit {
+        if record.is_lost() {
+            // Its processes may still run, with nobody holding their output: end them
+            // before the dyno is restarted.
+            self.say("Error: the dyno's monitor process died; stopping the dyno");
+            self.inner
+                .backend
+                .signal_pid(&self.spec, pid, Signal::SIGKILL)
+                .await;
+        }
+        let oom_killed = self.inner.backend.exited(&self.spec).await;
+        Exit {
+            status: record.status(),
+            oom_killed,
         }
     }
 
@@ -348,26 +484,6 @@ impl Supervisor {
         usage.oom_kills > 0
     }
 
-    fn pump_output(&self, running: &mut Running) {
-        for pipe in [running.stdout.take(), running.stderr.take()]
-            .into_iter()
-            .flatten()
-        {
-            let logs = self.inner.logs.clone();
-            let app = self.dyno.app_id.clone();
-            let name = self.dyno.name.clone();
-            tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    pump_lines(pipe, MAX_LINE_BYTES, |line| {
-                        logs.write(&app, Source::App, &name, line)
-                    })
-                    .await;
-                },
-                tracing::Span::current(),
-            ));
-        }
-    }
-
     async fn crashed(&self, exit: Exit, addr: Option<SocketAddr>, pid: Option<u32>) -> Outcome {
         if exit.oom_killed {
             self.say("Error R15 (Memory quota vastly exceeded)");
@@ -380,16 +496,16 @@ impl Supervisor {
     /// SIGTERM to every process of the dyno, SIGKILL after the stop timeout (R12).
     async fn stop_dyno(
         &self,
-        running: &mut Running,
+        live: &mut Live,
         addr: Option<SocketAddr>,
         pid: Option<u32>,
     ) -> Outcome {
         let backend = self.inner.backend.clone();
         self.transition(Event::Stop, addr, pid).await;
         self.say("Stopping all processes with SIGTERM");
-        backend.signal(&self.spec, running, Signal::SIGTERM).await;
+        backend.signal_pid(&self.spec, pid, Signal::SIGTERM).await;
         let timeout = self.inner.cfg.stop_timeout;
-        let exit = match tokio::time::timeout(timeout, backend.wait(&self.spec, running)).await {
+        let exit = match tokio::time::timeout(timeout, live.attached.wait()).await {
             Ok(exit) => exit,
             Err(_) => {
                 self.say(&format!(
@@ -397,10 +513,11 @@ impl Supervisor {
                     timeout.as_secs()
                 ));
                 self.say("Stopping remaining processes with SIGKILL");
-                backend.signal(&self.spec, running, Signal::SIGKILL).await;
-                backend.wait(&self.spec, running).await
+                backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
+                live.attached.wait().await
             }
         };
+        let exit = self.exit_of(exit, pid).await;
         self.say(&format!("Process exited with status {}", exit.code()));
         self.transition(Event::Stopped, None, None).await;
         Outcome::Stopped

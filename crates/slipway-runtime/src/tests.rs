@@ -38,6 +38,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
     let mut cfg = RuntimeConfig::new(dynos_dir.clone());
     cfg.runtime = kind;
     cfg.boot_timeout = Duration::from_secs(20);
+    cfg.monitor_command = test_monitor();
     tune(&mut cfg);
     let manager = DynoManager::new(cfg, store.clone(), logs.clone()).expect("dyno manager");
     let wanted = match kind {
@@ -64,6 +65,31 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
         release,
         dynos_dir,
         app: app.id,
+    }
+}
+
+/// This test binary, running only [`dyno_monitor_entry`]: the dyno monitor without the
+/// `slipway` binary (the monitor directory is appended as the last argument).
+fn test_monitor() -> Vec<std::ffi::OsString> {
+    let exe = std::env::current_exe().expect("test binary");
+    vec![
+        exe.into(),
+        "--exact".into(),
+        "tests::dyno_monitor_entry".into(),
+        "--nocapture".into(),
+    ]
+}
+
+/// The dyno monitor, when this test binary is started as one (see [`test_monitor`]); a no-op
+/// test otherwise.
+#[test]
+fn dyno_monitor_entry() {
+    let Some(last) = std::env::args().next_back() else {
+        return;
+    };
+    let dir = Path::new(&last);
+    if dir.is_absolute() && dir.join(monitor::LAUNCH_FILE).is_file() {
+        std::process::exit(monitor::main(dir));
     }
 }
 
@@ -159,6 +185,8 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
                 break;
             }
             DynoEvent::MemoryQuotaExceeded { .. } => panic!("a small server is over quota"),
+            DynoEvent::Added { name, .. } => assert_eq!(name, "web.1"),
+            DynoEvent::Sleep { .. } => panic!("the app does not sleep"),
         }
     }
     let up = DynoState::Up;

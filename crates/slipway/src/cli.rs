@@ -353,6 +353,14 @@ pub enum Command {
     /// Internal: run by git inside the server
     #[command(subcommand, hide = true)]
     Hook(HookCommand),
+
+    /// Internal: the per-dyno monitor the server starts (holds the dyno's output and exit
+    /// status so the dyno outlives the server)
+    #[command(name = "dyno-monitor", hide = true)]
+    DynoMonitor {
+        /// The dyno's monitor directory
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -379,7 +387,8 @@ pub struct ServerArgs {
     /// Apps are served at <app>.<domain> [default: localhost]
     #[arg(long, env = "SLIPWAY_DOMAIN")]
     pub domain: Option<String>,
-    /// Stop all dynos when the server stops [default: true]
+    /// Stop all dynos when the server stops [default: false: dynos keep running under their
+    /// monitors and the next server re-adopts them]
     #[arg(long, env = "SLIPWAY_STOP_DYNOS_ON_EXIT")]
     pub stop_dynos_on_exit: Option<bool>,
     /// Email of the admin user created at first start [default: admin@localhost]
@@ -388,6 +397,9 @@ pub struct ServerArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping a dyno [default: 30]
     #[arg(long, env = "SLIPWAY_DYNO_STOP_TIMEOUT")]
     pub dyno_stop_timeout: Option<u64>,
+    /// Seconds a web dyno has to bind $PORT before it is killed (R10) [default: 60]
+    #[arg(long, env = "SLIPWAY_DYNO_BOOT_TIMEOUT")]
+    pub dyno_boot_timeout: Option<u64>,
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,

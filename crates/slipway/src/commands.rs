@@ -114,7 +114,11 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }
-        Command::Server(_) | Command::Hook(_) | Command::GitCredential { .. } | Command::Run(_) => {
+        Command::Server(_)
+        | Command::Hook(_)
+        | Command::GitCredential { .. }
+        | Command::Run(_)
+        | Command::DynoMonitor { .. } => {
             bail!("internal error: command dispatched to the wrong place")
         }
     }

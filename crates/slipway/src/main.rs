@@ -15,6 +15,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let cli = cli::Cli::parse();
+    if let cli::Command::DynoMonitor { dir } = &cli.command {
+        // Runs outside any async runtime: it only waits for one process and copies its output.
+        std::process::exit(slipway_runtime::monitor::main(dir));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,6 +25,7 @@ struct FileConfig {
     stop_dynos_on_exit: Option<bool>,
     admin_email: Option<String>,
     dyno_stop_timeout: Option<u64>,
+    dyno_boot_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     max_dynos_per_type: Option<u32>,
     header_read_timeout: Option<u64>,
@@ -97,7 +98,7 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         stop_dynos_on_exit: args
             .stop_dynos_on_exit
             .or(file.stop_dynos_on_exit)
-            .unwrap_or(true),
+            .unwrap_or(false),
         admin_email: args
             .admin_email
             .or(file.admin_email)
@@ -106,6 +107,12 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             args.dyno_stop_timeout
                 .or(file.dyno_stop_timeout)
                 .unwrap_or(30),
+        ),
+        dyno_boot_timeout: Duration::from_secs(
+            args.dyno_boot_timeout
+                .or(file.dyno_boot_timeout)
+                .unwrap_or(60)
+                .max(1),
         ),
         shutdown_timeout: Duration::from_secs(
             args.shutdown_timeout
@@ -208,6 +215,7 @@ mod tests {
             stop_dynos_on_exit: None,
             admin_email: None,
             dyno_stop_timeout: None,
+            dyno_boot_timeout: None,
             shutdown_timeout: None,
             max_dynos_per_type: None,
             header_read_timeout: None,

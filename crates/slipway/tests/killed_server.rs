@@ -1,5 +1,6 @@
-//! A server killed with SIGKILL loses nothing: on the next start it cleans up the dynos the dead
-//! server left and runs the formation again from the store.
+//! A server killed with SIGKILL together with its dynos' monitors loses nothing: on the next
+//! start it cleans up the dynos left without a monitor and runs the formation again from the
+//! store. (A killed server alone leaves its dynos running: `outlive.rs`.)
 
 mod support;
 
@@ -20,10 +21,19 @@ fn a_killed_server_reaps_its_orphans_and_serves_again() {
     assert!(!orphans.is_empty());
 
     server.kill9();
-    // The dynos outlive a SIGKILLed server (they are in their own process group).
-    assert!(orphans
-        .iter()
-        .any(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()));
+    let monitors = server.monitor_processes();
+    assert!(!monitors.is_empty(), "no dyno monitors running");
+    for pid in &monitors {
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+    }
+    // The dynos themselves outlive their SIGKILLed monitors (they are in their own process
+    // group).
+    assert!(orphans.iter().any(
+        |pid| !monitors.contains(pid) && std::path::Path::new(&format!("/proc/{pid}")).exists()
+    ));
 
     server.launch();
     let body = wait_for(60, "the app after the restart", || {

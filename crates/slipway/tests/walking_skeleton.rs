@@ -120,8 +120,11 @@ fn push_build_release_route_log_and_redeploy() {
     // 7. Logs: build, release, dyno state, app output, router line.
     let logs = wait_for(20, "the router line in the logs", || {
         let logs = server.cli_ok(&repo, &["logs", "-a", "hello"]);
-        logs.contains("heroku[router]: at=info method=GET path=\"/\" host=hello.localhost")
-            .then_some(logs)
+        // The app's own line comes through its dyno monitor's log, the router's directly:
+        // wait for both.
+        (logs.contains("heroku[router]: at=info method=GET path=\"/\" host=hello.localhost")
+            && logs.contains("app[web.1]: GET / -> 200"))
+        .then_some(logs)
     });
     for expected in [
         "app[api]: Build started by user admin@localhost",

@@ -23,6 +23,9 @@ pub struct Server {
     pub stdout_lines: Vec<String>,
     /// Server flags beyond the harness's own (see [`Server::start_with`]).
     pub extra_args: Vec<String>,
+    /// Pass `--stop-dynos-on-exit true` (unless the flags set it), so a test's dynos end with
+    /// its server. Tests of dynos outliving the server turn it off.
+    pub stop_dynos_on_exit: bool,
     child: Option<Child>,
     /// Where the server's stderr (its tracing log) goes; discarded when `None`.
     stderr_log: Option<PathBuf>,
@@ -72,6 +75,7 @@ impl Server {
             router_port: 0,
             stdout_lines: Vec::new(),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            stop_dynos_on_exit: true,
             child: None,
             stderr_log: None,
         };
@@ -105,6 +109,11 @@ impl Server {
             .args(&self.extra_args)
             .args(extra)
             .stdout(Stdio::piped());
+        let flag = "--stop-dynos-on-exit";
+        let set = self.extra_args.iter().any(|a| a == flag) || extra.contains(&flag);
+        if self.stop_dynos_on_exit && !set {
+            cmd.args([flag, "true"]);
+        }
         match &self.stderr_log {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -360,15 +369,61 @@ impl Drop for Server {
                 .args(["-TERM", &child.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(20);
+            let mut exited = false;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
+        // Dynos and their monitors outlive a server that does not stop them: end this test's.
+        for pid in self
+            .monitor_processes()
+            .into_iter()
+            .chain(self.dyno_processes())
+        {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        // Containers: their processes are not found by their working directory.
+        let state = self.dynos_dir().join(".oci/state");
+        for entry in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&state)
+                .args(["delete", "--force"])
+                .arg(entry.file_name())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Server {
+    /// `slipway dyno-monitor` processes of this server's dynos.
+    pub fn monitor_processes(&self) -> Vec<u32> {
+        let needle = self.dynos_dir().join(".monitors");
+        let needle = needle.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("dyno-monitor") && cmdline.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
     }
 }
 
