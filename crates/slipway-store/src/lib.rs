@@ -10,6 +10,7 @@ mod buildpacks;
 mod config;
 mod formation;
 mod model;
+pub mod release_store;
 mod releases;
 
 use std::collections::BTreeMap;
