@@ -14,6 +14,7 @@
 //! | `buildpacks` | Buildpack Installation, Build Cache | `GET/PUT /apps/A/buildpack-installations`, `DELETE /apps/A/build-cache` |
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
+//! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
 
@@ -28,6 +29,7 @@ mod formation;
 mod log_sessions;
 mod observe;
 mod releases;
+mod targets;
 
 use axum::http::Method;
 use axum::Router;
@@ -51,6 +53,7 @@ pub fn routes() -> Router<Shared> {
         .merge(buildpacks::routes())
         .merge(log_sessions::routes())
         .merge(addons::routes())
+        .merge(targets::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -73,6 +73,8 @@ pub struct HostOutcome {
     pub host: String,
     /// The release `current` points to now.
     pub running: Option<String>,
+    /// The release store name it came from, when the host's state knows it.
+    pub store_name: Option<String>,
     /// What happened there, in words.
     pub outcome: String,
 }
@@ -610,6 +612,12 @@ impl HostTarget {
                 .map(|((h, s), outcome)| HostOutcome {
                     host: h.to_string(),
                     running: s.current.clone(),
+                    store_name: s
+                        .current
+                        .as_ref()
+                        .and_then(|c| s.releases.iter().find(|r| &r.tag == c))
+                        .map(|r| r.store_name.clone())
+                        .filter(|n| !n.is_empty()),
                     outcome,
                 })
                 .collect(),
