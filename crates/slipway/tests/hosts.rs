@@ -330,13 +330,15 @@ fn builds_deploy_to_two_hosts_roll_back_and_prune() {
     let listed = server.cli_ok(&root, &["targets:releases", "web"]);
     assert_eq!(listed.matches("* current  v1").count(), 2, "{listed}");
 
-    // v3, then prune keeping 1: v3 (current) stays, v2 (previous known-good) stays, v1 goes.
+    // v3 (deployed while v1 ran, so v1 is its previous known-good), then prune keeping 1:
+    // v3 (current) and v1 (previous known-good) stay, v2 goes.
     push_release(&server, &repo, 3);
     server.cli_ok(&root, &["targets:deploy", "web", "hello", "v3"]);
     server.cli_ok(&root, &["targets:prune", "web", "--keep", "1"]);
     for h in [&a, &b] {
         assert_eq!(h.current().as_deref(), Some("releases/v3"));
-        assert_eq!(h.releases(), ["v2", "v3"]);
+        assert_eq!(h.releases(), ["v1", "v3"]);
+        assert_eq!(h.state()["previous_good"], "v1");
         assert_eq!(h.page(), "Hello from my own hosts (dyno v3)\n");
     }
     // The store keeps the latest and what runs; the files of the others are gone.
@@ -427,7 +429,7 @@ fn locks_host_keys_and_cut_uploads() {
     let key = client_key(&root);
     let pub_key = root.join("client_key.pub");
     let mut a = Sshd::start(&root, "host-a", &pub_key);
-    let mut b = Sshd::start(&root, "host-b", &pub_key);
+    let b = Sshd::start(&root, "host-b", &pub_key);
     let hosts = format!("{},{}", a.spec(), b.spec());
     let (fa, fb) = (a.fingerprint(), b.fingerprint());
     server.cli_ok(
