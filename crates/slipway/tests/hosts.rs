@@ -503,6 +503,39 @@ fn locks_host_keys_and_cut_uploads() {
         assert_eq!(h.current().as_deref(), Some("releases/r2"));
     }
 
+    // The cut connection could not release b's lock: the next deploy sees who holds it.
+    let blocked = server.cli(&root, &["targets:deploy", "t", "blob", "r3"]);
+    let said = text(&blocked);
+    assert!(!blocked.status.success() && said.contains("locked by admin"), "{said}");
+    server.cli_ok(&root, &["targets:unlock", "t"]);
+
+    // A tarball that does not unpack (here: not gzip at all) leaves no visible release either.
+    let junk = root.join("junk.tgz");
+    std::fs::write(&junk, b"this is not a tarball").expect("junk");
+    server.cli_ok(
+        &root,
+        &[
+            "store:import",
+            junk.to_str().expect("utf-8"),
+            "--name",
+            "blob",
+            "--tag",
+            "junk",
+        ],
+    );
+    let failed = server.cli(&root, &["targets:deploy", "t", "blob", "junk"]);
+    let said = text(&failed);
+    assert!(
+        !failed.status.success() && said.contains("unpacking"),
+        "{said}"
+    );
+    assert_eq!(a.releases(), ["r1", "r2", "r3"], "{said}");
+    assert_eq!(a.current().as_deref(), Some("releases/r2"));
+    let leftovers = std::fs::read_dir(a.app().join(".slipway/tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(leftovers, 0, "the failed unpack left files in .slipway/tmp");
+
     // A changed host key is refused, and nothing changes there.
     a.stop();
     a.new_host_key();
@@ -518,12 +551,11 @@ fn locks_host_keys_and_cut_uploads() {
         "{said}"
     );
     assert_eq!(a.current().as_deref(), Some("releases/r2"));
-    // After checking it, the user trusts the new key, breaks what the cut left, and deploys.
+    // After checking it, the user trusts the new key and deploys.
     server.cli_ok(
         &root,
         &["targets:trust", "t", "--accept-host-key", &a.fingerprint()],
     );
-    server.cli_ok(&root, &["targets:unlock", "t"]);
     server.cli_ok(&root, &["targets:deploy", "t", "blob", "r3"]);
     for h in [&a, &b] {
         assert_eq!(h.current().as_deref(), Some("releases/r3"));
