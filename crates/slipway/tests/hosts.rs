@@ -506,7 +506,10 @@ fn locks_host_keys_and_cut_uploads() {
     // The cut connection could not release b's lock: the next deploy sees who holds it.
     let blocked = server.cli(&root, &["targets:deploy", "t", "blob", "r3"]);
     let said = text(&blocked);
-    assert!(!blocked.status.success() && said.contains("locked by admin"), "{said}");
+    assert!(
+        !blocked.status.success() && said.contains("locked by admin"),
+        "{said}"
+    );
     server.cli_ok(&root, &["targets:unlock", "t"]);
 
     // A tarball that does not unpack (here: not gzip at all) leaves no visible release either.
