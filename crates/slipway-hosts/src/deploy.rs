@@ -556,12 +556,32 @@ impl HostTarget {
                 failure = Some("the deploy was cancelled".into());
                 break;
             }
+            let before: Vec<Option<String>> =
+                batch.iter().map(|&i| states[i].current.clone()).collect();
             let mut batch_states: Vec<HostState> =
                 batch.iter().map(|&i| states[i].clone()).collect();
-            let results = futures::future::join_all(batch.iter().zip(batch_states.iter_mut()).map(
-                |(&i, state)| self.roll_host(&conns[i], state, tag, run_pre_switch, progress),
-            ))
-            .await;
+            let results = tokio::select! {
+                r = futures::future::join_all(batch.iter().zip(batch_states.iter_mut()).map(
+                    |(&i, state)| self.roll_host(&conns[i], state, tag, run_pre_switch, progress),
+                )) => Some(r),
+                _ = opts.cancel.cancelled() => None,
+            };
+            let Some(results) = results else {
+                // Cancelled mid-step: each host of the batch is put back where it was, from
+                // what the host itself says now.
+                for (&i, prev) in batch.iter().zip(before) {
+                    if let Ok((now, _)) = self.read_state(&conns[i]).await {
+                        states[i] = now;
+                    }
+                    if states[i].current != prev {
+                        self.switch_back(&conns[i], &mut states[i], prev.as_deref(), progress)
+                            .await;
+                    }
+                    outcomes[i] = "cancelled during its switch; put back".to_string();
+                }
+                failure = Some("the deploy was cancelled".into());
+                break;
+            };
             for ((&i, state), result) in batch.iter().zip(batch_states).zip(results) {
                 states[i] = state;
                 match result {

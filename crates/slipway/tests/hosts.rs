@@ -539,6 +539,55 @@ fn locks_host_keys_and_cut_uploads() {
         .count();
     assert_eq!(leftovers, 0, "the failed unpack left files in .slipway/tmp");
 
+    // Ctrl-C in the middle of a deploy (here: during a's health check) puts a back and
+    // releases every lock.
+    server.cli_ok(
+        &root,
+        &[
+            "targets:add",
+            "slow",
+            "--hosts",
+            &hosts,
+            "--path",
+            "slow",
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--health",
+            r#"[ ! -e "$HOME/slow-health" ] || sleep 120"#,
+            "--accept-host-key",
+            &fa,
+            "--accept-host-key",
+            &fb,
+        ],
+    );
+    server.cli_ok(&root, &["targets:deploy", "slow", "blob", "r1"]);
+    std::fs::write(a.home.join("slow-health"), "").expect("marker");
+    let mut deploy = Command::new(BIN);
+    deploy
+        .args(["targets:deploy", "slow", "blob", "r2"])
+        .env("SLIPWAY_DATA_DIR", &server.data)
+        .env("HOME", &server.home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut deploy = deploy.spawn().expect("deploy");
+    let slow_a = a.home.join("slow");
+    wait_for(60, "a to switch to r2", || {
+        (std::fs::read_link(slow_a.join("current")).ok()? == Path::new("releases/r2")).then_some(())
+    });
+    run_ok(Command::new("kill").args(["-INT", &deploy.id().to_string()]));
+    let _ = deploy.wait();
+    wait_for(30, "a to be switched back and every lock released", || {
+        let back = std::fs::read_link(slow_a.join("current")).ok()? == Path::new("releases/r1");
+        let unlocked =
+            !slow_a.join(".slipway/lock").exists() && !b.home.join("slow/.slipway/lock").exists();
+        (back && unlocked).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_link(b.home.join("slow/current")).expect("b current"),
+        Path::new("releases/r1")
+    );
+
     // A changed host key is refused, and nothing changes there.
     a.stop();
     a.new_host_key();

@@ -457,8 +457,16 @@ where
             let send = |v: Value| bytes::Bytes::from(format!("{v}\n"));
             let work = op(progress, opts);
             tokio::pin!(work);
+            // A blank line now and then: a client that went away is noticed even while a
+            // long step (a health check) prints nothing.
+            let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
             let result = loop {
                 tokio::select! {
+                    _ = heartbeat.tick() => {
+                        if out_tx.send(bytes::Bytes::from_static(b"\n")).await.is_err() {
+                            cancel.cancel();
+                        }
+                    }
                     r = &mut work => break r,
                     Some(line) = line_rx.recv() => {
                         if out_tx.send(send(json!({"line": line}))).await.is_err() {
