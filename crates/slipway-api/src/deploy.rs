@@ -318,6 +318,20 @@ async fn build_and_release(
         }
     };
     state.api_log(&app.id, &format!("{description} by user {}", user.email));
+    // The release store keeps every built slug, for deploys to the user's own hosts.
+    let entry = slipway_hosts::store::Entry {
+        name: app.name.clone(),
+        tag: format!("v{}", release.version),
+        commit_sha: build.commit_sha.clone(),
+        metadata: serde_json::json!({ "app": app.name, "process_types": compiled.process_types }),
+    };
+    let kept = slipway_hosts::ReleaseStore::new(&settings.data_dir);
+    if let Err(e) = kept
+        .keep_file(&state.store, entry, &slug_path, &info.checksum)
+        .await
+    {
+        tracing::warn!(error = %e, "could not keep the slug in the release store");
+    }
     state.api_log(
         &app.id,
         &format!(

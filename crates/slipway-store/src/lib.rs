@@ -11,6 +11,7 @@ mod config;
 mod formation;
 mod log_drains;
 mod model;
+pub mod release_store;
 mod releases;
 
 use std::collections::BTreeMap;

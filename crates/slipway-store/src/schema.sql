@@ -99,3 +99,29 @@ CREATE TABLE IF NOT EXISTS log_drains (
     updated_at BIGINT NOT NULL,
     UNIQUE (app_id, url)
 );
+CREATE TABLE IF NOT EXISTS release_store (
+    name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    commit_sha TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    path TEXT NOT NULL,
+    built_at BIGINT NOT NULL,
+    PRIMARY KEY (name, tag)
+);
+CREATE TABLE IF NOT EXISTS host_targets (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    env TEXT NOT NULL DEFAULT '{}',
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS target_current (
+    target TEXT NOT NULL REFERENCES host_targets(name) ON DELETE CASCADE,
+    host TEXT NOT NULL,
+    store_name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (target, host)
+);

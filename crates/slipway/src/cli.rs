@@ -333,6 +333,165 @@ pub enum Command {
         url_or_id: String,
     },
 
+    // ---- release store and host targets (commands/hosts.rs) ----
+    /// List the releases kept in the release store
+    Store {
+        /// Only this release name (an app's name for built slugs)
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a tarball into the release store
+    #[command(name = "store:import")]
+    StoreImport {
+        /// The tarball (.tgz)
+        file: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tag: String,
+        /// The source commit it was built from
+        #[arg(long)]
+        commit: Option<String>,
+        /// Free-form metadata, a JSON object
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Show one release of the store
+    #[command(name = "store:info")]
+    StoreInfo { name: String, tag: String },
+    /// Delete one release from the store (refused while a target's host runs it)
+    #[command(name = "store:delete")]
+    StoreDelete { name: String, tag: String },
+    /// Delete all but the newest K releases of a name (never the latest or one a host runs)
+    #[command(name = "store:prune")]
+    StorePrune {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        keep: usize,
+    },
+    /// List the host targets
+    Targets {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a target: a set of SSH hosts deployed to as one
+    #[command(name = "targets:add")]
+    TargetsAdd {
+        name: String,
+        /// user@host[:port], comma-separated
+        #[arg(long, value_delimiter = ',', required = true)]
+        hosts: Vec<String>,
+        /// The deploy directory on each host (absolute, or relative to the login's home)
+        #[arg(long)]
+        path: String,
+        /// Private key file on the server
+        #[arg(long)]
+        key: Option<String>,
+        /// Command run on the host in <path>/current after each switch
+        #[arg(long)]
+        restart: Option<String>,
+        /// http(s)://URL fetched on the host, or a command run there
+        #[arg(long)]
+        health: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        health_attempts: u32,
+        /// Seconds between attempts
+        #[arg(long, default_value_t = 1)]
+        health_interval: u32,
+        /// Seconds one attempt may take
+        #[arg(long, default_value_t = 5)]
+        health_timeout: u32,
+        /// Command run in the new release's directory before the switch
+        #[arg(long)]
+        pre_switch: Option<String>,
+        /// Directories under <path>/shared linked into each release
+        #[arg(long, num_args = 1..)]
+        shared: Vec<String>,
+        /// Hosts switched at a time
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// KEY=VALUE written into each release (secret: never shown)
+        #[arg(long, num_args = 1..)]
+        env: Vec<String>,
+        /// SHA256:... fingerprint of a host key you checked (once per host)
+        #[arg(long)]
+        accept_host_key: Vec<String>,
+    },
+    /// Show a target (its environment masked)
+    #[command(name = "targets:info")]
+    TargetsInfo { name: String },
+    /// Remove a target from slipway (its hosts are left as they are)
+    #[command(name = "targets:remove")]
+    TargetsRemove {
+        name: String,
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Trust a host's new key after checking it
+    #[command(name = "targets:trust")]
+    TargetsTrust {
+        name: String,
+        #[arg(long, required = true)]
+        accept_host_key: Vec<String>,
+    },
+    /// Deploy a release from the store to a target
+    #[command(name = "targets:deploy")]
+    TargetsDeploy {
+        name: String,
+        store_name: String,
+        tag: String,
+        /// Seconds to wait for another operation's lock
+        #[arg(long, default_value_t = 0)]
+        lock_wait: u64,
+        /// Seconds after which this deploy's lock counts as stale
+        #[arg(long, default_value_t = 900)]
+        lock_ttl: u64,
+    },
+    /// Switch every host back to a release they all have (default: the previous known-good)
+    #[command(name = "targets:rollback")]
+    TargetsRollback {
+        name: String,
+        tag: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        lock_wait: u64,
+    },
+    /// Per host: the releases present, the current one, the lock
+    #[command(name = "targets:releases")]
+    TargetsReleases {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old releases on every host (never current, previous known-good or pinned)
+    #[command(name = "targets:prune")]
+    TargetsPrune {
+        name: String,
+        #[arg(long)]
+        keep: usize,
+    },
+    /// Keep a release on every host through prunes
+    #[command(name = "targets:pin")]
+    TargetsPin {
+        name: String,
+        tag: String,
+        /// Unpin instead
+        #[arg(long)]
+        unpin: bool,
+    },
+    /// Run a command on each host (in current, with its env); exits non-zero if any failed
+    #[command(name = "targets:exec")]
+    TargetsExec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Break the target's locks on every host, whoever holds them
+    #[command(name = "targets:unlock")]
+    TargetsUnlock { name: String },
+
     // ---- git (commands/git.rs) ----
     /// Add a git remote for an app, with this CLI as its credential helper
     #[command(name = "git:remote")]

@@ -11,6 +11,7 @@ mod builds;
 mod config;
 mod drains;
 mod git;
+mod hosts;
 mod logs;
 mod ps;
 mod releases;
@@ -111,6 +112,73 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::DrainsRemove { app, url_or_id } => {
             drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
         }
+        // ---- release store and host targets (commands/hosts.rs) ----
+        Command::Store { name, json } => hosts::store_list(c, name.as_deref(), json).await,
+        Command::StoreImport {
+            file,
+            name,
+            tag,
+            commit,
+            metadata,
+        } => hosts::store_import(c, &file, &name, &tag, commit, metadata).await,
+        Command::StoreInfo { name, tag } => hosts::store_info(c, &name, &tag).await,
+        Command::StoreDelete { name, tag } => hosts::store_delete(c, &name, &tag).await,
+        Command::StorePrune { name, keep } => hosts::store_prune(c, &name, keep).await,
+        Command::Targets { json } => hosts::targets_list(c, json).await,
+        Command::TargetsAdd {
+            name,
+            hosts: host_list,
+            path,
+            key,
+            restart,
+            health,
+            health_attempts,
+            health_interval,
+            health_timeout,
+            pre_switch,
+            shared,
+            batch,
+            env,
+            accept_host_key,
+        } => {
+            let body = serde_json::json!({
+                "name": name, "hosts": host_list, "path": path, "key": key,
+                "restart": restart, "health": health, "health_attempts": health_attempts,
+                "health_interval": health_interval, "health_timeout": health_timeout,
+                "pre_switch": pre_switch, "shared": shared, "batch": batch,
+                "env": hosts::parse_env(&env)?, "accept_host_keys": accept_host_key,
+            });
+            hosts::targets_add(c, body).await
+        }
+        Command::TargetsInfo { name } => hosts::targets_info(c, &name).await,
+        Command::TargetsRemove { name, confirm } => {
+            hosts::targets_remove(c, &name, confirm.as_deref()).await
+        }
+        Command::TargetsTrust {
+            name,
+            accept_host_key,
+        } => hosts::targets_trust(c, &name, &accept_host_key).await,
+        Command::TargetsDeploy {
+            name,
+            store_name,
+            tag,
+            lock_wait,
+            lock_ttl,
+        } => hosts::targets_deploy(c, &name, &store_name, &tag, lock_wait, lock_ttl).await,
+        Command::TargetsRollback {
+            name,
+            tag,
+            lock_wait,
+        } => hosts::targets_rollback(c, &name, tag, lock_wait).await,
+        Command::TargetsReleases { name, json } => hosts::targets_releases(c, &name, json).await,
+        Command::TargetsPrune { name, keep } => hosts::targets_prune(c, &name, keep).await,
+        Command::TargetsPin { name, tag, unpin } => {
+            hosts::targets_pin(c, &name, &tag, !unpin).await
+        }
+        Command::TargetsExec { name, command } => {
+            hosts::targets_exec(c, &name, &command.join(" ")).await
+        }
+        Command::TargetsUnlock { name } => hosts::targets_unlock(c, &name).await,
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }
