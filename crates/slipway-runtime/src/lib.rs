@@ -48,7 +48,8 @@ use slipway_store::{DynoRecord, DynoState, Store};
 use tokio::sync::watch;
 
 pub use backend::{
-    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage,
+    BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError,
+    Usage,
 };
 pub use lifecycle::Lifecycle;
 pub use oci::{OciBackend, STACK_ETC};

@@ -38,7 +38,7 @@ use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, make_dir, remove_dir, shell, wrapped_command, BoxFuture,
-    DynoBackend, DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage, PATH,
+    DynoBackend, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError, Usage, PATH,
 };
 use crate::cgroup::{relative_path, Cgroups};
 use crate::process::kill_group;

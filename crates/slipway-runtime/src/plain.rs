@@ -12,7 +12,7 @@ use tokio::process::Command;
 
 use crate::backend::{
     environment, fresh_dyno_dir, remove_dir, shell, wrapped_command, BoxFuture, DynoBackend,
-    DynoSpec, Exit, OneOffStdio, Launch, Running, RuntimeError, Usage,
+    DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError, Usage,
 };
 use crate::oci::one_off_stdio;
 use crate::process::kill_group;
