@@ -249,6 +249,12 @@ async fn fetch(
         .prefix(".fetch-")
         .tempdir_in(cx.fetch_dir)
         .map_err(BuildError::io("creating a directory in", cx.fetch_dir))?;
+    // The build user fetches from repositories others own (a local `file://` one): git must not
+    // refuse them as "dubious ownership" (what the user may read is what it may fetch). Only a
+    // global config reaches the `git upload-pack` of a local fetch, and HOME is this directory.
+    let gitconfig = tmp.path().join(".gitconfig");
+    std::fs::write(&gitconfig, "[safe]\n\tdirectory = *\n")
+        .map_err(BuildError::io("writing", &gitconfig))?;
     if let Some(owner) = cx.run_as {
         // Fresh, root-owned and 0700 until now: nothing else can have linked into it.
         crate::pipeline::chown_tree(tmp.path(), owner)?;
@@ -266,6 +272,7 @@ async fn fetch(
     // The fetch's own directory: it belongs to the user git runs as.
     env.insert("HOME".into(), tmp.path().display().to_string());
     env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+
     env.insert("GIT_CONFIG_NOSYSTEM".into(), "1".into());
     // Never `ext::` (runs commands) or other exotic transports.
     env.insert(

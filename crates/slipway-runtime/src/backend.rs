@@ -359,9 +359,9 @@ pub(crate) fn make_dir(path: &Path, mode: u32, user: Option<&AppUser>) -> Result
 }
 
 /// Gives everything under `path` (symlinks themselves, not their targets) to `user`.
+/// Depth first: a directory becomes the user's only after everything below it, so no process
+/// of that user can swap a directory for a symlink while root still walks through it.
 pub(crate) fn chown_tree(path: &Path, user: &AppUser) -> Result<(), RuntimeError> {
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(RuntimeError::io("changing the owner of", path))?;
     let meta = std::fs::symlink_metadata(path).map_err(RuntimeError::io("reading", path))?;
     if meta.is_dir() {
         for entry in std::fs::read_dir(path).map_err(RuntimeError::io("listing", path))? {
@@ -369,19 +369,37 @@ pub(crate) fn chown_tree(path: &Path, user: &AppUser) -> Result<(), RuntimeError
             chown_tree(&entry.path(), user)?;
         }
     }
+    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+        .map_err(RuntimeError::io("changing the owner of", path))
+}
+
+/// A root-owned directory the app's user may pass through but not change (0711): the dyno's
+/// bundle (config.json, rootfs, passwd) lives here, so the app can neither swap it nor plant a
+/// symlink where root will create or chmod something.
+fn root_dir(path: &Path) -> Result<(), RuntimeError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(RuntimeError::io("refusing a symbolic link at", path)(
+            std::io::Error::other("a dyno directory must be a real directory"),
+        ));
+    }
+    make_dir(path, 0o711, None)?;
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(path, Some(0), Some(0))
+            .map_err(RuntimeError::io("changing the owner of", path))?;
+    }
     Ok(())
 }
 
-/// The dyno's directory, fresh: `<dir>` (0700, the app's user) holding `app/`, an unpack of
-/// the slug owned by the app's user.
+/// The dyno's directory, fresh: `<dir>` (root's, 0711) holding `app/`, an unpack of the slug
+/// given to the app's user once it is complete.
 pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
     if dyno.dir.exists() {
         std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
     }
     if let Some(parent) = dyno.dir.parent() {
-        make_dir(parent, 0o700, dyno.user.as_ref())?;
+        root_dir(parent)?;
     }
-    make_dir(&dyno.dir, 0o700, dyno.user.as_ref())?;
+    root_dir(&dyno.dir)?;
     slipway_build::unpack_slug(&dyno.slug_path, &dyno.slug_checksum, &dyno.dir).map_err(
         |source| RuntimeError::Slug {
             dyno: dyno.name.clone(),
@@ -389,6 +407,9 @@ pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
         },
     )?;
     let app = dyno.dir.join("app");
+    // The app's own files: no other user may read them (the directories above are root's 0711).
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o700))
+        .map_err(RuntimeError::io("setting permissions of", &app))?;
     if let Some(u) = &dyno.user {
         chown_tree(&app, u)?;
     }

@@ -421,7 +421,13 @@ impl DynoManager {
             if backend.runs_in_host_dirs() {
                 check_reachable(&cfg.dynos_dir)?;
             }
-            Some(users::UidTable::load(&cfg.dynos_dir.join(".uids"))?)
+            let table = std::path::Path::new(users::HOST_TABLE);
+            if let Some(dir) = table.parent() {
+                std::fs::create_dir_all(dir).map_err(RuntimeError::io("creating", dir))?;
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .map_err(RuntimeError::io("setting permissions of", dir))?;
+            }
+            Some(users::UidTable::load(table)?)
         } else {
             None
         };

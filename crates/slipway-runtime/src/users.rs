@@ -2,9 +2,10 @@
 //! read another's files or signal its processes.
 //!
 //! The first time an app runs a dyno it gets the lowest free number from [`FIRST_UID`]; the
-//! mapping is kept in `<dynos dir>/.uids` (`<app id> <uid>` per line, written whole to a
-//! temporary file and renamed), so an app keeps its uid across server restarts and two apps
-//! never share one. The range starts above the usual login users (1000-60000) and the
+//! mapping is kept in one table per machine, [`HOST_TABLE`] (`<app id> <uid>` per line, written
+//! whole to a temporary file and renamed, under an exclusive lock on `<table>.lock`), so an app
+//! keeps its uid across server restarts and no two apps share one, even apps of two servers on
+//! the same machine (a build's processes are killed by uid: a shared uid would kill another's). The range starts above the usual login users (1000-60000) and the
 //! subordinate ids of rootless containers (100000-165535).
 
 use std::collections::BTreeMap;
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::backend::RuntimeError;
+
+/// The machine-wide uid table.
+pub const HOST_TABLE: &str = "/var/lib/slipway/uids";
 
 pub const FIRST_UID: u32 = 400_000;
 pub const LAST_UID: u32 = 499_999;
@@ -67,6 +71,25 @@ impl UidTable {
     /// The app's user, allocated (and saved) on first use.
     pub(crate) fn user_for(&self, app_id: &str) -> Result<AppUser, RuntimeError> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(uid) = map.get(app_id) {
+            return Ok(AppUser {
+                uid: *uid,
+                gid: *uid,
+            });
+        }
+        // Another server on this machine may have added apps since: allocate under the lock,
+        // from the table as it is on disk now.
+        let lock_path = self.path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(RuntimeError::io("opening", &lock_path))?;
+        lock.lock().map_err(RuntimeError::io("locking", &lock_path))?;
+        let on_disk = UidTable::load(&self.path)?;
+        let current = on_disk.map.into_inner().unwrap_or_else(|p| p.into_inner());
+        map.extend(current);
         if let Some(uid) = map.get(app_id) {
             return Ok(AppUser {
                 uid: *uid,
