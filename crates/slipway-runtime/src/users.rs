@@ -86,7 +86,8 @@ impl UidTable {
             .write(true)
             .open(&lock_path)
             .map_err(RuntimeError::io("opening", &lock_path))?;
-        lock.lock().map_err(RuntimeError::io("locking", &lock_path))?;
+        lock.lock()
+            .map_err(RuntimeError::io("locking", &lock_path))?;
         let on_disk = UidTable::load(&self.path)?;
         let current = on_disk.map.into_inner().unwrap_or_else(|p| p.into_inner());
         map.extend(current);

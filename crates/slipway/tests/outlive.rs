@@ -173,10 +173,20 @@ fn killed_server_adopts(runtime: &str) {
     let mut distinct = seen.clone();
     distinct.dedup();
     for pair in distinct.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "a line lost or out of order: {seen:?}");
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "a line lost or out of order: {seen:?}"
+        );
     }
-    let starts = lines.iter().filter(|l| l.contains("Starting process")).count();
-    assert_eq!(starts, 1, "the dyno was started once, never restarted: {lines:#?}");
+    let starts = lines
+        .iter()
+        .filter(|l| l.contains("Starting process"))
+        .count();
+    assert_eq!(
+        starts, 1,
+        "the dyno was started once, never restarted: {lines:#?}"
+    );
     let ps = server.cli_ok(&repo, &["ps"]);
     assert!(ps.contains("web.1: up"), "{ps}");
 }
