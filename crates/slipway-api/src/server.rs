@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub build_timeout: Duration,
     /// Address space each buildpack process may use.
     pub build_memory_limit_bytes: u64,
+    /// Largest compressed slug a build may make.
+    pub max_slug_bytes: u64,
     /// How long a release phase may run before its release fails.
     pub release_phase_timeout: Duration,
     /// How long a client has to send a request's headers (API and router).
@@ -109,6 +111,9 @@ fn validate(cfg: &ServerConfig) -> anyhow::Result<()> {
     }
     if cfg.build_memory_limit_bytes < 256 * 1024 * 1024 {
         bail!("the build memory limit must be at least 256 MB; buildpacks need room to run");
+    }
+    if cfg.max_slug_bytes == 0 {
+        bail!("the largest slug size must be at least 1 MB");
     }
     if cfg.build_timeout.is_zero() {
         bail!("the build timeout must be at least 1 second");
@@ -289,7 +294,10 @@ pub async fn run(
         api_addr,
         router_port: router_addr.port(),
         domain: cfg.domain.clone(),
-        build_limits: slipway_build::Limits::default(),
+        build_limits: slipway_build::Limits {
+            max_slug_bytes: cfg.max_slug_bytes,
+            ..slipway_build::Limits::default()
+        },
         builds_dir: builds_dir.clone(),
         build_timeout: cfg.build_timeout,
         build_memory_limit_bytes: cfg.build_memory_limit_bytes,

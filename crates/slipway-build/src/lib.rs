@@ -68,7 +68,7 @@ pub enum BuildError {
     ProcfileNotAFile(&'static str),
     #[error("{0}")]
     Procfile(#[from] ProcfileError),
-    #[error("the slug is {size} bytes, larger than the {limit}-byte limit; remove files the app does not need at run time")]
+    #[error("the slug is {size} bytes, larger than the {limit}-byte limit; remove files the app does not need at run time (list them in .slugignore) or ask for a larger --max-slug-size")]
     SlugTooLarge { size: u64, limit: u64 },
     #[error("slug {path} does not match its checksum: expected {expected}, found {found}")]
     ChecksumMismatch {

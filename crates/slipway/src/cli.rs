@@ -565,6 +565,9 @@ pub struct ServerArgs {
     /// Where builds run, outside the data directory [default: <data-dir>-builds]
     #[arg(long, env = "SLIPWAY_BUILDS_DIR")]
     pub builds_dir: Option<PathBuf>,
+    /// Largest slug (MB, compressed) a build may make [default: 500, Heroku's cap]
+    #[arg(long, env = "SLIPWAY_MAX_SLUG_SIZE")]
+    pub max_slug_size: Option<u64>,
     /// Address space (MB) each buildpack process may use [default: 4096]
     #[arg(long, env = "SLIPWAY_BUILD_MEMORY_LIMIT")]
     pub build_memory_limit: Option<u64>,

@@ -32,6 +32,7 @@ struct FileConfig {
     builds_dir: Option<PathBuf>,
     build_timeout: Option<u64>,
     build_memory_limit: Option<u64>,
+    max_slug_size: Option<u64>,
     release_phase_timeout: Option<u64>,
     dynos_dir: Option<PathBuf>,
     dyno_runtime: Option<String>,
@@ -120,6 +121,11 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
                 .unwrap_or(10),
         ),
         builds_dir: args.builds_dir.or(file.builds_dir),
+        max_slug_bytes: args
+            .max_slug_size
+            .or(file.max_slug_size)
+            .unwrap_or(500)
+            .saturating_mul(1024 * 1024),
         build_memory_limit_bytes: args
             .build_memory_limit
             .or(file.build_memory_limit)
@@ -222,6 +228,7 @@ mod tests {
             builds_dir: None,
             build_timeout: None,
             build_memory_limit: None,
+            max_slug_size: None,
             release_phase_timeout: None,
             dynos_dir: None,
             dyno_runtime: None,

@@ -419,3 +419,33 @@ fn clients_cannot_forge_router_log_fields_or_pick_between_two_hosts() {
         "{logs}"
     );
 }
+
+/// A slug over the server's limit is refused with what to do, and nothing is released.
+#[test]
+fn a_slug_over_the_limit_is_refused_naming_the_limit() {
+    let server = Server::start_with(&["--max-slug-size", "1"]);
+    let repo = server.sample_repo("big-src");
+    // 2 MB that do not compress.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..2 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(repo.join("blob.bin"), noise).expect("write");
+    server.commit_all(&repo, "too big");
+    server.cli_ok(&repo, &["apps:create", "biggie"]);
+    let out = server.git(&repo, &["push", "slipway", "main"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("larger than the 1048576-byte limit"),
+        "{said}"
+    );
+    assert!(said.contains(".slugignore"), "{said}");
+    let releases = server.cli_ok(&repo, &["releases"]);
+    assert!(!releases.contains("v1"), "{releases}");
+}
