@@ -454,50 +454,7 @@ impl Store {
             tx.commit().await?;
             return Ok(release);
         }
-        let now = now_ms();
-        let existing: Vec<String> =
-            sqlx::query("SELECT process_type FROM formation WHERE app_id = $1")
-                .bind(app_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.get("process_type"))
-                .collect();
-        for (ptype, command) in slug.process_types.iter().filter(|(t, _)| *t != "release") {
-            if existing.contains(ptype) {
-                sqlx::query("UPDATE formation SET command = $1, updated_at = $2 WHERE app_id = $3 AND process_type = $4")
-                    .bind(command)
-                    .bind(now)
-                    .bind(app_id)
-                    .bind(ptype)
-                    .execute(&mut *tx)
-                    .await?;
-            } else {
-                let quantity: i64 = if ptype == "web" { 1 } else { 0 };
-                sqlx::query(
-                    "INSERT INTO formation (id, app_id, process_type, quantity, size, command, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, 'standard-1X', $5, $6, $6)",
-                )
-                .bind(new_id())
-                .bind(app_id)
-                .bind(ptype)
-                .bind(quantity)
-                .bind(command)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for gone in existing
-            .iter()
-            .filter(|t| !slug.process_types.contains_key(*t))
-        {
-            sqlx::query("DELETE FROM formation WHERE app_id = $1 AND process_type = $2")
-                .bind(app_id)
-                .bind(gone)
-                .execute(&mut *tx)
-                .await?;
-        }
+        releases::shape_formation(&mut tx, app_id, &slug.process_types).await?;
         tx.commit().await?;
         Ok(release)
     }
