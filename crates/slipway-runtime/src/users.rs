@@ -110,6 +110,8 @@ impl UidTable {
         let text: String = next.iter().map(|(a, u)| format!("{a} {u}\n")).collect();
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, text).map_err(RuntimeError::io("writing", &tmp))?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(RuntimeError::io("restricting", &tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(RuntimeError::io("replacing", &self.path))?;
         *map = next;
         Ok(AppUser { uid, gid: uid })
