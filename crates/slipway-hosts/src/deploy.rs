@@ -497,19 +497,22 @@ impl HostTarget {
                 if let Some(entry) = state.entry_mut(tag) {
                     entry.status = ReleaseStatus::Failed;
                 }
-                self.switch_back(conn, state, prev.as_deref(), progress)
+                self.switch_back(conn, state, prev.as_deref(), true, progress)
                     .await;
                 Err(e)
             }
         }
     }
 
-    /// Points a host back at `prev` and restarts it (best effort: said in the progress).
+    /// Points a host back at `prev` and restarts it (best effort: said in the progress). With
+    /// `check`, then runs the health check and says how it went (not when cancelled: the user
+    /// asked to stop, and a slow check is often why).
     async fn switch_back(
         &self,
         conn: &Connection,
         state: &mut HostState,
         prev: Option<&str>,
+        check: bool,
         progress: &Progress,
     ) {
         let Some(prev) = prev else {
@@ -525,8 +528,19 @@ impl HostTarget {
                 state.current = Some(prev.to_string());
                 let _ = self.write_state(conn, state).await;
                 progress.say(format!("{}: switched back to releases/{prev}", conn.host));
-                if let Err(e) = self.restart(conn, progress).await {
-                    progress.say(format!("{}: restarting {prev} failed: {e}", conn.host));
+                // The host is back on a release that was healthy; say whether it is again,
+                // so a failed deploy does not return while the old release is still starting.
+                match self.restart(conn, progress).await {
+                    Err(e) => progress.say(format!("{}: restarting {prev} failed: {e}", conn.host)),
+                    Ok(()) if !check => {}
+                    Ok(()) => {
+                        if let Err(e) = self.check_health(conn, progress).await {
+                            progress.say(format!(
+                                "{}: {prev} is not healthy after switching back: {e}",
+                                conn.host
+                            ));
+                        }
+                    }
                 }
             }
             Err(e) => progress.say(format!(
@@ -574,8 +588,14 @@ impl HostTarget {
                         states[i] = now;
                     }
                     if states[i].current != prev {
-                        self.switch_back(&conns[i], &mut states[i], prev.as_deref(), progress)
-                            .await;
+                        self.switch_back(
+                            &conns[i],
+                            &mut states[i],
+                            prev.as_deref(),
+                            false,
+                            progress,
+                        )
+                        .await;
                     }
                     outcomes[i] = "cancelled during its switch; put back".to_string();
                 }
@@ -601,7 +621,8 @@ impl HostTarget {
         }
         if failure.is_some() {
             for (i, prev) in switched.into_iter().rev() {
-                self.switch_back(&conns[i], &mut states[i], prev.as_deref(), progress)
+                let check = !opts.cancel.is_cancelled();
+                self.switch_back(&conns[i], &mut states[i], prev.as_deref(), check, progress)
                     .await;
                 outcomes[i] =
                     format!("was switched to {tag}, switched back after another host failed");

@@ -156,9 +156,12 @@ impl Sshd {
             .trim()
             .parse()
             .expect("port");
-        let (status, _, body) = http(port, "GET", "/", &[("Host", "x")], None);
-        assert_eq!(status, 200, "{body}");
-        body
+        // A host switched back after a failed health check elsewhere may still be starting
+        // its app (its own check can fail too: the `unhealthy` marker); wait for the page.
+        wait_for(30, "the host's app to answer", || {
+            let (status, _, body) = http(port, "GET", "/", &[("Host", "x")], None);
+            (status == 200).then_some(body)
+        })
     }
 }
 
