@@ -358,6 +358,13 @@ pub async fn run(
             "marked builds interrupted by the previous server's stop as failed"
         );
     }
+    let interrupted = crate::deploys::recover(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked deploys interrupted by the previous server's stop"
+        );
+    }
     crate::gc::collect(&state).await?;
     // Dynos a previous server left running are supervised again (same processes, their
     // output followed from where it stopped); the others are cleaned up. Converging then

@@ -9,6 +9,7 @@ mod apps;
 mod buildpacks;
 mod builds;
 mod config;
+mod deploys;
 mod drains;
 mod git;
 mod hosts;
@@ -111,6 +112,36 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::DrainsAdd { app, url } => drains::add(c, &resolve_app(app.app)?, &url).await,
         Command::DrainsRemove { app, url_or_id } => {
             drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
+        }
+        Command::Deploys { app, json } => deploys::list(c, &resolve_app(app.app)?, json).await,
+        Command::DeploysInfo { app, deploy, json } => {
+            deploys::info(c, &resolve_app(app.app)?, &deploy, json).await
+        }
+        Command::DeploysWait { app, deploy } => {
+            deploys::wait(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysCancel { app, deploy } => {
+            deploys::cancel(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysStart {
+            app,
+            release,
+            no_rollback,
+            watch,
+        } => deploys::start(c, &resolve_app(app.app)?, &release, no_rollback, watch).await,
+        Command::DeploysSecrets { app } => deploys::secrets(c, &resolve_app(app.app)?).await,
+        Command::DeploysSecretsSet { app, pairs } => {
+            deploys::secrets_set(c, &resolve_app(app.app)?, &pairs).await
+        }
+        Command::DeploysSecretsUnset { app, keys } => {
+            deploys::secrets_unset(c, &resolve_app(app.app)?, &keys).await
+        }
+        Command::Webhooks { app } => deploys::webhooks(c, &resolve_app(app.app)?).await,
+        Command::WebhooksAdd { app, url } => {
+            deploys::webhooks_add(c, &resolve_app(app.app)?, &url).await
+        }
+        Command::WebhooksRemove { app, url_or_id } => {
+            deploys::webhooks_remove(c, &resolve_app(app.app)?, &url_or_id).await
         }
         // ---- release store and host targets (commands/hosts.rs) ----
         Command::Store { name, json } => hosts::store_list(c, name.as_deref(), json).await,
