@@ -5,6 +5,7 @@
 //!   Range headers; `auth.rs` tokens; `error.rs` the one mapping of errors to HTTP.
 //! - `git.rs`: git smart HTTP; `deploy.rs`: the build a push triggers.
 //! - `oneoff.rs`: attaching to one-off dynos (`run`), the release phase.
+//! - `pipelines/`: pipelines (stages, targets, builds and tests, strategies, promotion).
 //! - `control.rs`: operations shared by all of them (create/destroy apps, converge dynos).
 //! - `state.rs`: what handlers share, and the router's view of apps.
 
@@ -16,6 +17,7 @@ pub mod gc;
 pub mod git;
 pub mod oneoff;
 pub mod paging;
+pub mod pipelines;
 pub mod push;
 pub mod routes;
 pub mod server;

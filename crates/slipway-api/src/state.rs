@@ -119,6 +119,8 @@ pub struct State {
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
     /// One-off dynos waiting for their `run` client, and those running (`oneoff.rs`).
     pub one_offs: crate::oneoff::OneOffs,
+    /// Pipelines' push grants, build locks, live build output and stage queues.
+    pub pipelines: crate::pipelines::Pipelines,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -139,6 +141,7 @@ impl State {
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
+            pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }

@@ -11,6 +11,7 @@ mod config;
 mod formation;
 mod log_drains;
 mod model;
+mod pipelines;
 pub mod release_store;
 mod releases;
 
@@ -29,6 +30,10 @@ pub use config::{config_bytes, config_description, ConfigOutcome};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
+pub use pipelines::{
+    Pipeline, PipelineBuild, PipelineBuildStatus, PipelineDeploy, PipelineDeployStatus, Stage,
+    StageStrategy, TargetRow,
+};
 pub use releases::{ReleaseStatus, RollbackRefusal};
 
 #[derive(Debug, thiserror::Error)]
