@@ -6,6 +6,7 @@
 //! - `git.rs`: git smart HTTP; `deploy.rs`: the build a push triggers, handed to
 //!   `deploys/` (the deploy runner: steps, checks, rollback, reports).
 //! - `oneoff.rs`: attaching to one-off dynos (`run`), the release phase.
+//! - `pipelines/`: pipelines (stages, targets, builds and tests, strategies, promotion).
 //! - `control.rs`: operations shared by all of them (create/destroy apps, converge dynos).
 //! - `state.rs`: what handlers share, and the router's view of apps.
 
@@ -18,6 +19,7 @@ pub mod gc;
 pub mod git;
 pub mod oneoff;
 pub mod paging;
+pub mod pipelines;
 pub mod push;
 pub mod routes;
 pub mod server;

@@ -16,6 +16,7 @@
 //! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
 //! | `deploys` | Deploys, webhooks, deploy secrets (slipway's own) | `/apps/A/deploys...`, `/apps/A/webhooks...`, `/apps/A/deploy-secrets` |
+//! | `pipelines` | Pipelines, stages, targets, builds, deploys (slipway's own) | `/pipelines...`, `/pipeline-builds/ID` (see the module) |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -32,6 +33,7 @@ mod formation;
 mod log_drains;
 mod log_sessions;
 mod observe;
+mod pipelines;
 mod releases;
 mod targets;
 
@@ -62,6 +64,7 @@ pub fn routes() -> Router<Shared> {
         .merge(addons::routes())
         .merge(targets::routes())
         .merge(deploys::routes())
+        .merge(pipelines::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
 }

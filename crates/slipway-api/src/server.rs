@@ -245,6 +245,7 @@ pub fn api_routes(state: Shared) -> Router {
     let streaming = Router::new()
         .merge(git::routes())
         .route("/internal/push-builds", post(deploy::push_build))
+        .merge(crate::pipelines::git::git_routes())
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(routes::routes())
@@ -365,6 +366,7 @@ pub async fn run(
             "marked deploys interrupted by the previous server's stop"
         );
     }
+    crate::pipelines::recover(&state).await;
     crate::gc::collect(&state).await?;
     // Dynos a previous server left running are supervised again (same processes, their
     // output followed from where it stopped); the others are cleaned up. Converging then

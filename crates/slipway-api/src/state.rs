@@ -121,6 +121,8 @@ pub struct State {
     pub one_offs: crate::oneoff::OneOffs,
     /// Deploys running on this server and each target's queue (`deploys/`).
     pub deploys: crate::deploys::Deploys,
+    /// Pipelines' push grants, build locks, live build output and stage queues.
+    pub pipelines: crate::pipelines::Pipelines,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -142,6 +144,7 @@ impl State {
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
             deploys: crate::deploys::Deploys::default(),
+            pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }

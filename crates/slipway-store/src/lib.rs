@@ -12,6 +12,7 @@ mod deploys;
 mod formation;
 mod log_drains;
 mod model;
+mod pipelines;
 pub mod release_store;
 mod releases;
 
@@ -34,6 +35,10 @@ pub use deploys::{
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
+pub use pipelines::{
+    Pipeline, PipelineBuild, PipelineBuildStatus, PipelineDeploy, PipelineDeployStatus, Stage,
+    StageStrategy, TargetRow,
+};
 pub use releases::{ReleaseStatus, RollbackRefusal};
 
 #[derive(Debug, thiserror::Error)]
