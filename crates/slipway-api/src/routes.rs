@@ -15,6 +15,7 @@
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
+//! | `features` | App Feature (labs) | `GET /apps/A/features[/F]`, `PATCH /apps/A/features/F` |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -26,6 +27,7 @@ mod buildpacks;
 mod builds;
 mod config_vars;
 mod dynos;
+mod features;
 mod formation;
 mod log_drains;
 mod log_sessions;
@@ -57,6 +59,7 @@ pub fn routes() -> Router<Shared> {
         .merge(log_sessions::routes())
         .merge(log_drains::routes())
         .merge(addons::routes())
+        .merge(features::routes())
         .merge(targets::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
