@@ -17,6 +17,7 @@
 //! | `addons` | Add-on | `GET /apps/A/addons` |
 //! | `deploys` | Deploys, webhooks, deploy secrets (slipway's own) | `/apps/A/deploys...`, `/apps/A/webhooks...`, `/apps/A/deploy-secrets` |
 //! | `pipelines` | Pipelines, stages, targets, builds, deploys (slipway's own) | `/pipelines...`, `/pipeline-builds/ID` (see the module) |
+//! | `features` | App Feature (labs) | `GET /apps/A/features[/F]`, `PATCH /apps/A/features/F` |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -29,6 +30,7 @@ mod builds;
 mod config_vars;
 mod deploys;
 mod dynos;
+mod features;
 mod formation;
 mod log_drains;
 mod log_sessions;
@@ -62,6 +64,7 @@ pub fn routes() -> Router<Shared> {
         .merge(log_sessions::routes())
         .merge(log_drains::routes())
         .merge(addons::routes())
+        .merge(features::routes())
         .merge(targets::routes())
         .merge(deploys::routes())
         .merge(pipelines::routes())

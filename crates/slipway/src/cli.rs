@@ -313,6 +313,28 @@ pub enum Command {
         app: AppArg,
     },
 
+    // ---- labs (commands/config.rs: each feature is a config var) ----
+    /// List an app's experimental features and whether they are on
+    Labs {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Turn a feature on (log-runtime-metrics: memory and load lines in the logs); restarts
+    /// the dynos
+    #[command(name = "labs:enable")]
+    LabsEnable {
+        #[command(flatten)]
+        app: AppArg,
+        feature: String,
+    },
+    /// Turn a feature off; restarts the dynos
+    #[command(name = "labs:disable")]
+    LabsDisable {
+        #[command(flatten)]
+        app: AppArg,
+        feature: String,
+    },
+
     // ---- logs (commands/logs.rs, commands/drains.rs) ----
     /// Show an app's logs
     Logs {
@@ -812,6 +834,10 @@ pub struct ServerArgs {
     /// Seconds a web dyno has to bind $PORT before it is killed (R10) [default: 60]
     #[arg(long, env = "SLIPWAY_DYNO_BOOT_TIMEOUT")]
     pub dyno_boot_timeout: Option<u64>,
+    /// Seconds between samples of each dyno's memory and CPU (R14 checks, runtime metrics
+    /// lines, `ps` figures) [default: 20, as Heroku]
+    #[arg(long, env = "SLIPWAY_DYNO_METRICS_INTERVAL")]
+    pub dyno_metrics_interval: Option<u64>,
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,

@@ -46,6 +46,13 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::MaintenanceOff { app } => {
             apps::maintenance(c, &resolve_app(app.app)?, false).await
         }
+        Command::Labs { app } => config::labs(c, &resolve_app(app.app)?).await,
+        Command::LabsEnable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, true).await
+        }
+        Command::LabsDisable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, false).await
+        }
         Command::Config { app, shell, json } => {
             config::show(c, &resolve_app(app.app)?, shell, json).await
         }
