@@ -343,8 +343,26 @@ async fn build_and_release(
         // A failure leaves the previous release serving; the push is rejected.
         crate::oneoff::finish_release(state, app, &release, &command, Some(&out.tx)).await?;
     }
-    if let Err(e) = converge_app(state, &app.id).await {
-        tracing::error!(error = ?e, "could not start dynos for the new release");
+    out.line(&format!(
+        "-----> Starting v{} beside the running dynos; traffic moves once its web dynos are up and healthy...",
+        release.version
+    ))
+    .await;
+    match converge_app(state, &app.id).await {
+        Ok(converged) => {
+            if let Some(message) = converged.message() {
+                // The release is failed and the previous one restored (converge_app): the
+                // push is rejected, the branch does not move.
+                return Err(message);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = ?e, "could not start dynos for the new release");
+            return Err(format!(
+                "v{} was not released: {}",
+                release.version, e.message
+            ));
+        }
     }
     let gc_state = state.clone();
     tokio::spawn(tracing::Instrument::instrument(

@@ -95,6 +95,9 @@ fn start_supervisor(
             usage: None,
         }),
         retiring: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        health: Mutex::new(crate::health::Health::Pending),
+        ready: Mutex::new(None),
         stop_tx,
         done_rx,
     });

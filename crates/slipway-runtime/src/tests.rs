@@ -56,6 +56,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
         slug_path: slug,
         slug_checksum: info.checksum,
         env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        healthchecks: Vec::new(),
     };
     Fixture {
         _dir: dir,

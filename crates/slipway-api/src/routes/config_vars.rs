@@ -171,7 +171,7 @@ async fn update_config(
                     command,
                     guard,
                 ),
-                None => converge_app(&state, &app.id).await?,
+                None => converge_app(&state, &app.id).await?.into_result()?,
             }
             Ok(Json(json!(config)))
         }
