@@ -37,20 +37,20 @@ server=$!
 for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 router_port=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
 
-"$bin" apps:create zd --no-remote >/dev/null
+"$bin" apps:create zdbench --no-remote >/dev/null
 mkdir "$work/app" && cp bench/zero-downtime-app/* "$work/app/"
 cd "$work/app"
 git init -q -b main
 commit() { git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm "$1"; }
 commit v1
-"$bin" git:remote -a zd >/dev/null
+"$bin" git:remote -a zdbench >/dev/null
 git push -q slipway main 2>/dev/null
 for _ in $(seq 600); do
-  curl -fs -H 'Host: zd.localhost' "http://127.0.0.1:$router_port/" | grep -q 'version 1' && break
+  curl -fs -H 'Host: zdbench.localhost' "http://127.0.0.1:$router_port/" | grep -q 'version 1' && break
   sleep 0.1
 done
 
-python3 "$root/bench/loadgen.py" --port "$router_port" --host zd.localhost \
+python3 "$root/bench/loadgen.py" --port "$router_port" --host zdbench.localhost \
   --keepalive "$KEEPALIVE" --fresh "$FRESH" --stop-file "$work/stop" >"$work/load.json" 2>"$work/load.err" &
 load=$!
 for _ in $(seq 300); do grep -qx ready "$work/load.err" 2>/dev/null && break; sleep 0.1; done

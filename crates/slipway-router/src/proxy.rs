@@ -73,6 +73,13 @@ struct Timing {
     service_ms: u128,
 }
 
+/// A request a dyno answered: its timing, and its place in the dyno's in-flight count (held
+/// until the response body reached the client, or the upgraded connection closed).
+struct Answered {
+    timing: Timing,
+    in_flight: InFlight,
+}
+
 /// How one attempt to send a request to a dyno failed.
 enum Sent {
     /// No connection: nothing of the request was sent, another dyno may take it.
@@ -305,11 +312,16 @@ impl Proxy {
                             client_version,
                             dyno,
                             log,
-                            timing,
-                            in_flight,
+                            Answered { timing, in_flight },
                         )
                     }
-                    _ => self.respond(response, client_version, dyno, log, timing, in_flight),
+                    _ => self.respond(
+                        response,
+                        client_version,
+                        dyno,
+                        log,
+                        Answered { timing, in_flight },
+                    ),
                 };
             }
             if resolved_again || body.is_none() {
@@ -377,9 +389,9 @@ impl Proxy {
         client_version: http::Version,
         dyno: &str,
         log: RequestLog,
-        timing: Timing,
-        in_flight: InFlight,
+        answered: Answered,
     ) -> Response<ProxyBody> {
+        let Answered { timing, in_flight } = answered;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The client keeps its own protocol whatever the dyno answered in (an HTTP/1.0 dyno
@@ -431,9 +443,9 @@ impl Proxy {
         client_version: http::Version,
         dyno: &str,
         log: RequestLog,
-        timing: Timing,
-        in_flight: InFlight,
+        answered: Answered,
     ) -> Response<ProxyBody> {
+        let Answered { timing, in_flight } = answered;
         let dyno_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();

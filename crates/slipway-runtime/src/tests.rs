@@ -188,6 +188,7 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
             DynoEvent::MemoryQuotaExceeded { .. } => panic!("a small server is over quota"),
             DynoEvent::Added { name, .. } => assert_eq!(name, "web.1"),
             DynoEvent::Sleep { .. } => panic!("the app does not sleep"),
+            DynoEvent::Routing { name, .. } => assert_eq!(name, "web.1"),
         }
     }
     let up = DynoState::Up;
