@@ -170,6 +170,46 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildE
     Ok(())
 }
 
+/// One file of a slug, `app/<name>` (e.g. `app.json`), read whole when it is a regular file of
+/// at most `max` bytes: `Ok(None)` when the slug has no such file; a larger one is an error.
+/// Streams the archive (nothing is unpacked to disk).
+pub fn read_slug_file(
+    slug_path: &Path,
+    name: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, BuildError> {
+    let file = File::open(slug_path).map_err(BuildError::io("reading slug", slug_path))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let wanted = Path::new("app").join(name);
+    for entry in archive
+        .entries()
+        .map_err(BuildError::io("reading slug", slug_path))?
+    {
+        let entry = entry.map_err(BuildError::io("reading slug", slug_path))?;
+        let path = entry
+            .path()
+            .map_err(BuildError::io("reading slug", slug_path))?
+            .into_owned();
+        let path = path.strip_prefix(".").unwrap_or(&path);
+        if path != wanted || !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > max {
+            return Err(BuildError::io("reading slug", slug_path)(
+                std::io::Error::other(format!("app/{name} is {size} bytes; the limit is {max}")),
+            ));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        entry
+            .take(max)
+            .read_to_end(&mut out)
+            .map_err(BuildError::io("reading slug", slug_path))?;
+        return Ok(Some(out));
+    }
+    Ok(None)
+}
+
 /// Unpacks a slug into `dest` (the app lands in `dest/app`), checking its checksum in the same
 /// pass (one read of the file): on a mismatch what was unpacked (`dest/app`) is removed and the
 /// error returned, so a dyno never runs a slug that changed on disk. Entries cannot land outside
