@@ -29,7 +29,7 @@ pub enum RelocationError {
         tag: String,
         files: Vec<String>,
     },
-    #[error("reading release {name} {tag} ({path}): {source}")]
+    #[error("release {name} {tag} is not a readable gzipped tarball ({path}): {source}; import a .tgz of the release's directory")]
     Unreadable {
         name: String,
         tag: String,

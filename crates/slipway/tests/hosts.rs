@@ -312,9 +312,46 @@ fn locks_host_keys_and_cut_uploads() {
     );
     server.cli_ok(&root, &["targets:unlock", "t"]);
 
-    // A tarball that does not unpack (here: not gzip at all) leaves no visible release either.
+    // A tarball that is not one is refused before any host is touched.
     let junk = root.join("junk.tgz");
     std::fs::write(&junk, b"this is not a tarball").expect("junk");
+    server.cli_ok(
+        &root,
+        &[
+            "store:import",
+            junk.to_str().expect("utf-8"),
+            "--name",
+            "blob",
+            "--tag",
+            "notgz",
+        ],
+    );
+    let refused = server.cli(&root, &["targets:deploy", "t", "blob", "notgz"]);
+    let said = text(&refused);
+    assert!(
+        !refused.status.success() && said.contains("not a readable gzipped tarball"),
+        "{said}"
+    );
+    assert!(lock_of(&a.app()).is_none(), "{said}");
+
+    // A tarball that does not unpack on the host (a file where a directory must go) leaves no
+    // visible release either.
+    let (d1, d2) = (root.join("junk-1"), root.join("junk-2/app"));
+    std::fs::create_dir_all(&d1).expect("dir");
+    std::fs::create_dir_all(&d2).expect("dir");
+    std::fs::write(d1.join("app"), "a file").expect("file");
+    std::fs::write(d2.join("x"), "under it").expect("file");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&junk)
+            .arg("-C")
+            .arg(&d1)
+            .arg("app")
+            .arg("-C")
+            .arg(root.join("junk-2"))
+            .arg("app/x"),
+    );
     server.cli_ok(
         &root,
         &[
