@@ -132,6 +132,14 @@ fn a_server_killed_mid_deploy_leaves_whole_releases_and_a_lock_the_next_deploy_b
     // After a restart the lock is shown as left by a process that is gone, and the next deploy
     // breaks it by itself, stops the dead server's ssh masters and finishes the job.
     server.launch();
+    // What each host ran was recorded as it switched (so the store protects r2 on a),
+    // although the deploy never finished.
+    let info = server.cli_ok(&root, &["targets:info", "t"]);
+    assert!(
+        info.contains(&format!("Running: {} blob r2", a.spec()))
+            && info.contains(&format!("Running: {} blob r1", b.spec())),
+        "{info}"
+    );
     let listed = server.cli_ok(&root, &["targets:releases", "t"]);
     assert_eq!(
         listed.matches("that slipway process is gone").count(),
