@@ -6,6 +6,8 @@
 //! slugs"); this check is the deploy's guard: a release whose files still name a build
 //! directory is refused before any host is touched, with the files listed.
 //!
+//! `.pyc` files are not looked at: the build path in them only shows in tracebacks.
+//!
 //! Build directories are `<data-dir>-builds/tmp/build-*` (slipway's own) and `/tmp/build_*`
 //! (Heroku's and Dokku's herokuish), so those are the patterns looked for, plus any the caller
 //! adds (the server adds its own builds directory).
@@ -69,7 +71,9 @@ pub fn offending_files(path: &Path, extra: &[String]) -> std::io::Result<Vec<Str
             entry
                 .link_name_bytes()
                 .is_some_and(|target| patterns.iter().any(|p| contains(&target, p)))
-        } else if kind.is_file() {
+        } else if kind.is_file() && !name.ends_with(".pyc") {
+            // Compiled Python keeps its source's path only for tracebacks (`co_filename`); the
+            // bytecode is checked against the source's size and time, never its path.
             buf.clear();
             (&mut entry)
                 .take(SCAN_BYTES_PER_FILE)
@@ -154,6 +158,10 @@ mod tests {
                     "#!/var/lib/slipway-builds/tmp/build-x1/.venv/bin/python\nimport x\n",
                 ),
                 ("app/conf", "root = /srv/own/path\n"),
+                (
+                    "app/__pycache__/m.cpython-311.pyc",
+                    "\0\0/var/lib/slipway-builds/tmp/build-x1/m.py",
+                ),
             ],
             &[("app/.venv/lib64", "/tmp/build_abc/.venv/lib")],
         );

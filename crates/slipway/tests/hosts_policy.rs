@@ -180,3 +180,64 @@ fn a_release_naming_its_build_directory_is_refused_before_any_host_is_touched() 
         assert!(lock_of(&h.app()).is_none());
     }
 }
+
+/// Starts gunicorn from `current/app` as a dyno would (`.profile.d` sourced with `HOME` = the
+/// app directory), on the port in the host's `$HOME/port`, after stopping the one before.
+const GUNICORN: &str = r#"P=$(cat "$HOME/port"); old=$(cat "$SLIPWAY_PATH/app.pid" 2>/dev/null || true); if [ -n "$old" ]; then kill "$old" 2>/dev/null || true; while kill -0 "$old" 2>/dev/null; do sleep 0.1; done; fi; cd app && HOME=$PWD PORT=$P sh -c 'for f in .profile.d/*.sh; do [ -e "$f" ] && . "./$f"; done; exec gunicorn app:app --bind 127.0.0.1:$PORT' >> "$SLIPWAY_PATH/app.log" 2>&1 & echo $! > "$SLIPWAY_PATH/app.pid""#;
+
+#[test]
+fn a_python_app_built_by_the_buildpack_runs_from_current_on_a_host() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    let key = client_key(&root);
+    let pub_key = root.join("client_key.pub");
+    let a = Sshd::start(&root, "host-a", &pub_key);
+    let port = free_port();
+    std::fs::write(a.home.join("port"), port.to_string()).expect("port");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/flask");
+    let repo = root.join("flask-src");
+    std::fs::create_dir_all(&repo).expect("dir");
+    run_ok(
+        Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(&repo),
+    );
+    server.git_ok(&repo, &["init", "-q", "-b", "main"]);
+    server.commit_all(&repo, "initial");
+    server.cli_ok(&repo, &["apps:create", "flaskapp"]);
+    server.cli_ok(&repo, &["git:remote", "-a", "flaskapp"]);
+    let pushed = text(&server.git(&repo, &["push", "slipway", "main"]));
+    assert!(pushed.contains("Released v1"), "{pushed}");
+
+    // The slug (a virtualenv with console scripts) passes the relocation check and runs from
+    // `<path>/current`, far from the directory it was built in.
+    let health = format!("curl -fsS -o /dev/null http://127.0.0.1:{port}/");
+    add_target(
+        &server,
+        &root,
+        "py",
+        &[&a],
+        "app",
+        &key,
+        &[
+            "--restart",
+            GUNICORN,
+            "--health",
+            &health,
+            "--health-attempts",
+            "60",
+        ],
+    );
+    let deployed = server.cli(&root, &["targets:deploy", "py", "flaskapp", "v1"]);
+    let said = text(&deployed);
+    assert!(deployed.status.success(), "{said}");
+    let script = a.app().join("releases/v1/app/.slipway/venv/bin/gunicorn");
+    let first_line = std::fs::read_to_string(&script).expect("gunicorn script");
+    assert!(!first_line.contains("-builds/"), "{first_line}");
+    let (status, _, body) = http(port, "GET", "/", &[("Host", "x")], None);
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Hello from Flask on slipway\n")
+    );
+}
