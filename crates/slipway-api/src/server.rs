@@ -245,6 +245,7 @@ pub fn api_routes(state: Shared) -> Router {
     let streaming = Router::new()
         .merge(git::routes())
         .route("/internal/push-builds", post(deploy::push_build))
+        .merge(crate::pipelines::git::git_routes())
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(routes::routes())
@@ -360,6 +361,14 @@ pub async fn run(
             "marked builds interrupted by the previous server's stop as failed"
         );
     }
+    let interrupted = crate::deploys::recover(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked deploys interrupted by the previous server's stop"
+        );
+    }
+    crate::pipelines::recover(&state).await;
     crate::gc::collect(&state).await?;
     // Dynos a previous server left running are supervised again (same processes, their
     // output followed from where it stopped); the others are cleaned up. Converging then
