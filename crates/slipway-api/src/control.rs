@@ -112,6 +112,18 @@ pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<Removed> {
     let dynos = state.dynos.list(&app.id).len();
     state.dynos.stop_app(&app.id).await;
     state.store.delete_app(&app.id).await?;
+    // The release store keeps only what a target's host runs (issue 11).
+    match slipway_hosts::ReleaseStore::new(&state.settings.data_dir)
+        .forget(&state.store, &app.name)
+        .await
+    {
+        Ok(removed) => {
+            tracing::info!(app = %app.name, removed = removed.len(), "removed the app's releases from the release store")
+        }
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e, "could not remove the app's releases from the release store")
+        }
+    }
     let mut repository = false;
     for (dir, is_repo) in [
         (state.settings.repo_dir(&app.id), true),

@@ -285,6 +285,8 @@ pub async fn run(
         .await
         .with_context(|| format!("opening the state database in {}", cfg.data_dir.display()))?;
     let (admin_token_path, admin_token_created) = ensure_admin(&store, &cfg).await?;
+    // A tarball half-written into the release store when the last server was killed.
+    slipway_hosts::ReleaseStore::new(&cfg.data_dir).clean_temp();
 
     let api_listener = bind(cfg.api_listen, "API").await?;
     let router_listener = bind(cfg.router_listen, "router").await?;
