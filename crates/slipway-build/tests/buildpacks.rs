@@ -169,8 +169,9 @@ fn pyc_flags(path: &Path) -> u32 {
     u32::from_le_bytes(bytes[4..8].try_into().expect("pyc header"))
 }
 
-/// `.pyc` files under `dir` with a modification time: an unpacked slug has none (all zero), so
-/// these were written after unpacking.
+/// `.pyc` files under `dir` with a modification time of today: an unpacked slug has none (its
+/// times are zero, which unpacking writes as 1 s after the epoch), so these were written after
+/// unpacking.
 fn pyc_written_since_unpack(dir: &Path, found: &mut Vec<PathBuf>) {
     use std::os::unix::fs::MetadataExt;
     for entry in std::fs::read_dir(dir).expect("read_dir") {
@@ -179,7 +180,7 @@ fn pyc_written_since_unpack(dir: &Path, found: &mut Vec<PathBuf>) {
         let meta = entry.metadata().expect("meta");
         if meta.is_dir() {
             pyc_written_since_unpack(&path, found);
-        } else if path.extension().is_some_and(|e| e == "pyc") && meta.mtime() != 0 {
+        } else if path.extension().is_some_and(|e| e == "pyc") && meta.mtime() > 86_400 {
             found.push(path);
         }
     }
