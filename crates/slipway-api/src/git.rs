@@ -127,15 +127,15 @@ pub(crate) struct InfoRefsQuery {
     pub(crate) service: Option<String>,
 }
 
-/// The service an `info/refs` request asks for.
-pub(crate) fn advertised_service(query: &InfoRefsQuery) -> Result<Service, Response> {
+/// The service an `info/refs` request asks for, or the answer to a dumb-HTTP client.
+pub(crate) fn advertised_service(query: &InfoRefsQuery) -> Result<Service, Box<Response>> {
     match query.service.as_deref() {
         Some("git-receive-pack") => Ok(Service::Receive),
         Some("git-upload-pack") => Ok(Service::Upload),
-        _ => Err(text(
+        _ => Err(Box::new(text(
             StatusCode::BAD_REQUEST,
             "Only git's smart HTTP protocol is supported; use git 1.6.6 or newer.",
-        )),
+        ))),
     }
 }
 
@@ -147,7 +147,7 @@ async fn info_refs(
 ) -> Response {
     let service = match advertised_service(&query) {
         Ok(service) => service,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (_user, app) = match authorize(&state, &headers, &repo).await {
         Ok(pair) => pair,

@@ -96,7 +96,7 @@ async fn info_refs(
 ) -> Response {
     let service = match advertised_service(&query) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (_, pipeline) = match find(&state, &headers, &repo).await {
         Ok(p) => p,
