@@ -205,6 +205,44 @@ fn automatic_strategy_deploys_only_its_branch_and_promotion_reuses_the_slug() {
         "flow",
     );
 
+    // Bad input is refused, naming what and how to fix it, and changes nothing.
+    for (args, says) in [
+        (
+            &["pipelines:stages:add", "flow", "Bad_Name"][..],
+            "Invalid stage name \"Bad_Name\"",
+        ),
+        (
+            &["pipelines:stages:add", "flow", "qa", "--automatic", "a..b"],
+            "Invalid branch name",
+        ),
+        (
+            &["pipelines:stages:add", "flow", "qa", "--after", "nowhere"],
+            "has no stage nowhere; its stages: staging, production",
+        ),
+        (
+            &["pipelines:targets:add", "flow", "staging", "no-such-app"],
+            "Couldn't find that app",
+        ),
+        (
+            &["pipelines:env:set", "flow", "staging", "1BAD=x"],
+            "Invalid environment variable name",
+        ),
+        (
+            &["pipelines:deploy", "7", "--to", "staging", "-p", "flow"],
+            "has no build 7",
+        ),
+    ] {
+        let out = server.cli(&repo, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    let (_, _, body) = server.api("GET", "/pipelines/flow", None);
+    assert_eq!(
+        json(&body)["stages"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+
     // A passed build of another branch deploys nowhere.
     server.git_ok(&repo, &["checkout", "-q", "-b", "feature"]);
     set_greeting(&repo, "From feature");

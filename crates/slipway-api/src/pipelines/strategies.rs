@@ -98,26 +98,7 @@ async fn enqueue(
         deploy_id: deploy_id.clone(),
         origin,
     };
-    // Newest wins: the older of the waiting deploy and this one is superseded.
-    let superseded = {
-        let mut queues = lock(&state.pipelines.queues);
-        match queues.remove(&stage.id) {
-            Some(waiting) if waiting.number > mine.number => {
-                let newer = waiting.number;
-                queues.insert(stage.id.clone(), waiting);
-                Some((mine.deploy_id.clone(), newer))
-            }
-            Some(waiting) => {
-                let old = waiting.deploy_id.clone();
-                queues.insert(stage.id.clone(), mine);
-                Some((old, build.number))
-            }
-            None => {
-                queues.insert(stage.id.clone(), mine);
-                None
-            }
-        }
-    };
+    let superseded = offer(&mut lock(&state.pipelines.queues), &stage.id, mine);
     if let Some((id, newer)) = superseded {
         state
             .store
@@ -134,6 +115,31 @@ async fn enqueue(
         tracing::info_span!("stage deploy", stage = %stage.name),
     ));
     Ok(())
+}
+
+/// Puts a deploy in a stage's queue of one. Newest wins: of the waiting deploy and this one,
+/// the older is superseded; returns its deploy id and the newer build's number.
+fn offer(
+    queues: &mut std::collections::HashMap<String, Queued>,
+    stage_id: &str,
+    mine: Queued,
+) -> Option<(String, i64)> {
+    match queues.remove(stage_id) {
+        Some(waiting) if waiting.number > mine.number => {
+            let newer = waiting.number;
+            queues.insert(stage_id.to_string(), waiting);
+            Some((mine.deploy_id, newer))
+        }
+        Some(waiting) => {
+            let newer = mine.number;
+            queues.insert(stage_id.to_string(), mine);
+            Some((waiting.deploy_id, newer))
+        }
+        None => {
+            queues.insert(stage_id.to_string(), mine);
+            None
+        }
+    }
 }
 
 /// Takes the stage's waiting deploy (if another task has not) once the stage is free.
@@ -383,6 +389,29 @@ mod tests {
             built_at: None,
             finished_at: None,
         }
+    }
+
+    fn queued(number: i64) -> Queued {
+        Queued {
+            number,
+            build_id: format!("b{number}"),
+            deploy_id: format!("d{number}"),
+            origin: DeployOrigin::Tag,
+        }
+    }
+
+    #[test]
+    fn the_newest_waiting_deploy_wins() {
+        let mut queues = std::collections::HashMap::new();
+        assert_eq!(offer(&mut queues, "s", queued(3)), None);
+        // A newer build supersedes the one waiting...
+        assert_eq!(offer(&mut queues, "s", queued(5)), Some(("d3".into(), 5)));
+        // ...and an older one arriving late is superseded itself.
+        assert_eq!(offer(&mut queues, "s", queued(4)), Some(("d4".into(), 5)));
+        assert_eq!(queues.get("s").map(|q| q.number), Some(5));
+        // Stages queue independently.
+        assert_eq!(offer(&mut queues, "t", queued(1)), None);
+        assert_eq!(queues.len(), 2);
     }
 
     #[test]
