@@ -284,6 +284,14 @@ fn automatic_strategy_deploys_only_its_branch_and_promotion_reuses_the_slug() {
         info.contains("production: manual; targets: production-flow; runs build #2"),
         "{info}"
     );
+    // main fast-forwarded to the feature commit (built and passed before, not rebuilt) now
+    // deploys to staging: it is newer than what staging runs.
+    let pushed = push(&server, &repo, "feature:main");
+    assert!(
+        pushed.contains("was built before as build #1 (passed)"),
+        "{pushed}"
+    );
+    serves(&server, "staging-flow", "From feature");
     // The last stage has nowhere to promote to.
     let out = server.cli(
         &repo,
