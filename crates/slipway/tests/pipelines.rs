@@ -367,6 +367,43 @@ fn a_stage_secret_never_appears_in_any_output() {
     let (_, _, env) = server.api("GET", "/pipelines/vault/stages/production/env", None);
     assert_eq!(json(&env)["DEPLOY_TOKEN"], "*****", "{env}");
     seen.push(env);
+    // Without the secret the release phase fails: the deploy fails, the CLI exits non-zero
+    // and the previous release keeps serving.
+    seen.push(ok(
+        &server,
+        &repo,
+        &["pipelines:env:unset", "vault", "production", "DEPLOY_TOKEN"],
+    ));
+    let failed = server.cli(
+        &repo,
+        &["pipelines:deploy", "1", "--to", "production", "-p", "vault"],
+    );
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("exited with status 1; v2 was not released"),
+        "{}",
+        text(&failed)
+    );
+    seen.push(text(&failed));
+    let (status, body) = server.app_get("production-sec", "/");
+    assert_eq!(
+        (status, body.contains("Secret keeper")),
+        (200, true),
+        "{body}"
+    );
+    // The hook's endpoint takes only a live push's token.
+    let (status, _, _) = slipway_testkit::http(
+        server.api_port,
+        "POST",
+        "/internal/pipeline-builds",
+        &[("Authorization", &format!("Bearer {}", server.token()))],
+        Some(&format!(
+            "{} {} refs/heads/main\n",
+            "0".repeat(40),
+            "1".repeat(40)
+        )),
+    );
+    assert_eq!(status, 401);
     let (_, _, body) = server.api("GET", "/pipelines/vault", None);
     seen.push(body);
     seen.push(server.server_log());
