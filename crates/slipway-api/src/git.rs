@@ -127,7 +127,7 @@ pub(crate) struct InfoRefsQuery {
     pub(crate) service: Option<String>,
 }
 
-/// The service an `info/refs` request asks for.
+/// The service an `info/refs` request asks for, or the answer to a dumb-HTTP client.
 pub(crate) fn advertised_service(query: &InfoRefsQuery) -> Result<Service, Box<Response>> {
     match query.service.as_deref() {
         Some("git-receive-pack") => Ok(Service::Receive),

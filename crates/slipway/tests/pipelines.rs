@@ -205,6 +205,44 @@ fn automatic_strategy_deploys_only_its_branch_and_promotion_reuses_the_slug() {
         "flow",
     );
 
+    // Bad input is refused, naming what and how to fix it, and changes nothing.
+    for (args, says) in [
+        (
+            &["pipelines:stages:add", "flow", "Bad_Name"][..],
+            "Invalid stage name \"Bad_Name\"",
+        ),
+        (
+            &["pipelines:stages:add", "flow", "qa", "--automatic", "a..b"],
+            "Invalid branch name",
+        ),
+        (
+            &["pipelines:stages:add", "flow", "qa", "--after", "nowhere"],
+            "has no stage nowhere; its stages: staging, production",
+        ),
+        (
+            &["pipelines:targets:add", "flow", "staging", "no-such-app"],
+            "Couldn't find that app",
+        ),
+        (
+            &["pipelines:env:set", "flow", "staging", "1BAD=x"],
+            "Invalid environment variable name",
+        ),
+        (
+            &["pipelines:deploy", "7", "--to", "staging", "-p", "flow"],
+            "has no build 7",
+        ),
+    ] {
+        let out = server.cli(&repo, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    let (_, _, body) = server.api("GET", "/pipelines/flow", None);
+    assert_eq!(
+        json(&body)["stages"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+
     // A passed build of another branch deploys nowhere.
     server.git_ok(&repo, &["checkout", "-q", "-b", "feature"]);
     set_greeting(&repo, "From feature");
@@ -246,6 +284,14 @@ fn automatic_strategy_deploys_only_its_branch_and_promotion_reuses_the_slug() {
         info.contains("production: manual; targets: production-flow; runs build #2"),
         "{info}"
     );
+    // main fast-forwarded to the feature commit (built and passed before, not rebuilt) now
+    // deploys to staging: it is newer than what staging runs.
+    let pushed = push(&server, &repo, "feature:main");
+    assert!(
+        pushed.contains("was built before as build #1 (passed)"),
+        "{pushed}"
+    );
+    serves(&server, "staging-flow", "From feature");
     // The last stage has nowhere to promote to.
     let out = server.cli(
         &repo,
@@ -323,6 +369,43 @@ fn a_stage_secret_never_appears_in_any_output() {
     let (_, _, env) = server.api("GET", "/pipelines/vault/stages/production/env", None);
     assert_eq!(json(&env)["DEPLOY_TOKEN"], "*****", "{env}");
     seen.push(env);
+    // Without the secret the release phase fails: the deploy fails, the CLI exits non-zero
+    // and the previous release keeps serving.
+    seen.push(ok(
+        &server,
+        &repo,
+        &["pipelines:env:unset", "vault", "production", "DEPLOY_TOKEN"],
+    ));
+    let failed = server.cli(
+        &repo,
+        &["pipelines:deploy", "1", "--to", "production", "-p", "vault"],
+    );
+    assert!(!failed.status.success(), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("exited with status 1; v2 was not released"),
+        "{}",
+        text(&failed)
+    );
+    seen.push(text(&failed));
+    let (status, body) = server.app_get("production-sec", "/");
+    assert_eq!(
+        (status, body.contains("Secret keeper")),
+        (200, true),
+        "{body}"
+    );
+    // The hook's endpoint takes only a live push's token.
+    let (status, _, _) = slipway_testkit::http(
+        server.api_port,
+        "POST",
+        "/internal/pipeline-builds",
+        &[("Authorization", &format!("Bearer {}", server.token()))],
+        Some(&format!(
+            "{} {} refs/heads/main\n",
+            "0".repeat(40),
+            "1".repeat(40)
+        )),
+    );
+    assert_eq!(status, 401);
     let (_, _, body) = server.api("GET", "/pipelines/vault", None);
     seen.push(body);
     seen.push(server.server_log());

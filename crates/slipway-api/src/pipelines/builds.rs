@@ -211,7 +211,7 @@ async fn run_build(state: &Shared, pipeline: &Pipeline, build: &PipelineBuild, l
     if status == PipelineBuildStatus::Passed {
         match state.store.pipeline_build_by_id(&build.id).await {
             Ok(passed) => {
-                let queued = super::strategies::on_passed(state, &passed).await;
+                let queued = super::strategies::on_passed(state, &passed, &passed.branch).await;
                 for line in queued {
                     live.line(&line);
                 }

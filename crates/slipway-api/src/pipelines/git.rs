@@ -329,12 +329,19 @@ async fn stream_builds(
             Started::Skipped(why) => say(format!("-----> {why}")).await,
             Started::AlreadyBuilt { branch, build } => {
                 say(format!(
-                "-----> {branch}: commit {} was built before as build #{} ({}); not built again",
-                build.commit_sha.chars().take(7).collect::<String>(),
-                build.number,
-                build.status.as_str()
-            ))
-                .await
+                    "-----> {branch}: commit {} was built before as build #{} ({}); not built again",
+                    build.commit_sha.chars().take(7).collect::<String>(),
+                    build.number,
+                    build.status.as_str()
+                ))
+                .await;
+                // A passed build moved to another branch (a fast-forward merge) goes where that
+                // branch's strategies say; one still running does when it passes on its own branch.
+                if build.status == slipway_store::PipelineBuildStatus::Passed {
+                    for line in super::strategies::on_passed(&state, build, branch).await {
+                        say(line).await;
+                    }
+                }
             }
             Started::Build(build, live) => {
                 live.follow(&tx).await;

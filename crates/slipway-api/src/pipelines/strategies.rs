@@ -18,8 +18,8 @@ use slipway_store::{
 };
 
 use super::deploy::{deploy_to, PipelineSlug, ReleaseOutcome};
-use super::lock;
 use super::model::{stage_tags, DeployOrigin, PipelineError, Target};
+use super::{lock, PipelinePaths};
 use crate::state::Shared;
 
 /// The one deploy waiting for a stage.
@@ -30,9 +30,10 @@ pub(crate) struct Queued {
     origin: DeployOrigin,
 }
 
-/// Queues the deploys a passed build's strategies call for. Returns lines for the build's
-/// output saying what was queued.
-pub async fn on_passed(state: &Shared, build: &PipelineBuild) -> Vec<String> {
+/// Queues the deploys a passed build's strategies call for, as pushed to `branch` (its own,
+/// or another branch that was moved to the same commit later). Returns lines saying what was
+/// queued.
+pub async fn on_passed(state: &Shared, build: &PipelineBuild, branch: &str) -> Vec<String> {
     let mut said = Vec::new();
     let stages = match state.store.stages(&build.pipeline_id).await {
         Ok(s) => s,
@@ -51,9 +52,9 @@ pub async fn on_passed(state: &Shared, build: &PipelineBuild) -> Vec<String> {
     }
     for stage in &stages {
         let origin = match &stage.strategy {
-            StageStrategy::Automatic { branch } if *branch == build.branch => {
+            StageStrategy::Automatic { branch: followed } if followed == branch => {
                 DeployOrigin::Automatic {
-                    branch: branch.clone(),
+                    branch: followed.clone(),
                 }
             }
             _ if tags.contains(&stage.name) => DeployOrigin::Tag,
@@ -98,26 +99,7 @@ async fn enqueue(
         deploy_id: deploy_id.clone(),
         origin,
     };
-    // Newest wins: the older of the waiting deploy and this one is superseded.
-    let superseded = {
-        let mut queues = lock(&state.pipelines.queues);
-        match queues.remove(&stage.id) {
-            Some(waiting) if waiting.number > mine.number => {
-                let newer = waiting.number;
-                queues.insert(stage.id.clone(), waiting);
-                Some((mine.deploy_id.clone(), newer))
-            }
-            Some(waiting) => {
-                let old = waiting.deploy_id.clone();
-                queues.insert(stage.id.clone(), mine);
-                Some((old, build.number))
-            }
-            None => {
-                queues.insert(stage.id.clone(), mine);
-                None
-            }
-        }
-    };
+    let superseded = offer(&mut lock(&state.pipelines.queues), &stage.id, mine);
     if let Some((id, newer)) = superseded {
         state
             .store
@@ -136,6 +118,31 @@ async fn enqueue(
     Ok(())
 }
 
+/// Puts a deploy in a stage's queue of one. Newest wins: of the waiting deploy and this one,
+/// the older is superseded; returns its deploy id and the newer build's number.
+fn offer(
+    queues: &mut std::collections::HashMap<String, Queued>,
+    stage_id: &str,
+    mine: Queued,
+) -> Option<(String, i64)> {
+    match queues.remove(stage_id) {
+        Some(waiting) if waiting.number > mine.number => {
+            let newer = waiting.number;
+            queues.insert(stage_id.to_string(), waiting);
+            Some((mine.deploy_id, newer))
+        }
+        Some(waiting) => {
+            let newer = mine.number;
+            queues.insert(stage_id.to_string(), mine);
+            Some((waiting.deploy_id, newer))
+        }
+        None => {
+            queues.insert(stage_id.to_string(), mine);
+            None
+        }
+    }
+}
+
 /// Takes the stage's waiting deploy (if another task has not) once the stage is free.
 async fn run_queued(state: &Shared, stage_id: &str) {
     let stage_lock = state.pipelines.lock(&format!("stage:{stage_id}"));
@@ -148,15 +155,7 @@ async fn run_queued(state: &Shared, stage_id: &str) {
         let build = state.store.pipeline_build_by_id(&queued.build_id).await?;
         if let Some(current) = &stage.current_build_id {
             let running = state.store.pipeline_build_by_id(current).await?;
-            if running.number >= build.number {
-                let why = if running.number == build.number {
-                    format!("{} already runs build #{}", stage.name, build.number)
-                } else {
-                    format!(
-                        "{} runs newer build #{}; a strategy never deploys an older build",
-                        stage.name, running.number
-                    )
-                };
+            if let Some(why) = not_newer(state, &stage, &build, &running).await {
                 state
                     .store
                     .update_pipeline_deploy(&queued.deploy_id, PipelineDeployStatus::Skipped, &why)
@@ -181,6 +180,56 @@ async fn run_queued(state: &Shared, stage_id: &str) {
     if let Err(e) = result {
         tracing::warn!(error = %e, "a pipeline deploy failed");
     }
+}
+
+/// Why `build` is not newer than the build the stage runs, if it is not. Older means: its
+/// commit is an ancestor of the running one's (a slow build of an earlier commit), or, for
+/// commits on unrelated lines, a lower build number. A commit the running one is an ancestor
+/// of (a branch fast-forwarded to a commit built earlier on another branch) is newer.
+async fn not_newer(
+    state: &Shared,
+    stage: &Stage,
+    build: &PipelineBuild,
+    running: &PipelineBuild,
+) -> Option<String> {
+    if running.id == build.id {
+        return Some(format!(
+            "{} already runs build #{}",
+            stage.name, build.number
+        ));
+    }
+    let repo = state.settings.pipeline_repo(&build.pipeline_id);
+    let is_ancestor = |a: &str, b: &str| {
+        let repo = repo.clone();
+        let (a, b) = (a.to_string(), b.to_string());
+        async move {
+            let out = tokio::process::Command::new("git")
+                .args(["merge-base", "--is-ancestor", &a, &b])
+                .current_dir(&repo)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .ok()?;
+            match out.status.code() {
+                Some(0) => Some(true),
+                Some(1) => Some(false),
+                _ => None,
+            }
+        }
+    };
+    let older = match is_ancestor(&build.commit_sha, &running.commit_sha).await {
+        Some(true) => true,
+        _ => match is_ancestor(&running.commit_sha, &build.commit_sha).await {
+            Some(true) => false,
+            _ => build.number < running.number,
+        },
+    };
+    older.then(|| {
+        format!(
+            "{} runs newer build #{}; a strategy never deploys an older build",
+            stage.name, running.number
+        )
+    })
 }
 
 /// Deploys a passed build to every target of a stage, records the deploy and, when every
@@ -383,6 +432,29 @@ mod tests {
             built_at: None,
             finished_at: None,
         }
+    }
+
+    fn queued(number: i64) -> Queued {
+        Queued {
+            number,
+            build_id: format!("b{number}"),
+            deploy_id: format!("d{number}"),
+            origin: DeployOrigin::Tag,
+        }
+    }
+
+    #[test]
+    fn the_newest_waiting_deploy_wins() {
+        let mut queues = std::collections::HashMap::new();
+        assert_eq!(offer(&mut queues, "s", queued(3)), None);
+        // A newer build supersedes the one waiting...
+        assert_eq!(offer(&mut queues, "s", queued(5)), Some(("d3".into(), 5)));
+        // ...and an older one arriving late is superseded itself.
+        assert_eq!(offer(&mut queues, "s", queued(4)), Some(("d4".into(), 5)));
+        assert_eq!(queues.get("s").map(|q| q.number), Some(5));
+        // Stages queue independently.
+        assert_eq!(offer(&mut queues, "t", queued(1)), None);
+        assert_eq!(queues.len(), 2);
     }
 
     #[test]
