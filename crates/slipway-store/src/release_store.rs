@@ -436,5 +436,12 @@ mod tests {
                 .metadata,
             serde_json::json!({"k": "v4"})
         );
+        // Its app destroyed: even the latest goes; what a host runs stays.
+        let forgotten = store.forget_stored_releases("hello").await.expect("forget");
+        let tags: Vec<_> = forgotten.iter().map(|r| r.tag.as_str()).collect();
+        assert_eq!(tags, ["v4"]);
+        let left = store.stored_releases(Some("hello")).await.expect("list");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].tag, "v1");
     }
 }
