@@ -10,6 +10,10 @@
 //! created at the end, the formation and release in one transaction. A slug that declares
 //! `release:` makes a pending release whose release phase runs before it goes live
 //! (`oneoff.rs`); if it fails, the release is marked failed and the push is rejected.
+//! The push then waits for the rollout (`control::converge_app`): it is accepted once the new
+//! web dynos are up, past their `app.json` health checks and have the traffic, and rejected
+//! with the reason (`web.1 of v3 failed health check /health: 500 (5 attempts)`) when they
+//! never get there; the release is then failed and the previous one keeps serving.
 
 use std::convert::Infallible;
 
