@@ -1,4 +1,4 @@
-import http.server, os
+import http.server, os, time
 VERSION = open("VERSION").read().strip()
 SICK = VERSION.startswith("bad") or bool(os.environ.get("FAIL_HEALTH"))
 
@@ -6,6 +6,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(0.2)
         if self.path == "/health":
             code, body = (500, b"sick\n") if SICK else (200, b"ok\n")
         else:

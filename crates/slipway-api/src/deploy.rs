@@ -12,6 +12,10 @@
 //! phase) and checks it: the push streams the runner's steps and waits up to the smoke test;
 //! anything failing up to there rejects the push. The watch window goes on after the push
 //! returns (`slipway deploys:wait N`).
+//! The deploy step waits for the rollout (`control::converge_app`): new web dynos must be up,
+//! past their `app.json` health checks and have the traffic; otherwise the release is failed,
+//! the previous one keeps serving and the push is rejected with the reason
+//! (`web.1 of v3 failed health check /health: 500 (5 attempts)`).
 
 use std::convert::Infallible;
 
