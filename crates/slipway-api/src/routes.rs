@@ -15,6 +15,8 @@
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
+//! | `domains` | Domain (and slipway's HTTPS redirect switch) | `GET/POST /apps/A/domains`, `GET/DELETE /apps/A/domains/HOST`, `GET/PATCH /apps/A/domain-settings` |
+//! | `certs` | SNI Endpoint (TLS certificates) | `GET/POST /apps/A/sni-endpoints`, `GET/DELETE /apps/A/sni-endpoints/ID`, the same under `/sni-endpoints` for the server's own |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -24,7 +26,9 @@ mod addons;
 mod apps;
 mod buildpacks;
 mod builds;
+mod certs;
 mod config_vars;
+mod domains;
 mod dynos;
 mod formation;
 mod log_drains;
@@ -58,6 +62,8 @@ pub fn routes() -> Router<Shared> {
         .merge(log_drains::routes())
         .merge(addons::routes())
         .merge(targets::routes())
+        .merge(domains::routes())
+        .merge(certs::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
 }

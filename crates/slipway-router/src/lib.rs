@@ -51,7 +51,21 @@ pub enum Target {
 }
 
 pub trait Resolver: Send + Sync + 'static {
+    /// Where a request for `<app_name>.<domain>` goes.
     fn resolve(&self, app_name: &str) -> Resolution;
+
+    /// Where a request for a host outside the router's domain goes: an app's custom domain
+    /// (`host` exactly, lowercased, without port), else a wildcard one (`*.example.com`
+    /// covers exactly one label), else no app.
+    fn resolve_domain(&self, _host: &str) -> Resolution {
+        Resolution::NoSuchApp
+    }
+
+    /// Whether the app's plain-HTTP requests are redirected to HTTPS (when the router has an
+    /// HTTPS listener, [`RouterConfig::https_port`]).
+    fn redirects_to_https(&self, _app_id: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +88,9 @@ pub struct RouterConfig {
     pub out_of_rotation: Duration,
     /// Request headers over these bounds get 431 and never reach a dyno.
     pub header_limits: HeaderLimits,
+    /// The HTTPS listener's port, if the server has one: plain-HTTP requests for apps that
+    /// ask for it ([`Resolver::redirects_to_https`]) are redirected there.
+    pub https_port: Option<u16>,
 }
 
 impl Default for RouterConfig {
@@ -87,6 +104,7 @@ impl Default for RouterConfig {
             header_read_timeout: Duration::from_secs(30),
             out_of_rotation: Duration::from_secs(5),
             header_limits: HeaderLimits::default(),
+            https_port: None,
         }
     }
 }
@@ -196,8 +214,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
     }
 }
 
-/// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.
-pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+/// A Host header without its port and trailing dot (`www.example.com.:8443` ->
+/// `www.example.com`).
+pub fn bare_host(host: &str) -> &str {
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
         if port.bytes().all(|b| b.is_ascii_digit()) {
             h
@@ -205,7 +224,12 @@ pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
             host
         }
     });
-    let host = host.strip_suffix('.').unwrap_or(host);
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.
+pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let host = bare_host(host);
     let name = host.strip_suffix(domain)?.strip_suffix('.')?;
     if name.is_empty() || name.contains('.') {
         return None;

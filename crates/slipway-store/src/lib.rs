@@ -8,6 +8,7 @@
 mod apps;
 mod buildpacks;
 mod config;
+mod domains;
 mod formation;
 mod log_drains;
 mod model;
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 pub use apps::AppFootprint;
 pub use config::{config_bytes, config_description, ConfigOutcome};
+pub use domains::{CertSource, Domain, DomainTaken, NewCert, StoredCert, MAX_DOMAINS_PER_APP};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
