@@ -17,6 +17,9 @@
 //! | `addons` | Add-on | `GET /apps/A/addons` |
 //! | `domains` | Domain (and slipway's HTTPS redirect switch) | `GET/POST /apps/A/domains`, `GET/DELETE /apps/A/domains/HOST`, `GET/PATCH /apps/A/domain-settings` |
 //! | `certs` | SNI Endpoint (TLS certificates) | `GET/POST /apps/A/sni-endpoints`, `GET/DELETE /apps/A/sni-endpoints/ID`, the same under `/sni-endpoints` for the server's own |
+//! | `deploys` | Deploys, webhooks, deploy secrets (slipway's own) | `/apps/A/deploys...`, `/apps/A/webhooks...`, `/apps/A/deploy-secrets` |
+//! | `pipelines` | Pipelines, stages, targets, builds, deploys (slipway's own) | `/pipelines...`, `/pipeline-builds/ID` (see the module) |
+//! | `features` | App Feature (labs) | `GET /apps/A/features[/F]`, `PATCH /apps/A/features/F` |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
 //! `observe` logs every request and gives it a `Request-Id`.
@@ -28,12 +31,15 @@ mod buildpacks;
 mod builds;
 mod certs;
 mod config_vars;
+mod deploys;
 mod domains;
 mod dynos;
+mod features;
 mod formation;
 mod log_drains;
 mod log_sessions;
 mod observe;
+mod pipelines;
 mod releases;
 mod targets;
 
@@ -45,6 +51,7 @@ use crate::state::Shared;
 
 /// The request log as a middleware (`axum::middleware::from_fn(observe)`), for routers
 /// outside this module (git, internal) that want the same line and `Request-Id`.
+pub use deploys::secrets_of;
 pub use log_drains::drain_spec;
 pub use observe::{observe, REQUEST_ID};
 
@@ -61,9 +68,12 @@ pub fn routes() -> Router<Shared> {
         .merge(log_sessions::routes())
         .merge(log_drains::routes())
         .merge(addons::routes())
+        .merge(features::routes())
         .merge(targets::routes())
         .merge(domains::routes())
         .merge(certs::routes())
+        .merge(deploys::routes())
+        .merge(pipelines::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -126,6 +126,10 @@ pub struct State {
     /// Reloads of certificates and custom domains from the store, one at a time (so an older
     /// read never replaces a newer one).
     pub(crate) edge_reload: tokio::sync::Mutex<()>,
+    /// Deploys running on this server and each target's queue (`deploys/`).
+    pub deploys: crate::deploys::Deploys,
+    /// Pipelines' push grants, build locks, live build output and stage queues.
+    pub pipelines: crate::pipelines::Pipelines,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -148,6 +152,8 @@ impl State {
             one_offs: crate::oneoff::OneOffs::default(),
             certs: Arc::new(slipway_router::tls::CertStore::new()),
             edge_reload: tokio::sync::Mutex::new(()),
+            deploys: crate::deploys::Deploys::default(),
+            pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }

@@ -8,10 +8,12 @@
 mod apps;
 mod buildpacks;
 mod config;
+mod deploys;
 mod domains;
 mod formation;
 mod log_drains;
 mod model;
+mod pipelines;
 pub mod release_store;
 mod releases;
 
@@ -27,10 +29,18 @@ use uuid::Uuid;
 
 pub use apps::AppFootprint;
 pub use config::{config_bytes, config_description, ConfigOutcome};
+pub use deploys::{
+    DeployRecord, DeployStepRecord, DeployUpdate, DeployWebhook, MAX_DEPLOY_SECRETS,
+    MAX_DEPLOY_WEBHOOKS,
+};
 pub use domains::{CertSource, Domain, DomainTaken, NewCert, StoredCert, MAX_DOMAINS_PER_APP};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
+pub use pipelines::{
+    Pipeline, PipelineBuild, PipelineBuildStatus, PipelineDeploy, PipelineDeployStatus, Stage,
+    StageStrategy, TargetRow,
+};
 pub use releases::{ReleaseStatus, RollbackRefusal};
 
 #[derive(Debug, thiserror::Error)]

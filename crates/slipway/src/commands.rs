@@ -10,11 +10,13 @@ mod buildpacks;
 mod builds;
 mod certs;
 mod config;
+mod deploys;
 mod domains;
 mod drains;
 mod git;
 mod hosts;
 mod logs;
+mod pipelines;
 mod ps;
 mod releases;
 mod run;
@@ -45,6 +47,13 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::MaintenanceOn { app } => apps::maintenance(c, &resolve_app(app.app)?, true).await,
         Command::MaintenanceOff { app } => {
             apps::maintenance(c, &resolve_app(app.app)?, false).await
+        }
+        Command::Labs { app } => config::labs(c, &resolve_app(app.app)?).await,
+        Command::LabsEnable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, true).await
+        }
+        Command::LabsDisable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, false).await
         }
         Command::Config { app, shell, json } => {
             config::show(c, &resolve_app(app.app)?, shell, json).await
@@ -77,7 +86,82 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             ps::restart(c, &resolve_app(app.app)?, target.as_deref()).await
         }
         Command::PsStop { app, target } => ps::stop(c, &resolve_app(app.app)?, &target).await,
-        Command::Builds { app } => builds::list(c, &resolve_app(app.app)?).await,
+        Command::Builds {
+            pipeline: Some(p),
+            json,
+            ..
+        } => pipelines::builds(c, &p, json).await,
+        Command::Builds { app, .. } => builds::list(c, &resolve_app(app.app)?).await,
+        Command::BuildsInfo {
+            build,
+            pipeline,
+            json,
+        } => pipelines::build_info(c, &build, pipeline.as_deref(), json).await,
+        Command::BuildsOutput { build, pipeline } => {
+            pipelines::build_output(c, &build, pipeline.as_deref()).await
+        }
+        Command::Pipelines { json } => pipelines::list(c, json).await,
+        Command::PipelinesCreate {
+            name,
+            remote,
+            no_remote,
+        } => pipelines::create(c, &global, &name, (!no_remote).then_some(remote.as_str())).await,
+        Command::PipelinesInfo { name, json } => pipelines::info(c, &name, json).await,
+        Command::PipelinesDestroy { name, confirm } => {
+            pipelines::destroy(c, &name, confirm.as_deref()).await
+        }
+        Command::PipelinesGitRemote { name, remote } => {
+            pipelines::git_remote(c, &global, &name, &remote, true).await
+        }
+        Command::PipelinesStagesAdd {
+            pipeline,
+            stage,
+            after,
+            automatic,
+            manual: _,
+            watch,
+        } => pipelines::stages_add(c, &pipeline, &stage, after, automatic, watch).await,
+        Command::PipelinesStagesUpdate {
+            pipeline,
+            stage,
+            automatic,
+            manual: _,
+        } => pipelines::stages_update(c, &pipeline, &stage, automatic).await,
+        Command::PipelinesStagesRemove { pipeline, stage } => {
+            pipelines::stages_remove(c, &pipeline, &stage).await
+        }
+        Command::PipelinesTargetsAdd {
+            pipeline,
+            stage,
+            app,
+        } => pipelines::targets_add(c, &pipeline, &stage, &app).await,
+        Command::PipelinesTargetsRemove {
+            pipeline,
+            stage,
+            app,
+        } => pipelines::targets_remove(c, &pipeline, &stage, &app).await,
+        Command::PipelinesEnv { pipeline, stage } => pipelines::env(c, &pipeline, &stage).await,
+        Command::PipelinesEnvSet {
+            pipeline,
+            stage,
+            pairs,
+        } => pipelines::env_set(c, &pipeline, &stage, &pairs).await,
+        Command::PipelinesEnvUnset {
+            pipeline,
+            stage,
+            keys,
+        } => pipelines::env_unset(c, &pipeline, &stage, &keys).await,
+        Command::PipelinesDeploy {
+            build,
+            to,
+            pipeline,
+        } => pipelines::deploy(c, &build, &to, pipeline.as_deref()).await,
+        Command::PipelinesPromote { pipeline, from } => {
+            pipelines::promote(c, &pipeline, &from).await
+        }
+        Command::PipelinesDeploys { pipeline, json } => {
+            pipelines::deploys(c, &pipeline, json).await
+        }
         Command::BuildsCachePurge { app, confirm } => {
             buildpacks::purge_cache(c, &resolve_app(app.app)?, confirm.as_deref()).await
         }
@@ -134,6 +218,36 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::CertsRemove { app, name } => {
             certs::remove(c, app.app.as_deref(), name.as_deref()).await
+        }
+        Command::Deploys { app, json } => deploys::list(c, &resolve_app(app.app)?, json).await,
+        Command::DeploysInfo { app, deploy, json } => {
+            deploys::info(c, &resolve_app(app.app)?, &deploy, json).await
+        }
+        Command::DeploysWait { app, deploy } => {
+            deploys::wait(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysCancel { app, deploy } => {
+            deploys::cancel(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysStart {
+            app,
+            release,
+            no_rollback,
+            watch,
+        } => deploys::start(c, &resolve_app(app.app)?, &release, no_rollback, watch).await,
+        Command::DeploysSecrets { app } => deploys::secrets(c, &resolve_app(app.app)?).await,
+        Command::DeploysSecretsSet { app, pairs } => {
+            deploys::secrets_set(c, &resolve_app(app.app)?, &pairs).await
+        }
+        Command::DeploysSecretsUnset { app, keys } => {
+            deploys::secrets_unset(c, &resolve_app(app.app)?, &keys).await
+        }
+        Command::Webhooks { app } => deploys::webhooks(c, &resolve_app(app.app)?).await,
+        Command::WebhooksAdd { app, url } => {
+            deploys::webhooks_add(c, &resolve_app(app.app)?, &url).await
+        }
+        Command::WebhooksRemove { app, url_or_id } => {
+            deploys::webhooks_remove(c, &resolve_app(app.app)?, &url_or_id).await
         }
         // ---- release store and host targets (commands/hosts.rs) ----
         Command::Store { name, json } => hosts::store_list(c, name.as_deref(), json).await,
