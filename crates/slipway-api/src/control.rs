@@ -124,6 +124,13 @@ pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<Removed> {
             tracing::warn!(app = %app.name, error = %e, "could not remove the app's releases from the release store")
         }
     }
+    // Its certificates went with it: stop serving them and remove their keys.
+    if let Err(e) = crate::edge::reload_certs(state).await {
+        tracing::error!(app = %app.name, error = %e, "could not reload the certificates");
+    }
+    if let Err(e) = crate::edge::reload_domains(state).await {
+        tracing::error!(app = %app.name, error = %e, "could not reload the custom domains");
+    }
     let mut repository = false;
     for (dir, is_repo) in [
         (state.settings.repo_dir(&app.id), true),

@@ -9,11 +9,13 @@
 //! - `pipelines/`: pipelines (stages, targets, builds and tests, strategies, promotion).
 //! - `control.rs`: operations shared by all of them (create/destroy apps, converge dynos).
 //! - `state.rs`: what handlers share, and the router's view of apps.
+//! - `edge.rs`: TLS certificates and custom domains, loaded into the router whole.
 
 pub mod auth;
 pub mod control;
 pub mod deploy;
 pub mod deploys;
+pub mod edge;
 pub mod error;
 pub mod gc;
 pub mod git;

@@ -15,6 +15,8 @@
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
+//! | `domains` | Domain (and slipway's HTTPS redirect switch) | `GET/POST /apps/A/domains`, `GET/DELETE /apps/A/domains/HOST`, `GET/PATCH /apps/A/domain-settings` |
+//! | `certs` | SNI Endpoint (TLS certificates) | `GET/POST /apps/A/sni-endpoints`, `GET/DELETE /apps/A/sni-endpoints/ID`, the same under `/sni-endpoints` for the server's own |
 //! | `deploys` | Deploys, webhooks, deploy secrets (slipway's own) | `/apps/A/deploys...`, `/apps/A/webhooks...`, `/apps/A/deploy-secrets` |
 //! | `pipelines` | Pipelines, stages, targets, builds, deploys (slipway's own) | `/pipelines...`, `/pipeline-builds/ID` (see the module) |
 //! | `features` | App Feature (labs) | `GET /apps/A/features[/F]`, `PATCH /apps/A/features/F` |
@@ -27,8 +29,10 @@ mod addons;
 mod apps;
 mod buildpacks;
 mod builds;
+mod certs;
 mod config_vars;
 mod deploys;
+mod domains;
 mod dynos;
 mod features;
 mod formation;
@@ -66,6 +70,8 @@ pub fn routes() -> Router<Shared> {
         .merge(addons::routes())
         .merge(features::routes())
         .merge(targets::routes())
+        .merge(domains::routes())
+        .merge(certs::routes())
         .merge(deploys::routes())
         .merge(pipelines::routes())
         // Set after every route: it applies to the routes that exist when it is called.

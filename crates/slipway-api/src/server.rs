@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
     pub router_listen: SocketAddr,
+    /// The router's HTTPS listener, if any: certificates by SNI from `certs:add`, h2 and
+    /// http/1.1 by ALPN.
+    pub tls_listen: Option<SocketAddr>,
     /// Apps are served at `<app>.<domain>` by the router.
     pub domain: String,
     /// Stop all dynos when the server stops. Off by default: dynos run under their own
@@ -74,6 +77,8 @@ pub struct ServerConfig {
 pub struct Ready {
     pub api_addr: SocketAddr,
     pub router_addr: SocketAddr,
+    /// The router's HTTPS address, when it has one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin_token_path: PathBuf,
     /// Whether this start created the admin token (the first start).
     pub admin_token_created: bool,
@@ -292,12 +297,21 @@ pub async fn run(
     let router_listener = bind(cfg.router_listen, "router").await?;
     let api_addr = reachable(api_listener.local_addr()?);
     let router_addr = reachable(router_listener.local_addr()?);
+    let tls_listener = match cfg.tls_listen {
+        Some(addr) => Some(bind(addr, "router's HTTPS listener").await?),
+        None => None,
+    };
+    let tls_addr = match &tls_listener {
+        Some(l) => Some(reachable(l.local_addr()?)),
+        None => None,
+    };
 
     let settings = Settings {
         data_dir: cfg.data_dir.clone(),
         api_url: format!("http://{api_addr}"),
         api_addr,
         router_port: router_addr.port(),
+        https_port: tls_addr.map(|a| a.port()),
         domain: cfg.domain.clone(),
         build_limits: slipway_build::Limits {
             max_slug_bytes: cfg.max_slug_bytes,
@@ -433,6 +447,13 @@ pub async fn run(
         });
     }
 
+    // Custom domains and certificates, before the router serves its first request.
+    crate::edge::reload_domains(&state).await?;
+    let certs = crate::edge::reload_certs(&state).await?;
+    if tls_addr.is_some() {
+        tracing::info!(certs, "serving certificates on the HTTPS listener");
+    }
+
     let server_file = cfg.data_dir.join(SERVER_FILE);
     let info = serde_json::json!({
         "api_url": format!("http://{api_addr}"),
@@ -479,7 +500,20 @@ pub async fn run(
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,
         header_read_timeout: cfg.header_read_timeout,
+        https_port: tls_addr.map(|a| a.port()),
         ..slipway_router::RouterConfig::default()
+    };
+    let tls = match tls_listener {
+        Some(listener) => Some((
+            listener
+                .into_std()
+                .context("handing the HTTPS listener to the router's runtime")?,
+            state
+                .certs
+                .server_config()
+                .context("setting up TLS for the HTTPS listener")?,
+        )),
+        None => None,
     };
     // The router runs on its own single-threaded runtime: a flood of requests cannot starve
     // the control plane, and a request never hops between threads inside the router.
@@ -489,6 +523,7 @@ pub async fn run(
     let resolver = state.routes.clone();
     let router_logs = logs.clone();
     let router_stop = stopped(stop_rx.clone());
+    let tls_stop = stopped(stop_rx.clone());
     let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -498,8 +533,17 @@ pub async fn run(
         runtime.block_on(tracing::Instrument::instrument(
             async move {
                 let listener = TcpListener::from_std(router_listener)?;
-                slipway_router::serve(listener, router_cfg, resolver, router_logs, router_stop)
-                    .await
+                let router = slipway_router::Router::new(router_cfg, resolver, router_logs);
+                let Some((tls_listener, tls_config)) = tls else {
+                    return router.serve(listener, router_stop).await;
+                };
+                let tls_listener = TcpListener::from_std(tls_listener)?;
+                // Both listeners share the router (its rotation state) and stop together.
+                let (http, https) = tokio::join!(
+                    router.serve(listener, router_stop),
+                    router.serve_tls(tls_listener, tls_config, tls_stop),
+                );
+                http.and(https)
             },
             span,
         ))
@@ -508,6 +552,7 @@ pub async fn run(
     on_ready(&Ready {
         api_addr,
         router_addr,
+        tls_addr,
         admin_token_path,
         admin_token_created,
         dyno_runtime: dynos.runtime_description(),

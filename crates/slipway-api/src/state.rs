@@ -1,7 +1,7 @@
 //! What every request handler shares: the store, the log hub, the dyno manager, settings, and
 //! short-lived grants (push tokens, see `push.rs`; log-session secrets).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,6 +23,8 @@ pub struct Settings {
     /// The bound API address, for the pre-receive hook to call back.
     pub api_addr: SocketAddr,
     pub router_port: u16,
+    /// The HTTPS listener's port, when the server has one (`--tls-listen`).
+    pub https_port: Option<u16>,
     pub domain: String,
     pub build_limits: slipway_build::Limits,
     /// Where builds happen, outside the data directory (`<data-dir>-builds` by default): build
@@ -119,6 +121,11 @@ pub struct State {
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
     /// One-off dynos waiting for their `run` client, and those running (`oneoff.rs`).
     pub one_offs: crate::oneoff::OneOffs,
+    /// The certificates the HTTPS listener serves, by SNI (loaded by `edge.rs`).
+    pub certs: Arc<slipway_router::tls::CertStore>,
+    /// Reloads of certificates and custom domains from the store, one at a time (so an older
+    /// read never replaces a newer one).
+    pub(crate) edge_reload: tokio::sync::Mutex<()>,
     /// Deploys running on this server and each target's queue (`deploys/`).
     pub deploys: crate::deploys::Deploys,
     /// Pipelines' push grants, build locks, live build output and stage queues.
@@ -143,6 +150,8 @@ impl State {
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
+            certs: Arc::new(slipway_router::tls::CertStore::new()),
+            edge_reload: tokio::sync::Mutex::new(()),
             deploys: crate::deploys::Deploys::default(),
             pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
@@ -242,6 +251,12 @@ struct Route {
 #[derive(Debug, Default)]
 struct Snapshot {
     by_name: HashMap<String, Route>,
+    /// Custom domains: exact host names, and wildcards by parent (`*.example.com` as
+    /// `example.com`).
+    by_domain: HashMap<String, Route>,
+    by_wildcard: HashMap<String, Route>,
+    /// Apps whose plain-HTTP requests are redirected to HTTPS.
+    https_redirect: HashSet<String>,
 }
 
 /// What the route table is built from, changed by one writer at a time.
@@ -249,6 +264,9 @@ struct Snapshot {
 struct Sources {
     apps: HashMap<String, AppEntry>,
     activity: HashMap<String, Arc<Activity>>,
+    /// Custom domain (`www.example.com`, `*.example.com`) -> app id.
+    domains: HashMap<String, String>,
+    https_redirect: HashSet<String>,
 }
 
 /// The router's view of the apps: an immutable [`Snapshot`] swapped in whole whenever an app
@@ -332,7 +350,13 @@ impl RouteTable {
                 },
             );
         }
-        self.current.store(Arc::new(Snapshot { by_name }));
+        let (by_domain, by_wildcard) = domain_routes(sources, &by_name);
+        self.current.store(Arc::new(Snapshot {
+            by_name,
+            by_domain,
+            by_wildcard,
+            https_redirect: sources.https_redirect.clone(),
+        }));
         self.published.notify_waiters();
     }
 
@@ -363,6 +387,15 @@ impl RouteTable {
                 return;
             }
         }
+    }
+
+    /// Routes the custom domains (host name -> app id) and turns the HTTPS redirect on for
+    /// exactly `https_redirect`'s apps.
+    pub fn set_domains(&self, domains: HashMap<String, String>, https_redirect: HashSet<String>) {
+        let mut sources = lock(&self.sources);
+        sources.domains = domains;
+        sources.https_redirect = https_redirect;
+        self.publish(&sources);
     }
 
     fn refresh(&self) {
@@ -428,10 +461,64 @@ impl RouteTable {
     }
 }
 
+/// The custom domains' routes: each domain gets its app's route (by id, whatever the app's
+/// name is now); domains of apps the table does not know are left out.
+fn domain_routes(
+    sources: &Sources,
+    by_name: &HashMap<String, Route>,
+) -> (HashMap<String, Route>, HashMap<String, Route>) {
+    let by_id: HashMap<&str, &Route> = by_name
+        .values()
+        .map(|route| (route.app_id.as_str(), route))
+        .collect();
+    let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+    for (host, app_id) in &sources.domains {
+        let Some(route) = by_id.get(app_id.as_str()) else {
+            continue;
+        };
+        match host.strip_prefix("*.") {
+            Some(parent) => wildcard.insert(parent.to_string(), (*route).clone()),
+            None => exact.insert(host.clone(), (*route).clone()),
+        };
+    }
+    (exact, wildcard)
+}
+
 /// How often apps that may sleep are checked for idleness.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
 
+impl RouteTable {
+    fn found(&self, route: &Route) -> Resolution {
+        route.activity.touch();
+        if route.asleep {
+            let _ = self.wake_tx.send(route.app_id.clone());
+        }
+        Resolution::Found {
+            app_id: route.app_id.clone(),
+            target: route.target.clone(),
+        }
+    }
+}
+
 impl Resolver for RouteTable {
+    fn resolve_domain(&self, host: &str) -> Resolution {
+        let snapshot = self.current.load();
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let route = snapshot.by_domain.get(&host).or_else(|| {
+            // A wildcard covers exactly one label.
+            let (_, parent) = host.split_once('.')?;
+            snapshot.by_wildcard.get(parent)
+        });
+        match route {
+            Some(route) => self.found(route),
+            None => Resolution::NoSuchApp,
+        }
+    }
+
+    fn redirects_to_https(&self, app_id: &str) -> bool {
+        self.current.load().https_redirect.contains(app_id)
+    }
+
     fn resolve(&self, app_name: &str) -> Resolution {
         let snapshot = self.current.load();
         let Some(route) = snapshot.by_name.get(app_name) else {

@@ -5,12 +5,14 @@
 
 pub mod appjson;
 pub mod deployspec;
+pub mod hostname;
 pub mod name;
 pub mod procfile;
 pub mod secret;
 
 pub use appjson::{AppJson, AppJsonError, Healthcheck, HealthcheckKind};
 pub use deployspec::{DeploySpec, InconclusivePolicy};
+pub use hostname::{Hostname, HostnameError};
 pub use name::{AppName, NameError};
 pub use procfile::{Procfile, ProcfileError};
 pub use secret::Secret;

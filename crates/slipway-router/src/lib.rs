@@ -53,7 +53,21 @@ pub enum Target {
 }
 
 pub trait Resolver: Send + Sync + 'static {
+    /// Where a request for `<app_name>.<domain>` goes.
     fn resolve(&self, app_name: &str) -> Resolution;
+
+    /// Where a request for a host outside the router's domain goes: an app's custom domain
+    /// (`host` exactly, lowercased, without port), else a wildcard one (`*.example.com`
+    /// covers exactly one label), else no app.
+    fn resolve_domain(&self, _host: &str) -> Resolution {
+        Resolution::NoSuchApp
+    }
+
+    /// Whether the app's plain-HTTP requests are redirected to HTTPS (when the router has an
+    /// HTTPS listener, [`RouterConfig::https_port`]).
+    fn redirects_to_https(&self, _app_id: &str) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +93,9 @@ pub struct RouterConfig {
     /// Requests in flight per dyno address, shared with the dyno manager so it stops an old
     /// dyno only once the requests it already has are done (`drain.rs`).
     pub drains: Drains,
+    /// The HTTPS listener's port, if the server has one: plain-HTTP requests for apps that
+    /// ask for it ([`Resolver::redirects_to_https`]) are redirected there.
+    pub https_port: Option<u16>,
 }
 
 impl Default for RouterConfig {
@@ -93,6 +110,7 @@ impl Default for RouterConfig {
             out_of_rotation: Duration::from_secs(5),
             header_limits: HeaderLimits::default(),
             drains: Drains::default(),
+            https_port: None,
         }
     }
 }
@@ -202,8 +220,9 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
     }
 }
 
-/// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.
-pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+/// A Host header without its port and trailing dot (`www.example.com.:8443` ->
+/// `www.example.com`).
+pub fn bare_host(host: &str) -> &str {
     let host = host.rsplit_once(':').map_or(host, |(h, port)| {
         if port.bytes().all(|b| b.is_ascii_digit()) {
             h
@@ -211,7 +230,12 @@ pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
             host
         }
     });
-    let host = host.strip_suffix('.').unwrap_or(host);
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+/// The app name in a Host header (`hello.localhost:8080` -> `hello`), if it is under `domain`.
+pub fn app_from_host<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let host = bare_host(host);
     let name = host.strip_suffix(domain)?.strip_suffix('.')?;
     if name.is_empty() || name.contains('.') {
         return None;

@@ -18,7 +18,9 @@ use slipway_logs::{logfmt_quote, LogHub, Source};
 use crate::body::{BodyEnd, BoxError, Counted, Reclaimable};
 use crate::drain::InFlight;
 use crate::rotation::Rotation;
-use crate::{app_from_host, tunnel, Resolution, Resolver, RouterConfig, RouterError, Target};
+use crate::{
+    app_from_host, bare_host, tunnel, Resolution, Resolver, RouterConfig, RouterError, Target,
+};
 
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -64,6 +66,13 @@ pub(crate) struct Via {
     pub(crate) scheme: &'static str,
     /// The port the client connected to.
     pub(crate) port: u16,
+}
+
+/// What a request's host names: an app under the router's domain, or a custom domain.
+#[derive(Debug, Clone, Copy)]
+enum HostKey<'a> {
+    App(&'a str),
+    Domain(&'a str),
 }
 
 /// When the router reached the dyno and how long the dyno took to answer.
@@ -172,13 +181,16 @@ impl Proxy {
             Ok(host) => host,
             Err(hosts) => return self.conflicting_host(&req, &hosts, via, request_id, start),
         };
-        let Some(app_name) = app_from_host(&host, &self.cfg.domain) else {
-            return error_response(RouterError::NoSuchApp, &request_id);
+        // `<app>.<domain>`, else one of an app's custom domains.
+        let key = match app_from_host(&host, &self.cfg.domain) {
+            Some(app_name) => HostKey::App(app_name),
+            None if host.is_empty() => return error_response(RouterError::NoSuchApp, &request_id),
+            None => HostKey::Domain(bare_host(&host)),
         };
         let mut log = RequestLog::new(&req, &host, via, request_id.clone(), start);
         if self.cfg.header_limits.exceeded_by(req.headers()) {
             // hyper refuses most of these itself (HTTP/1.1); this catches HTTP/2's.
-            return match self.resolver.resolve(app_name) {
+            return match self.lookup(key) {
                 Resolution::Found { app_id, .. } => {
                     log.app_id = app_id;
                     self.fail(RouterError::HeadersTooLarge, &log, None)
@@ -188,13 +200,16 @@ impl Proxy {
         }
         let deadline = start + self.cfg.boot_wait;
         let backends = loop {
-            let (app_id, target) = match self.resolver.resolve(app_name) {
+            let (app_id, target) = match self.lookup(key) {
                 Resolution::NoSuchApp => {
                     return error_response(RouterError::NoSuchApp, &request_id)
                 }
                 Resolution::Found { app_id, target } => (app_id, target),
             };
             log.app_id = app_id;
+            if let Some(location) = self.https_location(&req, &host, &log) {
+                return self.redirect(&req, location, &log);
+            }
             match target {
                 Target::Up(backends) if !backends.is_empty() => break backends,
                 Target::Up(_) | Target::Crashed => {
@@ -209,6 +224,68 @@ impl Proxy {
             }
         };
         self.forward(req, app_name, backends, log).await
+    }
+
+    fn lookup(&self, key: HostKey<'_>) -> Resolution {
+        match key {
+            HostKey::App(name) => self.resolver.resolve(name),
+            HostKey::Domain(host) => self.resolver.resolve_domain(host),
+        }
+    }
+
+    /// Where a plain-HTTP request goes instead when its app redirects to HTTPS and the
+    /// router has an HTTPS listener: the same host and path on that listener.
+    fn https_location(
+        &self,
+        req: &Request<Incoming>,
+        host: &str,
+        log: &RequestLog,
+    ) -> Option<HeaderValue> {
+        let port = self.cfg.https_port?;
+        if log.via.scheme != "http" || !self.resolver.redirects_to_https(&log.app_id) {
+            return None;
+        }
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let host = bare_host(host);
+        let location = if port == 443 {
+            format!("https://{host}{path}")
+        } else {
+            format!("https://{host}:{port}{path}")
+        };
+        HeaderValue::from_str(&location).ok()
+    }
+
+    /// 301 to `location` (308 for methods other than GET and HEAD, so the method and body
+    /// are kept), logged as a router line; no dyno sees the request.
+    fn redirect(
+        &self,
+        req: &Request<Incoming>,
+        location: HeaderValue,
+        log: &RequestLog,
+    ) -> Response<ProxyBody> {
+        let status = if req.method() == http::Method::GET || req.method() == http::Method::HEAD {
+            StatusCode::MOVED_PERMANENTLY
+        } else {
+            StatusCode::PERMANENT_REDIRECT
+        };
+        self.logs.write(
+            &log.app_id,
+            Source::Heroku,
+            "router",
+            &format!(
+                "at=info {} dyno= connect=0ms service={}ms status={} bytes=0 protocol={} redirect=https",
+                log.quoted(),
+                log.start.elapsed().as_millis(),
+                status.as_u16(),
+                log.via.scheme
+            ),
+        );
+        let mut response = Response::new(empty());
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, location);
+        set(headers, "x-request-id", &log.request_id);
+        response
     }
 
     /// Sends the request to the app's dynos in rotation order until one takes the

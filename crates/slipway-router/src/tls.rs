@@ -5,9 +5,10 @@
 //! `certs:add`), [`CertStore::insert`] (a certificate obtained some other way, e.g. ACME later),
 //! [`CertStore::remove`]. Each change builds a new table and swaps it in whole, so a handshake
 //! sees either the old table or the new one, and open connections keep the certificate they
-//! were served with. rustls uses one crypto provider, ring, passed explicitly to every
-//! configuration (never the process-wide default, which another crate could set to a
-//! different one).
+//! were served with. [`CertStore::replace_all`] reloads everything at once (the server does
+//! this from its database whenever a certificate is added or removed). rustls uses one
+//! crypto provider, ring, passed explicitly to every configuration (never the process-wide
+//! default, which another crate could set to a different one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -203,6 +204,26 @@ impl CertStore {
                     None => table.exact.insert(domain.clone(), cert.clone()),
                 };
             }
+        });
+    }
+
+    /// Serves exactly `certs` (the default stays): a whole new table built from them and
+    /// swapped in at once, so a handshake never sees a half-reloaded store. Where two name
+    /// the same domain, the later one wins.
+    pub fn replace_all(&self, certs: impl IntoIterator<Item = Cert>) {
+        let mut next = Table::default();
+        for cert in certs {
+            let cert = Arc::new(cert);
+            for domain in &cert.info.domains {
+                match domain.strip_prefix("*.") {
+                    Some(parent) => next.wildcard.insert(parent.to_string(), cert.clone()),
+                    None => next.exact.insert(domain.clone(), cert.clone()),
+                };
+            }
+        }
+        self.update(|table| {
+            next.default = table.default.take();
+            *table = next;
         });
     }
 

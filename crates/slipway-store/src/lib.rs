@@ -9,6 +9,7 @@ mod apps;
 mod buildpacks;
 mod config;
 mod deploys;
+mod domains;
 mod formation;
 mod log_drains;
 mod model;
@@ -32,6 +33,7 @@ pub use deploys::{
     DeployRecord, DeployStepRecord, DeployUpdate, DeployWebhook, MAX_DEPLOY_SECRETS,
     MAX_DEPLOY_WEBHOOKS,
 };
+pub use domains::{CertSource, Domain, DomainTaken, NewCert, StoredCert, MAX_DOMAINS_PER_APP};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;

@@ -125,6 +125,30 @@ CREATE TABLE IF NOT EXISTS target_current (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (target, host)
 );
+CREATE TABLE IF NOT EXISTS domains (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    hostname TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS https_redirects (
+    app_id TEXT PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    app_id TEXT REFERENCES apps(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    certificate_chain TEXT NOT NULL,
+    domains TEXT NOT NULL,
+    issuer TEXT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deploys (
     id TEXT PRIMARY KEY,
     app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,

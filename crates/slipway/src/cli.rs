@@ -378,6 +378,68 @@ pub enum Command {
         url_or_id: String,
     },
 
+    // ---- custom domains and certificates (commands/domains.rs, commands/certs.rs) ----
+    /// List the app's domains: its own <app>.<domain> and custom ones
+    Domains {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the app at a custom domain too (www.example.com, or *.example.com for one label)
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        #[command(flatten)]
+        app: AppArg,
+        hostname: String,
+    },
+    /// Stop serving the app at a custom domain
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        hostname: String,
+    },
+    /// Redirect the app's plain-HTTP requests to HTTPS (301; 308 keeps POST bodies): on or off
+    #[command(name = "domains:redirect-https")]
+    DomainsRedirectHttps {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(value_parser = ["on", "off"])]
+        switch: String,
+    },
+    /// List TLS certificates: the app's with --app, else the server's own
+    Certs {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a TLS certificate (PEM chain and key files), served by SNI for the names it covers
+    #[command(name = "certs:add")]
+    CertsAdd {
+        #[command(flatten)]
+        app: AppArg,
+        /// PEM certificate chain, the server's certificate first
+        cert: PathBuf,
+        /// PEM private key of that certificate
+        key: PathBuf,
+    },
+    /// Show a certificate: domains, issuer, validity [default: the only one]
+    #[command(name = "certs:info")]
+    CertsInfo {
+        #[command(flatten)]
+        app: AppArg,
+        name: Option<String>,
+    },
+    /// Remove a certificate; its names get no TLS handshake unless another covers them
+    #[command(name = "certs:remove")]
+    CertsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        name: Option<String>,
+    },
+
     // ---- deploys, webhooks, deploy secrets (commands/deploys.rs) ----
     /// List an app's deploys (each push's, and those started with deploys:start)
     Deploys {
@@ -833,6 +895,9 @@ pub struct ServerArgs {
     /// Router address [default: 127.0.0.1:7080]; port 0 picks a free port
     #[arg(long, env = "SLIPWAY_ROUTER_LISTEN")]
     pub router_listen: Option<SocketAddr>,
+    /// The router's HTTPS address (certificates from `certs:add`, by SNI) [default: none]
+    #[arg(long, env = "SLIPWAY_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
     /// Apps are served at <app>.<domain> [default: localhost]
     #[arg(long, env = "SLIPWAY_DOMAIN")]
     pub domain: Option<String>,

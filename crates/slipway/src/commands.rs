@@ -8,8 +8,10 @@
 mod apps;
 mod buildpacks;
 mod builds;
+mod certs;
 mod config;
 mod deploys;
+mod domains;
 mod drains;
 mod git;
 mod hosts;
@@ -195,6 +197,27 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::DrainsAdd { app, url } => drains::add(c, &resolve_app(app.app)?, &url).await,
         Command::DrainsRemove { app, url_or_id } => {
             drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
+        }
+        Command::Domains { app, json } => domains::list(c, &resolve_app(app.app)?, json).await,
+        Command::DomainsAdd { app, hostname } => {
+            domains::add(c, &resolve_app(app.app)?, &hostname).await
+        }
+        Command::DomainsRemove { app, hostname } => {
+            domains::remove(c, &resolve_app(app.app)?, &hostname).await
+        }
+        Command::DomainsRedirectHttps { app, switch } => {
+            domains::redirect_https(c, &resolve_app(app.app)?, &switch).await
+        }
+        // Certificates are the server's own unless --app (or SLIPWAY_APP) names an app.
+        Command::Certs { app, json } => certs::list(c, app.app.as_deref(), json).await,
+        Command::CertsAdd { app, cert, key } => {
+            certs::add(c, app.app.as_deref(), &cert, &key).await
+        }
+        Command::CertsInfo { app, name } => {
+            certs::info(c, app.app.as_deref(), name.as_deref()).await
+        }
+        Command::CertsRemove { app, name } => {
+            certs::remove(c, app.app.as_deref(), name.as_deref()).await
         }
         Command::Deploys { app, json } => deploys::list(c, &resolve_app(app.app)?, json).await,
         Command::DeploysInfo { app, deploy, json } => {

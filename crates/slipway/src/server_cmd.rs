@@ -21,6 +21,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     api_listen: Option<SocketAddr>,
     router_listen: Option<SocketAddr>,
+    tls_listen: Option<SocketAddr>,
     domain: Option<String>,
     stop_dynos_on_exit: Option<bool>,
     admin_email: Option<String>,
@@ -93,6 +94,7 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             Some(a) => a,
             None => parse_default(DEFAULT_ROUTER_LISTEN)?,
         },
+        tls_listen: args.tls_listen.or(file.tls_listen),
         domain: args
             .domain
             .or(file.domain)
@@ -199,6 +201,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ready.router_addr,
             ready.router_addr.port()
         );
+        if let Some(tls) = ready.tls_addr {
+            println!(
+                "slipway router listening on https://{tls} (apps and their custom domains with a certificate from certs:add)"
+            );
+        }
         println!("data directory: {}", data_dir.display());
         println!("dyno runtime: {}", ready.dyno_runtime);
         if ready.admin_token_created {
@@ -224,6 +231,7 @@ mod tests {
             data_dir: None,
             api_listen: None,
             router_listen: None,
+            tls_listen: None,
             domain: None,
             stop_dynos_on_exit: None,
             admin_email: None,

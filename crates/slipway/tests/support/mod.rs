@@ -544,3 +544,40 @@ impl Server {
         dir
     }
 }
+
+/// An app that answers `app=<name>` and the request headers it saw, one per line.
+pub const ECHO_APP: &str = r#"import http.server, os
+NAME = open("name.txt").read().strip()
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        lines = [f"app={NAME}", f"method={self.command}", f"path={self.path}"]
+        lines += [f"{k.lower()}: {v}" for k, v in self.headers.items()]
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = answer
+    do_POST = answer
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Creates `app` from the echo app and deploys it; waits until it serves.
+pub fn deploy_echo(server: &Server, app: &str) {
+    let repo = server.repo_with(
+        &format!("{app}-src"),
+        &[
+            ("Procfile", "web: python3 server.py\n"),
+            ("server.py", ECHO_APP),
+            ("name.txt", app),
+        ],
+    );
+    server.cli_ok(&repo, &["apps:create", app]);
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    wait_for(90, &format!("{app} to serve"), || {
+        (server.app_get(app, "/").0 == 200).then_some(())
+    });
+}

@@ -1,0 +1,401 @@
+//! HTTPS through the real binary (issue 12): `slipway server --tls-listen`, certificates from
+//! `certs:add` chosen by SNI, h2 and http/1.1 by ALPN, `X-Forwarded-Proto: https`, refused
+//! certificate/key pairs, keys kept root-only and never shown, removal, and the per-app
+//! HTTP -> HTTPS redirect. Certificates come from a test CA made with rcgen; the client is
+//! rustls trusting only that CA.
+
+// Not every test file uses every helper the shared support module re-exports.
+#[allow(unused_imports)]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{CertificateParams, CertifiedIssuer, IsCa, Issuer, KeyPair};
+use rustls_pki_types::{CertificateDer, ServerName};
+use support::{deploy_echo, http, text, Server};
+
+/// A test CA and the certificates it signs.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// Files of one certificate: its chain and key (PEM), and its DER to recognise it.
+struct Leaf {
+    chain: PathBuf,
+    key: PathBuf,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("ca"),
+        }
+    }
+
+    /// A certificate for `domains`, written as `<dir>/<name>.crt` and `<name>.key`.
+    fn leaf(&self, dir: &Path, name: &str, domains: &[&str]) -> Leaf {
+        let names: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+        let params = CertificateParams::new(names).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let issuer: &Issuer<'_, KeyPair> = &self.issuer;
+        let cert = params.signed_by(&key, issuer).expect("sign");
+        let chain = dir.join(format!("{name}.crt"));
+        let key_file = dir.join(format!("{name}.key"));
+        std::fs::write(&chain, format!("{}{}", cert.pem(), self.issuer.pem())).expect("chain");
+        std::fs::write(&key_file, key.serialize_pem()).expect("key");
+        Leaf {
+            chain,
+            key: key_file,
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+}
+
+/// What one HTTPS request got.
+#[derive(Debug)]
+struct Fetched {
+    alpn: Option<Vec<u8>>,
+    certificate: CertificateDer<'static>,
+    status: u16,
+    version: hyper::Version,
+    body: String,
+}
+
+/// `GET path` over TLS to 127.0.0.1:`port` with SNI `host`, offering `alpn`, trusting only
+/// `ca`; h2 or HTTP/1.1 as negotiated. `Err` says where it failed (e.g. the handshake).
+fn https_get(
+    port: u16,
+    host: &str,
+    alpn: &[&[u8]],
+    ca: &Ca,
+    path: &str,
+) -> Result<Fetched, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let exchange = async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.issuer.der().clone()).expect("ca root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from(host.to_string()).expect("server name");
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (_, session) = stream.get_ref();
+        let negotiated = session.alpn_protocol().map(<[u8]>::to_vec);
+        let certificate = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or("no certificate")?;
+        let io = TokioIo::new(stream);
+        let request = hyper::Request::builder()
+            .uri(format!("https://{host}:{port}{path}"))
+            .header("host", format!("{host}:{port}"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = if negotiated.as_deref() == Some(b"h2") {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(conn);
+            // h2 carries the host in :authority.
+            let (mut parts, body) = request.into_parts();
+            parts.headers.remove("host");
+            sender
+                .send_request(hyper::Request::from_parts(parts, body))
+                .await
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("http/1.1 handshake: {e}"))?;
+            tokio::spawn(conn);
+            let (mut parts, body) = request.into_parts();
+            parts.uri = path.parse().expect("path");
+            sender
+                .send_request(hyper::Request::from_parts(parts, body))
+                .await
+        };
+        let response = response.map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        let version = response.version();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Fetched {
+            alpn: negotiated,
+            certificate,
+            status,
+            version,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
+    })
+}
+
+/// The HTTPS port the server printed.
+fn tls_port(server: &Server) -> u16 {
+    server
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.split("https://127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("the HTTPS listener's port printed")
+}
+
+#[test]
+fn https_serves_each_domain_its_certificate_by_sni_over_h2_and_http1() {
+    let server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
+    let port = tls_port(&server);
+    let dir = server.root.path().to_path_buf();
+    deploy_echo(&server, "alpha");
+    deploy_echo(&server, "beta");
+    server.cli_ok(&dir, &["domains:add", "www.alpha.test", "-a", "alpha"]);
+    server.cli_ok(&dir, &["domains:add", "*.beta.test", "-a", "beta"]);
+
+    // Before any certificate, a handshake fails (there is no default certificate).
+    let ca = Ca::new();
+    let refused = https_get(port, "www.alpha.test", &[b"h2"], &ca, "/");
+    assert!(
+        matches!(&refused, Err(e) if e.starts_with("handshake")),
+        "{refused:?}"
+    );
+
+    let alpha = ca.leaf(&dir, "alpha", &["www.alpha.test"]);
+    let beta = ca.leaf(&dir, "beta", &["*.beta.test"]);
+    let chain = |l: &Leaf| l.chain.to_string_lossy().into_owned();
+    let key = |l: &Leaf| l.key.to_string_lossy().into_owned();
+
+    // A key of another certificate is refused, with the reason, and nothing is stored.
+    let out = server.cli(
+        &dir,
+        &["certs:add", &chain(&alpha), &key(&beta), "-a", "alpha"],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the private key does not match the certificate"),
+        "{}",
+        text(&out)
+    );
+    let out = server.cli(
+        &dir,
+        &["certs:add", &key(&alpha), &key(&alpha), "-a", "alpha"],
+    );
+    assert!(
+        text(&out).contains("holds no CERTIFICATE block"),
+        "{}",
+        text(&out)
+    );
+    assert!(server
+        .cli_ok(&dir, &["certs", "-a", "alpha"])
+        .contains("alpha has no certificates"));
+
+    let added = server.cli_ok(
+        &dir,
+        &["certs:add", &chain(&alpha), &key(&alpha), "-a", "alpha"],
+    );
+    assert!(added.contains("for www.alpha.test"), "{added}");
+    server.cli_ok(
+        &dir,
+        &["certs:add", &chain(&beta), &key(&beta), "-a", "beta"],
+    );
+
+    // Each name gets its own certificate; h2 when offered, http/1.1 otherwise.
+    let got = https_get(
+        port,
+        "www.alpha.test",
+        &[b"h2", b"http/1.1"],
+        &ca,
+        "/secure?x=1",
+    )
+    .expect("HTTPS to www.alpha.test");
+    assert_eq!(
+        got.certificate, alpha.der,
+        "www.alpha.test got another certificate"
+    );
+    assert_eq!(got.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(got.version, hyper::Version::HTTP_2);
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.starts_with("app=alpha\n"), "{}", got.body);
+    assert!(got.body.contains("path=/secure?x=1\n"), "{}", got.body);
+    assert!(
+        got.body.contains("x-forwarded-proto: https\n"),
+        "{}",
+        got.body
+    );
+    assert!(
+        got.body.contains(&format!("x-forwarded-port: {port}\n")),
+        "{}",
+        got.body
+    );
+    let got = https_get(port, "shop.beta.test", &[b"http/1.1"], &ca, "/")
+        .expect("HTTPS to shop.beta.test");
+    assert_eq!(
+        got.certificate, beta.der,
+        "shop.beta.test got another certificate"
+    );
+    assert_eq!(got.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(got.version, hyper::Version::HTTP_11);
+    assert!(got.body.starts_with("app=beta\n"), "{}", got.body);
+    assert!(
+        got.body.contains("x-forwarded-proto: https\n"),
+        "{}",
+        got.body
+    );
+    // The app's own host name has no certificate: no handshake.
+    let none = https_get(port, "alpha.localhost", &[b"h2"], &ca, "/");
+    assert!(
+        matches!(&none, Err(e) if e.starts_with("handshake")),
+        "{none:?}"
+    );
+
+    // certs:info shows the domains, issuer and expiry; keys are root-only files, never shown.
+    let info = server.cli_ok(&dir, &["certs:info", "-a", "alpha"]);
+    assert!(info.contains("Domains:    www.alpha.test"), "{info}");
+    assert!(info.contains("Expires at:"), "{info}");
+    assert!(
+        info.contains("Covers the app's domains: www.alpha.test"),
+        "{info}"
+    );
+    let (_, _, listed) = server.api("GET", "/apps/alpha/sni-endpoints", None);
+    assert!(listed.contains("www.alpha.test"), "{listed}");
+    assert!(!listed.contains("PRIVATE KEY"), "{listed}");
+    let keys: Vec<PathBuf> = std::fs::read_dir(server.data.join("certs"))
+        .expect("certs dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for path in &keys {
+        let mode = std::fs::metadata(path)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+    let mode = std::fs::metadata(server.data.join("certs"))
+        .expect("certs dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(keys
+        .iter()
+        .any(|k| std::fs::read_to_string(k).expect("key") == alpha.key_pem));
+
+    // HTTP -> HTTPS for alpha only: 301 for GET, 308 for POST, to the HTTPS port.
+    server.cli_ok(&dir, &["domains:redirect-https", "on", "-a", "alpha"]);
+    let (status, headers, _) = http(
+        server.router_port,
+        "GET",
+        "/page?q=1",
+        &[("Host", "www.alpha.test")],
+        None,
+    );
+    assert_eq!(status, 301);
+    assert_eq!(
+        support::header(&headers, "location"),
+        Some(format!("https://www.alpha.test:{port}/page?q=1").as_str())
+    );
+    let (status, headers, _) = http(
+        server.router_port,
+        "POST",
+        "/form",
+        &[("Host", &format!("alpha.localhost:{}", server.router_port))],
+        Some("a=1"),
+    );
+    assert_eq!(status, 308);
+    assert_eq!(
+        support::header(&headers, "location"),
+        Some(format!("https://alpha.localhost:{port}/form").as_str())
+    );
+    let (status, body) = server.app_get("beta", "/");
+    assert_eq!(status, 200, "{body}");
+    // HTTPS requests themselves are served, not redirected.
+    let got = https_get(port, "www.alpha.test", &[b"h2"], &ca, "/").expect("HTTPS");
+    assert_eq!(got.status, 200, "{}", got.body);
+    server.cli_ok(&dir, &["domains:redirect-https", "off", "-a", "alpha"]);
+    assert_eq!(server.app_get("alpha", "/").0, 200);
+
+    // Removing a certificate: its names get no handshake any more, and its key file goes.
+    let removed = server.cli_ok(&dir, &["certs:remove", "-a", "alpha"]);
+    assert!(removed.contains("www.alpha.test"), "{removed}");
+    let gone = https_get(port, "www.alpha.test", &[b"h2"], &ca, "/");
+    assert!(
+        matches!(&gone, Err(e) if e.starts_with("handshake")),
+        "{gone:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(server.data.join("certs"))
+            .expect("certs dir")
+            .count(),
+        1
+    );
+    assert!(https_get(port, "shop.beta.test", &[b"h2"], &ca, "/").is_ok());
+}
+
+#[test]
+fn certificates_outlive_a_restart_and_the_servers_own_cover_every_app_domain() {
+    let mut server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
+    let dir = server.root.path().to_path_buf();
+    deploy_echo(&server, "alpha");
+    server.cli_ok(&dir, &["domains:add", "www.example.test", "-a", "alpha"]);
+    let ca = Ca::new();
+    // The server's own wildcard (no --app), as one for every <app>.<domain> would be (rustls
+    // refuses a wildcard directly under a single label such as *.localhost).
+    let wild = ca.leaf(&dir, "wild", &["*.example.test"]);
+    server.cli_ok(
+        &dir,
+        &[
+            "certs:add",
+            &wild.chain.to_string_lossy(),
+            &wild.key.to_string_lossy(),
+        ],
+    );
+    assert!(server.cli_ok(&dir, &["certs"]).contains("*.example.test"));
+    assert!(server
+        .cli_ok(&dir, &["certs", "-a", "alpha"])
+        .contains("alpha has no certificates"));
+
+    server.terminate();
+    server.launch();
+    let port = tls_port(&server);
+    let got = https_get(port, "www.example.test", &[b"h2"], &ca, "/").expect("HTTPS after restart");
+    assert_eq!(got.certificate, wild.der);
+    assert!(got.body.starts_with("app=alpha\n"), "{}", got.body);
+    // A name the certificate covers but no app has: the router answers 404.
+    let got = https_get(port, "nope.example.test", &[b"h2"], &ca, "/").expect("HTTPS");
+    assert_eq!(got.status, 404, "{}", got.body);
+    assert!(got.body.contains("No such app"), "{}", got.body);
+}
