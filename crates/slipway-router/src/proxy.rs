@@ -223,7 +223,7 @@ impl Proxy {
                 Target::Starting => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         };
-        self.forward(req, app_name, backends, log).await
+        self.forward(req, key, backends, log).await
     }
 
     fn lookup(&self, key: HostKey<'_>) -> Resolution {
@@ -298,7 +298,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        app_name: &str,
+        key: HostKey<'_>,
         mut backends: Vec<(String, SocketAddr)>,
         log: RequestLog,
     ) -> Response<ProxyBody> {
@@ -405,7 +405,7 @@ impl Proxy {
                 break;
             }
             resolved_again = true;
-            match self.resolver.resolve(app_name) {
+            match self.lookup(key) {
                 Resolution::Found {
                     target: Target::Up(fresh),
                     ..
