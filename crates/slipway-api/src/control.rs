@@ -1,7 +1,7 @@
 //! Control-plane operations, shared by the API handlers, git pushes and server start-up.
 
 use slipway_core::AppName;
-use slipway_runtime::{ProcessSpec, ReleaseSpec};
+use slipway_runtime::{DynoSize, ProcessSpec, ReleaseSpec};
 use slipway_store::{App, User};
 
 use crate::error::{ApiError, ApiResult};
@@ -209,6 +209,8 @@ async fn desired(
             process_type: f.process_type.clone(),
             quantity: u32::try_from(f.quantity).unwrap_or(0),
             command: f.command.clone(),
+            // The API accepts only sizes the runtime knows (`formation.rs` `SIZES`).
+            size: DynoSize::parse(&f.size).unwrap_or_else(DynoSize::standard_1x),
         })
         .collect();
     Ok(Some((release, specs)))

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub dyno_stop_timeout: Duration,
     /// How long a web dyno has to bind `PORT` before R10.
     pub dyno_boot_timeout: Duration,
+    /// How often each dyno's memory and CPU are sampled (R14, runtime metrics, `ps`).
+    pub dyno_metrics_interval: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
     /// Where builds run (outside the data directory); `None`: `<data-dir>-builds`.
@@ -341,6 +343,7 @@ pub async fn run(
     runtime_cfg.oci_runtime = cfg.oci_runtime.clone();
     runtime_cfg.stop_timeout = cfg.dyno_stop_timeout;
     runtime_cfg.boot_timeout = cfg.dyno_boot_timeout;
+    runtime_cfg.memory_check_interval = cfg.dyno_metrics_interval;
     // Dynos run under `slipway dyno-monitor`, which outlives this process.
     runtime_cfg.monitor_command = vec![cfg.hook_binary.clone().into(), "dyno-monitor".into()];
     let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone())
@@ -357,6 +360,13 @@ pub async fn run(
         tracing::warn!(
             interrupted,
             "marked builds interrupted by the previous server's stop as failed"
+        );
+    }
+    let interrupted = crate::deploys::recover(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked deploys interrupted by the previous server's stop"
         );
     }
     crate::pipelines::recover(&state).await;

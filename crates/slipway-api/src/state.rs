@@ -119,6 +119,8 @@ pub struct State {
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
     /// One-off dynos waiting for their `run` client, and those running (`oneoff.rs`).
     pub one_offs: crate::oneoff::OneOffs,
+    /// Deploys running on this server and each target's queue (`deploys/`).
+    pub deploys: crate::deploys::Deploys,
     /// Pipelines' push grants, build locks, live build output and stage queues.
     pub pipelines: crate::pipelines::Pipelines,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
@@ -141,6 +143,7 @@ impl State {
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
+            deploys: crate::deploys::Deploys::default(),
             pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
         }

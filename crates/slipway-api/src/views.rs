@@ -109,20 +109,37 @@ pub fn removed(r: &Removed) -> Value {
     })
 }
 
-/// A dyno; `size` is its process type's size in the formation.
-pub fn dyno(app: &App, d: &DynoInfo, release_id: Option<&str>, size: &str) -> Value {
+/// A dyno: Heroku's fields (`size` is the size it runs with), then slipway's measurements,
+/// `null` until the dyno's first sample (every `--dyno-metrics-interval` while it is up):
+/// `memory_total_bytes` (what the quota counts: R14 compares it with `memory_quota_bytes`),
+/// `memory_rss_bytes`, `memory_cache_bytes`, `memory_swap_bytes`, `cpu_seconds` (CPU time
+/// used since it started), `load_avg_1m`/`_5m`/`_15m` (CPUs kept busy, from the second
+/// sample), `sampled_at`.
+pub fn dyno(app: &App, d: &DynoInfo, release_id: Option<&str>) -> Value {
+    let usage = d.usage.as_ref();
+    let round = |x: f64| (x * 100.0).round() / 100.0;
     json!({
         "id": d.id,
         "name": d.name,
         "type": d.process_type,
         "command": d.command,
         "state": d.state.as_str(),
-        "size": size,
+        "size": d.size,
         "attach_url": Value::Null,
         "created_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         "updated_at": d.updated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         "release": { "id": release_id, "version": d.release_version },
         "app": { "id": app.id, "name": app.name },
+        "memory_quota_bytes": d.memory_quota_bytes,
+        "memory_total_bytes": usage.map(|u| u.memory_bytes),
+        "memory_rss_bytes": usage.map(|u| u.memory_rss_bytes),
+        "memory_cache_bytes": usage.map(|u| u.memory_cache_bytes),
+        "memory_swap_bytes": usage.map(|u| u.memory_swap_bytes),
+        "cpu_seconds": usage.and_then(|u| u.cpu_nanos).map(|n| round(n as f64 / 1e9)),
+        "load_avg_1m": d.load.map(|l| round(l.one)),
+        "load_avg_5m": d.load.map(|l| round(l.five)),
+        "load_avg_15m": d.load.map(|l| round(l.fifteen)),
+        "sampled_at": d.sampled_at.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
     })
 }
 

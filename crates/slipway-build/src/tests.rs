@@ -1,4 +1,6 @@
 use super::*;
+use sha2::Digest;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
 fn tree(dir: &Path) {
@@ -63,9 +65,57 @@ fn slugs_are_deterministic_and_round_trip() {
         .mode();
     assert_eq!(mode & 0o111, 0o111, "executables stay executable");
 
+    // The checksum computed while writing is the file's.
+    let bytes = std::fs::read(out.path().join("one.tgz")).expect("read");
+    assert_eq!(
+        one.checksum,
+        format!("SHA256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+    );
+    assert_eq!(one.size, bytes.len() as u64);
+
+    // A mismatch (checked while unpacking) leaves nothing unpacked behind.
+    let other = tempfile::tempdir().expect("tempdir");
     let err =
-        unpack_slug(&out.path().join("one.tgz"), "SHA256:00", dyno.path()).expect_err("mismatch");
+        unpack_slug(&out.path().join("one.tgz"), "SHA256:00", other.path()).expect_err("mismatch");
     assert!(matches!(err, BuildError::ChecksumMismatch { .. }));
+    assert!(!other.path().join("app").exists());
+    // So does a slug changed on disk after it was made.
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(out.path().join("changed.tgz"), &changed).expect("write");
+    let err = unpack_slug(&out.path().join("changed.tgz"), &one.checksum, other.path())
+        .expect_err("changed");
+    assert!(matches!(err, BuildError::ChecksumMismatch { .. }), "{err}");
+    assert!(!other.path().join("app").exists());
+}
+
+#[test]
+fn an_export_file_changes_the_environment_except_what_the_pipeline_owns() {
+    let before: BTreeMap<String, String> = [
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", "/scratch/home"),
+        ("STACK", "slipway-24"),
+        ("LANG", "C.UTF-8"),
+        ("SOURCE_VERSION", "abc"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env0 = b"PATH=/build/bin:/usr/bin:/bin\0HOME=/elsewhere\0STACK=other\0GREETING=a=b\0PWD=/build\0SHLVL=1\0_=/usr/bin/env\0\xff=bad\0";
+    let after = pipeline::merge_export(&before, env0);
+    let expect: BTreeMap<String, String> = [
+        ("PATH", "/build/bin:/usr/bin:/bin"),
+        ("HOME", "/scratch/home"),
+        ("STACK", "slipway-24"),
+        ("SOURCE_VERSION", "abc"),
+        ("GREETING", "a=b"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // LANG was unset by the export; the shell's own PWD, SHLVL and _ are not taken.
+    assert_eq!(after, expect);
 }
 
 #[test]

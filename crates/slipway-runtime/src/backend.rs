@@ -126,8 +126,19 @@ impl Exit {
 /// Resource use of a running dyno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
-    /// Memory in use, page cache that can be dropped excluded.
+    /// Memory in use, page cache that can be dropped excluded: what the quota counts (R14)
+    /// and what the runtime metrics call `memory_total`.
     pub memory_bytes: u64,
+    /// Anonymous memory resident in RAM (cgroup `rss`/`anon`; processes' `VmRSS`).
+    pub memory_rss_bytes: u64,
+    /// Page cache charged to the dyno (cgroup `cache`/`file`; 0 for plain processes).
+    pub memory_cache_bytes: u64,
+    /// Memory swapped out (cgroup `swap`; processes' `VmSwap`).
+    pub memory_swap_bytes: u64,
+    /// Pages read into / written out of the dyno's memory since it started (cgroup v1
+    /// `pgpgin`/`pgpgout`); `None` where the kernel does not count them per dyno.
+    pub pgpgin: Option<u64>,
+    pub pgpgout: Option<u64>,
     /// CPU time used since the dyno started, in nanoseconds.
     pub cpu_nanos: Option<u64>,
     /// Processes of the dyno the kernel's OOM killer ended so far.
@@ -254,8 +265,10 @@ pub trait DynoBackend: Send + Sync + 'static {
     /// Waits until the dyno's main process has exited. Cancel-safe.
     fn wait<'a>(&'a self, dyno: &'a DynoSpec, running: &'a mut Running) -> BoxFuture<'a, Exit>;
 
-    /// Memory and CPU of the running dyno, where the backend can measure them.
-    fn usage(&self, dyno: &DynoSpec) -> Option<Usage>;
+    /// Memory and CPU of the running dyno, where the backend can measure them. `pid` is its
+    /// main process as its monitor reports it (the leader of its process group). Blocking
+    /// (reads `/sys` or `/proc`).
+    fn usage(&self, dyno: &DynoSpec, pid: Option<u32>) -> Option<Usage>;
 
     /// Removes everything the dyno left: its container, its directory. Blocking.
     fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError>;

@@ -78,32 +78,58 @@ impl Cgroups {
         }
     }
 
+    /// Memory (in use, and its parts) and CPU time of the dyno's cgroup. cgroup v1 reads the
+    /// `total_*` fields of `memory.stat` (the cgroup and any below it); v2 reads `anon`,
+    /// `file` and `memory.swap.current`, and has no per-cgroup `pgpgin`/`pgpgout`.
     pub(crate) fn usage(&self, dyno_id: &str) -> Option<Usage> {
         let dir = self.memory_dir(dyno_id);
+        let oom_kills = self.oom_kills(dyno_id).unwrap_or(0);
         match self {
             Cgroups::V1 { cpuacct, .. } => {
                 let used = read_u64(&dir.join("memory.usage_in_bytes"))?;
-                let inactive =
-                    stat_field(&dir.join("memory.stat"), "total_inactive_file").unwrap_or(0);
+                let stat = read_stat(&dir.join("memory.stat"));
+                let field = |name: &str| stat_value(&stat, name);
                 let cpu = cpuacct
                     .as_ref()
                     .and_then(|c| read_u64(&c.join(relative_path(dyno_id)).join("cpuacct.usage")));
                 Some(Usage {
-                    memory_bytes: used.saturating_sub(inactive),
+                    memory_bytes: used.saturating_sub(field("total_inactive_file").unwrap_or(0)),
+                    memory_rss_bytes: field("total_rss").unwrap_or(0),
+                    memory_cache_bytes: field("total_cache").unwrap_or(0),
+                    memory_swap_bytes: field("total_swap").unwrap_or(0),
+                    pgpgin: field("total_pgpgin"),
+                    pgpgout: field("total_pgpgout"),
                     cpu_nanos: cpu,
-                    oom_kills: self.oom_kills(dyno_id).unwrap_or(0),
+                    oom_kills,
                 })
             }
             Cgroups::V2 { .. } => {
                 let used = read_u64(&dir.join("memory.current"))?;
-                let inactive = stat_field(&dir.join("memory.stat"), "inactive_file").unwrap_or(0);
+                let stat = read_stat(&dir.join("memory.stat"));
+                let field = |name: &str| stat_value(&stat, name);
                 let cpu = stat_field(&dir.join("cpu.stat"), "usage_usec").map(|u| u * 1000);
                 Some(Usage {
-                    memory_bytes: used.saturating_sub(inactive),
+                    memory_bytes: used.saturating_sub(field("inactive_file").unwrap_or(0)),
+                    memory_rss_bytes: field("anon").unwrap_or(0),
+                    memory_cache_bytes: field("file").unwrap_or(0),
+                    memory_swap_bytes: read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
+                    pgpgin: None,
+                    pgpgout: None,
                     cpu_nanos: cpu,
-                    oom_kills: self.oom_kills(dyno_id).unwrap_or(0),
+                    oom_kills,
                 })
             }
+        }
+    }
+
+    /// The dyno's memory limit as the kernel enforces it (v1 `memory.limit_in_bytes`, v2
+    /// `memory.max`).
+    #[allow(dead_code)]
+    pub(crate) fn memory_limit(&self, dyno_id: &str) -> Option<u64> {
+        let dir = self.memory_dir(dyno_id);
+        match self {
+            Cgroups::V1 { .. } => read_u64(&dir.join("memory.limit_in_bytes")),
+            Cgroups::V2 { .. } => read_u64(&dir.join("memory.max")),
         }
     }
 
@@ -123,7 +149,16 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 /// A `name value` line of a cgroup stat file.
 fn stat_field(path: &Path, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    stat_value(&read_stat(path), name)
+}
+
+/// A cgroup stat file's text (empty when it cannot be read).
+fn read_stat(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The value of the `name value` line of a stat file's text.
+fn stat_value(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == name).then(|| v.trim().parse().ok()).flatten()
@@ -142,6 +177,15 @@ mod tests {
         };
         assert_eq!(memory, PathBuf::from("/cg/memory/process_api/abc"));
         assert_eq!(cpuacct, Some(PathBuf::from("/cg/cpu,cpuacct/x")));
+    }
+
+    #[test]
+    fn stat_values_are_found_by_whole_name() {
+        let text = "cache 10\nrss 20\ntotal_cache 30\ntotal_rss 40\ntotal_pgpgin 7\n";
+        assert_eq!(stat_value(text, "rss"), Some(20));
+        assert_eq!(stat_value(text, "total_rss"), Some(40));
+        assert_eq!(stat_value(text, "total_pgpgin"), Some(7));
+        assert_eq!(stat_value(text, "total_swap"), None);
     }
 
     #[test]

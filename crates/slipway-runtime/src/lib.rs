@@ -25,12 +25,14 @@ mod backend;
 mod cgroup;
 mod dynolog;
 pub mod lifecycle;
+pub mod metrics;
 pub mod monitor;
 mod oci;
 mod oneoff;
 mod plain;
 mod process;
 mod restart;
+pub mod settings;
 mod supervisor;
 mod users;
 
@@ -52,6 +54,7 @@ pub use backend::{
     Usage,
 };
 pub use lifecycle::Lifecycle;
+pub use metrics::LoadAvg;
 pub use oci::{OciBackend, STACK_ETC};
 pub use oneoff::{
     OneOff, OneOffExit, OneOffHandle, OneOffIo, OneOffMode, OneOffRequest, TerminalSize,
@@ -103,9 +106,11 @@ pub struct RuntimeConfig {
     pub boot_timeout: Duration,
     /// Longest wait between restarts of a dyno that keeps crashing.
     pub max_restart_delay: Duration,
-    /// How often memory is read; an R14 line each time a dyno is over its quota (Heroku: 20 s).
+    /// How often each dyno's memory and CPU are sampled (`--dyno-metrics-interval`): an R14
+    /// line each time a dyno is over its quota, the runtime metrics lines when its app enables
+    /// them, the figures in the dynos API (Heroku: 20 s).
     pub memory_check_interval: Duration,
-    /// The size every dyno gets (per process type later).
+    /// The size of a dyno re-adopted from a server that did not record one.
     pub dyno_size: DynoSize,
     /// The dyno monitor: program and leading arguments; the monitor directory is appended.
     /// Default: this executable's `dyno-monitor` subcommand.
@@ -183,9 +188,11 @@ pub struct ProcessSpec {
     pub process_type: String,
     pub quantity: u32,
     pub command: String,
+    /// The formation's size for the type: each dyno's memory and process limits.
+    pub size: DynoSize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DynoInfo {
     pub id: String,
     pub name: String,
@@ -204,6 +211,10 @@ pub struct DynoInfo {
     pub memory_quota_bytes: u64,
     /// Last measured (every memory check interval), where the backend can measure it.
     pub usage: Option<Usage>,
+    /// CPU load averages (see `metrics.rs`), from the second measurement on.
+    pub load: Option<LoadAvg>,
+    /// When `usage` was measured.
+    pub sampled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +283,8 @@ pub(crate) struct Status {
     pub(crate) addr: Option<SocketAddr>,
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) usage: Option<Usage>,
+    pub(crate) load: Option<LoadAvg>,
+    pub(crate) sampled_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) struct Dyno {
@@ -305,6 +318,8 @@ impl Dyno {
             size: self.size.name.clone(),
             memory_quota_bytes: self.size.memory_quota_bytes,
             usage: status.usage,
+            load: status.load,
+            sampled_at: status.sampled_at,
         }
     }
 
@@ -369,6 +384,12 @@ impl Inner {
             dyno_id: dyno.id.clone(),
             name: dyno.name.clone(),
         });
+    }
+
+    /// How long a web dyno of `release` has to bind its port: the app's
+    /// [`settings::BOOT_TIMEOUT_VAR`], else the server's.
+    pub(crate) fn boot_timeout(&self, release: &ReleaseSpec) -> Duration {
+        settings::boot_timeout(&release.env).unwrap_or(self.cfg.boot_timeout)
     }
 
     pub(crate) fn user_for(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
@@ -561,6 +582,7 @@ impl DynoManager {
                         d.name == name
                             && d.release.version == release.version
                             && d.command == spec.command
+                            && d.size == spec.size
                             && !d.retiring.load(Ordering::SeqCst)
                     });
                     match existing {
@@ -587,7 +609,7 @@ impl DynoManager {
         if retire.is_empty() {
             return;
         }
-        let boot_timeout = self.inner.cfg.boot_timeout;
+        let boot_timeout = self.inner.boot_timeout(&release);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 // Old dynos keep serving until the new web dynos are up (or failed to come up).
@@ -752,7 +774,9 @@ impl DynoManager {
             return;
         };
         let pid = attached.pids.dyno;
-        let dyno = supervisor::adopt(&self.inner, release, record, attached);
+        let size =
+            supervisor::recorded_size(&dir).unwrap_or_else(|| self.inner.cfg.dyno_size.clone());
+        let dyno = supervisor::adopt(&self.inner, release, record, attached, size);
         self.inner
             .lock_apps()
             .entry(record.app_id.clone())

@@ -13,10 +13,12 @@
 //!   only root, nobody and the dyno's user;
 //! - `/app`: a fresh copy of the slug, writable, owned by the app's uid, deleted when the
 //!   dyno stops; a private `/tmp` (tmpfs); `/proc`; a minimal `/dev` (runc's default
-//!   devices, `/dev/pts`, `/dev/shm`, `/dev/mqueue`); no `/sys`;
+//!   devices, `/dev/pts`, `/dev/shm`, `/dev/mqueue`); `/sys` read-only with only the dyno's
+//!   own cgroup at `/sys/fs/cgroup` (runtimes size their heaps from its limits);
 //! - the app's own unprivileged uid and gid, no capabilities, `no_new_privileges`;
-//! - memory limit = twice the dyno size's quota (the kernel kills beyond it: R15), swap none,
-//!   process-count limit from the size.
+//! - memory limit = twice the dyno size's quota (the kernel kills beyond it: R15), soft limit
+//!   (reservation) = the quota, swap none, process-count limit from the size; the size is
+//!   the formation's for the dyno's process type (`ps:type web=standard-2X`).
 //!
 //! `runc run --keep` runs in the foreground: its exit status is the dyno's, its stdout and
 //! stderr are the dyno's. `--keep` leaves the stopped container (and its cgroup) until
@@ -218,7 +220,7 @@ impl OciBackend {
     fn write_bundle_with(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
         let rootfs = dyno.dir.join("rootfs");
         make_dir(&rootfs, 0o755, None)?;
-        for d in ["usr", "etc", "app", "proc", "dev", "var"] {
+        for d in ["usr", "etc", "app", "proc", "dev", "var", "sys"] {
             make_dir(&rootfs.join(d), 0o755, None)?;
         }
         // runc gives a tmpfs the mode of the directory it covers.
@@ -489,7 +491,7 @@ impl DynoBackend for OciBackend {
         })
     }
 
-    fn usage(&self, dyno: &DynoSpec) -> Option<Usage> {
+    fn usage(&self, dyno: &DynoSpec, _pid: Option<u32>) -> Option<Usage> {
         self.cgroups.usage(&dyno.id)
     }
 
@@ -609,6 +611,23 @@ fn base_mounts(dyno: &DynoSpec) -> Vec<Mount> {
             &["nosuid", "nodev", "mode=1777", &tmp_size],
         ),
         m("/usr", "bind", "/usr", &["rbind", "ro", "nosuid", "nodev"]),
+        // As `runc spec` has them, read-only: runc mounts only the dyno's own cgroup at
+        // /sys/fs/cgroup (cgroup v1: each controller's dyno directory bound; v2: a cgroup
+        // namespace), so an app (a JVM, Node, Go sizing their heaps) reads its own limits
+        // (memory.limit_in_bytes, memory.soft_limit_in_bytes = its size's quota) and no
+        // other dyno's.
+        m(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        m(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
     ]
     .into_iter()
     .flatten()

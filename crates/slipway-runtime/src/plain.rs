@@ -101,8 +101,10 @@ impl DynoBackend for ProcessBackend {
         })
     }
 
-    fn usage(&self, _dyno: &DynoSpec) -> Option<Usage> {
-        None
+    /// Summed over the processes of the dyno's process group, from `/proc` (see
+    /// `metrics::process_group_usage`).
+    fn usage(&self, _dyno: &DynoSpec, pid: Option<u32>) -> Option<Usage> {
+        crate::metrics::process_group_usage(std::path::Path::new("/proc"), pid?)
     }
 
     fn cleanup(&self, _dyno_id: &str, dir: &Path) -> Result<(), RuntimeError> {

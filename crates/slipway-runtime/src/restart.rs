@@ -32,12 +32,13 @@ impl DynoManager {
                 process_type: old.process_type.clone(),
                 quantity: 1,
                 command: old.command.clone(),
+                size: old.size.clone(),
             };
             let new = supervisor::spawn(&self.inner, &old.release, &spec, old.name.clone());
             list.push(new.clone());
             (old, new)
         };
-        let boot_timeout = self.inner.cfg.boot_timeout;
+        let boot_timeout = self.inner.boot_timeout(&new.release);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 if new.process_type == "web" {

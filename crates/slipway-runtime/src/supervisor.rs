@@ -20,14 +20,25 @@ use slipway_store::{DynoRecord, DynoState};
 use tokio::sync::watch;
 
 use crate::attach::{monitor_dir, Attached, LineSink};
-use crate::backend::{loopback, remove_dir, DynoSpec, Exit};
+use crate::backend::{loopback, remove_dir, DynoSize, DynoSpec, Exit};
 use crate::lifecycle::{Event, Lifecycle};
+use crate::metrics::{self, LoadTracker};
 use crate::monitor::ExitRecord;
 use crate::process::free_port;
 use crate::{Dyno, DynoEvent, Inner, ProcessSpec, ReleaseSpec, Status};
 
 /// A dyno that ran this long before crashing is restarted at once, as a first crash is.
 const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// The file in a dyno's monitor directory naming its size (`standard-2X`), so a later server
+/// re-adopts it with the limits it runs under.
+const SIZE_FILE: &str = "size";
+
+/// The size a dyno's monitor directory records, if any.
+pub(crate) fn recorded_size(monitor_dir: &std::path::Path) -> Option<DynoSize> {
+    let text = std::fs::read_to_string(monitor_dir.join(SIZE_FILE)).ok()?;
+    DynoSize::parse(text.trim())
+}
 
 pub(crate) fn spawn(
     inner: &Arc<Inner>,
@@ -46,11 +57,13 @@ pub(crate) fn adopt(
     release: &ReleaseSpec,
     record: &DynoRecord,
     attached: Attached,
+    size: DynoSize,
 ) -> Arc<Dyno> {
     let spec = ProcessSpec {
         process_type: record.process_type.clone(),
         quantity: 0,
         command: record.command.clone(),
+        size,
     };
     let state = match record.state {
         DynoState::Up => Lifecycle::Up,
@@ -87,12 +100,14 @@ fn start_supervisor(
         process_type: spec.process_type.clone(),
         command: spec.command.clone(),
         release: release.clone(),
-        size: inner.cfg.dyno_size.clone(),
+        size: spec.size.clone(),
         status: Mutex::new(Status {
             lifecycle,
             addr: port.map(loopback),
             updated_at: Utc::now(),
             usage: None,
+            load: None,
+            sampled_at: None,
         }),
         retiring: AtomicBool::new(false),
         stop_tx,
@@ -322,7 +337,7 @@ impl Supervisor {
         let backend = self.inner.backend.clone();
         let mut stop = self.stop.clone();
         if let (Some(addr), false) = (addr, already_up) {
-            let boot_timeout = self.inner.cfg.boot_timeout;
+            let boot_timeout = self.inner.boot_timeout(&self.dyno.release);
             enum Boot {
                 Bound(bool),
                 Exited(ExitRecord),
@@ -357,6 +372,7 @@ impl Supervisor {
         }
         let mut check = tokio::time::interval(self.inner.cfg.memory_check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut load = LoadTracker::default();
         loop {
             enum Next {
                 Exited(ExitRecord),
@@ -375,7 +391,7 @@ impl Supervisor {
                 }
                 Next::Stop => return self.stop_dyno(&mut live, addr, pid).await,
                 Next::Check => {
-                    if self.check_memory() {
+                    if self.sample(&mut load, pid).await {
                         // The kernel's OOM killer struck: Heroku kills the whole dyno (R15).
                         backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
                         let mut exit = self.exit_of(live.attached.wait().await, pid).await;
@@ -436,6 +452,9 @@ impl Supervisor {
             }
         };
         let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
+        if let Err(e) = std::fs::write(dir.join(SIZE_FILE), &self.spec.size.name) {
+            tracing::warn!(error = %e, "could not record the dyno's size");
+        }
         self.record(Lifecycle::Starting, self.spec.port.map(loopback), pid)
             .await;
         Some(Live { attached, pid })
@@ -459,14 +478,33 @@ impl Supervisor {
         }
     }
 
-    /// Reads the dyno's memory: R14 while over its quota. Returns whether the OOM killer
-    /// has killed one of its processes.
-    fn check_memory(&self) -> bool {
-        let Some(usage) = self.inner.backend.usage(&self.spec) else {
+    /// Measures the dyno's memory and CPU (kept for the dynos API), logs the runtime metrics
+    /// lines when its app enables them, and R14 while over its quota. Returns whether the OOM
+    /// killer has killed one of its processes.
+    async fn sample(&self, load: &mut LoadTracker, pid: Option<u32>) -> bool {
+        let backend = self.inner.backend.clone();
+        let spec = self.spec.clone();
+        let measured = tokio::task::spawn_blocking(move || backend.usage(&spec, pid)).await;
+        let Ok(Some(usage)) = measured else {
             return false;
         };
-        self.dyno.lock_status().usage = Some(usage);
+        let avg = usage
+            .cpu_nanos
+            .and_then(|cpu| load.sample(Instant::now(), cpu));
+        {
+            let mut status = self.dyno.lock_status();
+            status.usage = Some(usage);
+            status.load = avg.or(status.load);
+            status.sampled_at = Some(Utc::now());
+        }
         let quota = self.spec.size.memory_quota_bytes;
+        if crate::settings::runtime_metrics(&self.dyno.release.env) {
+            let prefix = metrics::line_prefix(&self.dyno.app_id, &self.dyno.id, &self.dyno.name);
+            self.say(&metrics::memory_line(&prefix, &usage, quota));
+            if let Some(avg) = avg {
+                self.say(&metrics::load_line(&prefix, &avg));
+            }
+        }
         if usage.memory_bytes > quota && usage.oom_kills == 0 {
             self.say(&format!(
                 "Process running mem={}M({:.1}%)",

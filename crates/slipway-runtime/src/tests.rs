@@ -98,6 +98,7 @@ fn spec(process_type: &str, quantity: u32, command: &str) -> ProcessSpec {
         process_type: process_type.into(),
         quantity,
         command: command.into(),
+        size: crate::DynoSize::standard_1x(),
     }
 }
 

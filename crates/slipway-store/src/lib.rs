@@ -8,6 +8,7 @@
 mod apps;
 mod buildpacks;
 mod config;
+mod deploys;
 mod formation;
 mod log_drains;
 mod model;
@@ -27,6 +28,10 @@ use uuid::Uuid;
 
 pub use apps::AppFootprint;
 pub use config::{config_bytes, config_description, ConfigOutcome};
+pub use deploys::{
+    DeployRecord, DeployStepRecord, DeployUpdate, DeployWebhook, MAX_DEPLOY_SECRETS,
+    MAX_DEPLOY_WEBHOOKS,
+};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;

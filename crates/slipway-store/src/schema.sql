@@ -125,6 +125,49 @@ CREATE TABLE IF NOT EXISTS target_current (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (target, host)
 );
+CREATE TABLE IF NOT EXISTS deploys (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    previous_version BIGINT,
+    release_version BIGINT,
+    rollback_version BIGINT,
+    maintenance_on INTEGER NOT NULL DEFAULT 0,
+    failure TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    UNIQUE (app_id, number)
+);
+CREATE TABLE IF NOT EXISTS deploy_steps (
+    deploy_id TEXT NOT NULL REFERENCES deploys(id) ON DELETE CASCADE,
+    ordinal BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    output TEXT NOT NULL DEFAULT '',
+    started_at BIGINT,
+    finished_at BIGINT,
+    PRIMARY KEY (deploy_id, ordinal)
+);
+CREATE TABLE IF NOT EXISTS deploy_webhooks (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    UNIQUE (app_id, url)
+);
+CREATE TABLE IF NOT EXISTS deploy_secrets (
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (app_id, name)
+);
 -- Pipelines (issue 10; crates/slipway-store/src/pipelines.rs).
 CREATE TABLE IF NOT EXISTS pipelines (
     id TEXT PRIMARY KEY,

@@ -313,6 +313,28 @@ pub enum Command {
         app: AppArg,
     },
 
+    // ---- labs (commands/config.rs: each feature is a config var) ----
+    /// List an app's experimental features and whether they are on
+    Labs {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Turn a feature on (log-runtime-metrics: memory and load lines in the logs); restarts
+    /// the dynos
+    #[command(name = "labs:enable")]
+    LabsEnable {
+        #[command(flatten)]
+        app: AppArg,
+        feature: String,
+    },
+    /// Turn a feature off; restarts the dynos
+    #[command(name = "labs:disable")]
+    LabsDisable {
+        #[command(flatten)]
+        app: AppArg,
+        feature: String,
+    },
+
     // ---- logs (commands/logs.rs, commands/drains.rs) ----
     /// Show an app's logs
     Logs {
@@ -351,6 +373,98 @@ pub enum Command {
     /// Stop sending the app's logs to a drain (its URL or id)
     #[command(name = "drains:remove")]
     DrainsRemove {
+        #[command(flatten)]
+        app: AppArg,
+        url_or_id: String,
+    },
+
+    // ---- deploys, webhooks, deploy secrets (commands/deploys.rs) ----
+    /// List an app's deploys (each push's, and those started with deploys:start)
+    Deploys {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a deploy: its steps, their status, duration and output
+    #[command(name = "deploys:info")]
+    DeploysInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a deploy live; exits 1 unless it passed (failed, rolled back, cancelled)
+    #[command(name = "deploys:wait")]
+    DeploysWait {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+    },
+    /// Cancel a queued or running deploy (a release already live stays live)
+    #[command(name = "deploys:cancel")]
+    DeploysCancel {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+    },
+    /// Deploy a release again (its slug and config) through every deploy step, and follow it
+    #[command(name = "deploys:start")]
+    DeploysStart {
+        #[command(flatten)]
+        app: AppArg,
+        /// Release to deploy: v3
+        #[arg(long)]
+        release: String,
+        /// Keep the release live if a check fails after it went live
+        #[arg(long)]
+        no_rollback: bool,
+        /// Watch window in seconds (overrides app.json's slipway.watch)
+        #[arg(long)]
+        watch: Option<u64>,
+    },
+    /// List the names of the app's deploy secrets (values are never shown)
+    #[command(name = "deploys:secrets")]
+    DeploysSecrets {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Set deploy secrets: environment for pre/post-deploy and smoke commands, masked in all output
+    #[command(name = "deploys:secrets:set")]
+    DeploysSecretsSet {
+        #[command(flatten)]
+        app: AppArg,
+        /// KEY=VALUE pairs
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove deploy secrets
+    #[command(name = "deploys:secrets:unset")]
+    DeploysSecretsUnset {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List the URLs deploy reports are POSTed to
+    Webhooks {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// POST each deploy's report (JSON) to an http:// URL
+    #[command(name = "webhooks:add")]
+    WebhooksAdd {
+        #[command(flatten)]
+        app: AppArg,
+        url: String,
+    },
+    /// Stop sending deploy reports to a URL (its URL or id)
+    #[command(name = "webhooks:remove")]
+    WebhooksRemove {
         #[command(flatten)]
         app: AppArg,
         url_or_id: String,
@@ -720,6 +834,10 @@ pub struct ServerArgs {
     /// Seconds a web dyno has to bind $PORT before it is killed (R10) [default: 60]
     #[arg(long, env = "SLIPWAY_DYNO_BOOT_TIMEOUT")]
     pub dyno_boot_timeout: Option<u64>,
+    /// Seconds between samples of each dyno's memory and CPU (R14 checks, runtime metrics
+    /// lines, `ps` figures) [default: 20, as Heroku]
+    #[arg(long, env = "SLIPWAY_DYNO_METRICS_INTERVAL")]
+    pub dyno_metrics_interval: Option<u64>,
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,

@@ -9,6 +9,7 @@ mod apps;
 mod buildpacks;
 mod builds;
 mod config;
+mod deploys;
 mod drains;
 mod git;
 mod hosts;
@@ -44,6 +45,13 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::MaintenanceOn { app } => apps::maintenance(c, &resolve_app(app.app)?, true).await,
         Command::MaintenanceOff { app } => {
             apps::maintenance(c, &resolve_app(app.app)?, false).await
+        }
+        Command::Labs { app } => config::labs(c, &resolve_app(app.app)?).await,
+        Command::LabsEnable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, true).await
+        }
+        Command::LabsDisable { app, feature } => {
+            config::labs_set(c, &resolve_app(app.app)?, &feature, false).await
         }
         Command::Config { app, shell, json } => {
             config::show(c, &resolve_app(app.app)?, shell, json).await
@@ -187,6 +195,36 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::DrainsAdd { app, url } => drains::add(c, &resolve_app(app.app)?, &url).await,
         Command::DrainsRemove { app, url_or_id } => {
             drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
+        }
+        Command::Deploys { app, json } => deploys::list(c, &resolve_app(app.app)?, json).await,
+        Command::DeploysInfo { app, deploy, json } => {
+            deploys::info(c, &resolve_app(app.app)?, &deploy, json).await
+        }
+        Command::DeploysWait { app, deploy } => {
+            deploys::wait(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysCancel { app, deploy } => {
+            deploys::cancel(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysStart {
+            app,
+            release,
+            no_rollback,
+            watch,
+        } => deploys::start(c, &resolve_app(app.app)?, &release, no_rollback, watch).await,
+        Command::DeploysSecrets { app } => deploys::secrets(c, &resolve_app(app.app)?).await,
+        Command::DeploysSecretsSet { app, pairs } => {
+            deploys::secrets_set(c, &resolve_app(app.app)?, &pairs).await
+        }
+        Command::DeploysSecretsUnset { app, keys } => {
+            deploys::secrets_unset(c, &resolve_app(app.app)?, &keys).await
+        }
+        Command::Webhooks { app } => deploys::webhooks(c, &resolve_app(app.app)?).await,
+        Command::WebhooksAdd { app, url } => {
+            deploys::webhooks_add(c, &resolve_app(app.app)?, &url).await
+        }
+        Command::WebhooksRemove { app, url_or_id } => {
+            deploys::webhooks_remove(c, &resolve_app(app.app)?, &url_or_id).await
         }
         // ---- release store and host targets (commands/hosts.rs) ----
         Command::Store { name, json } => hosts::store_list(c, name.as_deref(), json).await,

@@ -26,6 +26,7 @@ struct FileConfig {
     admin_email: Option<String>,
     dyno_stop_timeout: Option<u64>,
     dyno_boot_timeout: Option<u64>,
+    dyno_metrics_interval: Option<u64>,
     shutdown_timeout: Option<u64>,
     max_dynos_per_type: Option<u32>,
     header_read_timeout: Option<u64>,
@@ -113,6 +114,12 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             args.dyno_boot_timeout
                 .or(file.dyno_boot_timeout)
                 .unwrap_or(60)
+                .max(1),
+        ),
+        dyno_metrics_interval: Duration::from_secs(
+            args.dyno_metrics_interval
+                .or(file.dyno_metrics_interval)
+                .unwrap_or(20)
                 .max(1),
         ),
         shutdown_timeout: Duration::from_secs(
@@ -222,6 +229,7 @@ mod tests {
             admin_email: None,
             dyno_stop_timeout: None,
             dyno_boot_timeout: None,
+            dyno_metrics_interval: None,
             shutdown_timeout: None,
             max_dynos_per_type: None,
             header_read_timeout: None,

@@ -320,11 +320,13 @@ fn a_stage_secret_never_appears_in_any_output() {
         .next()
         .expect("hash")
         .to_string();
-    let procfile = format!(
-        "web: python3 server.py\nrelease: printf %s \"$DEPLOY_TOKEN\" | sha256sum | grep -q {hash} && echo \"token ok: $DEPLOY_TOKEN\"\n"
+    // The deploy's pre-deploy command (Dokku's app.json key) gets the stage's environment.
+    let predeploy = format!(
+        "printf %s \"$DEPLOY_TOKEN\" | sha256sum | grep -q {hash} && echo \"token ok: $DEPLOY_TOKEN\""
     );
-    std::fs::write(repo.join("Procfile"), procfile).expect("Procfile");
-    server.commit_all(&repo, "release phase checks the token");
+    let app_json = serde_json::json!({"scripts": {"dokku": {"predeploy": predeploy}}});
+    std::fs::write(repo.join("app.json"), app_json.to_string()).expect("app.json");
+    server.commit_all(&repo, "pre-deploy checks the token");
     pipeline(&server, &repo, "vault", &[("production", &[])], "sec");
     let mut seen = Vec::new();
     seen.push(ok(
@@ -343,8 +345,8 @@ fn a_stage_secret_never_appears_in_any_output() {
         &repo,
         &["pipelines:deploy", "1", "--to", "production", "-p", "vault"],
     );
-    // The release phase got the secret (its test passed) and printed it masked.
-    assert!(deployed.contains("token ok: *****"), "{deployed}");
+    // The pre-deploy command got the secret (its check passed) and printed it masked.
+    assert!(deployed.contains("token ok: [masked]"), "{deployed}");
     serves(&server, "production-sec", "Secret keeper");
     seen.push(deployed);
     for args in [
@@ -356,7 +358,7 @@ fn a_stage_secret_never_appears_in_any_output() {
         &["builds", "--pipeline", "vault"],
         &["builds:info", "1", "--pipeline", "vault", "--json"],
         &["builds:output", "1", "--pipeline", "vault"],
-        &["releases:output", "v1", "-a", "production-sec"],
+        &["deploys:info", "1", "-a", "production-sec"],
         &["releases", "-a", "production-sec"],
         &["config", "-a", "production-sec"],
         &["logs", "-a", "production-sec", "-n", "1500"],
@@ -367,7 +369,7 @@ fn a_stage_secret_never_appears_in_any_output() {
     let (_, _, env) = server.api("GET", "/pipelines/vault/stages/production/env", None);
     assert_eq!(json(&env)["DEPLOY_TOKEN"], "*****", "{env}");
     seen.push(env);
-    // Without the secret the release phase fails: the deploy fails, the CLI exits non-zero
+    // Without the secret the pre-deploy command fails: the deploy fails, the CLI exits non-zero
     // and the previous release keeps serving.
     seen.push(ok(
         &server,
@@ -380,7 +382,7 @@ fn a_stage_secret_never_appears_in_any_output() {
     );
     assert!(!failed.status.success(), "{}", text(&failed));
     assert!(
-        text(&failed).contains("exited with status 1; v2 was not released"),
+        text(&failed).contains("exited with status 1"),
         "{}",
         text(&failed)
     );

@@ -1,21 +1,21 @@
 //! Putting a pipeline's slug live on one target.
 //!
-//! [`release_slug`] is the one place that knows how a deploy runs. Today it creates the
-//! release through the release path every push uses (slug record, `deploy_release_with_status`,
-//! the release phase, `converge`); the deploy runner (`crate::deploys`) will take over its body.
-//! Nothing else in `pipelines/` depends on how a deploy runs.
+//! [`release_slug`] is the one place that knows how a deploy runs: it hands the slug to the
+//! deploy runner (`crate::deploys`), the same one pushes go through, so a stage's deploy runs
+//! the app's pre-deploy, release phase, zero-downtime switch, post-deploy, smoke test, watch
+//! window and automatic rollback. Nothing else in `pipelines/` depends on how a deploy runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use slipway_core::Secret;
-use slipway_store::{App, NewSlug, ReleaseStatus};
+use slipway_store::{App, NewSlug, Stage};
+use tokio::sync::broadcast;
 
 use super::model::{DeployOrigin, PipelineError, Target};
-use super::run::{run_command, Command, Masker};
-use crate::control::converge_app;
-use crate::state::{AppLock, Shared};
+use crate::deploys::{self, DeployOptions, DeployRequest, DeploySource, DeployStatus, Msg};
+use crate::state::Shared;
 
 /// A built slug, as a pipeline build keeps it.
 #[derive(Debug, Clone)]
@@ -38,9 +38,11 @@ pub struct ReleaseOutcome {
 }
 
 /// Deploys `slug` to any kind of target.
+#[allow(clippy::too_many_arguments)]
 pub async fn deploy_to(
     state: &Shared,
     target: &Target,
+    stage: &Stage,
     slug: &PipelineSlug,
     env: &BTreeMap<String, Secret>,
     origin: &DeployOrigin,
@@ -48,18 +50,22 @@ pub async fn deploy_to(
     say: &mut (dyn FnMut(&str) + Send),
 ) -> Result<ReleaseOutcome, PipelineError> {
     match target {
-        Target::App(app) => release_slug(state, app, slug, env, origin, user_id, say).await,
+        Target::App(app) => release_slug(state, app, stage, slug, env, origin, user_id, say).await,
     }
 }
 
-/// Makes `slug` the app's next release: the slug file is hard-linked (or copied) into the
-/// app's slug directory under the same checksum, the release takes the app's own config,
-/// a `release:` command runs first (with the stage's environment added, masked in its output)
-/// and the dynos converge onto it once it passed. A failed release phase leaves the previous
-/// release serving.
+/// Makes `slug` the app's next release through the deploy runner (`crate::deploys`): the
+/// slug file is hard-linked (or copied) into the app's slug directory under the same checksum,
+/// then a deploy of it runs every step the app's `app.json` defines (pre-deploy, the release
+/// with its release phase and zero-downtime switch, post-deploy, smoke test), with the stage's
+/// environment as the deploy's masked secrets and `$SLIPWAY_STAGE` set. This returns once the
+/// deploy is live and watching (as a push does) or has failed; the watch window's log test and
+/// heartbeat keep running afterwards and roll back on their own (`slipway deploys:wait`).
+#[allow(clippy::too_many_arguments)]
 pub async fn release_slug(
     state: &Shared,
     app: &App,
+    stage: &Stage,
     slug: &PipelineSlug,
     env: &BTreeMap<String, Secret>,
     origin: &DeployOrigin,
@@ -71,8 +77,6 @@ pub async fn release_slug(
         target: format!("app {}", app.name),
         reason,
     };
-    let release_lock = state.app_lock(AppLock::Release, &app.id);
-    let _guard = release_lock.lock().await;
     let dir = state.settings.slug_dir(&app.id);
     tokio::fs::create_dir_all(&dir)
         .await
@@ -103,112 +107,114 @@ pub async fn release_slug(
             return Err(e.into());
         }
     };
-    let short: String = slug.commit_sha.chars().take(7).collect();
-    let description = format!(
-        "Deploy {short} (pipeline build #{}, {})",
-        slug.build_number,
-        origin.describe()
+    state.api_log(
+        &app.id,
+        &format!(
+            "Deploying pipeline build #{} to stage {} ({})",
+            slug.build_number,
+            stage.name,
+            origin.describe()
+        ),
     );
-    let release_command = slug.process_types.get("release").cloned();
-    let status = match release_command {
-        Some(_) => ReleaseStatus::Pending,
-        None => ReleaseStatus::Succeeded,
+    let request = DeployRequest {
+        app_id: app.id.clone(),
+        source: DeploySource::Slug {
+            slug_id: record.id.clone(),
+        },
+        user_id: user_id.to_string(),
+        options: DeployOptions {
+            no_rollback: false,
+            watch: Some(Duration::from_secs(stage.watch_secs.max(0) as u64)),
+            stage: Some(stage.name.clone()),
+        },
+        secrets: env.clone(),
+        spec: None,
     };
-    let release = match state
-        .store
-        .deploy_release_with_status(&app.id, &record, &description, user_id, status)
-        .await
-    {
-        Ok(r) => r,
+    let id = match deploys::start(state, request).await {
+        Ok(id) => id,
         Err(e) => {
+            // Nothing references the slug yet: it goes (the collector would take it later).
             let _ = state.store.delete_slug(&record.id).await;
             let _ = tokio::fs::remove_file(&dest).await;
-            return Err(e.into());
+            return Err(failed(e.to_string()));
         }
     };
-    state.api_log(&app.id, &description);
-    if let Some(command) = release_command {
-        say(&format!(
-            "-----> Running release command `{command}` on {} (v{})...",
-            app.name, release.version
-        ));
-        let exposed: BTreeMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_string()))
-            .collect();
-        let masker = Masker::new(exposed.values());
-        let spec = slipway_runtime::ReleaseSpec {
-            app_id: app.id.clone(),
-            version: release.version,
-            slug_path: dest.clone(),
-            slug_checksum: record.checksum.clone(),
-            env: release.config.clone(),
-        };
-        let name = format!("release.{}", release.version);
-        let mut output = String::new();
-        let logs = state.logs.clone();
-        let mut on_line = |line: &str| {
-            logs.write(&app.id, slipway_logs::Source::App, &name, line);
-            say(&format!("       {line}"));
-            if output.len() + line.len() < crate::oneoff::MAX_RELEASE_OUTPUT {
-                output.push_str(line);
-                output.push('\n');
-            }
-        };
-        let timeout: Duration = state.settings.release_phase_timeout;
-        let ran = run_command(
-            state,
-            Command {
-                release: spec,
-                name: name.clone(),
-                command: &command,
-                env: exposed.clone(),
-                time_to_live: timeout,
-            },
-            &masker,
-            &mut on_line,
-        )
-        .await;
-        let _ = state.store.set_release_output(&release.id, &output).await;
-        let verdict = match ran {
-            Ok(r) if r.timed_out => Err(format!(
-                "the release command timed out after {} seconds; v{} was not released",
-                timeout.as_secs(),
-                release.version
-            )),
-            Ok(r) if r.code != 0 => Err(format!(
-                "the release command `{command}` exited with status {}; v{} was not released and the previous release keeps serving",
-                r.code, release.version
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        let status = if verdict.is_ok() {
-            ReleaseStatus::Succeeded
+    let outcome = follow_until_live(state, &app.id, &id.0, say)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let deploy = state
+        .store
+        .deploy(&app.id, &id.0)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    match outcome {
+        Live::Watching | Live::Done(DeployStatus::Passed) => {
+            let version = deploy
+                .release_version
+                .ok_or_else(|| failed(format!("deploy #{} made no release", deploy.number)))?;
+            say(&format!(
+                "       Released v{version} on {} ({}); deploy #{} (`slipway deploys:wait {} --app {}`)",
+                app.name,
+                state.settings.web_url(&app.name),
+                deploy.number,
+                deploy.number,
+                app.name
+            ));
+            Ok(ReleaseOutcome {
+                target: format!("app {}", app.name),
+                version,
+                checksum: record.checksum,
+            })
+        }
+        Live::Done(status) => Err(failed(if deploy.failure.is_empty() {
+            format!("deploy #{} {}", deploy.number, status.as_str())
         } else {
-            ReleaseStatus::Failed
-        };
-        state.store.set_release_status(&release.id, status).await?;
-        if let Err(why) = verdict {
-            state.api_log(
-                &app.id,
-                &format!("Release v{} failed: {why}", release.version),
-            );
-            return Err(failed(why));
+            format!(
+                "deploy #{} {}: {}",
+                deploy.number,
+                status.as_str(),
+                deploy.failure
+            )
+        })),
+    }
+}
+
+/// How far a followed deploy got.
+enum Live {
+    /// Every step up to the smoke test passed; the watch window runs on.
+    Watching,
+    Done(DeployStatus),
+}
+
+/// Relays a deploy's transcript to `say` until it is live and watching, or finished.
+async fn follow_until_live(
+    state: &Shared,
+    app_id: &str,
+    id: &str,
+    say: &mut (dyn FnMut(&str) + Send),
+) -> Result<Live, deploys::DeployError> {
+    let deploys::Follow { backlog, rx } = deploys::follow(state, app_id, id).await?;
+    for msg in backlog {
+        match msg {
+            Msg::Line(line) => say(&line),
+            Msg::Watching => return Ok(Live::Watching),
+            Msg::Done(status) => return Ok(Live::Done(status)),
         }
     }
-    converge_app(state, &app.id)
-        .await
-        .map_err(|e| failed(format!("could not start dynos: {}", e.message)))?;
-    say(&format!(
-        "       Released v{} on {} ({})",
-        release.version,
-        app.name,
-        state.settings.web_url(&app.name)
-    ));
-    Ok(ReleaseOutcome {
-        target: format!("app {}", app.name),
-        version: release.version,
-        checksum: record.checksum,
-    })
+    let Some(mut rx) = rx else {
+        return Ok(Live::Done(DeployStatus::Interrupted));
+    };
+    loop {
+        match rx.recv().await {
+            Ok(Msg::Line(line)) => say(&line),
+            Ok(Msg::Watching) => return Ok(Live::Watching),
+            Ok(Msg::Done(status)) => return Ok(Live::Done(status)),
+            Err(broadcast::error::RecvError::Lagged(n)) => say(&format!(
+                "       ({n} lines of the deploy's output were skipped)"
+            )),
+            Err(broadcast::error::RecvError::Closed) => {
+                return Ok(Live::Done(deploys::wait(state, app_id, id).await?))
+            }
+        }
+    }
 }

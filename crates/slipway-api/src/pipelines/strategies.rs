@@ -299,7 +299,7 @@ async fn deploy_targets(
     ));
     let mut outcomes = Vec::new();
     for target in &targets {
-        outcomes.push(deploy_to(state, target, &slug, &env, origin, user_id, say).await?);
+        outcomes.push(deploy_to(state, target, stage, &slug, &env, origin, user_id, say).await?);
     }
     Ok(outcomes)
 }

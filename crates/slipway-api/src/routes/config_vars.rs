@@ -10,7 +10,9 @@
 //!   (what a POSIX shell accepts as a variable name; Heroku's rule too);
 //! - values: any text JSON can carry (quotes, newlines, `=`, unicode) except the NUL
 //!   character, which no environment variable can hold; at most 32 KiB each;
-//! - the whole config (names and values) at most 64 KiB.
+//! - the whole config (names and values) at most 64 KiB;
+//! - the dyno manager's own settings (`SLIPWAY_BOOT_TIMEOUT`, `SLIPWAY_LOG_RUNTIME_METRICS`,
+//!   see `slipway_runtime::settings`) must hold a value it accepts.
 //!
 //! Values are secrets: they are never logged, and never echoed in errors.
 
@@ -98,9 +100,12 @@ fn parse_changes(body: &Value) -> ApiResult<BTreeMap<String, Option<String>>> {
                 "{name} is {} bytes; a value may be at most {MAX_VALUE_BYTES} bytes (32 KiB)",
                 v.len()
             )),
-            Value::String(v) => {
-                changes.insert(name.clone(), Some(v.clone()));
-            }
+            Value::String(v) => match slipway_runtime::settings::check_setting(name, v) {
+                Ok(()) => {
+                    changes.insert(name.clone(), Some(v.clone()));
+                }
+                Err(e) => problems.push(e.to_string()),
+            },
             _ => problems.push(format!("{name} must be a string (or null to remove it)")),
         }
     }
@@ -128,13 +133,24 @@ async fn update_config(
 ) -> ApiResult<Json<Value>> {
     let app = find_app(&state, &app).await?;
     let changes = parse_changes(&body)?;
+    change_config(&state, &app, &user, &changes).await.map(Json)
+}
+
+/// Applies checked config changes: one release, the dynos restarted onto it (after a release
+/// phase, if the slug has one). Answers the app's config as it is now.
+pub(crate) async fn change_config(
+    state: &Shared,
+    app: &slipway_store::App,
+    user: &slipway_store::User,
+    changes: &BTreeMap<String, Option<String>>,
+) -> ApiResult<Value> {
     // Held across the release and the converge: two changes never converge out of order.
     let lock = state.app_lock(AppLock::Release, &app.id);
     let guard = lock.lock_owned().await;
     // With a release phase the release is created `Pending`, the phase runs in the
     // background (holding the lock), and only a succeeded release is converged onto.
     let release_command = match state.store.current_release(&app.id).await? {
-        Some(current) => crate::oneoff::release_command(&state, &current).await?,
+        Some(current) => crate::oneoff::release_command(state, &current).await?,
         None => None,
     };
     let status = match release_command {
@@ -143,10 +159,10 @@ async fn update_config(
     };
     let outcome = state
         .store
-        .update_config(&app.id, &changes, MAX_CONFIG_BYTES, &user.id, status)
+        .update_config(&app.id, changes, MAX_CONFIG_BYTES, &user.id, status)
         .await?;
     match outcome {
-        ConfigOutcome::Unchanged(config) => Ok(Json(json!(config))),
+        ConfigOutcome::Unchanged(config) => Ok(json!(config)),
         ConfigOutcome::TooLarge { bytes, limit } => Err(ApiError::invalid(format!(
             "{}'s config vars would take {bytes} bytes (names and values together); the limit is {limit} bytes (64 KiB). Nothing was changed.",
             app.name
@@ -171,9 +187,9 @@ async fn update_config(
                     command,
                     guard,
                 ),
-                None => converge_app(&state, &app.id).await?,
+                None => converge_app(state, &app.id).await?,
             }
-            Ok(Json(json!(config)))
+            Ok(json!(config))
         }
     }
 }

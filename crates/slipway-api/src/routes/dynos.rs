@@ -46,17 +46,6 @@ pub fn routes() -> Router<Shared> {
         .route("/dynos/attach/{secret}", get(crate::oneoff::attach))
 }
 
-/// Process type -> size, from the formation.
-async fn sizes(state: &Shared, app_id: &str) -> ApiResult<HashMap<String, String>> {
-    Ok(state
-        .store
-        .formation(app_id)
-        .await?
-        .into_iter()
-        .map(|f| (f.process_type, f.size))
-        .collect())
-}
-
 const DEFAULT_SIZE: &str = "standard-1X";
 
 async fn list_dynos(
@@ -72,7 +61,6 @@ async fn list_dynos(
         .into_iter()
         .map(|r| (r.version, r.id))
         .collect();
-    let sizes = sizes(&state, &app.id).await?;
     let dynos = state.dynos.list(&app.id);
     let mut list: Vec<Value> = dynos
         .iter()
@@ -81,9 +69,6 @@ async fn list_dynos(
                 &app,
                 d,
                 releases.get(&d.release_version).map(String::as_str),
-                sizes
-                    .get(&d.process_type)
-                    .map_or(DEFAULT_SIZE, String::as_str),
             )
         })
         .collect();
@@ -128,11 +113,7 @@ async fn dyno_info(
         .await
         .ok()
         .map(|r| r.id);
-    let sizes = sizes(&state, &app.id).await?;
-    let size = sizes
-        .get(&d.process_type)
-        .map_or(DEFAULT_SIZE, String::as_str);
-    Ok(Json(views::dyno(&app, &d, release_id.as_deref(), size)))
+    Ok(Json(views::dyno(&app, &d, release_id.as_deref())))
 }
 
 fn restarted(names: Vec<String>) -> Response {

@@ -123,9 +123,71 @@ async fn patch(
     Ok(())
 }
 
+/// `labs`: `[+] log-runtime-metrics  Emit dyno ...` (`+` when on), as Heroku lists them.
+pub async fn labs(client: &Client, app: &str) -> anyhow::Result<()> {
+    let features = client.get(&format!("{}/features", app_path(app))).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "=== App Features ({app})")?;
+    for f in features.as_array().into_iter().flatten() {
+        let mark = if f["enabled"] == Value::Bool(true) {
+            '+'
+        } else {
+            ' '
+        };
+        writeln!(
+            out,
+            "[{mark}] {:<22} {}",
+            f["name"].as_str().unwrap_or_default(),
+            f["description"].as_str().unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+/// `labs:enable F` / `labs:disable F` (`PATCH /apps/A/features/F`): the server sets or unsets
+/// the feature's config var, a new release the dynos restart onto (Heroku's features need a
+/// restart too).
+pub async fn labs_set(client: &Client, app: &str, name: &str, on: bool) -> anyhow::Result<()> {
+    let req = client
+        .request(
+            Method::PATCH,
+            &format!("{}/features/{}", app_path(app), urlencoding_path(name)),
+        )
+        .json(&serde_json::json!({ "enabled": on }));
+    let doing = format!(
+        "{} {name} for {app} and restarting it",
+        if on { "Enabling" } else { "Disabling" }
+    );
+    progress(&doing, client.send(req)).await?;
+    eprintln!("done, {}", latest_version(client, app).await?);
+    Ok(())
+}
+
+/// A feature name as one path segment: anything but `[A-Za-z0-9-_.]` percent-encoded.
+fn urlencoding_path(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feature_names_are_one_path_segment() {
+        assert_eq!(
+            urlencoding_path("log-runtime-metrics"),
+            "log-runtime-metrics"
+        );
+        assert_eq!(urlencoding_path("a/../b c"), "a%2F..%2Fb%20c");
+    }
 
     #[test]
     fn values_are_quoted_for_the_shell_round_trip() {

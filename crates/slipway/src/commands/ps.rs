@@ -61,16 +61,33 @@ pub async fn list(client: &Client, app: &str, json: bool) -> anyhow::Result<()> 
         {
             writeln!(
                 out,
-                "{}: {} {} (v{})",
+                "{}: {} {} (v{}){}",
                 s(d, "name"),
                 s(d, "state"),
                 when(&d["updated_at"]),
-                d["release"]["version"]
+                d["release"]["version"],
+                memory(d)
             )?;
         }
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// ` mem 21.4 MB / 512 MB` for a dyno whose memory was measured, else nothing.
+fn memory(d: &Value) -> String {
+    const MB: f64 = 1024.0 * 1024.0;
+    match (
+        d["memory_total_bytes"].as_u64(),
+        d["memory_quota_bytes"].as_u64(),
+    ) {
+        (Some(used), Some(quota)) => format!(
+            " mem {:.1} MB / {:.0} MB",
+            used as f64 / MB,
+            quota as f64 / MB
+        ),
+        _ => String::new(),
+    }
 }
 
 /// One `ps:scale` argument: `web=2`, `worker+1`, `worker-1`, optionally with a size
