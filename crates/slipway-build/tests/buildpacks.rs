@@ -169,20 +169,22 @@ fn pyc_flags(path: &Path) -> u32 {
     u32::from_le_bytes(bytes[4..8].try_into().expect("pyc header"))
 }
 
-/// `.pyc` files under `dir` with a modification time: an unpacked slug has none (all zero), so
-/// these were written after unpacking.
-fn pyc_written_since_unpack(dir: &Path, found: &mut Vec<PathBuf>) {
+/// The `.pyc` files under `dir` and their inodes (Python replaces a `.pyc` it rewrites with a
+/// new file).
+fn pyc_files(dir: &Path) -> BTreeMap<PathBuf, u64> {
     use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeMap::new();
     for entry in std::fs::read_dir(dir).expect("read_dir") {
         let entry = entry.expect("entry");
         let path = entry.path();
         let meta = entry.metadata().expect("meta");
         if meta.is_dir() {
-            pyc_written_since_unpack(&path, found);
-        } else if path.extension().is_some_and(|e| e == "pyc") && meta.mtime() != 0 {
-            found.push(path);
+            found.extend(pyc_files(&path));
+        } else if path.extension().is_some_and(|e| e == "pyc") {
+            found.insert(path, meta.ino());
         }
     }
+    found
 }
 
 fn write_exe(path: &Path, text: &str) {
@@ -275,6 +277,7 @@ async fn flask_app_installs_from_pypi_runs_from_another_path_and_rebuilds_from_c
     // PEP 552 flags: 0b11 checked hash (the app's own code), 0b01 unchecked (installed).
     assert_eq!(pyc_flags(&app_pyc), 0b11, "{}", app_pyc.display());
     assert_eq!(pyc_flags(&flask_pyc), 0b01, "{}", flask_pyc.display());
+    let before = pyc_files(&unpacked);
     let out = in_dyno(
         &unpacked,
         "python -c 'import app, flask, gunicorn.app.wsgiapp; print(app.index())'",
@@ -283,8 +286,13 @@ async fn flask_app_installs_from_pypi_runs_from_another_path_and_rebuilds_from_c
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Hello from Flask"),
         "{out:?}"
     );
-    let mut written = Vec::new();
-    pyc_written_since_unpack(&unpacked, &mut written);
+    let after = pyc_files(&unpacked);
+    let written: Vec<&PathBuf> = after
+        .iter()
+        .filter(|(path, inode)| before.get(*path) != Some(inode))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(!before.is_empty());
     assert!(written.is_empty(), "imports wrote bytecode: {written:?}");
 
     // Changed requirements: installed again.

@@ -702,6 +702,21 @@ pub enum Command {
         #[arg(long)]
         confirm: Option<String>,
     },
+    /// Set variables of a target's environment (written into each release deployed after)
+    #[command(name = "targets:env:set")]
+    TargetsEnvSet {
+        name: String,
+        /// KEY=VALUE (secret: never shown)
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove variables from a target's environment
+    #[command(name = "targets:env:unset")]
+    TargetsEnvUnset {
+        name: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
     /// Trust a host's new key after checking it
     #[command(name = "targets:trust")]
     TargetsTrust {

@@ -293,6 +293,12 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             hosts::targets_exec(c, &name, &command.join(" ")).await
         }
         Command::TargetsUnlock { name } => hosts::targets_unlock(c, &name).await,
+        Command::TargetsEnvSet { name, pairs } => {
+            hosts::targets_env(c, &name, hosts::parse_env(&pairs)?, Vec::new()).await
+        }
+        Command::TargetsEnvUnset { name, keys } => {
+            hosts::targets_env(c, &name, Default::default(), keys).await
+        }
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }

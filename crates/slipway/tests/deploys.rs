@@ -338,9 +338,12 @@ fn a_target_secret_never_appears_in_any_output() {
     for shown in ["pre=[masked]", "post=[masked]", "smoke=[masked]"] {
         assert!(out.contains(shown), "{shown} in the push output:\n{out}");
     }
-    let report = bodies
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the webhook got the report");
+    let report = wait_for(60, "the report of deploy #2", || {
+        let body = bodies
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the webhook got the report");
+        (json(&body)["deploy"]["number"] == 2).then_some(body)
+    });
     let info = server.cli_ok(&repo, &["deploys:info", "2"]);
     let info_json = server.cli_ok(&repo, &["deploys:info", "2", "--json"]);
     let logs = server.cli_ok(&repo, &["logs", "-n", "1500"]);
@@ -383,17 +386,15 @@ fn webhooks_receive_the_report_of_a_failed_deploy() {
         r#"{"slipway": {"smoke": "exit 3", "watch": 0}}"#,
     );
     assert!(!ok);
-    // Deploy #1's report can arrive first: the second deploy ends its watch window.
-    let report = loop {
-        let report = json(
-            &bodies
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("report"),
-        );
-        if report["deploy"]["number"] == 2 {
-            break report;
-        }
-    };
+    // The first push's deploy was still watching: the second ends its window, and its report
+    // comes first.
+    let report = wait_for(60, "the report of deploy #2", || {
+        let body = bodies
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("report");
+        let report = json(&body);
+        (report["deploy"]["number"] == 2).then_some(report)
+    });
     let d = &report["deploy"];
     assert_eq!(d["status"], "rolled_back", "{report:#}");
     assert!(

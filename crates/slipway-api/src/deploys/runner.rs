@@ -277,6 +277,7 @@ impl Run {
                     slug_path: slug.path.clone().into(),
                     slug_checksum: slug.checksum.clone(),
                     env: app.config.clone(),
+                    healthchecks: Vec::new(),
                 };
                 self.one_off(
                     Step::PreDeploy,
@@ -738,9 +739,14 @@ impl Run {
         }
         self.out(Step::Deploy, &format!("Released v{}", release.version));
         let events = state.dynos.subscribe();
-        crate::control::converge_app(state, &app.id)
+        let converged = crate::control::converge_app(state, &app.id)
             .await
             .map_err(|e| (e.message, true))?;
+        if let Some(message) = converged.message() {
+            // The new web dynos never became healthy: the release is failed and the previous
+            // one (code, config, formation) serves on, so there is nothing to roll back.
+            return Err((message, false));
+        }
         // Scaling and config changes need not wait for the dynos to boot.
         drop(guard);
         self.wait_web(app, release.version, events)
@@ -1219,9 +1225,12 @@ impl Run {
             crate::oneoff::finish_release(state, app, &release, &command, None).await?;
         }
         let events = state.dynos.subscribe();
-        crate::control::converge_app(state, &app.id)
+        let converged = crate::control::converge_app(state, &app.id)
             .await
             .map_err(|e| e.message)?;
+        if let Some(message) = converged.message() {
+            return Err(format!("the rollback did not go live: {message}"));
+        }
         drop(guard);
         if let Err(why) = self.wait_web(app, release.version, events).await {
             self.out(Step::Rollback, &why);

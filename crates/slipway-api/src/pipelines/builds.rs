@@ -309,6 +309,7 @@ async fn build_and_test(
         slug_path: slug_path.clone(),
         slug_checksum: info.checksum.clone(),
         env: test_env,
+        healthchecks: Vec::new(),
     };
     let mut on_line = |line: &str| live.line(&format!("       {line}"));
     let ran = run_command(
