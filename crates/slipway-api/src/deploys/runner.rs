@@ -340,7 +340,7 @@ impl Run {
             .state
             .logs
             .subscribe(self.app_id(), Filter::default(), 0);
-        let live_version = match self.release(&app, &slug).await {
+        let live_version = match self.release(&app, &slug, previous).await {
             Ok(v) => v,
             Err((why, went_live)) => {
                 self.step_end(Step::Deploy, StepStatus::Failed, &why).await;
@@ -660,7 +660,12 @@ impl Run {
 
     /// The deploy step: the release (with its release phase), live, its web dynos up.
     /// `Err((why, went_live))`.
-    async fn release(&self, app: &App, slug: &Slug) -> Result<i64, (String, bool)> {
+    async fn release(
+        &self,
+        app: &App,
+        slug: &Slug,
+        previous: Option<i64>,
+    ) -> Result<i64, (String, bool)> {
         let state = &self.state;
         let release_lock = state.app_lock(AppLock::Release, &app.id);
         let guard = release_lock.lock().await;
@@ -749,9 +754,20 @@ impl Run {
         }
         // Scaling and config changes need not wait for the dynos to boot.
         drop(guard);
-        self.wait_web(app, release.version, events)
-            .await
-            .map_err(|why| (why, true))?;
+        if let Err(why) = self.wait_web(app, release.version, events).await {
+            if previous.is_some() {
+                return Err((why, true));
+            }
+            // Nothing served before: as on Heroku, an app that crashes on its first release is
+            // released all the same (its requests get H10; `slipway logs` says why).
+            self.out(
+                Step::Deploy,
+                &format!(
+                    "{why}; nothing served before it, so v{} stays released (see `slipway logs`)",
+                    release.version
+                ),
+            );
+        }
         Ok(release.version)
     }
 
