@@ -11,6 +11,7 @@
 #
 #   bench/build.sh                          # 3 redeploys, release build
 #   RUNS=5 BIN=target/debug/slipway bench/build.sh
+#   BY_HAND=0 bench/build.sh                # without the by-hand comparison (much shorter)
 #
 # Needs root (runc), runc, git, python3 with venv, curl, and PyPI. Prints a Markdown table.
 set -euo pipefail
@@ -46,11 +47,20 @@ serves() { # APP TEXT: until the router serves TEXT from APP
   until curl -s -H "Host: $1.localhost" "http://127.0.0.1:$router/" | grep -q "$2"; do sleep 0.01; done
 }
 
-# deploy APP DIR TEXT: push DIR and wait until TEXT is served; prints milliseconds.
+# deploy APP DIR TEXT: push DIR and wait until TEXT is served; prints milliseconds. The push's
+# output is kept in $work/push.log, each line prefixed with the milliseconds since the push
+# began when it arrived (the build's phases), and a last line `<ms> (serving)`.
 deploy() {
-  local start; start=$(now_ms)
-  (cd "$2" && git push -q slipway main >"$work/push.log" 2>&1) || { cat "$work/push.log" >&2; exit 1; }
+  local start line; start=$(now_ms)
+  if ! (cd "$2" && git push slipway main 2>&1) | while IFS= read -r line; do
+    echo "$(( $(now_ms) - start )) $line"
+  done >"$work/push.log"; then
+    cat "$work/push.log" >&2
+    exit 1
+  fi
+  echo "$(( $(now_ms) - start )) (push finished)" >>"$work/push.log"
   serves "$1" "$3"
+  echo "$(( $(now_ms) - start )) (serving)" >>"$work/push.log"
   echo $(( $(now_ms) - start ))
 }
 
@@ -71,8 +81,10 @@ for i in $(seq "$RUNS"); do
   sed -i "s/Hello from Django[^<]*</Hello from Django $i</" "$work/django/mysite/urls.py"
   (cd "$work/django" && git add -A && git_q commit -qm "change $i")
   redeploys+=("$(deploy django "$work/django" "Hello from Django $i")")
+  cp "$work/push.log" "$work/redeploy-$i.log"
 done
 
+BY_HAND=${BY_HAND:-1}
 # The same redeploy by hand, with a warm pip cache (filled by the first round, not timed).
 hand=$work/by-hand
 by_hand() { # ROUND: prints milliseconds from checkout to first response
@@ -88,10 +100,12 @@ by_hand() { # ROUND: prints milliseconds from checkout to first response
   echo $(( $(now_ms) - start ))
   kill "$gunicorn"; wait "$gunicorn" 2>/dev/null || true; gunicorn=""
 }
-mkdir -p "$hand"
-by_hand >/dev/null
 hands=()
-for _ in $(seq "$RUNS"); do hands+=("$(by_hand)"); done
+if [ "$BY_HAND" = 1 ]; then
+  mkdir -p "$hand"
+  by_hand >/dev/null
+  for _ in $(seq "$RUNS"); do hands+=("$(by_hand)"); done
+fi
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "| deploy | push to serving (ms) |"
@@ -99,4 +113,12 @@ echo "|---|---|"
 echo "| Procfile-only app (examples/hello), first deploy | $t_hello |"
 echo "| Django app, first deploy (empty cache, PyPI) | $t_first |"
 echo "| Django app, cached redeploy, median of $RUNS (${redeploys[*]}) | $(median "${redeploys[@]}") |"
-echo "| by hand: venv + pip from warm cache + collectstatic + gunicorn, median of $RUNS (${hands[*]}) | $(median "${hands[@]}") |"
+if [ "$BY_HAND" = 1 ]; then
+  echo "| by hand: venv + pip from warm cache + collectstatic + gunicorn, median of $RUNS (${hands[*]}) | $(median "${hands[@]}") |"
+fi
+echo
+echo "Timeline of the last cached redeploy (ms since \`git push\` began, when each line arrived):"
+echo
+echo '```'
+grep -E '^[0-9]+ (remote: -----> |remote:        (Done|Released)|\(push finished\)|\(serving\))' "$work/redeploy-$RUNS.log" || true
+echo '```'

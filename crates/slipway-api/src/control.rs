@@ -1,7 +1,11 @@
 //! Control-plane operations, shared by the API handlers, git pushes and server start-up.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use slipway_core::appjson::{AppJson, Healthcheck};
 use slipway_core::AppName;
-use slipway_runtime::{DynoSize, ProcessSpec, ReleaseSpec};
+use slipway_runtime::{DynoSize, ProcessSpec, ReleaseSpec, RolloutOutcome};
 use slipway_store::{App, User};
 
 use crate::error::{ApiError, ApiResult};
@@ -108,6 +112,18 @@ pub async fn destroy_app(state: &Shared, app: &App) -> ApiResult<Removed> {
     let dynos = state.dynos.list(&app.id).len();
     state.dynos.stop_app(&app.id).await;
     state.store.delete_app(&app.id).await?;
+    // The release store keeps only what a target's host runs (issue 11).
+    match slipway_hosts::ReleaseStore::new(&state.settings.data_dir)
+        .forget(&state.store, &app.name)
+        .await
+    {
+        Ok(removed) => {
+            tracing::info!(app = %app.name, removed = removed.len(), "removed the app's releases from the release store")
+        }
+        Err(e) => {
+            tracing::warn!(app = %app.name, error = %e, "could not remove the app's releases from the release store")
+        }
+    }
     let mut repository = false;
     for (dir, is_repo) in [
         (state.settings.repo_dir(&app.id), true),
@@ -196,10 +212,20 @@ async fn desired(
     state: &Shared,
     app_id: &str,
 ) -> ApiResult<Option<(ReleaseSpec, Vec<ProcessSpec>)>> {
-    let Some(release) = state.store.current_release(app_id).await? else {
+    Ok(desired_release(state, app_id)
+        .await?
+        .map(|(_, spec, specs)| (spec, specs)))
+}
+
+/// [`desired`], with the release record.
+async fn desired_release(
+    state: &Shared,
+    app_id: &str,
+) -> ApiResult<Option<(slipway_store::Release, ReleaseSpec, Vec<ProcessSpec>)>> {
+    let Some(record) = state.store.current_release(app_id).await? else {
         return Ok(None);
     };
-    let Some(release) = release_spec_of(state, app_id, release).await? else {
+    let Some(release) = release_spec_of(state, app_id, record.clone()).await? else {
         return Ok(None);
     };
     let formation = state.store.formation(app_id).await?;
@@ -213,7 +239,7 @@ async fn desired(
             size: DynoSize::parse(&f.size).unwrap_or_else(DynoSize::standard_1x),
         })
         .collect();
-    Ok(Some((release, specs)))
+    Ok(Some((record, release, specs)))
 }
 
 /// Release `version` of an app as the dyno manager runs it (for re-adopting a dyno a previous
@@ -239,21 +265,135 @@ async fn release_spec_of(
         return Ok(None);
     };
     let slug = state.store.slug(slug_id).await?;
+    let healthchecks = slug_healthchecks(&slug).await?;
     Ok(Some(ReleaseSpec {
         app_id: app_id.to_string(),
         version: release.version,
         slug_path: slug.path.into(),
         slug_checksum: slug.checksum,
         env: release.config,
+        healthchecks,
     }))
 }
 
-/// Brings the app's dynos in line with its current release and formation. Callers that
-/// changed the release or formation hold the app's `Release` lock across the change and this
-/// call, so two changes never converge out of order.
-pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<()> {
+/// The slug's `app.json` `healthchecks.web[]` (none without an `app.json`). Read from the slug
+/// itself, so deploys, config changes and rollbacks all use the checks of the code they run;
+/// kept in memory by slug checksum (a slug never changes).
+async fn slug_healthchecks(slug: &slipway_store::Slug) -> ApiResult<Vec<Healthcheck>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Vec<Healthcheck>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(checks) = lock().get(&slug.checksum) {
+        return Ok(checks.clone());
+    }
+    let path = std::path::PathBuf::from(&slug.path);
+    let read = tokio::task::spawn_blocking(move || {
+        slipway_build::read_slug_file(&path, "app.json", slipway_core::appjson::MAX_APP_JSON)
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the slug's app.json", e))?
+    .map_err(|e| ApiError::internal("reading the slug's app.json", e))?;
+    let checks = match read {
+        None => Vec::new(),
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            AppJson::parse(&text)
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "{e}; fix app.json and push again (its health checks decide when new dynos get traffic)"
+                    ))
+                })?
+                .healthchecks
+        }
+    };
+    let mut cache = lock();
+    if cache.len() >= 1024 {
+        cache.clear();
+    }
+    cache.insert(slug.checksum.clone(), checks.clone());
+    Ok(checks)
+}
+
+/// How converging an app onto its current release ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Converged {
+    /// The dynos run the current release: its new web dynos are up and past their health
+    /// checks and get the traffic; the replaced ones drain and stop in the background. Also
+    /// when the app has nothing to run yet.
+    Ok,
+    /// The current release's new web dynos never became healthy (a failed health check, or a
+    /// crash or R10 while the previous release served). The release was marked failed, the
+    /// app's config and formation are the previous release's again, and its dynos keep
+    /// serving. `reason` names the dyno, release and check: `web.1 of v3 failed health check
+    /// /health: 500 (5 attempts)`.
+    Unhealthy { version: i64, reason: String },
+}
+
+impl Converged {
+    /// What the user is told when the release did not go live.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Converged::Ok => None,
+            Converged::Unhealthy { version, reason } => Some(format!(
+                "v{version} was not released: {reason}. The previous release keeps serving."
+            )),
+        }
+    }
+
+    /// `Unhealthy` as the API answers it: 422 `unhealthy_release`.
+    pub fn into_result(self) -> ApiResult<()> {
+        match self.message() {
+            None => Ok(()),
+            Some(message) => Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "unhealthy_release",
+                message,
+            )),
+        }
+    }
+}
+
+/// Brings the app's dynos in line with its current release and formation, and waits until
+/// traffic has moved to the release's new web dynos or they failed to become healthy (then
+/// the release is failed and the previous one restored: [`Converged::Unhealthy`]). Callers
+/// that changed the release or formation hold the app's `Release` lock across the change and
+/// this call, so two changes never converge out of order.
+pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<Converged> {
+    let Some((record, release, specs)) = desired_release(state, app_id).await? else {
+        return Ok(Converged::Ok);
+    };
+    let version = release.version;
+    // A rollout to a new release (or a first one) can fail the release; a formation change
+    // of the running release cannot.
+    let new_release = state
+        .dynos
+        .list(app_id)
+        .iter()
+        .all(|d| d.release_version != version);
+    let outcome = state.dynos.converge(release, &specs).outcome().await;
+    let RolloutOutcome::Unhealthy { reason } = outcome else {
+        return Ok(Converged::Ok);
+    };
+    if !new_release {
+        state.api_log(app_id, &format!("Scaling v{version}: {reason}"));
+        return Ok(Converged::Ok);
+    }
+    state
+        .store
+        .fail_unhealthy_release(app_id, &record.id)
+        .await?;
+    state.api_log(
+        app_id,
+        &format!("Release v{version} failed: {reason}; the previous release keeps serving"),
+    );
+    Ok(Converged::Unhealthy { version, reason })
+}
+
+/// [`converge_app`] without waiting for the new dynos (scaling: the API answers at once, as
+/// Heroku's does).
+pub async fn start_converge(state: &Shared, app_id: &str) -> ApiResult<()> {
     if let Some((release, specs)) = desired(state, app_id).await? {
-        state.dynos.converge(release, &specs);
+        drop(state.dynos.converge(release, &specs));
     }
     Ok(())
 }
@@ -380,8 +520,8 @@ pub async fn restart_dynos(
         })
         .filter(|name| running.contains(name))
         .collect();
-    state.dynos.converge(release.clone(), &first);
-    state.dynos.converge(release, &specs);
+    drop(state.dynos.converge(release.clone(), &first));
+    drop(state.dynos.converge(release, &specs));
     Ok(restarted)
 }
 

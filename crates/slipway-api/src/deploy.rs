@@ -6,10 +6,12 @@
 //! which the hook prints (git shows it as `remote:` lines). The last line says whether the
 //! build succeeded; the hook's exit status makes git accept or reject the push.
 //!
-//! A build that fails changes nothing but its own build record: the slug and release are only
-//! created at the end, the formation and release in one transaction. A slug that declares
-//! `release:` makes a pending release whose release phase runs before it goes live
-//! (`oneoff.rs`); if it fails, the release is marked failed and the push is rejected.
+//! A build that fails changes nothing but its own build record. `app.json` is checked first
+//! (a bad deploy definition is refused naming the file, key and reason). The built slug is
+//! then handed to the deploy runner (`deploys/`), which makes the release (with its release
+//! phase) and checks it: the push streams the runner's steps and waits up to the smoke test;
+//! anything failing up to there rejects the push. The watch window goes on after the push
+//! returns (`slipway deploys:wait N`).
 
 use std::convert::Infallible;
 
@@ -20,14 +22,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use slipway_build::{BuildEvent, CompileSpec, Compiled, SlugInfo};
-use slipway_store::{App, Build, BuildStatus, NewSlug, Release, ReleaseStatus, Slug, User};
+use slipway_store::{App, Build, BuildStatus, NewSlug, Release, Slug, User};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::presented_token;
-use crate::control::converge_app;
+use crate::deploys::{self, DeployOptions, DeployRequest, DeploySource, DeployStatus, Msg};
 use crate::error::ApiError;
 use crate::push::{PushGrant, RefUpdate};
 use crate::state::{AppLock, Shared};
@@ -260,6 +262,11 @@ async fn build_and_release(
     .await
     .map_err(|e| format!("the build was interrupted: {e}"))?
     .map_err(|e| e.to_string())?;
+    // The deploy definition is checked before anything is built: a bad one names the file,
+    // the key and the reason, and the push is rejected.
+    let spec = slipway_core::AppJson::read(&src)
+        .and_then(|parsed| slipway_core::DeploySpec::from_app_json(parsed.as_ref()))
+        .map_err(|e| e.to_string())?;
 
     let slug_dir = settings.slug_dir(&app.id);
     tokio::fs::create_dir_all(&slug_dir)
@@ -294,57 +301,51 @@ async fn build_and_release(
     };
     state.api_log(&app.id, &format!("Build succeeded by user {}", user.email));
     out.line("-----> Launching...").await;
-    let release_lock = state.app_lock(AppLock::Release, &app.id);
-    let _release_guard = release_lock.lock().await;
-    let description = format!("Deploy {short}");
-    // With a release phase the release is pending (never current) until its command passed.
-    let release_command = slug.process_types.get("release").cloned();
-    let status = match release_command {
-        Some(_) => ReleaseStatus::Pending,
-        None => ReleaseStatus::Succeeded,
-    };
-    let release = match state
+    let secrets = crate::routes::secrets_of(state, &app.id)
+        .await
+        .map_err(|e| format!("could not read the app's deploy secrets: {}", e.message))?;
+    let started = deploys::start(
+        state,
+        DeployRequest {
+            app_id: app.id.clone(),
+            source: DeploySource::Build {
+                build_id: build.id.clone(),
+                slug_id: slug.id.clone(),
+                commit: build.commit_sha.clone(),
+            },
+            user_id: user.id.clone(),
+            options: DeployOptions::default(),
+            secrets,
+            spec: Some(spec),
+        },
+    )
+    .await
+    .map_err(|e| format!("the deploy could not start: {e}"))?;
+    let outcome = follow_deploy(state, app, &started, out).await;
+    let record = state
         .store
-        .deploy_release_with_status(&app.id, &slug, &description, &user.id, status)
+        .deploy(&app.id, &started.0)
         .await
-    {
-        Ok(release) => release,
-        Err(e) => {
-            // A failed deploy leaves nothing behind: no release (one transaction), no slug.
-            tracing::error!(error = %e, "could not record the release");
-            let _ = state.store.delete_slug(&slug.id).await;
-            let _ = tokio::fs::remove_file(&slug_path).await;
-            return Err("Internal error while recording the release; see the server log.".into());
+        .map_err(|e| format!("could not read the deploy: {e}"))?;
+    let release = match record.release_version {
+        Some(v) => state.store.release(&app.id, &v.to_string()).await.ok(),
+        None => None,
+    };
+    if let Some(release) = &release {
+        // The release store keeps every released slug, for deploys to the user's own hosts.
+        let entry = slipway_hosts::store::Entry {
+            name: app.name.clone(),
+            tag: format!("v{}", release.version),
+            commit_sha: build.commit_sha.clone(),
+            metadata: serde_json::json!({ "app": app.name, "process_types": compiled.process_types }),
+        };
+        let kept = slipway_hosts::ReleaseStore::new(&settings.data_dir);
+        if let Err(e) = kept
+            .keep_file(&state.store, entry, &slug_path, &info.checksum)
+            .await
+        {
+            tracing::warn!(error = %e, "could not keep the slug in the release store");
         }
-    };
-    state.api_log(&app.id, &format!("{description} by user {}", user.email));
-    // The release store keeps every built slug, for deploys to the user's own hosts.
-    let entry = slipway_hosts::store::Entry {
-        name: app.name.clone(),
-        tag: format!("v{}", release.version),
-        commit_sha: build.commit_sha.clone(),
-        metadata: serde_json::json!({ "app": app.name, "process_types": compiled.process_types }),
-    };
-    let kept = slipway_hosts::ReleaseStore::new(&settings.data_dir);
-    if let Err(e) = kept
-        .keep_file(&state.store, entry, &slug_path, &info.checksum)
-        .await
-    {
-        tracing::warn!(error = %e, "could not keep the slug in the release store");
-    }
-    state.api_log(
-        &app.id,
-        &format!(
-            "Release v{} created by user {}",
-            release.version, user.email
-        ),
-    );
-    if let Some(command) = release_command {
-        // A failure leaves the previous release serving; the push is rejected.
-        crate::oneoff::finish_release(state, app, &release, &command, Some(&out.tx)).await?;
-    }
-    if let Err(e) = converge_app(state, &app.id).await {
-        tracing::error!(error = ?e, "could not start dynos for the new release");
     }
     let gc_state = state.clone();
     tokio::spawn(tracing::Instrument::instrument(
@@ -355,14 +356,95 @@ async fn build_and_release(
         },
         tracing::info_span!("gc"),
     ));
-    out.line(&format!("       Released v{}", release.version))
-        .await;
-    out.line(&format!(
-        "       {} deployed to slipway",
-        settings.web_url(&app.name)
-    ))
-    .await;
-    Ok((slug, release))
+    match (outcome, release) {
+        (Ok(watching), Some(release)) => {
+            out.line(&format!(
+                "       {} deployed to slipway",
+                settings.web_url(&app.name)
+            ))
+            .await;
+            if watching {
+                out.line(&format!(
+                    "-----> Deploy #{n} is live and watched (log test, heartbeat); `slipway deploys:wait {n} -a {}` follows it",
+                    app.name,
+                    n = record.number
+                ))
+                .await;
+            }
+            Ok((slug, release))
+        }
+        (Ok(_), None) => Err(format!("deploy #{} made no release", record.number)),
+        (Err(status), _) => {
+            let why = if record.failure.is_empty() {
+                status.as_str().to_string()
+            } else {
+                record.failure.clone()
+            };
+            Err(format!(
+                "Deploy #{} {}: {why}",
+                record.number,
+                status.as_str()
+            ))
+        }
+    }
+}
+
+/// Streams a push's deploy to the pusher until its smoke test is done: `Ok(true)` when the
+/// watch window began, `Ok(false)` when the deploy passed outright, `Err(status)` otherwise.
+/// A pusher that hangs up cancels the deploy (nothing goes live if it had not yet).
+async fn follow_deploy(
+    state: &Shared,
+    app: &App,
+    id: &deploys::DeployId,
+    out: &mut Output,
+) -> Result<bool, DeployStatus> {
+    let follow = match deploys::follow(state, &app.id, &id.0).await {
+        Ok(f) => f,
+        Err(_) => return Err(DeployStatus::Interrupted),
+    };
+    let mut rx = follow.rx;
+    let mut backlog = follow.backlog.into_iter();
+    loop {
+        let msg = match backlog.next() {
+            Some(m) => m,
+            None => {
+                let Some(r) = rx.as_mut() else {
+                    return Err(DeployStatus::Interrupted);
+                };
+                tokio::select! {
+                    m = r.recv() => match m {
+                        Ok(m) => m,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            return Err(DeployStatus::Interrupted)
+                        }
+                    },
+                    () = out.tx.closed() => {
+                        let _ = deploys::cancel(state, &app.id, &id.0).await;
+                        // Keep reading: the deploy says how far it got.
+                        out_gone_wait(r).await;
+                        return Err(DeployStatus::Cancelled);
+                    }
+                }
+            }
+        };
+        match msg {
+            Msg::Line(l) => out.line(&l).await,
+            Msg::Watching => return Ok(true),
+            Msg::Done(DeployStatus::Passed) => return Ok(false),
+            Msg::Done(s) => return Err(s),
+        }
+    }
+}
+
+/// After the pusher went away: waits for the cancelled deploy to finish.
+async fn out_gone_wait(rx: &mut tokio::sync::broadcast::Receiver<Msg>) {
+    loop {
+        match rx.recv().await {
+            Ok(Msg::Done(_)) | Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            _ => {}
+        }
+    }
 }
 
 /// Runs the app's buildpacks on `src` and packs the slug, carrying the build's events to the

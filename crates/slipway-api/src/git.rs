@@ -31,7 +31,7 @@ pub fn routes() -> Router<Shared> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Service {
+pub(crate) enum Service {
     Receive,
     Upload,
 }
@@ -44,7 +44,7 @@ impl Service {
         }
     }
 
-    fn subcommand(self) -> &'static str {
+    pub(crate) fn subcommand(self) -> &'static str {
         match self {
             Service::Receive => "receive-pack",
             Service::Upload => "upload-pack",
@@ -52,7 +52,7 @@ impl Service {
     }
 }
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut response = (status, format!("{}\n", message.into())).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -73,27 +73,7 @@ async fn authorize(
     headers: &HeaderMap,
     repo: &str,
 ) -> Result<(User, App), Response> {
-    let token = presented_token(headers).filter(|t| !t.is_empty() && t.len() <= 256);
-    let user = match token {
-        Some(t) => match state.store.user_by_token_hash(&token_hash(&t)).await {
-            Ok(user) => user,
-            // Not the user's fault: never answer a broken database with "wrong password".
-            Err(e) => {
-                tracing::error!(error = %e, "checking git credentials");
-                return Err(text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Internal error while checking your credentials; see the server log.",
-                ));
-            }
-        },
-        None => None,
-    };
-    let Some(user) = user else {
-        return Err(text(
-            StatusCode::UNAUTHORIZED,
-            "Authentication required: use your slipway API token as the password (`slipway git:remote` sets this up).",
-        ));
-    };
+    let user = authenticate(state, headers).await?;
     let Some(name) = repo.strip_suffix(".git") else {
         return Err(text(
             StatusCode::NOT_FOUND,
@@ -116,9 +96,47 @@ async fn authorize(
     }
 }
 
+/// The user whose API token the request presents (as the Basic password), or git's 401.
+pub(crate) async fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<User, Response> {
+    let token = presented_token(headers).filter(|t| !t.is_empty() && t.len() <= 256);
+    let user = match token {
+        Some(t) => match state.store.user_by_token_hash(&token_hash(&t)).await {
+            Ok(user) => user,
+            // Not the user's fault: never answer a broken database with "wrong password".
+            Err(e) => {
+                tracing::error!(error = %e, "checking git credentials");
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error while checking your credentials; see the server log.",
+                ));
+            }
+        },
+        None => None,
+    };
+    let Some(user) = user else {
+        return Err(text(
+            StatusCode::UNAUTHORIZED,
+            "Authentication required: use your slipway API token as the password (`slipway git:remote` sets this up).",
+        ));
+    };
+    Ok(user)
+}
+
 #[derive(Deserialize)]
-struct InfoRefsQuery {
-    service: Option<String>,
+pub(crate) struct InfoRefsQuery {
+    pub(crate) service: Option<String>,
+}
+
+/// The service an `info/refs` request asks for, or the answer to a dumb-HTTP client.
+pub(crate) fn advertised_service(query: &InfoRefsQuery) -> Result<Service, Box<Response>> {
+    match query.service.as_deref() {
+        Some("git-receive-pack") => Ok(Service::Receive),
+        Some("git-upload-pack") => Ok(Service::Upload),
+        _ => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "Only git's smart HTTP protocol is supported; use git 1.6.6 or newer.",
+        ))),
+    }
 }
 
 async fn info_refs(
@@ -127,26 +145,29 @@ async fn info_refs(
     Query(query): Query<InfoRefsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let service = match query.service.as_deref() {
-        Some("git-receive-pack") => Service::Receive,
-        Some("git-upload-pack") => Service::Upload,
-        _ => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "Only git's smart HTTP protocol is supported; use git 1.6.6 or newer.",
-            )
-        }
+    let service = match advertised_service(&query) {
+        Ok(service) => service,
+        Err(response) => return *response,
     };
     let (_user, app) = match authorize(&state, &headers, &repo).await {
         Ok(pair) => pair,
         Err(response) => return response,
     };
+    advertise(service, &state.settings.repo_dir(&app.id), &headers).await
+}
+
+/// `info/refs?service=...` of one repository, once the caller is authorized.
+pub(crate) async fn advertise(
+    service: Service,
+    repo_dir: &std::path::Path,
+    headers: &HeaderMap,
+) -> Response {
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg(service.subcommand())
         .args(["--stateless-rpc", "--advertise-refs"])
-        .arg(state.settings.repo_dir(&app.id))
+        .arg(repo_dir)
         .stdin(Stdio::null());
-    if let Some(proto) = git_protocol(&headers) {
+    if let Some(proto) = git_protocol(headers) {
         cmd.env("GIT_PROTOCOL", proto);
     }
     let output = match cmd.output().await {
@@ -211,6 +232,67 @@ async fn rpc(
         Err(response) => return response,
     };
     let settings = &state.settings;
+    let repo_dir = settings.repo_dir(&app.id);
+    let grant_state = state.clone();
+    let span = tracing::info_span!("git", app = %app.name, service = service.subcommand());
+    serve_rpc(
+        &state,
+        &repo_dir,
+        headers,
+        body,
+        service,
+        span,
+        move |updates| {
+            let token = new_token();
+            grant_state.pushes.grant(
+                &token,
+                PushGrant {
+                    app_id: app.id.clone(),
+                    user_id: user.id.clone(),
+                    updates,
+                },
+            );
+            let settings = &grant_state.settings;
+            let end_state = grant_state.clone();
+            let end_token = token.clone();
+            ReceiveHooks {
+                hooks_dir: settings.hooks_dir(),
+                env: vec![
+                    (
+                        "SLIPWAY_HOOK_URL",
+                        format!("http://{}/internal/push-builds", settings.api_addr),
+                    ),
+                    ("SLIPWAY_PUSH_TOKEN", token),
+                    ("SLIPWAY_APP", app.name.clone()),
+                ],
+                end: Box::new(move || end_state.pushes.end(&end_token)),
+            }
+        },
+    )
+    .await
+}
+
+/// The hooks a push runs with: `core.hooksPath`, their environment (the push's grant), and
+/// what ends the grant once `git receive-pack` exits.
+pub(crate) struct ReceiveHooks {
+    pub hooks_dir: std::path::PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    pub end: Box<dyn FnOnce() + Send>,
+}
+
+/// Runs `git receive-pack`/`upload-pack` in stateless-rpc mode on `repo_dir` for an authorized
+/// request. For a push, `grant` gets its ref updates (read before the pack) and answers with
+/// the hooks to run.
+pub(crate) async fn serve_rpc(
+    state: &Shared,
+    repo_dir: &std::path::Path,
+    headers: HeaderMap,
+    body: Body,
+    service: Service,
+    span: tracing::Span,
+    grant: impl FnOnce(Vec<crate::push::RefUpdate>) -> ReceiveHooks,
+) -> Response {
+    let settings = &state.settings;
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
@@ -224,7 +306,7 @@ async fn rpc(
         Box::new(raw)
     };
     let mut cmd = tokio::process::Command::new("git");
-    let mut push_token = None;
+    let mut push_end: Option<Box<dyn FnOnce() + Send>> = None;
     let mut head = Vec::new();
     if service == Service::Receive {
         // The ref updates come first: the hook's grant covers exactly these.
@@ -235,28 +317,17 @@ async fn rpc(
             }
             Err(e) => return text(StatusCode::BAD_REQUEST, format!("Push refused: {e}.")),
         };
-        let token = new_token();
-        state.pushes.grant(
-            &token,
-            PushGrant {
-                app_id: app.id.clone(),
-                user_id: user.id.clone(),
-                updates,
-            },
-        );
+        let hooks = grant(updates);
         cmd.arg("-c")
-            .arg(format!("core.hooksPath={}", settings.hooks_dir().display()))
-            .env(
-                "SLIPWAY_HOOK_URL",
-                format!("http://{}/internal/push-builds", settings.api_addr),
-            )
-            .env("SLIPWAY_PUSH_TOKEN", &token)
-            .env("SLIPWAY_APP", &app.name);
-        push_token = Some(token);
+            .arg(format!("core.hooksPath={}", hooks.hooks_dir.display()));
+        for (key, value) in hooks.env {
+            cmd.env(key, value);
+        }
+        push_end = Some(hooks.end);
     }
     cmd.arg(service.subcommand())
         .arg("--stateless-rpc")
-        .arg(settings.repo_dir(&app.id))
+        .arg(repo_dir)
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .stdin(Stdio::piped())
@@ -268,8 +339,8 @@ async fn rpc(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            if let Some(t) = &push_token {
-                state.pushes.end(t);
+            if let Some(end) = push_end {
+                end();
             }
             tracing::error!(error = %e, "could not run git");
             return text(
@@ -285,7 +356,6 @@ async fn rpc(
     };
 
     let limit = settings.max_push_bytes;
-    let span = tracing::info_span!("git", app = %app.name, service = service.subcommand());
     let feed = async move {
         if let Err(e) = stdin.write_all(&head).await {
             tracing::debug!(error = %e, "git stopped reading the request");
@@ -301,7 +371,6 @@ async fn rpc(
         let _ = stdin.shutdown().await;
     };
     tokio::spawn(feed.instrument(span.clone()));
-    let waiter_state = state.clone();
     let wait = async move {
         // Keep the first 64 KiB for the log, but read all of it: git must never block on a
         // full stderr pipe, however chatty the push.
@@ -309,8 +378,8 @@ async fn rpc(
         let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
         let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
         let status = child.wait().await;
-        if let Some(t) = push_token {
-            waiter_state.pushes.end(&t);
+        if let Some(end) = push_end {
+            end();
         }
         if !matches!(status, Ok(s) if s.success()) && !errors.is_empty() {
             tracing::info!(stderr = %String::from_utf8_lossy(&errors), "git ended with an error");

@@ -134,6 +134,7 @@ pub async fn release_spec(state: &Shared, release: &Release) -> ApiResult<Releas
         slug_path: slug.path.into(),
         slug_checksum: slug.checksum,
         env: release.config.clone(),
+        healthchecks: Vec::new(),
     })
 }
 
@@ -470,8 +471,17 @@ pub fn finish_in_background(
                 .await
                 .is_ok()
             {
-                if let Err(e) = crate::control::converge_app(&state, &app.id).await {
-                    tracing::error!(error = ?e, "could not start dynos for the new release");
+                // Done in the background: an unhealthy release is failed and said in the
+                // app's log (by converge_app), as the release phase's failure is.
+                match crate::control::converge_app(&state, &app.id).await {
+                    Ok(converged) => {
+                        if let Some(message) = converged.message() {
+                            tracing::warn!(%message, "a release did not become healthy");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = ?e, "could not start dynos for the new release")
+                    }
                 }
             }
             drop(guard);

@@ -15,6 +15,8 @@
 //! | `log_sessions` | Log Session | `POST /apps/A/log-sessions`, `GET /log-sessions/SECRET` |
 //! | `log_drains` | Log Drain | `GET/POST /apps/A/log-drains`, `DELETE /apps/A/log-drains/ID-or-URL`, `GET/PATCH /apps/A/log-settings` |
 //! | `addons` | Add-on | `GET /apps/A/addons` |
+//! | `deploys` | Deploys, webhooks, deploy secrets (slipway's own) | `/apps/A/deploys...`, `/apps/A/webhooks...`, `/apps/A/deploy-secrets` |
+//! | `pipelines` | Pipelines, stages, targets, builds, deploys (slipway's own) | `/pipelines...`, `/pipeline-builds/ID` (see the module) |
 //! | `features` | App Feature (labs) | `GET /apps/A/features[/F]`, `PATCH /apps/A/features/F` |
 //! | `targets` | Release store, host targets (slipway's own) | `/release-store...`, `/targets...` (see the module) |
 //!
@@ -26,12 +28,14 @@ mod apps;
 mod buildpacks;
 mod builds;
 mod config_vars;
+mod deploys;
 mod dynos;
 mod features;
 mod formation;
 mod log_drains;
 mod log_sessions;
 mod observe;
+mod pipelines;
 mod releases;
 mod targets;
 
@@ -43,6 +47,7 @@ use crate::state::Shared;
 
 /// The request log as a middleware (`axum::middleware::from_fn(observe)`), for routers
 /// outside this module (git, internal) that want the same line and `Request-Id`.
+pub use deploys::secrets_of;
 pub use log_drains::drain_spec;
 pub use observe::{observe, REQUEST_ID};
 
@@ -61,6 +66,8 @@ pub fn routes() -> Router<Shared> {
         .merge(addons::routes())
         .merge(features::routes())
         .merge(targets::routes())
+        .merge(deploys::routes())
+        .merge(pipelines::routes())
         // Set after every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
 }

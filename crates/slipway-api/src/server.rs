@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::{new_token, token_hash};
 use crate::error::ApiError;
-use crate::state::{AppEntry, Settings, Shared, State};
+use crate::state::{AppEntry, AppLock, Settings, Shared, State};
 use crate::{control, deploy, git, routes};
 
 #[derive(Debug, Clone)]
@@ -247,6 +247,7 @@ pub fn api_routes(state: Shared) -> Router {
     let streaming = Router::new()
         .merge(git::routes())
         .route("/internal/push-builds", post(deploy::push_build))
+        .merge(crate::pipelines::git::git_routes())
         .layer(DefaultBodyLimit::disable());
     Router::new()
         .merge(routes::routes())
@@ -284,6 +285,8 @@ pub async fn run(
         .await
         .with_context(|| format!("opening the state database in {}", cfg.data_dir.display()))?;
     let (admin_token_path, admin_token_created) = ensure_admin(&store, &cfg).await?;
+    // A tarball half-written into the release store when the last server was killed.
+    slipway_hosts::ReleaseStore::new(&cfg.data_dir).clean_temp();
 
     let api_listener = bind(cfg.api_listen, "API").await?;
     let router_listener = bind(cfg.router_listen, "router").await?;
@@ -361,6 +364,14 @@ pub async fn run(
             "marked builds interrupted by the previous server's stop as failed"
         );
     }
+    let interrupted = crate::deploys::recover(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked deploys interrupted by the previous server's stop"
+        );
+    }
+    crate::pipelines::recover(&state).await;
     crate::gc::collect(&state).await?;
     // Dynos a previous server left running are supervised again (same processes, their
     // output followed from where it stopped); the others are cleaned up. Converging then
@@ -386,6 +397,15 @@ pub async fn run(
             "re-adopted the dynos the previous server left running"
         );
     }
+    // Replaced web dynos are stopped only once the router sends them nothing and their
+    // in-flight requests are done (or the drain timeout passed).
+    let drains = slipway_router::Drains::default();
+    state
+        .dynos
+        .set_drain_watch(Arc::new(crate::state::RouterDrain {
+            routes: state.routes.clone(),
+            drains: drains.clone(),
+        }));
     for app in store.list_apps().await? {
         state.remember_app(
             &app.name,
@@ -394,9 +414,23 @@ pub async fn run(
                 maintenance: app.maintenance,
             },
         );
-        if let Err(e) = control::converge_app(&state, &app.id).await {
-            tracing::error!(app = %app.name, error = ?e, "could not start the app's dynos");
-        }
+        // Each app in its own task, under its release lock: a slow or failing rollout (a
+        // release the previous server had not finished rolling out) holds up no other app.
+        let (state, app) = (state.clone(), app.clone());
+        tokio::spawn(async move {
+            let lock = state.app_lock(AppLock::Release, &app.id);
+            let _guard = lock.lock().await;
+            match control::converge_app(&state, &app.id).await {
+                Ok(converged) => {
+                    if let Some(message) = converged.message() {
+                        tracing::warn!(app = %app.name, %message, "a release did not become healthy");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(app = %app.name, error = ?e, "could not start the app's dynos")
+                }
+            }
+        });
     }
 
     let server_file = cfg.data_dir.join(SERVER_FILE);
@@ -441,6 +475,7 @@ pub async fn run(
         tracing::info_span!("api", addr = %api_addr),
     ));
     let router_cfg = slipway_router::RouterConfig {
+        drains: drains.clone(),
         domain: cfg.domain.clone(),
         shutdown_grace: cfg.shutdown_timeout,
         header_read_timeout: cfg.header_read_timeout,

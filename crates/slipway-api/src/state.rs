@@ -119,6 +119,10 @@ pub struct State {
     pub log_sessions: Mutex<HashMap<String, LogSessionGrant>>,
     /// One-off dynos waiting for their `run` client, and those running (`oneoff.rs`).
     pub one_offs: crate::oneoff::OneOffs,
+    /// Deploys running on this server and each target's queue (`deploys/`).
+    pub deploys: crate::deploys::Deploys,
+    /// Pipelines' push grants, build locks, live build output and stage queues.
+    pub pipelines: crate::pipelines::Pipelines,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -139,6 +143,8 @@ impl State {
             pushes: crate::push::Pushes::default(),
             log_sessions: Mutex::new(HashMap::new()),
             one_offs: crate::oneoff::OneOffs::default(),
+            deploys: crate::deploys::Deploys::default(),
+            pipelines: crate::pipelines::Pipelines::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -251,6 +257,8 @@ struct Sources {
 /// from the control plane's app changes (`remember_app`, `forget_app`: names, maintenance).
 pub struct RouteTable {
     current: ArcSwap<Snapshot>,
+    /// Woken after each new snapshot is swapped in.
+    published: tokio::sync::Notify,
     sources: Mutex<Sources>,
     dynos: DynoManager,
     wake_tx: tokio::sync::mpsc::UnboundedSender<String>,
@@ -262,6 +270,7 @@ impl RouteTable {
         let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
+            published: tokio::sync::Notify::new(),
             sources: Mutex::new(Sources::default()),
             dynos,
             wake_tx,
@@ -324,6 +333,36 @@ impl RouteTable {
             );
         }
         self.current.store(Arc::new(Snapshot { by_name }));
+        self.published.notify_waiters();
+    }
+
+    /// Whether the current snapshot sends any of the app's requests to `addr`.
+    fn routes_to(&self, app_id: &str, addr: std::net::SocketAddr) -> bool {
+        self.current.load().by_name.values().any(|route| {
+            route.app_id == app_id
+                && matches!(&route.target, Target::Up(backends) if backends.iter().any(|(_, a)| *a == addr))
+        })
+    }
+
+    /// Waits until no new request of the app can go to `addr` (the snapshot without it is
+    /// published), or until `deadline`.
+    async fn unrouted(
+        &self,
+        app_id: &str,
+        addr: std::net::SocketAddr,
+        deadline: tokio::time::Instant,
+    ) {
+        loop {
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            if !self.routes_to(app_id, addr) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, published).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn refresh(&self) {
@@ -406,5 +445,33 @@ impl Resolver for RouteTable {
             app_id: route.app_id.clone(),
             target: route.target.clone(),
         }
+    }
+}
+
+/// The dyno manager's view of the router when it retires a web dyno: first the route table
+/// stops naming the dyno, then its in-flight requests finish ([`slipway_router::Drains`]).
+pub struct RouterDrain {
+    pub routes: Arc<RouteTable>,
+    pub drains: slipway_router::Drains,
+}
+
+impl slipway_runtime::DrainWatch for RouterDrain {
+    fn drain(
+        &self,
+        app_id: &str,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> slipway_runtime::BoxFuture<'static, usize> {
+        let (routes, drains, app_id) =
+            (self.routes.clone(), self.drains.clone(), app_id.to_string());
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            routes.unrouted(&app_id, addr, deadline).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match drains.drained(addr, left).await {
+                slipway_router::Drained::Idle => 0,
+                slipway_router::Drained::TimedOut { in_flight } => in_flight,
+            }
+        })
     }
 }

@@ -192,9 +192,16 @@ pub async fn compile(
         list
     };
 
-    // Everything a buildpack process may write belongs to the build user from here on.
+    // Everything a buildpack process may write belongs to the build user from here on. The
+    // cache is written only by that user (the server creates its directory and empties it,
+    // nothing more): once its directory is the user's, so is all below it, and the walk over
+    // the installed dependencies (thousands of files) is skipped.
     if let Some(owner) = spec.run_as {
+        let cache_owned = owned_by(&spec.cache_dir, owner)?;
         for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
+            if dir == spec.cache_dir.as_path() && cache_owned {
+                continue;
+            }
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
@@ -289,10 +296,23 @@ pub async fn compile(
         prepend.extend(path_dirs.iter().cloned());
         env.insert("PATH".into(), join_path(&prepend));
     }
-    let runner = Runner { env, ..runner };
+    let mut runner = Runner { env, ..runner };
 
-    for (bp, _) in &chosen {
-        runner.compile(bp, &env_dir).await?;
+    // Each buildpack compiles from a copy of its own in the scratch directory, so that what it
+    // writes there (its `export` file, for the buildpacks after it) stays within this build.
+    let copies = scratch.path().join("buildpacks");
+    for (i, (bp, _)) in chosen.iter().enumerate() {
+        let copy = Located {
+            name: bp.name.clone(),
+            dir: copies.join(i.to_string()),
+        };
+        let (from, to) = (bp.dir.clone(), copy.dir.clone());
+        blocking(&copies, move |_| copy_buildpack(&from, &to)).await?;
+        if let Some(owner) = spec.run_as {
+            blocking(&copies, move |d| chown_tree(d, owner)).await?;
+        }
+        runner.compile(&copy, &env_dir).await?;
+        runner.apply_export(&copy).await?;
     }
 
     let defaults = match chosen.last() {
@@ -492,6 +512,72 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// Classic buildpack API: a buildpack passes environment to the ones after it by writing
+    /// `export` (shell) at the root of its directory; it is sourced as the build user and
+    /// the resulting environment replaces this runner's, except the variables the pipeline
+    /// owns (`HOME`, `STACK`, `SOURCE_VERSION`, `SLIPWAY_PYTHON`).
+    async fn apply_export(&mut self, bp: &Located) -> Result<(), BuildError> {
+        let export = bp.dir.join("export");
+        match std::fs::symlink_metadata(&export) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(BuildError::BuildpackInvalid {
+                    buildpack: bp.name.clone(),
+                    reason: "its export must be a regular file".into(),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(BuildError::io("reading", &export)(e)),
+        }
+        let f = process::run(
+            Run {
+                program: Path::new("/bin/bash"),
+                args: vec![
+                    "-c".into(),
+                    r#". "$0" >/dev/null || exit; exec env -0"#.into(),
+                    export.clone().into(),
+                ],
+                env: &self.env,
+                cwd: &self.spec.build_dir,
+                run_as: self.spec.run_as,
+                memory_limit_bytes: self.spec.memory_limit_bytes,
+                deadline: self.deadline,
+                cancel: self.cancel,
+                capture_stdout: Some(MAX_CAPTURE),
+                buildpack: &bp.name,
+                phase: Phase::Compile,
+                max_line: MAX_LINE_BYTES,
+            },
+            self.events,
+        )
+        .await
+        .map_err(|e| match e {
+            RunError::Timeout => BuildError::Timeout {
+                buildpack: bp.name.clone(),
+                phase: Phase::Compile,
+                limit: self.spec.timeout,
+            },
+            RunError::Cancelled => BuildError::Cancelled,
+            RunError::Spawn(source) | RunError::Wait(source) => BuildError::Spawn {
+                buildpack: bp.name.clone(),
+                phase: Phase::Compile,
+                source,
+            },
+        })?;
+        if !f.status.success() {
+            return Err(BuildError::BuildpackInvalid {
+                buildpack: bp.name.clone(),
+                reason: format!(
+                    "sourcing its export file failed ({}): {}",
+                    process::describe(&f.status),
+                    f.tail.join(" / ")
+                ),
+            });
+        }
+        self.env = merge_export(&self.env, &f.stdout);
+        Ok(())
+    }
+
     /// The `default_process_types` of `bp`'s `bin/release` (none if it has no such script).
     async fn release(&self, bp: &Located) -> Result<BTreeMap<String, String>, BuildError> {
         let script = bp.dir.join("bin/release");
@@ -541,6 +627,65 @@ impl Runner<'_> {
         }
         Ok(valid)
     }
+}
+
+/// Variables an `export` file cannot change (the pipeline's), and those the shell that sourced
+/// it adds on its own.
+const EXPORT_KEEPS: &[&str] = &["HOME", "STACK", "SOURCE_VERSION", "SLIPWAY_PYTHON"];
+const SHELL_ADDS: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
+
+/// The environment after an `export` file: `env -0` output (`NAME=value\0`...) of the shell that
+/// sourced it with `before`; variables it unset are gone.
+pub(crate) fn merge_export(
+    before: &BTreeMap<String, String>,
+    env0: &[u8],
+) -> BTreeMap<String, String> {
+    let mut after = BTreeMap::new();
+    for entry in env0.split(|b| *b == 0) {
+        let Ok(text) = std::str::from_utf8(entry) else {
+            continue;
+        };
+        let Some((name, value)) = text.split_once('=') else {
+            continue;
+        };
+        if name.is_empty() || EXPORT_KEEPS.contains(&name) {
+            continue;
+        }
+        if SHELL_ADDS.contains(&name) && !before.contains_key(name) {
+            continue;
+        }
+        after.insert(name.to_string(), value.to_string());
+    }
+    for name in EXPORT_KEEPS {
+        if let Some(v) = before.get(*name) {
+            after.insert((*name).to_string(), v.clone());
+        }
+    }
+    after
+}
+
+/// Copies a buildpack's files (`.git` aside) from `from` to `to`: directories, regular files
+/// with their modes, symlinks as symlinks.
+fn copy_buildpack(from: &Path, to: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir_all(to).map_err(BuildError::io("creating", to))?;
+    for entry in std::fs::read_dir(from).map_err(BuildError::io("listing", from))? {
+        let entry = entry.map_err(BuildError::io("listing", from))?;
+        let (src, dest) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_name() == ".git" {
+            continue;
+        }
+        let kind = entry.file_type().map_err(BuildError::io("reading", &src))?;
+        if kind.is_dir() {
+            copy_buildpack(&src, &dest)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(BuildError::io("reading link", &src))?;
+            std::os::unix::fs::symlink(&target, &dest)
+                .map_err(BuildError::io("creating", &dest))?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dest).map_err(BuildError::io("copying", &src))?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -662,6 +807,13 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&dir))
         .await
         .map_err(|e| BuildError::Interrupted(e.to_string()))?
+}
+
+/// Whether `path` itself (not following a symlink) belongs to `owner`.
+fn owned_by(path: &Path, owner: (u32, u32)) -> Result<bool, BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(BuildError::io("reading", path))?;
+    Ok(meta.uid() == owner.0 && meta.gid() == owner.1 && meta.is_dir())
 }
 
 /// Gives `dir` and everything under it (symlinks themselves, never their targets) to `owner`.

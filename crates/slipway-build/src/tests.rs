@@ -1,4 +1,6 @@
 use super::*;
+use sha2::Digest;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
 fn tree(dir: &Path) {
@@ -63,9 +65,57 @@ fn slugs_are_deterministic_and_round_trip() {
         .mode();
     assert_eq!(mode & 0o111, 0o111, "executables stay executable");
 
+    // The checksum computed while writing is the file's.
+    let bytes = std::fs::read(out.path().join("one.tgz")).expect("read");
+    assert_eq!(
+        one.checksum,
+        format!("SHA256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+    );
+    assert_eq!(one.size, bytes.len() as u64);
+
+    // A mismatch (checked while unpacking) leaves nothing unpacked behind.
+    let other = tempfile::tempdir().expect("tempdir");
     let err =
-        unpack_slug(&out.path().join("one.tgz"), "SHA256:00", dyno.path()).expect_err("mismatch");
+        unpack_slug(&out.path().join("one.tgz"), "SHA256:00", other.path()).expect_err("mismatch");
     assert!(matches!(err, BuildError::ChecksumMismatch { .. }));
+    assert!(!other.path().join("app").exists());
+    // So does a slug changed on disk after it was made.
+    let mut changed = bytes.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(out.path().join("changed.tgz"), &changed).expect("write");
+    let err = unpack_slug(&out.path().join("changed.tgz"), &one.checksum, other.path())
+        .expect_err("changed");
+    assert!(matches!(err, BuildError::ChecksumMismatch { .. }), "{err}");
+    assert!(!other.path().join("app").exists());
+}
+
+#[test]
+fn an_export_file_changes_the_environment_except_what_the_pipeline_owns() {
+    let before: BTreeMap<String, String> = [
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", "/scratch/home"),
+        ("STACK", "slipway-24"),
+        ("LANG", "C.UTF-8"),
+        ("SOURCE_VERSION", "abc"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env0 = b"PATH=/build/bin:/usr/bin:/bin\0HOME=/elsewhere\0STACK=other\0GREETING=a=b\0PWD=/build\0SHLVL=1\0_=/usr/bin/env\0\xff=bad\0";
+    let after = pipeline::merge_export(&before, env0);
+    let expect: BTreeMap<String, String> = [
+        ("PATH", "/build/bin:/usr/bin:/bin"),
+        ("HOME", "/scratch/home"),
+        ("STACK", "slipway-24"),
+        ("SOURCE_VERSION", "abc"),
+        ("GREETING", "a=b"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    // LANG was unset by the export; the shell's own PWD, SHLVL and _ are not taken.
+    assert_eq!(after, expect);
 }
 
 #[test]
@@ -241,4 +291,108 @@ fn write_failures_are_reported_as_what_they_are_and_escapes_as_escapes() {
     let evil = tar_with(&[("../escaped", b"x")]);
     let err = extract_source(&evil[..], &dest, &Limits::default()).expect_err("escape");
     assert!(matches!(err, BuildError::UnsafePath(_)), "{err:?}");
+}
+
+/// A raw tar entry: name, type flag, data, link target.
+type RawEntry<'a> = (&'a str, u8, &'a [u8], &'a str);
+
+/// A gzipped tar of raw entries, as a tampered or foreign slug could be, and its checksum.
+fn raw_slug(dir: &Path, entries: &[RawEntry<'_>]) -> (PathBuf, String) {
+    let mut tarball = Vec::new();
+    for (name, kind, data, link) in entries {
+        let mut h = raw_header(name, *kind, data.len() as u64);
+        if !link.is_empty() {
+            let mut header = tar::Header::from_byte_slice(&h).clone();
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_cksum();
+            h.copy_from_slice(header.as_bytes());
+        }
+        tarball.extend_from_slice(&h);
+        tarball.extend_from_slice(data);
+        tarball.resize(tarball.len().div_ceil(512) * 512, 0);
+    }
+    tarball.resize(tarball.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tarball).expect("gzip");
+    let bytes = gz.finish().expect("gzip");
+    let path = dir.join("raw.tgz");
+    std::fs::write(&path, &bytes).expect("write");
+    let sum = format!("SHA256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    (path, sum)
+}
+
+#[test]
+fn unpacking_a_slug_never_writes_outside_or_through_a_symlink() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().display().to_string();
+    let cases: Vec<(&str, Vec<RawEntry<'_>>)> = vec![
+        (
+            "a name with ..",
+            vec![("app/../../escaped", b'0', b"x", "")],
+        ),
+        ("an absolute name", vec![("/escaped", b'0', b"x", "")]),
+        (
+            "a file through a symlink the slug made",
+            vec![
+                ("app/", b'5', b"", ""),
+                ("app/link", b'2', b"", &target),
+                ("app/link/escaped", b'0', b"x", ""),
+            ],
+        ),
+        (
+            "a directory over a symlink the slug made",
+            vec![
+                ("app/link", b'2', b"", &target),
+                ("app/link/", b'5', b"", ""),
+            ],
+        ),
+        (
+            "a file over a symlink the slug made",
+            vec![
+                ("app/link", b'2', b"", &target),
+                ("app/link", b'0', b"x", ""),
+            ],
+        ),
+        ("a hard link", vec![("app/hard", b'1', b"", "/etc/passwd")]),
+    ];
+    for (what, entries) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (slug, sum) = raw_slug(dir.path(), &entries);
+        let dest = dir.path().join("dyno");
+        let err = unpack_slug(&slug, &sum, &dest).expect_err(what);
+        assert!(
+            matches!(err, BuildError::UnsafePath(_) | BuildError::Io { .. }),
+            "{what}: {err:?}"
+        );
+        assert!(!dest.join("app").exists(), "{what}: left behind");
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("ls").count(),
+            0,
+            "{what}: wrote outside"
+        );
+        assert!(!dir.path().join("escaped").exists(), "{what}");
+    }
+
+    // What slugs hold: directories, files with their mode, symlinks inside.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (slug, sum) = raw_slug(
+        dir.path(),
+        &[
+            ("app/", b'5', b"", ""),
+            ("app/bin/run", b'0', b"#!/bin/sh\n", ""),
+            ("app/data", b'0', b"data", ""),
+            ("app/link", b'2', b"", "data"),
+        ],
+    );
+    let dest = dir.path().join("dyno");
+    unpack_slug(&slug, &sum, &dest).expect("unpack");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app/link")).expect("read"),
+        "data"
+    );
+    let mode = std::fs::metadata(dest.join("app/data"))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
 }

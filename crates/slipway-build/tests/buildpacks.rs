@@ -148,6 +148,45 @@ fn files_naming(dir: &Path, needle: &str, found: &mut Vec<PathBuf>) {
     }
 }
 
+/// The one entry of `dir` whose name starts with `prefix`.
+fn only_entry(dir: &Path, prefix: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{prefix}* in {}: {found:?}", dir.display());
+    found.into_iter().next().expect("one")
+}
+
+/// The PEP 552 flags of a `.pyc` file (0: timestamp-based, 0b01: unchecked hash, 0b11:
+/// checked hash).
+fn pyc_flags(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).expect("read pyc");
+    u32::from_le_bytes(bytes[4..8].try_into().expect("pyc header"))
+}
+
+/// The `.pyc` files under `dir` and their inodes (Python replaces a `.pyc` it rewrites with a
+/// new file).
+fn pyc_files(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        let meta = entry.metadata().expect("meta");
+        if meta.is_dir() {
+            found.extend(pyc_files(&path));
+        } else if path.extension().is_some_and(|e| e == "pyc") {
+            found.insert(path, meta.ino());
+        }
+    }
+    found
+}
+
 fn write_exe(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
@@ -223,6 +262,38 @@ async fn flask_app_installs_from_pypi_runs_from_another_path_and_rebuilds_from_c
     assert!(!text.contains("Installing dependencies"), "{text}");
     let out = in_dyno(&again, "gunicorn --version");
     assert!(out.status.success(), "{out:?}");
+
+    // Through a slug (file times zeroed), the bytecode is still valid: importing the app and
+    // its dependencies in the dyno compiles and writes nothing.
+    let slug = site.path("slug.tgz");
+    let info =
+        slipway_build::create_slug(&again, &slug, &slipway_build::Limits::default()).expect("slug");
+    let dyno = site.path("dyno-2");
+    slipway_build::unpack_slug(&slug, &info.checksum, &dyno).expect("unpack");
+    let unpacked = dyno.join("app");
+    let app_pyc = only_entry(&unpacked.join("__pycache__"), "app.cpython-");
+    let lib = only_entry(&unpacked.join(".slipway/venv/lib"), "python3");
+    let flask_pyc = only_entry(&lib.join("site-packages/flask/__pycache__"), "app.cpython-");
+    // PEP 552 flags: 0b11 checked hash (the app's own code), 0b01 unchecked (installed).
+    assert_eq!(pyc_flags(&app_pyc), 0b11, "{}", app_pyc.display());
+    assert_eq!(pyc_flags(&flask_pyc), 0b01, "{}", flask_pyc.display());
+    let before = pyc_files(&unpacked);
+    let out = in_dyno(
+        &unpacked,
+        "python -c 'import app, flask, gunicorn.app.wsgiapp; print(app.index())'",
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Hello from Flask"),
+        "{out:?}"
+    );
+    let after = pyc_files(&unpacked);
+    let written: Vec<&PathBuf> = after
+        .iter()
+        .filter(|(path, inode)| before.get(*path) != Some(inode))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(!before.is_empty());
+    assert!(written.is_empty(), "imports wrote bytecode: {written:?}");
 
     // Changed requirements: installed again.
     let third = site.source("flask", "build-3/app");
@@ -896,4 +967,147 @@ async fn python_builds_as_an_unprivileged_user() {
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&venv), 65534);
     let out = in_dyno(&app, "python -c 'import itsdangerous'");
     assert!(out.status.success(), "{out:?}");
+}
+
+/// Classic buildpack API: what a buildpack writes to `$BP_DIR/export` is in the environment of
+/// the buildpacks after it, and stays within its build (the buildpack's own directory, shared
+/// by every build, is not written).
+#[tokio::test]
+async fn an_export_file_passes_environment_to_the_next_buildpack_and_only_in_its_build() {
+    let site = Site::new();
+    let first = site.path("first-bp");
+    custom_buildpack(
+        &first,
+        r#"BP_DIR=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$1/tools"
+printf '#!/bin/sh\necho tool ran\n' > "$1/tools/made-by-first"
+chmod +x "$1/tools/made-by-first"
+printf 'export GREETING="hello from first"\nexport PATH=%q:"$PATH"\nexport HOME=/nowhere\nunset LANG\n' "$1/tools" > "$BP_DIR/export""#,
+        "x",
+    );
+    let second = site.path("second-bp");
+    custom_buildpack(
+        &second,
+        r#"{ echo "greeting=${GREETING:-unset}"; echo "lang=${LANG:-unset}"; echo "home=$HOME"; made-by-first; } > "$1/seen""#,
+        "x",
+    );
+    let app = site.source("static-site", "b1/app");
+    let mut spec = site.spec(&app);
+    spec.buildpacks = vec![first.display().to_string(), second.display().to_string()];
+    let (compiled, text) = build(&spec).await.ok();
+    assert_eq!(compiled.buildpacks.len(), 2, "{text}");
+    let seen = std::fs::read_to_string(app.join("seen")).expect("seen");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "greeting=hello from first", "{seen}");
+    assert_eq!(
+        lines[1], "lang=unset",
+        "an export may unset a variable: {seen}"
+    );
+    assert!(
+        lines[2].starts_with("home=/") && lines[2] != "home=/nowhere",
+        "HOME stays the build's: {seen}"
+    );
+    assert_eq!(lines[3], "tool ran", "PATH from the export: {seen}");
+    assert!(
+        !first.join("export").exists(),
+        "the shared buildpack directory was written"
+    );
+
+    // Another build with only the second buildpack: nothing of the first build's export.
+    let other = site.source("static-site", "b2/app");
+    let mut spec = site.spec(&other);
+    spec.buildpacks = vec![second.display().to_string()];
+    let (err, text) = build(&spec).await.err();
+    assert!(matches!(err, BuildError::BuildpackFailed { .. }), "{err}");
+    assert!(text.contains("made-by-first: command not found"), "{text}");
+    let seen = std::fs::read_to_string(other.join("seen")).expect("seen");
+    assert!(seen.starts_with("greeting=unset\n"), "{seen}");
+}
+
+/// Whether `tool` is on the buildpacks' PATH (these tests need a server without it).
+fn on_build_path(tool: &str) -> bool {
+    std::env::split_paths(slipway_build::pipeline::DEFAULT_PATH).any(|d| d.join(tool).exists())
+}
+
+/// A lockfile naming a package manager the server lacks fails the build with an error naming
+/// the tool and how to fix it (before anything is installed).
+#[tokio::test]
+async fn a_lockfile_for_a_missing_package_manager_names_it_and_the_fix() {
+    for (tool, lock) in [("yarn", "yarn.lock"), ("pnpm", "pnpm-lock.yaml")] {
+        assert!(
+            !on_build_path(tool),
+            "this test needs a server without {tool} on {}",
+            slipway_build::pipeline::DEFAULT_PATH
+        );
+        let site = Site::new();
+        let app = site.source("express", "b1/app");
+        std::fs::remove_file(app.join("package-lock.json")).expect("rm");
+        std::fs::write(app.join(lock), "# lockfile\n").expect("write");
+        let (err, text) = build(&site.spec(&app)).await.err();
+        match &err {
+            BuildError::BuildpackFailed {
+                buildpack, output, ..
+            } => {
+                assert_eq!(buildpack, "nodejs");
+                let output = output.join("\n");
+                assert!(
+                    output.contains(&format!(
+                        "{lock} says this app uses {tool}, but {tool} is not installed on this server"
+                    )),
+                    "{output}"
+                );
+                assert!(output.contains("corepack enable"), "{output}");
+                assert!(output.contains("package-lock.json instead"), "{output}");
+            }
+            other => panic!("unexpected error {other}\n{text}"),
+        }
+        assert!(!app.join("node_modules").exists(), "{text}");
+    }
+}
+
+/// poetry.lock: poetry from the server, else from PyPI; when neither works the error names
+/// poetry and the ways out. (PyPI is made unreachable for this build.)
+#[tokio::test]
+async fn a_poetry_lock_without_poetry_names_it_and_the_fix() {
+    assert!(
+        !on_build_path("poetry"),
+        "this test needs a server without poetry on {}",
+        slipway_build::pipeline::DEFAULT_PATH
+    );
+    let site = Site::new();
+    let app = site.path("b1/app");
+    std::fs::create_dir_all(&app).expect("mkdir");
+    std::fs::write(
+        app.join("pyproject.toml"),
+        "[tool.poetry]\nname = \"p\"\nversion = \"0.1.0\"\ndescription = \"\"\nauthors = []\n\n[tool.poetry.dependencies]\npython = \"^3.9\"\n",
+    )
+    .expect("write");
+    std::fs::write(app.join("poetry.lock"), "# empty\n").expect("write");
+    std::fs::write(app.join("Procfile"), "web: python -m http.server $PORT\n").expect("write");
+    let mut spec = site.spec(&app);
+    // A closed port: pip fails at once instead of reaching PyPI.
+    spec.extra_env.extend([
+        (
+            "PIP_INDEX_URL".to_string(),
+            "http://127.0.0.1:9/simple".to_string(),
+        ),
+        ("PIP_RETRIES".to_string(), "0".to_string()),
+        ("PIP_TIMEOUT".to_string(), "2".to_string()),
+    ]);
+    let (err, text) = build(&spec).await.err();
+    match &err {
+        BuildError::BuildpackFailed {
+            buildpack, output, ..
+        } => {
+            assert_eq!(buildpack, "python");
+            let output = output.join("\n");
+            assert!(
+                output.contains("poetry.lock says this app uses poetry, which is not installed on this server, and installing it from PyPI failed"),
+                "{output}"
+            );
+            assert!(output.contains("pipx install poetry"), "{output}");
+            assert!(output.contains("poetry export"), "{output}");
+        }
+        other => panic!("unexpected error {other}\n{text}"),
+    }
 }

@@ -4,11 +4,13 @@
 //! (names from the API, Procfiles from pushed source) and are property-tested.
 
 pub mod appjson;
+pub mod deployspec;
 pub mod name;
 pub mod procfile;
 pub mod secret;
 
 pub use appjson::{AppJson, AppJsonError, Healthcheck, HealthcheckKind};
+pub use deployspec::{DeploySpec, InconclusivePolicy};
 pub use name::{AppName, NameError};
 pub use procfile::{Procfile, ProcfileError};
 pub use secret::Secret;

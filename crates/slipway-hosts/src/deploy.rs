@@ -18,6 +18,7 @@ use slipway_store::release_store::StoredRelease;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::holder::ProcessId;
 use crate::remote::{self, HostState, LockInfo, ReleaseEntry, ReleaseStatus};
 use crate::ssh::{Connection, KnownHosts, Ran};
 use crate::target::{env_file, validate_env, validate_name, TargetSpec};
@@ -27,11 +28,46 @@ use crate::{DeployTarget, TargetError};
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
     tx: Option<mpsc::UnboundedSender<String>>,
+    switches: Option<mpsc::UnboundedSender<Switch>>,
+}
+
+/// A host's `current` now points to a release (sent as soon as the switch is done, so the
+/// server's record of what runs where is right even if it is killed mid-deploy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    pub host: String,
+    pub store_name: String,
+    pub tag: String,
 }
 
 impl Progress {
     pub fn new(tx: mpsc::UnboundedSender<String>) -> Self {
-        Self { tx: Some(tx) }
+        Self {
+            tx: Some(tx),
+            switches: None,
+        }
+    }
+
+    /// Also reports each switch.
+    pub fn with_switches(mut self, tx: mpsc::UnboundedSender<Switch>) -> Self {
+        self.switches = Some(tx);
+        self
+    }
+
+    fn switched(&self, host: &str, state: &HostState, tag: &str) {
+        let store_name = state
+            .releases
+            .iter()
+            .find(|r| r.tag == tag)
+            .map(|r| r.store_name.clone())
+            .unwrap_or_default();
+        if let (Some(tx), false) = (&self.switches, store_name.is_empty()) {
+            let _ = tx.send(Switch {
+                host: host.to_string(),
+                store_name,
+                tag: tag.to_string(),
+            });
+        }
     }
 
     pub fn say(&self, line: impl Into<String>) {
@@ -95,7 +131,13 @@ pub struct HostReleases {
     pub host: String,
     pub state: Option<HostState>,
     pub lock: Option<LockInfo>,
+    /// The lock's time to live ran out, or its holder (a process of this installation) is
+    /// gone.
     pub stale_lock: bool,
+    /// The lock's holder was a slipway process of this installation that no longer runs (the
+    /// next operation breaks the lock by itself).
+    #[serde(default)]
+    pub holder_gone: bool,
     pub error: Option<String>,
 }
 
@@ -120,6 +162,11 @@ pub struct HostTarget {
     pub spec: TargetSpec,
     env: BTreeMap<String, Secret>,
     known_hosts: KnownHosts,
+    /// This slipway installation's id, written into locks: a lock of this installation whose
+    /// process is gone is broken by the next operation (see `holder.rs`).
+    installation: String,
+    /// More build directory paths a release must not name (see `relocation.rs`).
+    build_paths: Vec<String>,
 }
 
 fn now_secs() -> i64 {
@@ -127,11 +174,16 @@ fn now_secs() -> i64 {
 }
 
 fn remote_failure(conn: &Connection, step: &str, ran: &Ran) -> TargetError {
-    let detail = match (ran.stderr.trim(), ran.stdout.trim()) {
+    let mut detail = match (ran.stderr.trim(), ran.stdout.trim()) {
         ("", "") => format!("exit status {:?}", ran.code),
         ("", out) => format!("exit status {:?}: {}", ran.code, tail(out)),
         (err, _) => format!("exit status {:?}: {}", ran.code, tail(err)),
     };
+    if detail.contains("No space left on device") || detail.contains("Disk quota exceeded") {
+        detail.push_str(
+            " -- the host's disk is full: free space under the target's path (`slipway targets:prune TARGET --keep N` removes old releases) and deploy again",
+        );
+    }
     TargetError::Remote {
         host: conn.host.to_string(),
         step: step.into(),
@@ -156,6 +208,9 @@ fn parse_lock(output: &str) -> Option<LockInfo> {
                 acquired_at: 0,
                 ttl_secs: 0,
                 operation: "unknown".into(),
+                installation: String::new(),
+                process: None,
+                machine: String::new(),
             })
         })
 }
@@ -178,7 +233,22 @@ impl HostTarget {
             spec,
             env,
             known_hosts: KnownHosts::new(target_dir),
+            installation: String::new(),
+            build_paths: Vec::new(),
         })
+    }
+
+    /// Marks the locks this target takes with the installation's id (see
+    /// [`crate::installation_id`]).
+    pub fn with_installation(mut self, installation: String) -> Self {
+        self.installation = installation;
+        self
+    }
+
+    /// Build directories (beyond the usual ones) a deployed release must not name.
+    pub fn with_build_paths(mut self, paths: Vec<String>) -> Self {
+        self.build_paths = paths;
+        self
     }
 
     pub fn known_hosts(&self) -> &KnownHosts {
@@ -238,6 +308,11 @@ impl HostTarget {
             acquired_at: now_secs(),
             ttl_secs: opts.lock_ttl.as_secs(),
             operation: operation.to_string(),
+            installation: self.installation.clone(),
+            process: Some(ProcessId::this()),
+            machine: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
         };
         let json = serde_json::to_string(&info).map_err(|e| TargetError::Invalid(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + opts.lock_wait;
@@ -255,6 +330,25 @@ impl HostTarget {
             }
             let rest: String = lines.collect::<Vec<_>>().join("");
             let holder: Option<LockInfo> = serde_json::from_str(rest.trim()).ok();
+            if let Some(h) = holder
+                .as_ref()
+                .filter(|h| h.holder_gone(&self.installation))
+            {
+                // Left by this installation's slipway that was killed mid-operation: break it
+                // (only if it is still that lock) and take it.
+                progress.say(format!(
+                    "{}: breaking the lock left by {}: that slipway process is gone",
+                    conn.host,
+                    h.describe()
+                ));
+                let ran = conn
+                    .run(&remote::unlock(), &[self.path(), &h.deploy_id], None)
+                    .await?;
+                if !ran.ok() {
+                    return Err(remote_failure(conn, "breaking a dead holder's lock", &ran));
+                }
+                continue;
+            }
             let (who, stale) = match &holder {
                 Some(h) => (
                     h.describe(),
@@ -470,6 +564,7 @@ impl HostTarget {
             }
         }
         let prev = self.switch(conn, tag).await?;
+        progress.switched(&conn.host.to_string(), state, tag);
         state.current = Some(tag.to_string());
         self.write_state(conn, state).await?;
         progress.say(format!(
@@ -525,6 +620,7 @@ impl HostTarget {
         };
         match self.switch(conn, prev).await {
             Ok(_) => {
+                progress.switched(&conn.host.to_string(), state, prev);
                 state.current = Some(prev.to_string());
                 let _ = self.write_state(conn, state).await;
                 progress.say(format!("{}: switched back to releases/{prev}", conn.host));
@@ -665,6 +761,40 @@ impl HostTarget {
         }
     }
 
+    /// Puts `release` on one host unless it is there already (then with the same checksum).
+    async fn ensure_release(
+        &self,
+        conn: &Connection,
+        state: &mut HostState,
+        id: &str,
+        release: &StoredRelease,
+        progress: &Progress,
+    ) -> Result<(), TargetError> {
+        if let Some(existing) = state.entry_mut(&release.tag) {
+            if !existing.sha256.is_empty() && existing.sha256 != release.sha256 {
+                return Err(TargetError::Refused(format!(
+                    "{} already has a different releases/{} (sha256 {}); deploy under a new tag",
+                    conn.host, release.tag, existing.sha256
+                )));
+            }
+            progress.say(format!(
+                "{}: releases/{} is already there (with the environment it was first deployed with)",
+                conn.host, release.tag
+            ));
+            return Ok(());
+        }
+        self.upload(conn, id, release, progress).await?;
+        state.releases.push(ReleaseEntry {
+            tag: release.tag.clone(),
+            store_name: release.name.clone(),
+            sha256: release.sha256.clone(),
+            status: ReleaseStatus::Unpacked,
+            deployed_at: chrono::Utc::now().to_rfc3339(),
+            pinned: false,
+        });
+        self.write_state(conn, state).await
+    }
+
     async fn deploy_locked(
         &self,
         conns: &[Connection],
@@ -677,37 +807,23 @@ impl HostTarget {
         for conn in conns {
             states.push(self.read_state(conn).await?.0);
         }
-        // Every host gets the release before any host switches to it.
-        for (conn, state) in conns.iter().zip(states.iter_mut()) {
+        // Every host gets the release before any host switches to it; a batch of hosts
+        // receives it at once.
+        let mut pairs: Vec<(&Connection, &mut HostState)> =
+            conns.iter().zip(states.iter_mut()).collect();
+        for batch in pairs.chunks_mut(self.spec.batch.max(1)) {
             if opts.cancel.is_cancelled() {
                 return Err(TargetError::Cancelled);
             }
-            if let Some(existing) = state.entry_mut(&release.tag) {
-                if !existing.sha256.is_empty() && existing.sha256 != release.sha256 {
-                    return Err(TargetError::Refused(format!(
-                        "{} already has a different releases/{} (sha256 {}); deploy under a new tag",
-                        conn.host, release.tag, existing.sha256
-                    )));
-                }
-                progress.say(format!(
-                    "{}: releases/{} is already there",
-                    conn.host, release.tag
-                ));
-                continue;
-            }
-            tokio::select! {
-                r = self.upload(conn, id, release, progress) => r?,
+            let results = tokio::select! {
+                r = futures::future::join_all(batch.iter_mut().map(|(conn, state)| {
+                    self.ensure_release(conn, state, id, release, progress)
+                })) => r,
                 _ = opts.cancel.cancelled() => return Err(TargetError::Cancelled),
+            };
+            for r in results {
+                r?;
             }
-            state.releases.push(ReleaseEntry {
-                tag: release.tag.clone(),
-                store_name: release.name.clone(),
-                sha256: release.sha256.clone(),
-                status: ReleaseStatus::Unpacked,
-                deployed_at: chrono::Utc::now().to_rfc3339(),
-                pinned: false,
-            });
-            self.write_state(conn, state).await?;
         }
         let (outcomes, error) = self
             .rollout(conns, &mut states, &release.tag, true, opts, progress)
@@ -895,6 +1011,14 @@ impl DeployTarget for HostTarget {
         progress: &Progress,
     ) -> Result<DeployReport, TargetError> {
         validate_name("tag", &release.tag).map_err(TargetError::Invalid)?;
+        // It runs from `<path>/current`: refuse it before any host is touched if it cannot.
+        let (checked, extra) = (release.clone(), self.build_paths.clone());
+        tokio::task::spawn_blocking(move || crate::relocation::check(&checked, &extra))
+            .await
+            .map_err(|e| TargetError::Io {
+                path: release.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
         progress.say(format!(
             "Deploying {} {} to {} ({} host(s), {} at a time)",
             release.name,
@@ -973,7 +1097,12 @@ impl DeployTarget for HostTarget {
                     match r {
                         Ok((state, lock)) => HostReleases {
                             host: host.to_string(),
-                            stale_lock: lock.as_ref().is_some_and(|l| l.is_stale(now_secs())),
+                            holder_gone: lock
+                                .as_ref()
+                                .is_some_and(|l| l.holder_gone(&self.installation)),
+                            stale_lock: lock.as_ref().is_some_and(|l| {
+                                l.is_stale(now_secs()) || l.holder_gone(&self.installation)
+                            }),
                             state: Some(state),
                             lock,
                             error: None,
@@ -983,6 +1112,7 @@ impl DeployTarget for HostTarget {
                             state: None,
                             lock: None,
                             stale_lock: false,
+                            holder_gone: false,
                             error: Some(e.to_string()),
                         },
                     }
@@ -992,6 +1122,7 @@ impl DeployTarget for HostTarget {
                     state: None,
                     lock: None,
                     stale_lock: false,
+                    holder_gone: false,
                     error: Some(e.to_string()),
                 },
             };

@@ -9,6 +9,9 @@
 //!   per host for a whole operation), the target's own `known_hosts` and first-contact
 //!   fingerprints.
 //! - `remote.rs`: the small POSIX shell scripts slipway runs on a host, one per step.
+//! - `relocation.rs`: refuses a release whose files name the directory it was built in (it
+//!   runs from `<path>/current` on a host).
+//! - `holder.rs`: who holds a lock (installation, process), to tell a dead holder.
 //! - `deploy.rs`: [`HostTarget`], which implements [`DeployTarget`]: locking, upload, atomic
 //!   switch, restart, health checks, rollback, prune, exec.
 //!
@@ -19,13 +22,17 @@
 //! releases/<tag>/.slipway/env   the target's environment it was deployed with (mode 600)
 //! current -> releases/<tag>     switched by renaming a new symlink over it
 //! shared/<dir>             linked into each release (--shared)
-//! .slipway/lock            {"owner","deploy_id","acquired_at","ttl_secs"} while an operation runs
+//! .slipway/lock            {"owner","deploy_id","acquired_at","ttl_secs","operation",
+//!                          "installation","process":{"pid","start"},"machine"} while an
+//!                          operation runs (a killed slipway's is broken by the next one)
 //! .slipway/state.json      releases present (tag, store name, sha256, status, pinned), current,
 //!                          previous known-good; written to a temp file and renamed
 //! .slipway/tmp/            uploads and unpacks in progress (invisible; emptied under the lock)
 //! ```
 
 mod deploy;
+mod holder;
+pub mod relocation;
 mod remote;
 mod ssh;
 pub mod store;
@@ -35,8 +42,9 @@ use std::future::Future;
 
 pub use deploy::{
     DeployOptions, DeployReport, ExecResult, HostOutcome, HostReleases, HostTarget, Progress,
-    PruneReport,
+    PruneReport, Switch,
 };
+pub use holder::{installation_id, ProcessId};
 pub use remote::{HostState, LockInfo, ReleaseEntry, ReleaseStatus};
 pub use ssh::{scan_host_keys, HostKey, KnownHosts};
 pub use store::{ReleaseStore, ReleaseStoreError};
@@ -74,6 +82,8 @@ pub enum TargetError {
     Cancelled,
     #[error("release store: {0}")]
     Store(#[from] ReleaseStoreError),
+    #[error(transparent)]
+    NotRelocatable(#[from] relocation::RelocationError),
     #[error("local I/O on {path}: {source}")]
     Io {
         path: String,

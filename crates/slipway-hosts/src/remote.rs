@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::holder::ProcessId;
+
 const PRELUDE: &str = r#"set -eu
 P=$1; shift
 case $P in /*) ;; *) P=$HOME/$P ;; esac
@@ -16,15 +18,22 @@ fn script(body: &str) -> String {
     format!("{PRELUDE}{body}")
 }
 
-/// Takes the lock (O_EXCL through `set -C`) or prints who holds it.
-/// Args: lock JSON. Prints `acquired`, or `held` and the lock's content.
+/// Takes the lock or prints who holds it. The lock's content is written to a file of its own
+/// first and then hard-linked to `.slipway/lock` (atomic, and fails when the lock exists), so
+/// the lock is never seen half-written, and a full disk fails here with its own error instead
+/// of leaving an empty lock behind. Args: lock JSON. Prints `acquired`, or `held` and the
+/// lock's content.
 pub fn lock() -> String {
     script(
         r#"mkdir -p "$P/.slipway/tmp" "$P/releases" "$P/shared"
 cd "$P"
-if (set -C; printf '%s\n' "$1" > .slipway/lock) 2>/dev/null; then
+L=".slipway/lock.$$"
+trap 'rm -f "$L"' EXIT
+printf '%s\n' "$1" > "$L"
+if ln "$L" .slipway/lock 2>/dev/null; then
   # Under the lock nothing else writes here: leftovers of an interrupted operation go.
   rm -rf .slipway/tmp/* .current.new
+  rm -f .slipway/lock.*
   echo acquired
 else
   echo held
@@ -75,17 +84,18 @@ mv -f "$P/.slipway/state.json.tmp" "$P/.slipway/state.json"
 
 /// Receives the tarball on stdin and checks its checksum. Args: deploy id, sha256.
 /// Exit 3: checksum mismatch (the file is removed).
+/// Whatever ends it early (a full disk, a cut connection) removes the partial file.
 pub fn upload() -> String {
     script(
         r#"T="$P/.slipway/tmp/$1.tgz"
-trap 'rm -f "$T"' HUP INT TERM
+trap 'rm -f "$T"' EXIT HUP INT TERM
 cat > "$T"
 sum=$(sha256sum "$T" | cut -d' ' -f1)
 if [ "$sum" != "$2" ]; then
-  rm -f "$T"
   echo "checksum mismatch: the host received $sum, the store has $2" >&2
   exit 3
 fi
+trap - EXIT HUP INT TERM
 "#,
     )
 }
@@ -227,6 +237,16 @@ pub struct LockInfo {
     pub acquired_at: i64,
     pub ttl_secs: u64,
     pub operation: String,
+    /// The slipway installation that took it (see `holder.rs`); empty in locks written by
+    /// hand or by an older slipway.
+    #[serde(default)]
+    pub installation: String,
+    /// The slipway server process that holds it.
+    #[serde(default)]
+    pub process: Option<ProcessId>,
+    /// The machine that process runs on (for people reading the lock).
+    #[serde(default)]
+    pub machine: String,
 }
 
 impl LockInfo {
@@ -236,12 +256,33 @@ impl LockInfo {
             .saturating_add(i64::try_from(self.ttl_secs).unwrap_or(i64::MAX))
     }
 
+    /// Was it taken by this installation, by a process that is no longer running? Then nothing
+    /// can be using it any more (a killed slipway left it).
+    pub fn holder_gone(&self, installation: &str) -> bool {
+        !installation.is_empty()
+            && self.installation == installation
+            && self.process.as_ref().is_some_and(|p| !p.is_alive())
+    }
+
     pub fn describe(&self) -> String {
         let at = chrono::DateTime::from_timestamp(self.acquired_at, 0)
             .map(|t| t.to_rfc3339())
             .unwrap_or_else(|| self.acquired_at.to_string());
+        let process = match &self.process {
+            Some(p) => format!(
+                ", slipway process {} on {} (installation {})",
+                p.pid,
+                if self.machine.is_empty() {
+                    "?"
+                } else {
+                    &self.machine
+                },
+                self.installation
+            ),
+            None => String::new(),
+        };
         format!(
-            "{} ({} {}, since {at}, ttl {} s)",
+            "{} ({} {}, since {at}, ttl {} s{process})",
             self.owner, self.operation, self.deploy_id, self.ttl_secs
         )
     }

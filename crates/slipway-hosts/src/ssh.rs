@@ -14,6 +14,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::holder::ProcessId;
 use crate::target::HostSpec;
 use crate::TargetError;
 
@@ -219,7 +220,11 @@ impl KnownHosts {
                     .join(", "),
             });
         }
-        let control = self.dir.join("control");
+        // The connection's master process and socket live in a directory of this process's
+        // own, so masters a killed slipway left behind can be told apart and stopped.
+        let control_root = self.dir.join("control");
+        stop_dead_masters(&control_root).await;
+        let control = control_root.join(ProcessId::this().file_name());
         std::fs::create_dir_all(&control).map_err(|source| TargetError::Io {
             path: control.display().to_string(),
             source,
@@ -233,6 +238,11 @@ impl KnownHosts {
             .user_known_hosts_file(self.file())
             .control_directory(&control)
             .connect_timeout(Duration::from_secs(15))
+            // A master nobody uses any more (its slipway was killed) ends by itself.
+            .control_persist(openssh::ControlPersist::IdleFor(
+                std::num::NonZeroUsize::new(MASTER_IDLE_SECS)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            ))
             .server_alive_interval(Duration::from_secs(15));
         if let Some(key) = key {
             builder.keyfile(key);
@@ -266,6 +276,60 @@ impl KnownHosts {
                     reason: format!("{detail}: {source}").trim_end_matches(": ").into(),
                 })
             }
+        }
+    }
+}
+
+/// How long a connection's master process outlives its last use.
+const MASTER_IDLE_SECS: usize = 300;
+
+/// Stops the ControlMaster processes of slipway processes that are gone (killed mid-operation:
+/// their masters would otherwise keep the connection to the host open) and removes their
+/// sockets. Directories of live processes are left alone.
+pub(crate) async fn stop_dead_masters(control_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(control_root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dir = entry.path();
+        let sockets: Vec<PathBuf> = if name.starts_with(".ssh-connection") {
+            // The layout of older slipways: one directory per connection, no owner.
+            vec![dir.join("master")]
+        } else {
+            match ProcessId::from_file_name(&name) {
+                Some(p) if p.is_alive() => continue,
+                _ => std::fs::read_dir(&dir)
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .map(|e| e.path().join("master"))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        };
+        for socket in sockets.iter().filter(|s| s.exists()) {
+            let stopped = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::process::Command::new("ssh")
+                    .args(["-F", "/dev/null", "-O", "exit", "-S"])
+                    .arg(socket)
+                    .arg("slipway-stale-master")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .status(),
+            )
+            .await;
+            tracing::info!(socket = %socket.display(), ?stopped, "stopped a dead slipway's ssh master");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir).or_else(|e| match e.kind() {
+            // Another connection of this operation cleaned it at the same time.
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        }) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a dead slipway's ssh sockets");
         }
     }
 }
@@ -361,23 +425,35 @@ impl Connection {
                 path: file.display().to_string(),
                 source,
             })?;
+        let mut cut = None;
         if let Some(mut pipe) = child.stdin().take() {
             let copied = tokio::io::copy(&mut local, &mut pipe).await;
             let _ = pipe.shutdown().await;
             drop(pipe);
-            if let Err(e) = copied {
-                let _ = child.disconnect().await;
-                return Err(TargetError::Remote {
-                    host: self.host.to_string(),
-                    step: "upload".into(),
-                    detail: format!("the upload was cut: {e}"),
-                });
+            cut = copied.err();
+        }
+        let out = child.wait_with_output().await;
+        if let Some(e) = cut {
+            // The remote end stopped reading: when it said why (a full disk), that is the
+            // error; otherwise the connection was cut.
+            match out {
+                Ok(out) if !out.status.success() && !out.stderr.is_empty() => {
+                    return Ok(Ran {
+                        code: out.status.code(),
+                        stdout: clip(&out.stdout),
+                        stderr: clip(&out.stderr),
+                    })
+                }
+                _ => {
+                    return Err(TargetError::Remote {
+                        host: self.host.to_string(),
+                        step: "upload".into(),
+                        detail: format!("the upload was cut: {e}"),
+                    })
+                }
             }
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| self.ssh_err(e))?;
+        let out = out.map_err(|e| self.ssh_err(e))?;
         Ok(Ran {
             code: out.status.code(),
             stdout: clip(&out.stdout),

@@ -296,6 +296,20 @@ impl ReleaseStore {
         Ok(removed)
     }
 
+    /// Deletes every release of `name` but those a target's host runs (`apps:destroy`: a host
+    /// keeps running what it runs, and can still be rolled back to it from the store).
+    pub async fn forget(
+        &self,
+        db: &Store,
+        name: &str,
+    ) -> Result<Vec<StoredRelease>, ReleaseStoreError> {
+        let removed = db.forget_stored_releases(name).await?;
+        for r in &removed {
+            remove_quietly(Path::new(&r.path)).await;
+        }
+        Ok(removed)
+    }
+
     /// Opens a stored release's tarball, checking it is still what was recorded.
     pub fn verify_blocking(release: &StoredRelease) -> Result<(), ReleaseStoreError> {
         let path = Path::new(&release.path);

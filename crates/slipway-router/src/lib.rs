@@ -11,6 +11,7 @@
 //! window as responses (`tunnel.rs`); request headers are bounded ([`HeaderLimits`]).
 
 mod body;
+pub mod drain;
 mod errors;
 mod listen;
 mod proxy;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use slipway_logs::LogHub;
 use tokio::net::TcpListener;
 
+pub use drain::{Drained, Drains, InFlight};
 pub use errors::RouterError;
 pub use listen::{serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
 
@@ -74,6 +76,9 @@ pub struct RouterConfig {
     pub out_of_rotation: Duration,
     /// Request headers over these bounds get 431 and never reach a dyno.
     pub header_limits: HeaderLimits,
+    /// Requests in flight per dyno address, shared with the dyno manager so it stops an old
+    /// dyno only once the requests it already has are done (`drain.rs`).
+    pub drains: Drains,
 }
 
 impl Default for RouterConfig {
@@ -87,6 +92,7 @@ impl Default for RouterConfig {
             header_read_timeout: Duration::from_secs(30),
             out_of_rotation: Duration::from_secs(5),
             header_limits: HeaderLimits::default(),
+            drains: Drains::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use slipway_logs::{logfmt_quote, LogHub, Source};
 
 use crate::body::{BodyEnd, BoxError, Counted, Reclaimable};
+use crate::drain::InFlight;
 use crate::rotation::Rotation;
 use crate::{app_from_host, tunnel, Resolution, Resolver, RouterConfig, RouterError, Target};
 
@@ -70,6 +71,13 @@ pub(crate) struct Via {
 struct Timing {
     connect_ms: u128,
     service_ms: u128,
+}
+
+/// A request a dyno answered: its timing, and its place in the dyno's in-flight count (held
+/// until the response body reached the client, or the upgraded connection closed).
+struct Answered {
+    timing: Timing,
+    in_flight: InFlight,
 }
 
 /// How one attempt to send a request to a dyno failed.
@@ -200,16 +208,21 @@ impl Proxy {
                 Target::Starting => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
             }
         };
-        self.forward(req, &backends, log).await
+        self.forward(req, app_name, backends, log).await
     }
 
     /// Sends the request to the app's dynos in rotation order until one takes the
     /// connection: a dyno that refuses it (so no byte of the request was sent) is taken out
     /// of rotation for a while and the next one is tried.
+    ///
+    /// When every dyno refused, the app is resolved once more: its route may have moved to a
+    /// new release meanwhile (an old dyno drained and stopped between this request's resolve
+    /// and its connect), and nothing of the request was sent yet.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        backends: &[(String, SocketAddr)],
+        app_name: &str,
+        mut backends: Vec<(String, SocketAddr)>,
         log: RequestLog,
     ) -> Response<ProxyBody> {
         let upgrade = upgrade_protocol(&req);
@@ -245,54 +258,85 @@ impl Proxy {
         let sent = Instant::now();
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
         let mut body = Some(Reclaimable::new(body));
-        let mut last_dyno = None;
-        for i in self.rotation.order(backends, sent) {
-            let (dyno, addr) = &backends[i];
-            last_dyno = Some(dyno.as_str());
-            let Some(this_body) = body.take() else { break };
-            let reclaim = this_body.handle();
-            // The pooled client takes absolute URIs; a connection of our own, the path.
-            let uri = if upgrade.is_some() {
-                path.parse()
-            } else {
-                format!("http://{addr}{path}").parse()
-            };
-            let Ok(uri) = uri else {
-                return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
-            };
-            let mut outbound = Request::new(this_body);
-            *outbound.method_mut() = parts.method.clone();
-            *outbound.uri_mut() = uri;
-            *outbound.version_mut() = http::Version::HTTP_11;
-            *outbound.headers_mut() = parts.headers.clone();
-            let sending = self.send(outbound, *addr, upgrade.is_some());
-            let response = match tokio::time::timeout_at(deadline, sending).await {
-                Err(_) => return self.fail(RouterError::RequestTimeout, &log, Some(dyno)),
-                Ok(Err(Sent::Refused(e))) => {
-                    tracing::info!(error = %e, dyno, %addr, "dyno refused the connection: out of rotation");
-                    self.rotation.refused(*addr, Instant::now());
-                    body = reclaim.reclaim();
-                    continue;
-                }
-                Ok(Err(Sent::Failed(e))) => {
-                    tracing::debug!(error = %e, dyno, "forwarding failed");
+        let mut last_dyno: Option<String> = None;
+        let mut resolved_again = false;
+        loop {
+            for i in self.rotation.order(&backends, sent) {
+                let (dyno, addr) = &backends[i];
+                last_dyno = Some(dyno.clone());
+                let Some(this_body) = body.take() else { break };
+                let reclaim = this_body.handle();
+                // The pooled client takes absolute URIs; a connection of our own, the path.
+                let uri = if upgrade.is_some() {
+                    path.parse()
+                } else {
+                    format!("http://{addr}{path}").parse()
+                };
+                let Ok(uri) = uri else {
                     return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
-                }
-                Ok(Ok(response)) => response,
-            };
-            self.rotation.accepted(*addr);
-            let timing = Timing {
-                connect_ms: sent.duration_since(log.start).as_millis(),
-                service_ms: sent.elapsed().as_millis(),
-            };
-            return match client_upgrade {
-                Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    self.upgraded(response, client_upgrade, client_version, dyno, log, timing)
-                }
-                _ => self.respond(response, client_version, dyno, log, timing),
-            };
+                };
+                let mut outbound = Request::new(this_body);
+                *outbound.method_mut() = parts.method.clone();
+                *outbound.uri_mut() = uri;
+                *outbound.version_mut() = http::Version::HTTP_11;
+                *outbound.headers_mut() = parts.headers.clone();
+                // Counted until the response body reached the client (or the tunnel closed).
+                let in_flight = self.cfg.drains.begin(*addr);
+                let sending = self.send(outbound, *addr, upgrade.is_some());
+                let response = match tokio::time::timeout_at(deadline, sending).await {
+                    Err(_) => return self.fail(RouterError::RequestTimeout, &log, Some(dyno)),
+                    Ok(Err(Sent::Refused(e))) => {
+                        tracing::info!(error = %e, dyno, %addr, "dyno refused the connection: out of rotation");
+                        self.rotation.refused(*addr, Instant::now());
+                        body = reclaim.reclaim();
+                        continue;
+                    }
+                    Ok(Err(Sent::Failed(e))) => {
+                        tracing::debug!(error = %e, dyno, "forwarding failed");
+                        return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
+                    }
+                    Ok(Ok(response)) => response,
+                };
+                self.rotation.accepted(*addr);
+                let timing = Timing {
+                    connect_ms: sent.duration_since(log.start).as_millis(),
+                    service_ms: sent.elapsed().as_millis(),
+                };
+                return match client_upgrade {
+                    Some(client_upgrade)
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        self.upgraded(
+                            response,
+                            client_upgrade,
+                            client_version,
+                            dyno,
+                            log,
+                            Answered { timing, in_flight },
+                        )
+                    }
+                    _ => self.respond(
+                        response,
+                        client_version,
+                        dyno,
+                        log,
+                        Answered { timing, in_flight },
+                    ),
+                };
+            }
+            if resolved_again || body.is_none() {
+                break;
+            }
+            resolved_again = true;
+            match self.resolver.resolve(app_name) {
+                Resolution::Found {
+                    target: Target::Up(fresh),
+                    ..
+                } if !fresh.is_empty() && fresh != backends => backends = fresh,
+                _ => break,
+            }
         }
-        self.fail(RouterError::ConnectionClosed, &log, last_dyno)
+        self.fail(RouterError::ConnectionClosed, &log, last_dyno.as_deref())
     }
 
     /// One attempt to send a request to a dyno.
@@ -345,8 +389,9 @@ impl Proxy {
         client_version: http::Version,
         dyno: &str,
         log: RequestLog,
-        timing: Timing,
+        answered: Answered,
     ) -> Response<ProxyBody> {
+        let Answered { timing, in_flight } = answered;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The client keeps its own protocol whatever the dyno answered in (an HTTP/1.0 dyno
@@ -361,6 +406,7 @@ impl Proxy {
             service_ms,
         } = timing;
         let on_done = move |bytes: u64, end: BodyEnd| {
+            drop(in_flight);
             let line = match end {
                 BodyEnd::Complete => format!(
                     "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
@@ -397,8 +443,9 @@ impl Proxy {
         client_version: http::Version,
         dyno: &str,
         log: RequestLog,
-        timing: Timing,
+        answered: Answered,
     ) -> Response<ProxyBody> {
+        let Answered { timing, in_flight } = answered;
         let dyno_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         let protocol = parts.headers.get(header::UPGRADE).cloned();
@@ -411,8 +458,12 @@ impl Proxy {
         }
         parts.version = client_version;
         let span = tracing::debug_span!("upgraded", app = %log.app_id, dyno);
+        let idle_timeout = self.cfg.idle_timeout;
         tokio::spawn(tracing::Instrument::instrument(
-            tunnel::run(client_upgrade, dyno_upgrade, self.cfg.idle_timeout),
+            async move {
+                tunnel::run(client_upgrade, dyno_upgrade, idle_timeout).await;
+                drop(in_flight);
+            },
             span,
         ));
         self.logs.write(

@@ -10,8 +10,10 @@
 //! (`users.rs`), with `PORT` (web), `DYNO` and the app's config in its environment, its
 //! output sent to the app's log stream. Memory comes from the dyno's cgroup (`cgroup.rs`).
 //!
-//! On a deploy the old dynos keep serving until the new web dynos are up (or have failed to
-//! come up), then they are stopped: SIGTERM, and SIGKILL after the stop timeout.
+//! On a deploy the old dynos keep serving until the new web dynos are up and past their health
+//! checks (`rollout.rs`, `health.rs`); then they leave routing, the requests they have finish
+//! (the router's drain, bounded) and they are stopped: SIGTERM, and SIGKILL after the stop
+//! timeout. New dynos that never become healthy are stopped instead and the old ones stay.
 //!
 //! Each dyno runs under its own monitor process (`monitor.rs`, the `slipway dyno-monitor`
 //! subcommand), which holds its output in a bounded on-disk log (`dynolog.rs`) and records its
@@ -24,6 +26,7 @@ mod attach;
 mod backend;
 mod cgroup;
 mod dynolog;
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 pub mod monitor;
@@ -32,6 +35,7 @@ mod oneoff;
 mod plain;
 mod process;
 mod restart;
+mod rollout;
 pub mod settings;
 mod supervisor;
 mod users;
@@ -53,6 +57,7 @@ pub use backend::{
     BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError,
     Usage,
 };
+pub use health::Health;
 pub use lifecycle::Lifecycle;
 pub use metrics::LoadAvg;
 pub use oci::{OciBackend, STACK_ETC};
@@ -62,6 +67,7 @@ pub use oneoff::{
 };
 pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
+pub use rollout::{DrainWatch, Rollout, RolloutOutcome};
 pub use users::{AppUser, FIRST_UID, LAST_UID};
 
 /// Builds run as their app's uid plus this (500000-599999), never as a dyno's uid.
@@ -104,6 +110,8 @@ pub struct RuntimeConfig {
     pub stop_timeout: Duration,
     /// How long a web dyno has to bind `PORT` (Heroku: 60 s, then R10).
     pub boot_timeout: Duration,
+    /// How long a replaced web dyno's in-flight requests get to finish before its SIGTERM.
+    pub drain_timeout: Duration,
     /// Longest wait between restarts of a dyno that keeps crashing.
     pub max_restart_delay: Duration,
     /// How often each dyno's memory and CPU are sampled (`--dyno-metrics-interval`): an R14
@@ -126,6 +134,7 @@ impl RuntimeConfig {
             oci_runtime: "runc".to_string(),
             stop_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
             max_restart_delay: Duration::from_secs(60),
             memory_check_interval: Duration::from_secs(20),
             dyno_size: DynoSize::standard_1x(),
@@ -181,6 +190,9 @@ pub struct ReleaseSpec {
     pub slug_checksum: String,
     /// Config vars, given to every dyno as environment variables.
     pub env: BTreeMap<String, String>,
+    /// The slug's `app.json` `healthchecks.web[]`: new web dynos get traffic only once these
+    /// pass (`health.rs`).
+    pub healthchecks: Vec<slipway_core::appjson::Healthcheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +279,13 @@ pub enum DynoEvent {
     },
     /// The app went to sleep (its web dynos stop; see [`DynoManager::sleep_app`]) or woke up.
     Sleep { app_id: String, asleep: bool },
+    /// Whether the dyno may get requests changed without a state change: its health checks
+    /// passed or failed, or it left routing to drain.
+    Routing {
+        app_id: String,
+        dyno_id: String,
+        name: String,
+    },
     /// The supervisor finished: the dyno, its container and directory are gone.
     Removed {
         app_id: String,
@@ -297,6 +316,12 @@ pub(crate) struct Dyno {
     pub(crate) size: DynoSize,
     pub(crate) status: Mutex<Status>,
     pub(crate) retiring: AtomicBool,
+    /// Out of routing for good: its in-flight requests finish, then it stops.
+    pub(crate) draining: AtomicBool,
+    /// Its health checks for the boot it is in (`health.rs`).
+    pub(crate) health: Mutex<Health>,
+    /// The `updated_at` of the `Up` status whose checks passed: a later boot is checked again.
+    pub(crate) ready: Mutex<Option<DateTime<Utc>>>,
     pub(crate) stop_tx: watch::Sender<bool>,
     pub(crate) done_rx: watch::Receiver<bool>,
 }
@@ -327,6 +352,31 @@ impl Dyno {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn lock_ready(&self) -> std::sync::MutexGuard<'_, Option<DateTime<Utc>>> {
+        self.ready.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_health(&self, health: Health) {
+        *self.health.lock().unwrap_or_else(|p| p.into_inner()) = health;
+    }
+
+    /// Whether the router may send it requests: up, not draining, and past its health checks
+    /// for this boot (when its release has any).
+    pub(crate) fn routable(&self, status: &Status) -> bool {
+        status.lifecycle == Lifecycle::Up
+            && status.addr.is_some()
+            && !self.draining.load(Ordering::SeqCst)
+            && (health::gating(&self.release.healthchecks).next().is_none()
+                || *self.lock_ready() == Some(status.updated_at))
+    }
+
     fn request_stop(&self) {
         self.retiring.store(true, Ordering::SeqCst);
         let _ = self.stop_tx.send(true);
@@ -349,10 +399,13 @@ pub(crate) struct Inner {
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
     /// What each app was last converged to, and whether it sleeps.
     desired: Mutex<HashMap<String, Desired>>,
+    /// The router's side of draining, once the server has set it.
+    drain_watch: Mutex<Option<Arc<dyn DrainWatch>>>,
 }
 
 /// An app's release and formation as last converged, and whether its web dynos sleep.
-struct Desired {
+#[derive(Clone)]
+pub(crate) struct Desired {
     release: ReleaseSpec,
     formation: Vec<ProcessSpec>,
     asleep: bool,
@@ -376,6 +429,26 @@ impl Inner {
                 apps.remove(app_id);
             }
         }
+    }
+
+    pub(crate) fn lock_desired(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desired>> {
+        self.desired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn drain_watch(&self) -> Option<Arc<dyn DrainWatch>> {
+        self.drain_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tells listeners (the route table) that `dyno`'s routability changed.
+    pub(crate) fn routing_changed(&self, dyno: &Dyno) {
+        let _ = self.events.send(DynoEvent::Routing {
+            app_id: dyno.app_id.clone(),
+            dyno_id: dyno.id.clone(),
+            name: dyno.name.clone(),
+        });
     }
 
     fn added(&self, dyno: &Dyno) {
@@ -462,8 +535,19 @@ impl DynoManager {
                 events: tokio::sync::broadcast::channel(1024).0,
                 apps: Mutex::new(HashMap::new()),
                 desired: Mutex::new(HashMap::new()),
+                drain_watch: Mutex::new(None),
             }),
         })
+    }
+
+    /// Lets replaced web dynos finish their in-flight requests before they are stopped: the
+    /// server passes the router's drain here. Without one, they are stopped at once.
+    pub fn set_drain_watch(&self, watch: Arc<dyn DrainWatch>) {
+        *self
+            .inner
+            .drain_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(watch);
     }
 
     /// Every dyno event from now on. A receiver that falls more than 1,024 events behind
@@ -477,13 +561,16 @@ impl DynoManager {
         self.inner.backend.describe()
     }
 
-    /// Makes the app's dynos match `release` and `formation`. Returns at once; replaced dynos
-    /// are stopped in the background once the new web dynos are up or have failed to start.
+    /// Makes the app's dynos match `release` and `formation`. Returns at once with the
+    /// [`Rollout`], whose outcome says whether the new web dynos became healthy (replaced
+    /// dynos drain and stop in the background after that) or not (the new dynos are stopped,
+    /// the old ones and the app's previous desired state stay: `rollout.rs`).
     /// An app that sleeps keeps no web dynos until it is woken
     /// ([`wake_app`](Self::wake_app)); a release that no longer lets it sleep wakes it.
-    pub fn converge(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
-        let effective = {
+    pub fn converge(&self, release: ReleaseSpec, formation: &[ProcessSpec]) -> Rollout {
+        let (effective, previous) = {
             let mut desired = self.lock_desired();
+            let previous = desired.get(&release.app_id).cloned();
             let asleep = desired
                 .get(&release.app_id)
                 .is_some_and(|d| d.asleep && sleep_after(&release.env).is_some());
@@ -495,13 +582,13 @@ impl DynoManager {
                     asleep,
                 },
             );
-            effective_formation(formation, asleep)
+            (effective_formation(formation, asleep), previous)
         };
-        self.apply(release, &effective);
+        self.apply(release, &effective, previous)
     }
 
     fn lock_desired(&self) -> std::sync::MutexGuard<'_, HashMap<String, Desired>> {
-        self.inner.desired.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_desired()
     }
 
     /// How long the app's web dynos may go without a request before they sleep, if its
@@ -539,6 +626,7 @@ impl DynoManager {
             d.asleep = asleep;
             (d.release.clone(), effective_formation(&d.formation, asleep))
         };
+        let previous = self.lock_desired().get(app_id).cloned();
         let web: Vec<String> = self
             .list(app_id)
             .into_iter()
@@ -563,12 +651,20 @@ impl DynoManager {
             app_id: app_id.to_string(),
             asleep,
         });
-        self.apply(release, &formation);
+        // Waking or sleeping never fails: the rollout's outcome is not needed.
+        let _ = self.apply(release, &formation, previous);
         true
     }
 
-    fn apply(&self, release: ReleaseSpec, formation: &[ProcessSpec]) {
+    fn apply(
+        &self,
+        release: ReleaseSpec,
+        formation: &[ProcessSpec],
+        previous: Option<Desired>,
+    ) -> Rollout {
         let app_id = release.app_id.clone();
+        // Subscribed before any new dyno starts, so the rollout misses none of their events.
+        let events = self.inner.events.subscribe();
         let mut started: Vec<Arc<Dyno>> = Vec::new();
         let mut retire: Vec<Arc<Dyno>> = Vec::new();
         {
@@ -605,36 +701,32 @@ impl DynoManager {
         }
         for d in &started {
             self.inner.added(d);
+            if d.process_type == "web" && !d.release.healthchecks.is_empty() {
+                health::follow(self.inner.clone(), d.clone());
+            }
         }
-        if retire.is_empty() {
-            return;
+        if started.is_empty() && retire.is_empty() {
+            return Rollout::done(RolloutOutcome::Healthy);
         }
-        let boot_timeout = self.inner.boot_timeout(&release);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                // Old dynos keep serving until the new web dynos are up (or failed to come up).
-                let new_web: Vec<_> = started.iter().filter(|d| d.process_type == "web").collect();
-                let settled = async {
-                    for d in new_web {
-                        loop {
-                            let state = d.lock_status().lifecycle;
-                            if state != Lifecycle::Starting || *d.done_rx.borrow() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(boot_timeout + Duration::from_secs(5), settled).await;
-                for d in &retire {
-                    d.request_stop();
-                }
-                for d in &retire {
-                    d.stopped().await;
-                }
+        // A crash of the new release fails the rollout only when an older one still serves.
+        let protect = retire.iter().any(|d| {
+            d.process_type == "web" && d.release.version != release.version && {
+                let status = *d.lock_status();
+                d.routable(&status)
+            }
+        });
+        rollout::start(
+            self.inner.clone(),
+            rollout::Plan {
+                app_id,
+                version: release.version,
+                started,
+                retire,
+                protect,
+                previous,
+                events,
             },
-            tracing::info_span!("retire", app = %app_id),
-        ));
+        )
     }
 
     /// Stops every dyno of an app and waits until they are gone.
@@ -682,8 +774,9 @@ impl DynoManager {
         out
     }
 
-    /// Up web dynos, those of the newest release that has any up: traffic moves to a new
-    /// release as soon as one of its dynos is up, and old dynos get no new requests.
+    /// Routable web dynos (up and past their health checks, not draining), those of the
+    /// newest release that has any: traffic moves to a new release as soon as one of its
+    /// dynos is routable, and old dynos get no new requests.
     pub fn web_status(&self, app_id: &str) -> WebStatus {
         let apps = self.inner.lock_apps();
         let Some(dynos) = apps.get(app_id) else {
@@ -694,13 +787,18 @@ impl DynoManager {
         let mut newest: Option<i64> = None;
         let mut up: Vec<(i64, &str, SocketAddr)> = Vec::new();
         for d in dynos.iter().filter(|d| d.process_type == "web") {
+            if d.draining.load(Ordering::SeqCst) {
+                continue;
+            }
             any_web = true;
             let status = *d.lock_status();
             match (status.lifecycle, status.addr) {
-                (Lifecycle::Up, Some(addr)) => {
+                (Lifecycle::Up, Some(addr)) if d.routable(&status) => {
                     newest = newest.max(Some(d.release.version));
                     up.push((d.release.version, &d.name, addr));
                 }
+                // Up but its health checks have not passed (yet): as good as starting.
+                (Lifecycle::Up, _) if d.health() == Health::Pending => starting = true,
                 (Lifecycle::Starting, _) => starting = true,
                 _ => {}
             }
@@ -777,6 +875,15 @@ impl DynoManager {
         let size =
             supervisor::recorded_size(&dir).unwrap_or_else(|| self.inner.cfg.dyno_size.clone());
         let dyno = supervisor::adopt(&self.inner, release, record, attached, size);
+        if dyno.process_type == "web" && !release.healthchecks.is_empty() {
+            // It served before the restart: routable as it is; a later boot is checked again.
+            let status = *dyno.lock_status();
+            if status.lifecycle == Lifecycle::Up {
+                *dyno.lock_ready() = Some(status.updated_at);
+                dyno.set_health(Health::Passed);
+            }
+            health::follow(self.inner.clone(), dyno.clone());
+        }
         self.inner
             .lock_apps()
             .entry(record.app_id.clone())

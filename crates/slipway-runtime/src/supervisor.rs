@@ -110,6 +110,9 @@ fn start_supervisor(
             sampled_at: None,
         }),
         retiring: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        health: Mutex::new(crate::health::Health::Pending),
+        ready: Mutex::new(None),
         stop_tx,
         done_rx,
     });

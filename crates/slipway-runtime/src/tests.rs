@@ -56,6 +56,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
         slug_path: slug,
         slug_checksum: info.checksum,
         env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+        healthchecks: Vec::new(),
     };
     Fixture {
         _dir: dir,
@@ -188,6 +189,7 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
             DynoEvent::MemoryQuotaExceeded { .. } => panic!("a small server is over quota"),
             DynoEvent::Added { name, .. } => assert_eq!(name, "web.1"),
             DynoEvent::Sleep { .. } => panic!("the app does not sleep"),
+            DynoEvent::Routing { name, .. } => assert_eq!(name, "web.1"),
         }
     }
     let up = DynoState::Up;

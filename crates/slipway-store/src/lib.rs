@@ -8,9 +8,11 @@
 mod apps;
 mod buildpacks;
 mod config;
+mod deploys;
 mod formation;
 mod log_drains;
 mod model;
+mod pipelines;
 pub mod release_store;
 mod releases;
 
@@ -26,9 +28,17 @@ use uuid::Uuid;
 
 pub use apps::AppFootprint;
 pub use config::{config_bytes, config_description, ConfigOutcome};
+pub use deploys::{
+    DeployRecord, DeployStepRecord, DeployUpdate, DeployWebhook, MAX_DEPLOY_SECRETS,
+    MAX_DEPLOY_WEBHOOKS,
+};
 pub use formation::FormationUpdate;
 pub use log_drains::{LogDrain, MAX_LOG_DRAINS};
 pub use model::*;
+pub use pipelines::{
+    Pipeline, PipelineBuild, PipelineBuildStatus, PipelineDeploy, PipelineDeployStatus, Stage,
+    StageStrategy, TargetRow,
+};
 pub use releases::{ReleaseStatus, RollbackRefusal};
 
 #[derive(Debug, thiserror::Error)]

@@ -194,6 +194,16 @@ impl Store {
         name: &str,
         keep: usize,
     ) -> Result<Vec<StoredRelease>> {
+        self.delete_stored_beyond(name, keep.max(1)).await
+    }
+
+    /// Deletes the records of all of `name`'s releases but those a target's host runs (its app
+    /// was destroyed). Returns what was deleted (the caller removes files).
+    pub async fn forget_stored_releases(&self, name: &str) -> Result<Vec<StoredRelease>> {
+        self.delete_stored_beyond(name, 0).await
+    }
+
+    async fn delete_stored_beyond(&self, name: &str, keep: usize) -> Result<Vec<StoredRelease>> {
         let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "SELECT * FROM release_store WHERE name = $1 ORDER BY built_at DESC, rowid DESC",
@@ -206,8 +216,7 @@ impl Store {
             .map(StoredRelease::from_row)
             .collect::<Result<Vec<_>>>()?;
         let mut removed = Vec::new();
-        // The latest is always kept, even with `keep` 0.
-        for release in all.into_iter().skip(keep.max(1)) {
+        for release in all.into_iter().skip(keep) {
             if !Self::users_of(&mut tx, &release.name, &release.tag)
                 .await?
                 .is_empty()
@@ -273,6 +282,35 @@ impl Store {
             .iter()
             .map(Self::target_from_row)
             .collect())
+    }
+
+    /// Replaces a target's environment (its JSON) with what `change` makes of the stored one,
+    /// in one write transaction (two changes at once never lose one). `change` refusing leaves
+    /// it as it was; its error is returned inside `Ok`.
+    pub async fn update_host_target_env<E>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&str) -> std::result::Result<String, E>,
+    ) -> Result<std::result::Result<String, E>> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT env FROM host_targets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("target {name}")))?;
+        let env: String = row.get("env");
+        let new = match change(&env) {
+            Ok(new) => new,
+            Err(e) => return Ok(Err(e)),
+        };
+        sqlx::query("UPDATE host_targets SET env = $1, updated_at = $2 WHERE name = $3")
+            .bind(&new)
+            .bind(now_ms())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(new))
     }
 
     pub async fn delete_host_target(&self, name: &str) -> Result<()> {

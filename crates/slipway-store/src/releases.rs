@@ -129,6 +129,67 @@ impl Store {
         Ok(Ok(release))
     }
 
+    /// The current release's new dynos never became healthy (a failed health check, a crash
+    /// at boot): it becomes `failed`, and in the same transaction the app goes back to the
+    /// release before it: its config is that release's config again and the formation is
+    /// shaped by that release's slug (quantities of types both have are kept; a type only
+    /// the failed release dropped comes back at 0 (web at 1)). With no earlier release that has
+    /// a slug the formation is emptied. Only the current release can fail this way (it is the one being
+    /// rolled out); anything else is a `Conflict`.
+    pub async fn fail_unhealthy_release(&self, app_id: &str, release_id: &str) -> Result<Release> {
+        let mut tx = self.write_tx().await?;
+        let current = sqlx::query(
+            "SELECT * FROM releases WHERE app_id = $1 AND status = 'succeeded' ORDER BY version DESC LIMIT 1",
+        )
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| Release::from_row(&r))
+        .transpose()?;
+        let Some(current) = current.filter(|r| r.id == release_id) else {
+            return Err(StoreError::Conflict(format!(
+                "release {release_id} is not the current release of the app, so it can't fail its rollout: the status"
+            )));
+        };
+        sqlx::query("UPDATE releases SET status = 'failed', updated_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(release_id)
+            .execute(&mut *tx)
+            .await?;
+        let previous = sqlx::query(
+            "SELECT * FROM releases WHERE app_id = $1 AND status = 'succeeded' ORDER BY version DESC LIMIT 1",
+        )
+        .bind(app_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| Release::from_row(&r))
+        .transpose()?;
+        let mut types = BTreeMap::new();
+        if let Some(previous) = &previous {
+            sqlx::query("UPDATE apps SET config = $1, updated_at = $2 WHERE id = $3")
+                .bind(serde_json::to_string(&previous.config)?)
+                .bind(now_ms())
+                .bind(app_id)
+                .execute(&mut *tx)
+                .await?;
+            if let Some(slug_id) = previous.slug_id.as_deref() {
+                let row = sqlx::query("SELECT process_types FROM slugs WHERE id = $1")
+                    .bind(slug_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = row {
+                    types = serde_json::from_str(&row.get::<String, _>("process_types"))?;
+                }
+            }
+        }
+        shape_formation(&mut tx, app_id, &types).await?;
+        tx.commit().await?;
+        Ok(Release {
+            status: ReleaseStatus::Failed.as_str().to_string(),
+            ..current
+        })
+    }
+
     /// A release phase's output (bounded by the caller), kept with its release.
     pub async fn set_release_output(&self, release_id: &str, output: &str) -> Result<()> {
         sqlx::query(

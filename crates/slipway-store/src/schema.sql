@@ -125,3 +125,107 @@ CREATE TABLE IF NOT EXISTS target_current (
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (target, host)
 );
+CREATE TABLE IF NOT EXISTS deploys (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    previous_version BIGINT,
+    release_version BIGINT,
+    rollback_version BIGINT,
+    maintenance_on INTEGER NOT NULL DEFAULT 0,
+    failure TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    UNIQUE (app_id, number)
+);
+CREATE TABLE IF NOT EXISTS deploy_steps (
+    deploy_id TEXT NOT NULL REFERENCES deploys(id) ON DELETE CASCADE,
+    ordinal BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    output TEXT NOT NULL DEFAULT '',
+    started_at BIGINT,
+    finished_at BIGINT,
+    PRIMARY KEY (deploy_id, ordinal)
+);
+CREATE TABLE IF NOT EXISTS deploy_webhooks (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    UNIQUE (app_id, url)
+);
+CREATE TABLE IF NOT EXISTS deploy_secrets (
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (app_id, name)
+);
+-- Pipelines (issue 10; crates/slipway-store/src/pipelines.rs).
+CREATE TABLE IF NOT EXISTS pipelines (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    next_build BIGINT NOT NULL DEFAULT 1,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pipeline_stages (
+    id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    strategy TEXT NOT NULL,
+    branch TEXT,
+    watch_secs BIGINT NOT NULL,
+    env TEXT NOT NULL DEFAULT '{}',
+    current_build_id TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (pipeline_id, name)
+);
+CREATE TABLE IF NOT EXISTS pipeline_targets (
+    stage_id TEXT NOT NULL REFERENCES pipeline_stages(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (stage_id, app_id)
+);
+CREATE TABLE IF NOT EXISTS pipeline_builds (
+    id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    branch TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    message TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    slug_path TEXT,
+    slug_checksum TEXT,
+    slug_size BIGINT,
+    process_types TEXT NOT NULL DEFAULT '{}',
+    output TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    started_at BIGINT,
+    built_at BIGINT,
+    finished_at BIGINT,
+    UNIQUE (pipeline_id, number)
+);
+CREATE TABLE IF NOT EXISTS pipeline_deploys (
+    id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,
+    build_id TEXT NOT NULL REFERENCES pipeline_builds(id) ON DELETE CASCADE,
+    stage_id TEXT NOT NULL REFERENCES pipeline_stages(id) ON DELETE CASCADE,
+    origin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);

@@ -230,3 +230,71 @@ async fn a_data_directory_may_hold_url_characters() {
     s.close().await;
     assert!(path.is_file(), "the database is where it was asked to be");
 }
+
+#[tokio::test]
+async fn an_unhealthy_release_fails_and_puts_config_and_formation_back() {
+    let (_d, s) = store().await;
+    let user = s.ensure_user("admin@example.com").await.expect("user");
+    let app = s.create_app("hello", &user.id).await.expect("create");
+    let s1 = s
+        .create_slug(&slug(&app.id, &[("web", "a"), ("worker", "w")]))
+        .await
+        .expect("slug");
+    let r1 = s
+        .deploy_release(&app.id, &s1, "Deploy v1", &user.id)
+        .await
+        .expect("v1");
+    s.scale(&app.id, &BTreeMap::from([("web".to_string(), 2)]))
+        .await
+        .expect("scale");
+    // A config change whose dynos never become healthy.
+    let changes = BTreeMap::from([("BROKEN".to_string(), Some("1".to_string()))]);
+    let ConfigOutcome::Released { release: r2, .. } = s
+        .update_config(&app.id, &changes, 65536, &user.id, ReleaseStatus::Succeeded)
+        .await
+        .expect("config")
+    else {
+        panic!("a release");
+    };
+    let failed = s
+        .fail_unhealthy_release(&app.id, &r2.id)
+        .await
+        .expect("fail v2");
+    assert_eq!(failed.status, "failed");
+    assert_eq!(s.app(&app.id).await.expect("app").config, r1.config);
+    // A deploy that drops `worker` and adds `clock`, never healthy either.
+    let s3 = s
+        .create_slug(&slug(&app.id, &[("web", "a3"), ("clock", "c")]))
+        .await
+        .expect("slug");
+    let r3 = s
+        .deploy_release(&app.id, &s3, "Deploy v3", &user.id)
+        .await
+        .expect("v3");
+    s.fail_unhealthy_release(&app.id, &r3.id)
+        .await
+        .expect("fail v3");
+    let f: Vec<_> = s
+        .formation(&app.id)
+        .await
+        .expect("formation")
+        .into_iter()
+        .map(|f| (f.process_type, f.quantity, f.command))
+        .collect();
+    assert_eq!(
+        f,
+        [
+            ("web".to_string(), 2, "a".to_string()),
+            ("worker".to_string(), 0, "w".to_string())
+        ]
+    );
+    assert_eq!(
+        s.current_release(&app.id).await.expect("q").map(|r| r.id),
+        Some(r1.id.clone())
+    );
+    // Only the current release can fail its rollout, and only once.
+    assert!(matches!(
+        s.fail_unhealthy_release(&app.id, &r3.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+}

@@ -216,10 +216,33 @@ pub enum Command {
     },
 
     // ---- builds (commands/builds.rs) ----
-    /// List an app's builds
+    /// List an app's builds, or a pipeline's (--pipeline)
     Builds {
         #[command(flatten)]
         app: AppArg,
+        /// List this pipeline's builds (branch, commit, message, status, durations)
+        #[arg(short, long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a pipeline build: branch, commit, message, status, durations, deploys
+    #[command(name = "builds:info")]
+    BuildsInfo {
+        /// The build's number (with --pipeline) or id
+        build: String,
+        #[arg(short, long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pipeline build's output (build and tests)
+    #[command(name = "builds:output")]
+    BuildsOutput {
+        /// The build's number (with --pipeline) or id
+        build: String,
+        #[arg(short, long)]
+        pipeline: Option<String>,
     },
 
     /// Empty an app's build cache: the next build installs every dependency again
@@ -355,6 +378,98 @@ pub enum Command {
         url_or_id: String,
     },
 
+    // ---- deploys, webhooks, deploy secrets (commands/deploys.rs) ----
+    /// List an app's deploys (each push's, and those started with deploys:start)
+    Deploys {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a deploy: its steps, their status, duration and output
+    #[command(name = "deploys:info")]
+    DeploysInfo {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a deploy live; exits 1 unless it passed (failed, rolled back, cancelled)
+    #[command(name = "deploys:wait")]
+    DeploysWait {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+    },
+    /// Cancel a queued or running deploy (a release already live stays live)
+    #[command(name = "deploys:cancel")]
+    DeploysCancel {
+        #[command(flatten)]
+        app: AppArg,
+        /// Deploy number or id
+        deploy: String,
+    },
+    /// Deploy a release again (its slug and config) through every deploy step, and follow it
+    #[command(name = "deploys:start")]
+    DeploysStart {
+        #[command(flatten)]
+        app: AppArg,
+        /// Release to deploy: v3
+        #[arg(long)]
+        release: String,
+        /// Keep the release live if a check fails after it went live
+        #[arg(long)]
+        no_rollback: bool,
+        /// Watch window in seconds (overrides app.json's slipway.watch)
+        #[arg(long)]
+        watch: Option<u64>,
+    },
+    /// List the names of the app's deploy secrets (values are never shown)
+    #[command(name = "deploys:secrets")]
+    DeploysSecrets {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Set deploy secrets: environment for pre/post-deploy and smoke commands, masked in all output
+    #[command(name = "deploys:secrets:set")]
+    DeploysSecretsSet {
+        #[command(flatten)]
+        app: AppArg,
+        /// KEY=VALUE pairs
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove deploy secrets
+    #[command(name = "deploys:secrets:unset")]
+    DeploysSecretsUnset {
+        #[command(flatten)]
+        app: AppArg,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List the URLs deploy reports are POSTed to
+    Webhooks {
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// POST each deploy's report (JSON) to an http:// URL
+    #[command(name = "webhooks:add")]
+    WebhooksAdd {
+        #[command(flatten)]
+        app: AppArg,
+        url: String,
+    },
+    /// Stop sending deploy reports to a URL (its URL or id)
+    #[command(name = "webhooks:remove")]
+    WebhooksRemove {
+        #[command(flatten)]
+        app: AppArg,
+        url_or_id: String,
+    },
+
     // ---- release store and host targets (commands/hosts.rs) ----
     /// List the releases kept in the release store
     Store {
@@ -394,6 +509,141 @@ pub enum Command {
         #[arg(long)]
         keep: usize,
     },
+    // ---- pipelines (commands/pipelines.rs) ----
+    /// List pipelines
+    Pipelines {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a pipeline (inside a git repository, add its remote too)
+    #[command(name = "pipelines:create")]
+    PipelinesCreate {
+        /// 1-30 lowercase letters, digits and dashes
+        name: String,
+        /// The git remote to add for it
+        #[arg(short, long, default_value = "pipeline")]
+        remote: String,
+        /// Do not add a git remote
+        #[arg(long)]
+        no_remote: bool,
+    },
+    /// Show a pipeline: its git remote, stages, strategies, targets and what each runs
+    #[command(name = "pipelines:info")]
+    PipelinesInfo {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy a pipeline: its stages, builds and repository (not its target apps)
+    #[command(name = "pipelines:destroy")]
+    PipelinesDestroy {
+        name: String,
+        /// Repeat the pipeline's name to confirm
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Add a pipeline's git remote to the repository here
+    #[command(name = "pipelines:git:remote")]
+    PipelinesGitRemote {
+        name: String,
+        #[arg(short, long, default_value = "pipeline")]
+        remote: String,
+    },
+    /// Add a stage (at the end, or after another)
+    #[command(name = "pipelines:stages:add")]
+    PipelinesStagesAdd {
+        pipeline: String,
+        stage: String,
+        /// Put it right after this stage
+        #[arg(long)]
+        after: Option<String>,
+        /// Every passed build of this branch deploys to the stage
+        #[arg(long, value_name = "BRANCH", conflicts_with = "manual")]
+        automatic: Option<String>,
+        /// Only explicit deploys, promotions and `#stage` commit messages (the default)
+        #[arg(long)]
+        manual: bool,
+        /// The watch window after a deploy, in seconds
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<i64>,
+    },
+    /// Change a stage's strategy
+    #[command(name = "pipelines:stages:update")]
+    PipelinesStagesUpdate {
+        pipeline: String,
+        stage: String,
+        #[arg(
+            long,
+            value_name = "BRANCH",
+            conflicts_with = "manual",
+            required_unless_present = "manual"
+        )]
+        automatic: Option<String>,
+        #[arg(long)]
+        manual: bool,
+    },
+    /// Remove a stage
+    #[command(name = "pipelines:stages:remove")]
+    PipelinesStagesRemove { pipeline: String, stage: String },
+    /// Make an app a target of a stage
+    #[command(name = "pipelines:targets:add")]
+    PipelinesTargetsAdd {
+        pipeline: String,
+        stage: String,
+        app: String,
+    },
+    /// Remove an app from a stage's targets
+    #[command(name = "pipelines:targets:remove")]
+    PipelinesTargetsRemove {
+        pipeline: String,
+        stage: String,
+        app: String,
+    },
+    /// List a stage's environment variables (values are secret and never shown)
+    #[command(name = "pipelines:env")]
+    PipelinesEnv { pipeline: String, stage: String },
+    /// Set a stage's environment variables (secrets, given to its deploys): K=V ...
+    #[command(name = "pipelines:env:set")]
+    PipelinesEnvSet {
+        pipeline: String,
+        stage: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<slipway_core::Secret>,
+    },
+    /// Remove a stage's environment variables: K ...
+    #[command(name = "pipelines:env:unset")]
+    PipelinesEnvUnset {
+        pipeline: String,
+        stage: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Deploy a passed build to a stage now; exits non-zero when the deploy failed
+    #[command(name = "pipelines:deploy")]
+    PipelinesDeploy {
+        /// The build's number (with --pipeline) or id
+        build: String,
+        /// The stage to deploy to
+        #[arg(long)]
+        to: String,
+        #[arg(short, long)]
+        pipeline: Option<String>,
+    },
+    /// Deploy the slug a stage runs to the next stage, without rebuilding
+    #[command(name = "pipelines:promote")]
+    PipelinesPromote {
+        pipeline: String,
+        #[arg(long)]
+        from: String,
+    },
+    /// List a pipeline's deploys
+    #[command(name = "pipelines:deploys")]
+    PipelinesDeploys {
+        pipeline: String,
+        #[arg(long)]
+        json: bool,
+    },
+
     /// List the host targets
     Targets {
         #[arg(long)]
@@ -451,6 +701,21 @@ pub enum Command {
         name: String,
         #[arg(long)]
         confirm: Option<String>,
+    },
+    /// Set variables of a target's environment (written into each release deployed after)
+    #[command(name = "targets:env:set")]
+    TargetsEnvSet {
+        name: String,
+        /// KEY=VALUE (secret: never shown)
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove variables from a target's environment
+    #[command(name = "targets:env:unset")]
+    TargetsEnvUnset {
+        name: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
     },
     /// Trust a host's new key after checking it
     #[command(name = "targets:trust")]
@@ -549,6 +814,9 @@ pub enum HookCommand {
     /// git's pre-receive hook: builds the pushed commit
     #[command(name = "pre-receive")]
     PreReceive,
+    /// git's post-receive hook of a pipeline's repository: builds and tests what was pushed
+    #[command(name = "post-receive")]
+    PostReceive,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -9,10 +9,12 @@ mod apps;
 mod buildpacks;
 mod builds;
 mod config;
+mod deploys;
 mod drains;
 mod git;
 mod hosts;
 mod logs;
+mod pipelines;
 mod ps;
 mod releases;
 mod run;
@@ -82,7 +84,82 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             ps::restart(c, &resolve_app(app.app)?, target.as_deref()).await
         }
         Command::PsStop { app, target } => ps::stop(c, &resolve_app(app.app)?, &target).await,
-        Command::Builds { app } => builds::list(c, &resolve_app(app.app)?).await,
+        Command::Builds {
+            pipeline: Some(p),
+            json,
+            ..
+        } => pipelines::builds(c, &p, json).await,
+        Command::Builds { app, .. } => builds::list(c, &resolve_app(app.app)?).await,
+        Command::BuildsInfo {
+            build,
+            pipeline,
+            json,
+        } => pipelines::build_info(c, &build, pipeline.as_deref(), json).await,
+        Command::BuildsOutput { build, pipeline } => {
+            pipelines::build_output(c, &build, pipeline.as_deref()).await
+        }
+        Command::Pipelines { json } => pipelines::list(c, json).await,
+        Command::PipelinesCreate {
+            name,
+            remote,
+            no_remote,
+        } => pipelines::create(c, &global, &name, (!no_remote).then_some(remote.as_str())).await,
+        Command::PipelinesInfo { name, json } => pipelines::info(c, &name, json).await,
+        Command::PipelinesDestroy { name, confirm } => {
+            pipelines::destroy(c, &name, confirm.as_deref()).await
+        }
+        Command::PipelinesGitRemote { name, remote } => {
+            pipelines::git_remote(c, &global, &name, &remote, true).await
+        }
+        Command::PipelinesStagesAdd {
+            pipeline,
+            stage,
+            after,
+            automatic,
+            manual: _,
+            watch,
+        } => pipelines::stages_add(c, &pipeline, &stage, after, automatic, watch).await,
+        Command::PipelinesStagesUpdate {
+            pipeline,
+            stage,
+            automatic,
+            manual: _,
+        } => pipelines::stages_update(c, &pipeline, &stage, automatic).await,
+        Command::PipelinesStagesRemove { pipeline, stage } => {
+            pipelines::stages_remove(c, &pipeline, &stage).await
+        }
+        Command::PipelinesTargetsAdd {
+            pipeline,
+            stage,
+            app,
+        } => pipelines::targets_add(c, &pipeline, &stage, &app).await,
+        Command::PipelinesTargetsRemove {
+            pipeline,
+            stage,
+            app,
+        } => pipelines::targets_remove(c, &pipeline, &stage, &app).await,
+        Command::PipelinesEnv { pipeline, stage } => pipelines::env(c, &pipeline, &stage).await,
+        Command::PipelinesEnvSet {
+            pipeline,
+            stage,
+            pairs,
+        } => pipelines::env_set(c, &pipeline, &stage, &pairs).await,
+        Command::PipelinesEnvUnset {
+            pipeline,
+            stage,
+            keys,
+        } => pipelines::env_unset(c, &pipeline, &stage, &keys).await,
+        Command::PipelinesDeploy {
+            build,
+            to,
+            pipeline,
+        } => pipelines::deploy(c, &build, &to, pipeline.as_deref()).await,
+        Command::PipelinesPromote { pipeline, from } => {
+            pipelines::promote(c, &pipeline, &from).await
+        }
+        Command::PipelinesDeploys { pipeline, json } => {
+            pipelines::deploys(c, &pipeline, json).await
+        }
         Command::BuildsCachePurge { app, confirm } => {
             buildpacks::purge_cache(c, &resolve_app(app.app)?, confirm.as_deref()).await
         }
@@ -118,6 +195,36 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::DrainsAdd { app, url } => drains::add(c, &resolve_app(app.app)?, &url).await,
         Command::DrainsRemove { app, url_or_id } => {
             drains::remove(c, &resolve_app(app.app)?, &url_or_id).await
+        }
+        Command::Deploys { app, json } => deploys::list(c, &resolve_app(app.app)?, json).await,
+        Command::DeploysInfo { app, deploy, json } => {
+            deploys::info(c, &resolve_app(app.app)?, &deploy, json).await
+        }
+        Command::DeploysWait { app, deploy } => {
+            deploys::wait(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysCancel { app, deploy } => {
+            deploys::cancel(c, &resolve_app(app.app)?, &deploy).await
+        }
+        Command::DeploysStart {
+            app,
+            release,
+            no_rollback,
+            watch,
+        } => deploys::start(c, &resolve_app(app.app)?, &release, no_rollback, watch).await,
+        Command::DeploysSecrets { app } => deploys::secrets(c, &resolve_app(app.app)?).await,
+        Command::DeploysSecretsSet { app, pairs } => {
+            deploys::secrets_set(c, &resolve_app(app.app)?, &pairs).await
+        }
+        Command::DeploysSecretsUnset { app, keys } => {
+            deploys::secrets_unset(c, &resolve_app(app.app)?, &keys).await
+        }
+        Command::Webhooks { app } => deploys::webhooks(c, &resolve_app(app.app)?).await,
+        Command::WebhooksAdd { app, url } => {
+            deploys::webhooks_add(c, &resolve_app(app.app)?, &url).await
+        }
+        Command::WebhooksRemove { app, url_or_id } => {
+            deploys::webhooks_remove(c, &resolve_app(app.app)?, &url_or_id).await
         }
         // ---- release store and host targets (commands/hosts.rs) ----
         Command::Store { name, json } => hosts::store_list(c, name.as_deref(), json).await,
@@ -186,6 +293,12 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             hosts::targets_exec(c, &name, &command.join(" ")).await
         }
         Command::TargetsUnlock { name } => hosts::targets_unlock(c, &name).await,
+        Command::TargetsEnvSet { name, pairs } => {
+            hosts::targets_env(c, &name, hosts::parse_env(&pairs)?, Vec::new()).await
+        }
+        Command::TargetsEnvUnset { name, keys } => {
+            hosts::targets_env(c, &name, Default::default(), keys).await
+        }
         Command::GitRemote { app, remote } => {
             git::remote(c, &global, &resolve_app(app.app)?, &remote).await
         }

@@ -110,3 +110,51 @@ pub async fn pre_receive() -> anyhow::Result<i32> {
         }
     }
 }
+
+/// `slipway hook post-receive`: git runs this in a pipeline's repository once the pushed
+/// commits are stored. It posts the ref updates to the server, which builds and tests each
+/// updated branch, and prints the output as it arrives (git shows it as `remote:` lines).
+/// The push has succeeded already; the exit status is 0 whatever the builds did.
+pub async fn post_receive() -> anyhow::Result<i32> {
+    let (Ok(url), Ok(token)) = (
+        std::env::var("SLIPWAY_HOOK_URL"),
+        std::env::var("SLIPWAY_PUSH_TOKEN"),
+    ) else {
+        eprintln!(" !     This hook only runs for pushes received by `slipway server`.");
+        return Ok(0);
+    };
+    let mut updates = String::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading ref updates from git")?;
+        updates.push_str(&line);
+        updates.push('\n');
+    }
+    let response = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&token)
+        .body(updates)
+        .send()
+        .await;
+    let response = match response {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => {
+            println!(
+                " !     The build could not start: the server answered {}.",
+                r.status()
+            );
+            return Ok(0);
+        }
+        Err(e) => {
+            println!(" !     The build could not start: {e}");
+            return Ok(0);
+        }
+    };
+    let mut stream = response.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        let _ = out.write_all(&chunk);
+        let _ = out.flush();
+    }
+    Ok(0)
+}

@@ -33,6 +33,7 @@ fn main() {
         match cli.command {
             cli::Command::Server(args) => server_cmd::run(*args).await.map(|_| 0),
             cli::Command::Hook(cli::HookCommand::PreReceive) => hook::pre_receive().await,
+            cli::Command::Hook(cli::HookCommand::PostReceive) => hook::post_receive().await,
             cli::Command::Run(args) => commands::run_attached(cli.global, args).await,
             other => commands::run(cli.global, other).await.map(|_| 0),
         }

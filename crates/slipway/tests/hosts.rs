@@ -3,196 +3,14 @@
 //! CLI, real builds of examples/hello kept in the release store, the app served from
 //! `<path>/current` on each host.
 
+mod hosts_sshd;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use hosts_sshd::*;
 use support::*;
-
-/// One "host": an sshd with its own config, host key and home directory.
-struct Sshd {
-    dir: PathBuf,
-    home: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Sshd {
-    fn start(root: &Path, name: &str, client_pub: &Path) -> Sshd {
-        let dir = root.join(name);
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
-        std::fs::copy(client_pub, dir.join("authorized_keys")).expect("authorized_keys");
-        let mut sshd = Sshd {
-            dir,
-            home,
-            port: free_port(),
-            child: None,
-        };
-        sshd.new_host_key();
-        sshd.launch();
-        sshd
-    }
-
-    fn new_host_key(&self) {
-        let key = self.dir.join("hostkey");
-        let _ = std::fs::remove_file(&key);
-        let _ = std::fs::remove_file(self.dir.join("hostkey.pub"));
-        run_ok(
-            Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&key),
-        );
-    }
-
-    fn fingerprint(&self) -> String {
-        let out = run_ok(
-            Command::new("ssh-keygen")
-                .arg("-lf")
-                .arg(self.dir.join("hostkey.pub")),
-        );
-        out.split_whitespace()
-            .nth(1)
-            .expect("fingerprint")
-            .to_string()
-    }
-
-    fn launch(&mut self) {
-        let d = self.dir.display();
-        let config = format!(
-            "Port {}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin yes\nStrictModes no\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             SetEnv HOME={}\nMaxSessions 50\nMaxStartups 50\n",
-            self.port,
-            self.home.display()
-        );
-        std::fs::write(self.dir.join("sshd_config"), config).expect("config");
-        let log = std::fs::File::create(self.dir.join("sshd.log")).expect("log");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sshd (apt-get install openssh-server)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(20, "sshd to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-    }
-
-    /// Stops the daemon and every session it serves (its children), by pid.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.kill_sessions();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Cuts every connection this sshd serves (SIGTERM to its session processes).
-    fn kill_sessions(&self) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("pkill")
-                .args(["-TERM", "-P", &child.id().to_string()])
-                .status();
-        }
-    }
-
-    fn spec(&self) -> String {
-        format!("root@127.0.0.1:{}", self.port)
-    }
-
-    fn app(&self) -> PathBuf {
-        self.home.join("app")
-    }
-
-    fn current(&self) -> Option<String> {
-        std::fs::read_link(self.app().join("current"))
-            .ok()
-            .map(|p| p.display().to_string())
-    }
-
-    fn releases(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.app().join("releases"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    fn state(&self) -> serde_json::Value {
-        let text =
-            std::fs::read_to_string(self.app().join(".slipway/state.json")).expect("state.json");
-        serde_json::from_str(&text).expect("state.json is JSON")
-    }
-
-    fn page(&self) -> String {
-        let port: u16 = std::fs::read_to_string(self.home.join("port"))
-            .expect("port")
-            .trim()
-            .parse()
-            .expect("port");
-        // A host switched back after a failed health check elsewhere may still be starting
-        // its app (its own check can fail too: the `unhealthy` marker); wait for the page.
-        wait_for(30, "the host's app to answer", || {
-            let (status, _, body) = http(port, "GET", "/", &[("Host", "x")], None);
-            (status == 200).then_some(body)
-        })
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        // The app the restart command started.
-        if let Ok(pid) = std::fs::read_to_string(self.app().join("app.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
-        }
-        self.stop();
-    }
-}
-
-/// The client key slipway uses for the hosts.
-fn client_key(root: &Path) -> PathBuf {
-    let key = root.join("client_key");
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key),
-    );
-    key
-}
-
-fn sha256_of(path: &Path) -> String {
-    run_ok(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .expect("sum")
-        .to_string()
-}
 
 /// Starts the app from `current/app` (a relocatable slug: `.profile.d` with `HOME` = the app
 /// directory), after stopping the one before; the port comes from the host's `$HOME/port`.
@@ -391,38 +209,17 @@ fn builds_deploy_to_two_hosts_roll_back_and_prune() {
     assert!(ok.status.success(), "{}", text(&ok));
     let bad = server.cli(&root, &["targets:exec", "web", "exit 3"]);
     assert_eq!(bad.status.code(), Some(3), "{}", text(&bad));
-}
 
-/// A small tarball in the store under `tag`, imported by the CLI.
-fn import(server: &Server, root: &Path, tag: &str, bytes: usize) {
-    let src = root.join(format!("src-{tag}"));
-    std::fs::create_dir_all(src.join("app")).expect("dir");
-    let mut data = vec![0u8; bytes];
-    let mut f = std::fs::File::open("/dev/urandom").expect("urandom");
-    std::io::Read::read_exact(&mut f, &mut data).expect("random");
-    std::fs::write(src.join("app/blob"), data).expect("blob");
-    let tgz = root.join(format!("{tag}.tgz"));
-    run_ok(
-        Command::new("tar")
-            .arg("-czf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&src)
-            .arg("app"),
-    );
+    // Destroying the app keeps in the store only what a target's host runs (v3), so the hosts
+    // can still be rolled back to it; the rest goes, files included.
+    assert_eq!(store_tags(&server, &root), ["v3", "v4"]);
     server.cli_ok(
-        root,
-        &[
-            "store:import",
-            tgz.to_str().expect("utf-8"),
-            "--name",
-            "blob",
-            "--tag",
-            tag,
-            "--metadata",
-            r#"{"by":"test"}"#,
-        ],
+        &root,
+        &["apps:destroy", "-a", "hello", "--confirm", "hello"],
     );
+    assert_eq!(store_tags(&server, &root), ["v3"]);
+    assert!(!server.data.join("store/hello/v4.tgz").exists());
+    assert!(server.data.join("store/hello/v3.tgz").exists());
 }
 
 #[test]
@@ -515,9 +312,46 @@ fn locks_host_keys_and_cut_uploads() {
     );
     server.cli_ok(&root, &["targets:unlock", "t"]);
 
-    // A tarball that does not unpack (here: not gzip at all) leaves no visible release either.
+    // A tarball that is not one is refused before any host is touched.
     let junk = root.join("junk.tgz");
     std::fs::write(&junk, b"this is not a tarball").expect("junk");
+    server.cli_ok(
+        &root,
+        &[
+            "store:import",
+            junk.to_str().expect("utf-8"),
+            "--name",
+            "blob",
+            "--tag",
+            "notgz",
+        ],
+    );
+    let refused = server.cli(&root, &["targets:deploy", "t", "blob", "notgz"]);
+    let said = text(&refused);
+    assert!(
+        !refused.status.success() && said.contains("not a readable gzipped tarball"),
+        "{said}"
+    );
+    assert!(lock_of(&a.app()).is_none(), "{said}");
+
+    // A tarball that does not unpack on the host (a file where a directory must go) leaves no
+    // visible release either.
+    let (d1, d2) = (root.join("junk-1"), root.join("junk-2/app"));
+    std::fs::create_dir_all(&d1).expect("dir");
+    std::fs::create_dir_all(&d2).expect("dir");
+    std::fs::write(d1.join("app"), "a file").expect("file");
+    std::fs::write(d2.join("x"), "under it").expect("file");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&junk)
+            .arg("-C")
+            .arg(&d1)
+            .arg("app")
+            .arg("-C")
+            .arg(root.join("junk-2"))
+            .arg("app/x"),
+    );
     server.cli_ok(
         &root,
         &[

@@ -187,7 +187,7 @@ pub(crate) async fn change_config(
                     command,
                     guard,
                 ),
-                None => converge_app(state, &app.id).await?,
+                None => converge_app(state, &app.id).await?.into_result()?,
             }
             Ok(json!(config))
         }

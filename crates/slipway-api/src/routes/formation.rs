@@ -17,7 +17,7 @@ use serde_json::Value;
 use slipway_store::{App, Formation, FormationUpdate, User};
 
 use crate::auth::Auth;
-use crate::control::{converge_app, find_app};
+use crate::control::{find_app, start_converge};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::state::{AppLock, Shared};
 use crate::views;
@@ -255,7 +255,7 @@ async fn apply(
             &format!("Scale to {} by user {}", summary.join(", "), user.email),
         );
     }
-    converge_app(state, &app.id).await?;
+    start_converge(state, &app.id).await?;
     let updated: Vec<Formation> = all
         .into_iter()
         .filter(|f| seen.contains(&f.process_type))

@@ -190,7 +190,7 @@ async fn rollback(
         Some(command) => {
             crate::oneoff::finish_in_background(state.clone(), app.clone(), release, command, guard)
         }
-        None => converge_app(&state, &app.id).await?,
+        None => converge_app(&state, &app.id).await?.into_result()?,
     }
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

@@ -13,6 +13,11 @@
 //!   "health","health_attempts","health_interval","health_timeout","pre_switch","shared":[],
 //!   "batch","env":{},"accept_host_keys":["SHA256:..."]}`: a host whose key is not accepted
 //!   is refused with the fingerprint it presents (409, id `host_key_unknown`).
+//! - `PATCH /targets/{t}/env` `{"set": {"K": "V"}, "unset": ["K"]}`: changes the target's
+//!   environment (answered masked). It is written into each release when that release is
+//!   unpacked on a host, so a release keeps the environment it was deployed with and a
+//!   rollback brings back code and config together; a changed environment reaches the hosts
+//!   with the next release deployed.
 //! - `GET|DELETE /targets/{t}`; `POST /targets/{t}/actions/trust` `{"accept_host_keys":[..]}`
 //!   replaces the trusted key of the hosts that present an accepted one.
 //! - `POST /targets/{t}/deploys` `{"store_name","tag","lock_wait","lock_ttl"}` and
@@ -60,6 +65,7 @@ pub fn routes() -> Router<Shared> {
         .route("/targets", get(target_list).post(target_add))
         .route("/targets/{t}", get(target_info).delete(target_remove))
         .route("/targets/{t}/actions/trust", post(target_trust))
+        .route("/targets/{t}/env", axum::routing::patch(target_env))
         .route("/targets/{t}/deploys", post(target_deploy))
         .route("/targets/{t}/rollbacks", post(target_rollback))
         .route("/targets/{t}/releases", get(target_releases))
@@ -94,6 +100,9 @@ fn target_error(e: TargetError) -> ApiError {
         }
         TargetError::Locked { .. } => ApiError::new(StatusCode::CONFLICT, "locked", message),
         TargetError::Refused(_) => ApiError::conflict(message),
+        TargetError::NotRelocatable(_) => {
+            ApiError::new(StatusCode::CONFLICT, "not_relocatable", message)
+        }
         TargetError::Unreachable { .. } | TargetError::Ssh { .. } | TargetError::Remote { .. } => {
             ApiError::new(StatusCode::BAD_GATEWAY, "host_failed", message)
         }
@@ -219,7 +228,12 @@ async fn load(state: &Shared, name: &str) -> ApiResult<HostTarget> {
     let env: BTreeMap<String, String> =
         serde_json::from_str(&row.env).map_err(|e| ApiError::internal("reading a target", e))?;
     let env = env.into_iter().map(|(k, v)| (k, Secret::new(v))).collect();
-    HostTarget::new(spec, env, &target_dir(state, name)).map_err(target_error)
+    let installation = slipway_hosts::installation_id(&state.settings.data_dir)
+        .map_err(|e| ApiError::internal("reading the installation id", e))?;
+    Ok(HostTarget::new(spec, env, &target_dir(state, name))
+        .map_err(target_error)?
+        .with_installation(installation)
+        .with_build_paths(vec![state.settings.builds_dir.display().to_string()]))
 }
 
 async fn view_target(state: &Shared, name: &str) -> ApiResult<Value> {
@@ -355,6 +369,59 @@ async fn target_add(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EnvChange {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    unset: Vec<String>,
+}
+
+async fn target_env(
+    State(state): State<Shared>,
+    _auth: Auth,
+    ApiPath(t): ApiPath<String>,
+    ApiJson(body): ApiJson<EnvChange>,
+) -> ApiResult<Json<Value>> {
+    slipway_hosts::validate_name("target name", &t).map_err(ApiError::invalid)?;
+    if body.set.is_empty() && body.unset.is_empty() {
+        return Err(ApiError::invalid(
+            "nothing to change: give variables to set (KEY=VALUE) or to unset (KEY)",
+        ));
+    }
+    if let Some(k) = body.unset.iter().find(|k| body.set.contains_key(*k)) {
+        return Err(ApiError::invalid(format!("{k} is both set and unset")));
+    }
+    let changed = state
+        .store
+        .update_host_target_env(&t, |json| {
+            let mut env: BTreeMap<String, String> = serde_json::from_str(json)
+                .map_err(|e| ApiError::internal("reading a target", e))?;
+            for k in &body.unset {
+                if env.remove(k).is_none() {
+                    return Err(ApiError::invalid(format!(
+                        "{k} is not set on target {t}; `slipway targets:info {t}` lists its variables"
+                    )));
+                }
+            }
+            env.extend(body.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let secrets: BTreeMap<String, Secret> = env
+                .iter()
+                .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+                .collect();
+            slipway_hosts::validate_env(&secrets).map_err(target_error)?;
+            serde_json::to_string(&env).map_err(|e| ApiError::internal("saving", e))
+        })
+        .await??;
+    let keys: BTreeMap<String, &str> = serde_json::from_str::<BTreeMap<String, Value>>(&changed)
+        .map_err(|e| ApiError::internal("reading a target", e))?
+        .into_keys()
+        .map(|k| (k, "[masked]"))
+        .collect();
+    Ok(Json(json!({"name": t, "env": keys})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Trust {
     accept_host_keys: Vec<String>,
 }
@@ -449,7 +516,8 @@ where
 {
     let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
-    let progress = Progress::new(line_tx);
+    let (switch_tx, mut switch_rx) = tokio::sync::mpsc::unbounded_channel();
+    let progress = Progress::new(line_tx).with_switches(switch_tx);
     let cancel = opts.cancel.clone();
     let span = tracing::info_span!("target_operation", target = %name);
     tokio::spawn(tracing::Instrument::instrument(
@@ -473,11 +541,25 @@ where
                             cancel.cancel();
                         }
                     }
+                    // What each host runs is recorded as it switches, so the store never
+                    // deletes a release a host runs, even if this server is killed mid-deploy.
+                    Some(s) = switch_rx.recv() => {
+                        let current = [(s.host, s.store_name, s.tag)];
+                        if let Err(e) = state.store.set_target_currents(&name, &current).await {
+                            tracing::error!(error = %e, "recording what a host runs");
+                        }
+                    }
                     _ = out_tx.closed(), if !cancel.is_cancelled() => cancel.cancel(),
                 }
             };
             while let Ok(line) = line_rx.try_recv() {
                 let _ = out_tx.send(send(json!({"line": line}))).await;
+            }
+            while let Ok(s) = switch_rx.try_recv() {
+                let current = [(s.host, s.store_name, s.tag)];
+                if let Err(e) = state.store.set_target_currents(&name, &current).await {
+                    tracing::error!(error = %e, "recording what a host runs");
+                }
             }
             match result {
                 Ok(report) => {
@@ -564,6 +646,25 @@ async fn target_releases(
 ) -> ApiResult<Json<Value>> {
     let target = load(&state, &t).await?;
     let hosts = target.releases().await.map_err(target_error)?;
+    // The hosts are the truth: what they run is recorded (it protects those releases in the
+    // store), e.g. after a server was killed before it could record a switch.
+    let currents: Vec<(String, String, String)> = hosts
+        .iter()
+        .filter_map(|h| {
+            let state = h.state.as_ref()?;
+            let tag = state.current.clone()?;
+            let store_name = state
+                .releases
+                .iter()
+                .find(|r| r.tag == tag)
+                .map(|r| r.store_name.clone())
+                .filter(|n| !n.is_empty())?;
+            Some((h.host.clone(), store_name, tag))
+        })
+        .collect();
+    if let Err(e) = state.store.set_target_currents(&t, &currents).await {
+        tracing::warn!(error = %e, "recording what the target's hosts run");
+    }
     Ok(Json(json!(hosts)))
 }
 

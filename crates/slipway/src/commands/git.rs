@@ -16,6 +16,16 @@ pub async fn remote(
 ) -> anyhow::Result<()> {
     let info = client.get(&app_path(app)).await?;
     let url = s(&info, "git_url").to_string();
+    set_remote(client, global, remote, &url)
+}
+
+/// Points `remote` at `url` in the repository here, with this CLI as git's credential helper.
+pub(super) fn set_remote(
+    client: &Client,
+    global: &Global,
+    remote: &str,
+    url: &str,
+) -> anyhow::Result<()> {
     let git = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         std::process::Command::new("git")
             .args(args)
@@ -30,7 +40,7 @@ pub async fn remote(
     }
     let exists = git(&["remote", "get-url", remote])?.status.success();
     let action = if exists { "set-url" } else { "add" };
-    let done = git(&["remote", action, remote, &url])?;
+    let done = git(&["remote", action, remote, url])?;
     if !done.status.success() {
         bail!(
             "git remote {action} failed: {}",

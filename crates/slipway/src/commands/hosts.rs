@@ -251,6 +251,35 @@ pub async fn targets_remove(
     Ok(())
 }
 
+/// Changes a target's environment; prints the variable names (values stay on the server).
+pub async fn targets_env(
+    client: &Client,
+    name: &str,
+    set: BTreeMap<String, String>,
+    unset: Vec<String>,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = set.keys().cloned().collect();
+    let t = client
+        .send(
+            client
+                .request(Method::PATCH, &format!("/targets/{name}/env"))
+                .json(&json!({ "set": set, "unset": unset })),
+        )
+        .await?;
+    if !names.is_empty() {
+        eprintln!("Set {} on {name}.", names.join(", "));
+    }
+    if !unset.is_empty() {
+        eprintln!("Unset {} on {name}.", unset.join(", "));
+    }
+    eprintln!("Releases deployed from now on carry it; each release on a host keeps the environment it was deployed with (a rollback brings it back).");
+    let mut out = std::io::stdout().lock();
+    for (k, v) in t["env"].as_object().into_iter().flatten() {
+        writeln!(out, "{k}={}", v.as_str().unwrap_or("[masked]"))?;
+    }
+    Ok(())
+}
+
 pub async fn targets_trust(client: &Client, name: &str, keys: &[String]) -> anyhow::Result<()> {
     let trusted = client
         .send(
@@ -404,13 +433,32 @@ pub async fn targets_releases(client: &Client, name: &str, json: bool) -> anyhow
             )?;
         }
         if let Some(lock) = h["lock"].as_object() {
+            let at = lock
+                .get("acquired_at")
+                .and_then(Value::as_i64)
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_else(|| "?".into());
+            let process = lock
+                .get("process")
+                .and_then(|p| p.get("pid"))
+                .and_then(Value::as_u64)
+                .map(|pid| {
+                    format!(
+                        ", slipway process {pid} on {}",
+                        lock.get("machine").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .unwrap_or_default();
             writeln!(
                 out,
-                "locked by {} ({} {}){}",
+                "locked by {} ({} {}, since {at}{process}){}",
                 lock.get("owner").and_then(Value::as_str).unwrap_or("?"),
                 lock.get("operation").and_then(Value::as_str).unwrap_or("?"),
                 lock.get("deploy_id").and_then(Value::as_str).unwrap_or("?"),
-                if h["stale_lock"].as_bool() == Some(true) {
+                if h["holder_gone"].as_bool() == Some(true) {
+                    " - STALE: that slipway process is gone; the next deploy breaks it (or `slipway targets:unlock`)"
+                } else if h["stale_lock"].as_bool() == Some(true) {
                     " - STALE: break it with `slipway targets:unlock`"
                 } else {
                     ""

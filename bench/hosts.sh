@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Own-hosts deploy benchmark (issue 11): time of `slipway targets:deploy` of a 50 MB release
+# (incompressible, so the upload is the real size) to two hosts -- lock, upload with checksum,
+# unpack beside, switch, restart, health check `true` -- beside `rsync -a` of the same
+# directory to the same two hosts over the same sshd (fresh destinations, one after the other,
+# as slipway does with --batch 1), and with `--batch 2` (both uploads at once), in the same run.
+# The two "hosts" are sshd instances on loopback ports, as in tests/hosts.rs.
+#
+#   bench/hosts.sh                  # 5 runs of each
+#   RUNS=10 SIZE_MB=50 bench/hosts.sh
+#   BIN=target/debug/slipway bench/hosts.sh    # skip the release build
+#
+# Needs root (sshd on loopback with its own config), openssh-server, rsync. Prints Markdown.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+RUNS=${RUNS:-5}
+SIZE_MB=${SIZE_MB:-50}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --locked --bin slipway >&2
+  BIN=$root/target/release/slipway
+fi
+BIN=$(realpath "$BIN")
+work=$(mktemp -d)
+chmod 711 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
+mkdir -p /run/sshd
+ports=()
+for h in a b; do
+  d=$work/host-$h
+  mkdir -p "$d/home"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey"
+  cp "$work/client_key.pub" "$d/authorized_keys"
+  port=$(free_port)
+  cat >"$d/sshd_config" <<EOF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $d/hostkey
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+PermitRootLogin yes
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+SetEnv HOME=$d/home
+MaxSessions 50
+MaxStartups 50
+EOF
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  pids+=($!)
+  ports+=("$port")
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+done
+
+mkdir -p "$work/home"
+export SLIPWAY_DATA_DIR=$work/data HOME=$work/home
+"$BIN" server --data-dir "$work/data" --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 \
+  >"$work/server.out" 2>"$work/server.err" &
+pids+=($!)
+for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+
+# The release: one incompressible file of SIZE_MB.
+mkdir -p "$work/src/app"
+head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$work/src/app/blob"
+tar -czf "$work/release.tgz" -C "$work/src" app
+
+fp() { ssh-keygen -lf "$work/host-$1/hostkey.pub" | awk '{print $2}'; }
+for batch in 1 2; do
+  "$BIN" targets:add "b$batch" --hosts "root@127.0.0.1:${ports[0]},root@127.0.0.1:${ports[1]}" \
+    --path "app$batch" --key "$work/client_key" --health true --batch "$batch" \
+    --accept-host-key "$(fp a)" --accept-host-key "$(fp b)" >/dev/null 2>&1
+done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+deploy_1=(); deploy_2=(); rsync_t=()
+for i in $(seq "$RUNS"); do
+  for batch in 1 2; do
+    "$BIN" store:import "$work/release.tgz" --name bench --tag "b$batch-r$i" >/dev/null 2>&1
+    t0=$(now_ms)
+    "$BIN" targets:deploy "b$batch" bench "b$batch-r$i" >/dev/null 2>&1
+    t=$(( $(now_ms) - t0 ))
+    if [ "$batch" = 1 ]; then deploy_1+=("$t"); else deploy_2+=("$t"); fi
+    "$BIN" targets:prune "b$batch" --keep 1 >/dev/null 2>&1
+  done
+  t0=$(now_ms)
+  for idx in 0 1; do
+    h=$([ "$idx" = 0 ] && echo a || echo b)
+    rsync -a -e "ssh -p ${ports[$idx]} -i $work/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR" \
+      "$work/src/app/" "root@127.0.0.1:$work/host-$h/home/rsync-$i/"
+  done
+  rsync_t+=($(( $(now_ms) - t0 )))
+  rm -rf "$work"/host-*/home/rsync-"$i"
+done
+
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "| what (${SIZE_MB} MB, 2 hosts, $RUNS runs; load $load; $(nproc) cores) | median ms | all ms |"
+echo "|---|---|---|"
+echo "| \`targets:deploy\` --batch 1 (lock, upload+sha256, unpack, switch, health) | $(median "${deploy_1[@]}") | ${deploy_1[*]} |"
+echo "| \`targets:deploy\` --batch 2 (both hosts at once) | $(median "${deploy_2[@]}") | ${deploy_2[*]} |"
+echo "| \`rsync -a\` of the same directory to both hosts, one after the other | $(median "${rsync_t[@]}") | ${rsync_t[*]} |"

@@ -1,0 +1,150 @@
+//! A command in a one-off dyno (the build's tests, a release phase on a pipeline deploy), its
+//! output collected line by line with every secret value masked.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use slipway_logs::MAX_LINE_BYTES;
+use slipway_runtime::{DynoSize, OneOff, OneOffIo, OneOffMode, OneOffRequest, ReleaseSpec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::state::Shared;
+
+/// Secret values shorter than this are not masked in command output: they would mask
+/// ordinary text (a `1`, a `yes`) and are no secret anyway.
+pub const MIN_MASKED: usize = 4;
+pub const MASK: &str = "*****";
+
+/// Masks secret values in text.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    values: Vec<String>,
+}
+
+impl Masker {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
+        let mut values: Vec<String> = values
+            .into_iter()
+            .filter(|v| v.len() >= MIN_MASKED)
+            .cloned()
+            .collect();
+        // Longest first, so a value containing another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        Self { values }
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    pub code: i32,
+    pub timed_out: bool,
+}
+
+/// What to run.
+pub struct Command<'a> {
+    pub release: ReleaseSpec,
+    /// `test.7`, `release.3`: the dyno's name.
+    pub name: String,
+    pub command: &'a str,
+    /// Added to the release's config; values are masked in the output.
+    pub env: BTreeMap<String, String>,
+    pub time_to_live: Duration,
+}
+
+/// Runs `cmd` and gives each output line (stdout and stderr, masked) to `on_line`.
+pub async fn run_command(
+    state: &Shared,
+    cmd: Command<'_>,
+    masker: &Masker,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<Ran, String> {
+    let one_off = state
+        .dynos
+        .run_one_off(OneOffRequest {
+            release: cmd.release,
+            name: cmd.name.clone(),
+            command: cmd.command.to_string(),
+            env: cmd.env,
+            size: DynoSize::standard_1x(),
+            time_to_live: cmd.time_to_live,
+            mode: OneOffMode::Pipes,
+        })
+        .await
+        .map_err(|e| format!("the {} dyno could not start: {e}", cmd.name))?;
+    let OneOff {
+        io, exit, handle, ..
+    } = one_off;
+    let OneOffIo::Pipes { stdout, stderr, .. } = io else {
+        handle.stop();
+        return Err(format!("the {} dyno got no output pipes", cmd.name));
+    };
+    let (tx, mut lines) = mpsc::channel::<String>(256);
+    for pipe in [stdout, stderr] {
+        let tx = tx.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut reader = tokio::io::BufReader::new(pipe);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
+                    match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line)
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&line);
+                            let text = text.trim_end_matches(['\n', '\r']).to_string();
+                            if tx.send(text).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+            tracing::Span::current(),
+        ));
+    }
+    drop(tx);
+    while let Some(line) = lines.recv().await {
+        on_line(&masker.mask(&line));
+    }
+    let exit = exit
+        .await
+        .map_err(|_| format!("the {} dyno was lost", cmd.name))?;
+    Ok(Ran {
+        code: exit.code,
+        timed_out: exit.timed_out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_long_enough_value_longest_first() {
+        let values = [
+            "s3cr3t-token".to_string(),
+            "s3cr3t".to_string(),
+            "no".into(),
+        ];
+        let m = Masker::new(values.iter());
+        assert_eq!(
+            m.mask("a s3cr3t-token and s3cr3t, no"),
+            "a ***** and *****, no"
+        );
+    }
+}

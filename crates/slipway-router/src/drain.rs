@@ -1,0 +1,148 @@
+//! In-flight requests per dyno address, so a dyno that no longer gets new requests can be
+//! stopped once the ones it already has are done (`Drains`).
+//!
+//! The proxy takes an [`InFlight`] for the backend it sends a request to and keeps it until the
+//! response body has gone to the client (or the tunnel of an upgraded connection has closed).
+//! The dyno manager, after traffic moved to a new release, waits with [`Drains::drained`] for
+//! an old dyno's count to reach zero (bounded by its drain timeout) before it sends SIGTERM.
+//! Keyed by address, not dyno name: an old and a new `web.1` serve at the same time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The router's in-flight request counts, shared with whoever stops dynos. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Drains {
+    inner: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    counts: Mutex<HashMap<SocketAddr, usize>>,
+    /// Woken whenever a count goes down.
+    released: Notify,
+}
+
+impl std::fmt::Debug for Drains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drains")
+            .field("backends", &self.lock().len())
+            .finish()
+    }
+}
+
+/// How waiting for a dyno to drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// No request to it is in flight.
+    Idle,
+    /// The drain timeout passed with this many requests still in flight.
+    TimedOut { in_flight: usize },
+}
+
+impl Drains {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        self.inner.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a request to `addr` as in flight until the returned guard is dropped.
+    pub fn begin(&self, addr: SocketAddr) -> InFlight {
+        *self.lock().entry(addr).or_insert(0) += 1;
+        InFlight {
+            drains: self.clone(),
+            addr,
+        }
+    }
+
+    /// Requests to `addr` in flight now.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.lock().get(&addr).copied().unwrap_or(0)
+    }
+
+    /// Waits until no request to `addr` is in flight, or `timeout` has passed.
+    pub async fn drained(&self, addr: SocketAddr, timeout: Duration) -> Drained {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            // Registered before the count is read, so a release in between is not missed.
+            released.as_mut().enable();
+            let in_flight = self.in_flight(addr);
+            if in_flight == 0 {
+                return Drained::Idle;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Drained::TimedOut {
+                    in_flight: self.in_flight(addr),
+                };
+            }
+        }
+    }
+}
+
+/// One request in flight to a dyno; dropping it ends it.
+pub struct InFlight {
+    drains: Drains,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        {
+            let mut counts = self.drains.lock();
+            if let Some(n) = counts.get_mut(&self.addr) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&self.addr);
+                }
+            }
+        }
+        self.drains.inner.released.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn drained_waits_for_the_last_request_of_that_address_only() {
+        let drains = Drains::default();
+        let first = drains.begin(addr(1));
+        let second = drains.begin(addr(1));
+        let other = drains.begin(addr(2));
+        assert_eq!(drains.in_flight(addr(1)), 2);
+        let waiter = {
+            let drains = drains.clone();
+            tokio::spawn(async move { drains.drained(addr(1), Duration::from_secs(30)).await })
+        };
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one request is still in flight");
+        drop(second);
+        assert_eq!(waiter.await.expect("join"), Drained::Idle);
+        assert_eq!(drains.in_flight(addr(2)), 1, "{other:p}", other = &other);
+        drop(other);
+        assert_eq!(drains.in_flight(addr(2)), 0);
+    }
+
+    #[tokio::test]
+    async fn drained_gives_up_after_the_timeout() {
+        let drains = Drains::default();
+        let _stuck = drains.begin(addr(3));
+        let waited = drains.drained(addr(3), Duration::from_millis(50)).await;
+        assert_eq!(waited, Drained::TimedOut { in_flight: 1 });
+        assert_eq!(
+            drains.drained(addr(4), Duration::from_millis(50)).await,
+            Drained::Idle
+        );
+    }
+}
