@@ -149,7 +149,7 @@ async fn wait_healthy(
     let Some(first) = web.first() else {
         return RolloutOutcome::Healthy;
     };
-    let limit = inner.cfg.boot_timeout
+    let limit = inner.boot_timeout(&first.release)
         + health::budget(&first.release.healthchecks)
         + Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + limit;

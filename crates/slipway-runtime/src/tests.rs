@@ -310,9 +310,19 @@ async fn a_web_dyno_that_never_binds_is_killed_r10(kind: RuntimeKind) {
     f.manager.stop_app(&f.app).await;
 }
 
-/// A 16 MB quota: the kernel kills at 32 MB.
+fn cgroup_v1() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/memory/memory.stat").exists()
+}
+
+/// A process type whose dynos have a 16 MB quota: the kernel kills at 32 MB.
+fn small_spec(process_type: &str, command: &str) -> ProcessSpec {
+    ProcessSpec {
+        size: DynoSize::new("test-16M", 16 * 1024 * 1024, 64),
+        ..spec(process_type, 1, command)
+    }
+}
+
 fn small(cfg: &mut RuntimeConfig) {
-    cfg.dyno_size = DynoSize::new("test-16M", 16 * 1024 * 1024, 64);
     cfg.memory_check_interval = Duration::from_millis(200);
     cfg.stop_timeout = Duration::from_secs(5);
 }
@@ -322,7 +332,7 @@ async fn oci_memory_past_the_limit_is_r15_and_the_dyno_restarts() {
     let f = fixture_with(RuntimeKind::Oci, small).await;
     let hog = "echo allocating; python3 -c 'import time; a = b\"x\" * (96 << 20); time.sleep(60)'";
     f.manager
-        .converge(f.release.clone(), &[spec("worker", 1, hog)]);
+        .converge(f.release.clone(), &[small_spec("worker", hog)]);
     let lines = wait_for_log(&f, "State changed from crashed to starting").await;
     let r15 = lines
         .iter()
@@ -342,7 +352,7 @@ async fn oci_memory_over_the_quota_is_r14_and_measured() {
     let f = fixture_with(RuntimeKind::Oci, small).await;
     let over = "python3 -c 'import time; a = b\"x\" * (22 << 20); print(\"holding\", flush=True); time.sleep(600)'";
     f.manager
-        .converge(f.release.clone(), &[spec("worker", 1, over)]);
+        .converge(f.release.clone(), &[small_spec("worker", over)]);
     wait_for_log(&f, "app[worker.1]: holding").await;
     let lines = wait_for_log(&f, "Error R14 (Memory quota exceeded)").await;
     assert!(
@@ -356,6 +366,9 @@ async fn oci_memory_over_the_quota_is_r14_and_measured() {
     assert!(usage.memory_bytes > 16 * 1024 * 1024, "{usage:?}");
     assert!(usage.memory_bytes < 32 * 1024 * 1024, "{usage:?}");
     assert!(usage.cpu_nanos.is_some_and(|n| n > 0), "{usage:?}");
+    // The parts the runtime metrics print: the held bytes are anonymous (rss).
+    assert!(usage.memory_rss_bytes > 16 * 1024 * 1024, "{usage:?}");
+    assert!(usage.pgpgin.is_some() == cgroup_v1(), "{usage:?}");
     f.manager.stop_app(&f.app).await;
 }
 

@@ -388,6 +388,12 @@ fn formation_sizes_restarts_and_destroy() {
     server.cli_ok(&repo, &["ps:type", "web=performance-m"]);
     let (_, _, body) = server.api("GET", "/apps/shape/formation/web", None);
     assert_eq!(json(&body)["size"], "performance-M");
+    // A new size replaces the type's dynos (their limits come from it).
+    let list = runs_fresh(&server, "shape", &["web.1", "web.2"], &ids(&list, ""));
+    assert!(
+        list.iter().all(|d| d["size"] == "performance-M"),
+        "{list:?}"
+    );
     let ps = server.cli_ok(&repo, &["ps"]);
     assert!(
         ps.contains("=== web (performance-M): python3 server.py (2)"),

@@ -313,44 +313,71 @@ fn an_app_s_own_boot_timeout_gives_r10_and_bad_values_are_refused() {
     );
 }
 
+/// The dyno's soft memory limit (its quota), hard limit and process limit, as the app reads
+/// them under `/sys/fs/cgroup` inside its dyno.
+fn limits_inside(server: &Server, app: &str) -> [String; 3] {
+    let files = if cgroup_v1() {
+        [
+            "memory/memory.soft_limit_in_bytes",
+            "memory/memory.limit_in_bytes",
+            "pids/pids.max",
+        ]
+    } else {
+        ["memory.low", "memory.max", "pids.max"]
+    };
+    files.map(|file| {
+        let (status, body) = server.app_get(app, &format!("/cgroup?file={file}"));
+        assert_eq!(status, 200, "{file}: {body}");
+        body
+    })
+}
+
+/// `web.1` once it is the only web dyno, up, at `size`.
+fn only_web1(server: &Server, repo: &Path, size: &str) -> Value {
+    let what = format!("web.1 alone, up at {size}");
+    wait_for(90, &what, || {
+        let web: Vec<Value> = ps_json(server, repo)
+            .into_iter()
+            .filter(|d| d["type"] == "web")
+            .collect();
+        (web.len() == 1 && web[0]["state"] == "up" && web[0]["size"] == size)
+            .then(|| web[0].clone())
+    })
+}
+
 #[test]
 fn a_process_type_s_size_sets_its_dynos_limits() {
-    let server = Server::start();
+    let mut server = Server::start();
+    // Dynos outlive the server here, to check a re-adopted dyno keeps its size.
+    server.stop_dynos_on_exit = false;
+    server.terminate();
+    server.launch();
     let app = "roomy";
     let repo = deploy_holder(&server, app);
-    let (v1_memory, v1_pids) = ("memory/memory.limit_in_bytes", "pids/pids.max");
-    let (soft, hard, pids) = if cgroup_v1() {
-        ("memory/memory.soft_limit_in_bytes", v1_memory, v1_pids)
-    } else {
-        ("memory.low", "memory.max", "pids.max")
-    };
-    let limits = || {
-        [soft, hard, pids].map(|file| {
-            let (status, body) = server.app_get(app, &format!("/cgroup?file={file}"));
-            assert_eq!(status, 200, "{file}: {body}");
-            body
-        })
-    };
-    let only_web1 = |size: &str| {
-        let what = format!("web.1 alone, up at {size}");
-        wait_for(90, &what, || {
-            let web: Vec<Value> = ps_json(&server, &repo)
-                .into_iter()
-                .filter(|d| d["type"] == "web")
-                .collect();
-            (web.len() == 1 && web[0]["state"] == "up" && web[0]["size"] == size)
-                .then(|| web[0].clone())
-        })
-    };
-    let first = only_web1("standard-1X");
-    assert_eq!(first["memory_quota_bytes"], 512 * MIB, "{first:#}");
     let mib = |n: u64| (n * MIB).to_string();
+
+    let first = only_web1(&server, &repo, "standard-1X");
+    assert_eq!(first["memory_quota_bytes"], 512 * MIB, "{first:#}");
     // The quota is the soft limit; the kernel kills at twice it (R15).
-    assert_eq!(limits(), [mib(512), mib(1024), "256".to_string()]);
+    assert_eq!(
+        limits_inside(&server, app),
+        [mib(512), mib(1024), "256".to_string()]
+    );
 
     server.cli_ok(&repo, &["ps:type", "web=standard-2X"]);
-    let resized = only_web1("standard-2X");
+    let resized = only_web1(&server, &repo, "standard-2X");
     assert_ne!(resized["id"], first["id"], "the dyno was not replaced");
     assert_eq!(resized["memory_quota_bytes"], 1024 * MIB, "{resized:#}");
-    assert_eq!(limits(), [mib(1024), mib(2048), "512".to_string()]);
+    let wanted = [mib(1024), mib(2048), "512".to_string()];
+    assert_eq!(limits_inside(&server, app), wanted);
+
+    // A server killed and started again re-adopts the dyno with its size: not replaced.
+    server.kill9();
+    server.launch();
+    let adopted = only_web1(&server, &repo, "standard-2X");
+    assert_eq!(
+        adopted["id"], resized["id"],
+        "the dyno was replaced: {adopted:#}"
+    );
+    assert_eq!(limits_inside(&server, app), wanted);
 }
