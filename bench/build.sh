@@ -29,6 +29,11 @@ server=""
 gunicorn=""
 cleanup() {
   [ -n "$gunicorn" ] && kill "$gunicorn" 2>/dev/null || true
+  # Dynos outlive the server (their monitors are re-adopted by the next one): destroy the apps
+  # first, or their containers keep running after the work directory is gone.
+  if [ -n "$server" ]; then
+    for a in hello django; do "$BIN" apps:destroy -a "$a" --confirm "$a" >/dev/null 2>&1 || true; done
+  fi
   [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
   rm -rf "$work"
 }
