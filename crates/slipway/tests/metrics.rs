@@ -267,12 +267,15 @@ fn runtime_metrics(runtime: &str) {
 fn an_app_s_own_boot_timeout_gives_r10_and_bad_values_are_refused() {
     // The server's boot timeout stays 60 s: only the app's own setting can make R10 quick.
     let server = Server::start();
-    let repo = deploy(
-        &server,
-        "impatient",
-        &[("Procfile", "web: sleep 1000\n")],
-        &["SLIPWAY_BOOT_TIMEOUT=2"],
-    );
+    let root = server.root.path().to_path_buf();
+    server.cli_ok(&root, &["apps:create", "impatient"]);
+    let repo = server.repo_with("impatient-src", &[("Procfile", "web: sleep 1000\n")]);
+    server.cli_ok(&repo, &["git:remote", "-a", "impatient"]);
+    server.cli_ok(&repo, &["config:set", "SLIPWAY_BOOT_TIMEOUT=2"]);
+    // The deploy waits for web.1 to come up: it never binds, so R10 fails the push (within
+    // the app's 2 s, not the server's 60 s).
+    let pushed = server.git(&repo, &["push", "slipway", "main"]);
+    assert!(!pushed.status.success(), "{}", text(&pushed));
     for bad in ["0", "3601", "abc", "1.5", "-3"] {
         let out = server.cli(
             &repo,

@@ -237,7 +237,13 @@ fn time_of(line: &str) -> chrono::DateTime<chrono::FixedOffset> {
 #[test]
 fn a_web_dyno_that_does_not_bind_in_the_boot_timeout_is_killed_r10() {
     let server = Server::start_with(&["--dyno-boot-timeout", "2"]);
-    let repo = deploy(&server, "sleepy", &[("Procfile", "web: sleep 1000\n")]);
+    let root = server.root.path().to_path_buf();
+    server.cli_ok(&root, &["apps:create", "sleepy"]);
+    let repo = server.repo_with("sleepy-src", &[("Procfile", "web: sleep 1000\n")]);
+    server.cli_ok(&repo, &["git:remote", "-a", "sleepy"]);
+    // The deploy waits for web.1, which never binds: R10 fails the push.
+    let pushed = server.git(&repo, &["push", "slipway", "main"]);
+    assert!(!pushed.status.success(), "{}", support::text(&pushed));
     let lines = wait_for(30, "R10 and the crash it causes", || {
         let lines = log(&server, &repo);
         let r10 = lines
