@@ -241,9 +241,10 @@ fn a_web_dyno_that_does_not_bind_in_the_boot_timeout_is_killed_r10() {
     server.cli_ok(&root, &["apps:create", "sleepy"]);
     let repo = server.repo_with("sleepy-src", &[("Procfile", "web: sleep 1000\n")]);
     server.cli_ok(&repo, &["git:remote", "-a", "sleepy"]);
-    // The deploy waits for web.1, which never binds: R10 fails the push.
+    // web.1 never binds: R10 (within the boot timeout). Nothing served before, so as on Heroku
+    // the first release is released all the same and the push is accepted.
     let pushed = server.git(&repo, &["push", "slipway", "main"]);
-    assert!(!pushed.status.success(), "{}", support::text(&pushed));
+    assert!(pushed.status.success(), "{}", support::text(&pushed));
     let lines = wait_for(30, "R10 and the crash it causes", || {
         let lines = log(&server, &repo);
         let r10 = lines
