@@ -224,8 +224,13 @@ impl DeployStatus {
     }
 }
 
-/// Replaces every target secret's value in text with `[masked]`, longest first (so a secret
-/// that contains another is masked whole).
+/// Secret values shorter than this are not masked: they would mask ordinary text (a `1`, a
+/// `yes`) and are no secret anyway.
+pub const MIN_MASKED: usize = 4;
+
+/// Replaces every target secret's value (of at least [`MIN_MASKED`] bytes) in text with
+/// `[masked]`, longest first (so a secret that contains another is masked whole). The one
+/// masker of deploys and pipelines.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
     values: Vec<String>,
@@ -236,7 +241,7 @@ impl Masker {
         let mut values: Vec<String> = secrets
             .values()
             .map(|s| s.expose().to_string())
-            .filter(|v| !v.is_empty())
+            .filter(|v| v.len() >= MIN_MASKED)
             .collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
@@ -264,6 +269,7 @@ mod tests {
             ("A".to_string(), Secret::new("hunter2")),
             ("B".to_string(), Secret::new("hunter2-extra")),
             ("C".to_string(), Secret::new("")),
+            ("D".to_string(), Secret::new("no")),
         ]
         .into();
         let m = Masker::new(&secrets);
@@ -272,6 +278,7 @@ mod tests {
             "x [masked] y [masked] z"
         );
         assert_eq!(m.mask("nothing"), "nothing");
+        assert_eq!(m.mask("no, yes"), "no, yes", "too short to mask");
     }
 
     #[test]

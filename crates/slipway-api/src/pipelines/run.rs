@@ -9,41 +9,8 @@ use slipway_runtime::{DynoSize, OneOff, OneOffIo, OneOffMode, OneOffRequest, Rel
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+pub use crate::deploys::Masker;
 use crate::state::Shared;
-
-/// Secret values shorter than this are not masked in command output: they would mask
-/// ordinary text (a `1`, a `yes`) and are no secret anyway.
-pub const MIN_MASKED: usize = 4;
-pub const MASK: &str = "*****";
-
-/// Masks secret values in text.
-#[derive(Debug, Clone, Default)]
-pub struct Masker {
-    values: Vec<String>,
-}
-
-impl Masker {
-    pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
-        let mut values: Vec<String> = values
-            .into_iter()
-            .filter(|v| v.len() >= MIN_MASKED)
-            .cloned()
-            .collect();
-        // Longest first, so a value containing another is masked whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        Self { values }
-    }
-
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for v in &self.values {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), MASK);
-            }
-        }
-        out
-    }
-}
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,23 +95,4 @@ pub async fn run_command(
         code: exit.code,
         timed_out: exit.timed_out,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masks_every_long_enough_value_longest_first() {
-        let values = [
-            "s3cr3t-token".to_string(),
-            "s3cr3t".to_string(),
-            "no".into(),
-        ];
-        let m = Masker::new(values.iter());
-        assert_eq!(
-            m.mask("a s3cr3t-token and s3cr3t, no"),
-            "a ***** and *****, no"
-        );
-    }
 }

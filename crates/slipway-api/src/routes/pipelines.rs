@@ -31,11 +31,13 @@ use crate::pipelines::model::{
     check_branch, check_env_key, check_name, DeployOrigin, DEFAULT_WATCH_SECS, MAX_ENV_VALUE,
     MAX_ENV_VARS, MAX_STAGES, MAX_TARGETS,
 };
-use crate::pipelines::run::MASK;
 use crate::pipelines::strategies::{deploy_now, find_stage, Report};
 use crate::pipelines::{PipelineError, PipelinePaths};
 use crate::state::Shared;
 use crate::views::time;
+
+/// What the API shows instead of a stage secret's value.
+const MASK: &str = "*****";
 
 pub fn routes() -> Router<Shared> {
     Router::new()
