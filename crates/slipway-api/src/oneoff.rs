@@ -388,30 +388,7 @@ async fn run_release_phase(
     };
     let (tx, mut lines) = mpsc::channel::<String>(256);
     for pipe in [stdout, stderr] {
-        let tx = tx.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let mut reader = tokio::io::BufReader::new(pipe);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
-                    match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line)
-                        .await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let text = String::from_utf8_lossy(&line);
-                            let text = text.trim_end_matches(['\n', '\r']).to_string();
-                            if tx.send(text).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            },
-            tracing::Span::current(),
-        ));
+        pump_lines(pipe, tx.clone());
     }
     drop(tx);
     let mut output = String::new();
@@ -487,5 +464,35 @@ pub fn finish_in_background(
             drop(guard);
         },
         span,
+    ));
+}
+
+/// Reads a pipe line by line (each line bounded by [`MAX_LINE_BYTES`], its end trimmed) into
+/// `tx`, in a task of its own, until the pipe ends or the receiver is gone. The release phase,
+/// pipeline tests and a deploy's commands read their output through it.
+pub(crate) fn pump_lines<R>(pipe: R, tx: mpsc::Sender<String>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let mut reader = tokio::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
+                match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end_matches(['\n', '\r']).to_string();
+                        if tx.send(text).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        },
+        tracing::Span::current(),
     ));
 }

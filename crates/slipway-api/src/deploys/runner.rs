@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use slipway_core::{AppJson, DeploySpec, InconclusivePolicy};
-use slipway_logs::{Filter, Next, Source, MAX_LINE_BYTES};
+use slipway_logs::{Filter, Next, Source};
 use slipway_runtime::{
     DynoSize, Lifecycle, OneOff, OneOffIo, OneOffMode, OneOffRequest, ReleaseSpec,
 };
 use slipway_store::{App, DeployRecord, DeployUpdate, ReleaseStatus, RollbackRefusal, Slug};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -866,8 +865,8 @@ impl Run {
             return Outcome::Failed("the one-off dyno got no output pipes".into());
         };
         let (tx, mut lines) = mpsc::channel::<String>(256);
-        pump(stdout, tx.clone());
-        pump(stderr, tx);
+        crate::oneoff::pump_lines(stdout, tx.clone());
+        crate::oneoff::pump_lines(stderr, tx);
         let mut cancelled = false;
         loop {
             tokio::select! {
@@ -963,10 +962,10 @@ impl Run {
             let pid = child.id();
             let (tx, mut lines) = mpsc::channel::<String>(256);
             if let Some(o) = child.stdout.take() {
-                pump(Box::new(o), tx.clone());
+                crate::oneoff::pump_lines(o, tx.clone());
             }
             if let Some(e) = child.stderr.take() {
-                pump(Box::new(e), tx);
+                crate::oneoff::pump_lines(e, tx);
             }
             let deadline = tokio::time::sleep(spec.timeouts.smoke);
             tokio::pin!(deadline);
@@ -1390,31 +1389,6 @@ fn refusal_text(refusal: &RollbackRefusal, v: i64) -> String {
         RollbackRefusal::NoSlug => "it has no slug",
     };
     format!("can't roll back to v{v}: {why}")
-}
-
-/// Reads lines (each bounded) from a pipe into `tx`.
-fn pump(pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send + Sync>, tx: mpsc::Sender<String>) {
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            let mut reader = tokio::io::BufReader::new(pipe);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
-                match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let text = String::from_utf8_lossy(&line);
-                        let text = text.trim_end_matches(['\n', '\r']).to_string();
-                        if tx.send(text).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        },
-        tracing::Span::current(),
-    ));
 }
 
 /// SIGKILL to a smoke command's process group (it runs in one of its own).

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use slipway_logs::MAX_LINE_BYTES;
 use slipway_runtime::{DynoSize, OneOff, OneOffIo, OneOffMode, OneOffRequest, ReleaseSpec};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 pub use crate::deploys::Masker;
@@ -59,30 +57,7 @@ pub async fn run_command(
     };
     let (tx, mut lines) = mpsc::channel::<String>(256);
     for pipe in [stdout, stderr] {
-        let tx = tx.clone();
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let mut reader = tokio::io::BufReader::new(pipe);
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
-                    match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line)
-                        .await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let text = String::from_utf8_lossy(&line);
-                            let text = text.trim_end_matches(['\n', '\r']).to_string();
-                            if tx.send(text).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            },
-            tracing::Span::current(),
-        ));
+        crate::oneoff::pump_lines(pipe, tx.clone());
     }
     drop(tx);
     while let Some(line) = lines.recv().await {
