@@ -470,31 +470,10 @@ async fn compile(
         .map_err(|e| format!("could not read the app's buildpacks: {e}"))?;
     let buildpacks =
         slipway_build::resolve_buildpacks(&chosen, &app.config, src).map_err(|e| e.to_string())?;
-    let mut spec = CompileSpec::new(
-        src.to_path_buf(),
-        settings.cache_dir(&app.id),
-        settings.builds_dir.join("buildpacks").join("builtin"),
-        // Per app: a fetched buildpack is the app's own code, never shared with another app.
-        settings
-            .builds_dir
-            .join("buildpacks")
-            .join("fetched")
-            .join(&app.id),
-    );
+    let mut spec = compile_spec(state, &app.id, src, &build.commit_sha)?;
     spec.env = app.config.clone();
     spec.buildpacks = buildpacks;
-    spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
-    spec.timeout = settings.build_timeout;
-    spec.memory_limit_bytes = Some(settings.build_memory_limit_bytes);
-    // The app's own unprivileged build user when the server is root: a build can read neither
-    // other apps' files nor the platform's state, and shares its uid with no dyno.
-    spec.run_as = state
-        .dynos
-        .build_user(&app.id)
-        .map_err(|e| format!("could not choose the build's user: {e}"))?
-        .map(|u| (u.uid, u.gid));
     let build_user = spec.run_as;
-    spec.source_version = Some(build.commit_sha.clone());
     let limits = settings.build_limits;
     let cancel = CancellationToken::new();
     let pusher_gone = {
@@ -535,4 +514,39 @@ async fn compile(
     let (compiled, info) = result.map_err(|e| e.to_string())?;
     out.line(&format!("       {}", info.checksum)).await;
     Ok((compiled, info))
+}
+
+/// The compile settings every build of this server shares, for the app or pipeline `owner_id`
+/// (its own cache, fetched buildpacks and build user): buildpack directories, runtimes, the
+/// time and memory limits. The caller adds the config and the buildpacks.
+pub(crate) fn compile_spec(
+    state: &Shared,
+    owner_id: &str,
+    src: &std::path::Path,
+    commit_sha: &str,
+) -> Result<CompileSpec, String> {
+    let settings = &state.settings;
+    let mut spec = CompileSpec::new(
+        src.to_path_buf(),
+        settings.cache_dir(owner_id),
+        settings.builds_dir.join("buildpacks").join("builtin"),
+        // Per owner: a fetched buildpack is the app's own code, never shared with another app.
+        settings
+            .builds_dir
+            .join("buildpacks")
+            .join("fetched")
+            .join(owner_id),
+    );
+    spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
+    spec.timeout = settings.build_timeout;
+    spec.memory_limit_bytes = Some(settings.build_memory_limit_bytes);
+    // The owner's own unprivileged build user when the server is root: a build can read
+    // neither other apps' files nor the platform's state, and shares its uid with no dyno.
+    spec.run_as = state
+        .dynos
+        .build_user(owner_id)
+        .map_err(|e| format!("could not choose the build's user: {e}"))?
+        .map(|u| (u.uid, u.gid));
+    spec.source_version = Some(commit_sha.to_string());
+    Ok(spec)
 }

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use slipway_build::{BuildEvent, CompileSpec};
+use slipway_build::BuildEvent;
 use slipway_core::AppJson;
 use slipway_store::{Pipeline, PipelineBuild, PipelineBuildStatus};
 use tokio::sync::{mpsc, watch};
@@ -414,27 +414,9 @@ async fn compile(
     let no_config = BTreeMap::new();
     let buildpacks =
         slipway_build::resolve_buildpacks(&chosen, &no_config, src).map_err(|e| e.to_string())?;
-    let mut spec = CompileSpec::new(
-        src.to_path_buf(),
-        settings.cache_dir(&pipeline.id),
-        settings.builds_dir.join("buildpacks").join("builtin"),
-        settings
-            .builds_dir
-            .join("buildpacks")
-            .join("fetched")
-            .join(&pipeline.id),
-    );
+    let mut spec = crate::deploy::compile_spec(state, &pipeline.id, src, &build.commit_sha)?;
     spec.buildpacks = buildpacks;
-    spec.runtimes_dirs = vec![settings.data_dir.join("runtimes")];
-    spec.timeout = settings.build_timeout;
-    spec.memory_limit_bytes = Some(settings.build_memory_limit_bytes);
-    spec.run_as = state
-        .dynos
-        .build_user(&pipeline.id)
-        .map_err(|e| format!("could not choose the build's user: {e}"))?
-        .map(|u| (u.uid, u.gid));
     let build_user = spec.run_as;
-    spec.source_version = Some(build.commit_sha.clone());
     let limits = settings.build_limits;
     let (events, mut received) = mpsc::channel::<BuildEvent>(256);
     let slug_path = slug_path.to_path_buf();
