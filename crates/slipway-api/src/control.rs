@@ -532,6 +532,129 @@ pub async fn restart_dynos(
     Ok(restarted)
 }
 
+/// Follows the dyno manager's record stream (`slipway_runtime::events`) for the life of the
+/// server: prints each event's `heroku[web.1]` lines in the app's log at once, and keeps the
+/// store's `dynos` table in step with the runtime's own records (`Recorded` upserts, `Removed`
+/// deletes), in event order, in a second task so a slow store never delays a log line. The
+/// store's copy is what the control plane knows of dynos; the runtime re-adopts from its own
+/// records. The returned receiver says up to which event (sequence number) everything has been
+/// printed and stored ([`dyno_events_recorded`]).
+pub fn record_dyno_events(
+    store: slipway_store::Store,
+    logs: slipway_logs::LogHub,
+    mut stream: slipway_runtime::EventStream,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (done_tx, done_rx) = tokio::sync::watch::channel(0u64);
+    // Unbounded like the stream it follows: one small message per event.
+    let (store_tx, mut store_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Option<StoreOp>)>();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            while let Some(stamped) = stream.recv().await {
+                stamped.print(&logs);
+                let op = match stamped.event {
+                    slipway_runtime::DynoEvent::Recorded(record) => {
+                        Some(StoreOp::Upsert(store_record(&record)))
+                    }
+                    slipway_runtime::DynoEvent::Removed { dyno_id, .. } => {
+                        Some(StoreOp::Delete(dyno_id))
+                    }
+                    _ => None,
+                };
+                if store_tx.send((stamped.seq, op)).is_err() {
+                    break;
+                }
+            }
+        },
+        tracing::info_span!("dyno_events"),
+    ));
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            while let Some((seq, op)) = store_rx.recv().await {
+                let written = match &op {
+                    None => Ok(()),
+                    Some(StoreOp::Upsert(record)) => store.upsert_dyno(record).await,
+                    Some(StoreOp::Delete(id)) => store.delete_dyno(id).await,
+                };
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "could not record a dyno event in the store");
+                }
+                done_tx.send_replace(seq);
+            }
+        },
+        tracing::info_span!("dyno_records"),
+    ));
+    done_rx
+}
+
+/// A change to the store's `dynos` table.
+enum StoreOp {
+    Upsert(slipway_store::DynoRecord),
+    Delete(String),
+}
+
+/// Waits until every dyno event up to `last` (`DynoManager::last_event`) is printed and
+/// stored, or `timeout` passed. Returns whether they were.
+pub async fn dyno_events_recorded(
+    done: &mut tokio::sync::watch::Receiver<u64>,
+    last: u64,
+    timeout: std::time::Duration,
+) -> bool {
+    tokio::time::timeout(timeout, done.wait_for(|seq| *seq >= last))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// The runtime's record of a dyno as the store keeps it.
+pub fn store_record(r: &slipway_runtime::DynoRecord) -> slipway_store::DynoRecord {
+    use slipway_runtime::DynoState as R;
+    use slipway_store::DynoState as S;
+    slipway_store::DynoRecord {
+        id: r.id.clone(),
+        app_id: r.app_id.clone(),
+        name: r.name.clone(),
+        process_type: r.process_type.clone(),
+        command: r.command.clone(),
+        release_version: r.release_version,
+        state: match r.state {
+            R::Starting => S::Starting,
+            R::Up => S::Up,
+            R::Crashed => S::Crashed,
+            R::Down => S::Down,
+        },
+        pid: r.pid.map(i64::from),
+        port: r.port.map(i64::from),
+        dir: r.dir.clone(),
+        created_at: r.created_at,
+    }
+}
+
+/// A dyno the store knows, as the runtime's [`recover`](slipway_runtime::DynoManager::recover)
+/// takes it (the store keeps no size: the runtime falls back to what the monitor directory
+/// says, then its default).
+pub fn runtime_record(r: &slipway_store::DynoRecord) -> slipway_runtime::DynoRecord {
+    use slipway_runtime::DynoState as R;
+    use slipway_store::DynoState as S;
+    slipway_runtime::DynoRecord {
+        id: r.id.clone(),
+        app_id: r.app_id.clone(),
+        name: r.name.clone(),
+        process_type: r.process_type.clone(),
+        command: r.command.clone(),
+        release_version: r.release_version,
+        state: match r.state {
+            S::Starting => R::Starting,
+            S::Up => R::Up,
+            S::Crashed => R::Crashed,
+            S::Down => R::Down,
+        },
+        pid: r.pid.and_then(|p| u32::try_from(p).ok()),
+        port: r.port.and_then(|p| u16::try_from(p).ok()),
+        dir: r.dir.clone(),
+        size: String::new(),
+        created_at: r.created_at,
+    }
+}
+
 /// Loads an app by name or id, or answers Heroku's 404.
 pub async fn find_app(state: &Shared, name_or_id: &str) -> ApiResult<App> {
     state

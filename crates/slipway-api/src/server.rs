@@ -362,8 +362,16 @@ pub async fn run(
     runtime_cfg.memory_check_interval = cfg.dyno_metrics_interval;
     // Dynos run under `slipway dyno-monitor`, which outlives this process.
     runtime_cfg.monitor_command = vec![cfg.hook_binary.clone().into(), "dyno-monitor".into()];
-    let dynos = DynoManager::new(runtime_cfg, store.clone(), logs.clone())
-        .context("setting up the dyno runtime")?;
+    let dynos =
+        DynoManager::new(runtime_cfg, logs.clone()).context("setting up the dyno runtime")?;
+    // What the dyno manager reports is printed in the apps' logs and recorded in the store.
+    let mut dyno_events = control::record_dyno_events(
+        store.clone(),
+        logs.clone(),
+        dynos
+            .take_events()
+            .context("the dyno manager's event stream was taken")?,
+    );
     let state: Shared = Arc::new(State::new(
         settings,
         store.clone(),
@@ -390,7 +398,13 @@ pub async fn run(
     // Dynos a previous server left running are supervised again (same processes, their
     // output followed from where it stopped); the others are cleaned up. Converging then
     // starts only what is missing.
-    let running = dynos.recover().await?;
+    let known: Vec<_> = store
+        .all_dynos()
+        .await?
+        .iter()
+        .map(control::runtime_record)
+        .collect();
+    let running = dynos.recover(known).await;
     let adopted = running.len();
     for record in running {
         match control::release_spec(&state, &record.app_id, record.release_version).await {
@@ -399,9 +413,7 @@ pub async fn run(
                 if let Err(e) = other {
                     tracing::warn!(dyno = %record.id, error = ?e, "could not load the dyno's release");
                 }
-                if let Err(e) = dynos.discard(&record).await {
-                    tracing::warn!(dyno = %record.id, error = %e, "could not remove a dyno");
-                }
+                dynos.discard(&record).await;
             }
         }
     }
@@ -594,6 +606,16 @@ pub async fn run(
     }
     if cfg.stop_dynos_on_exit {
         dynos.stop_all().await;
+    }
+    // The last dyno events reach the logs and the store before they close.
+    if !control::dyno_events_recorded(
+        &mut dyno_events,
+        dynos.last_event(),
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        tracing::warn!("some dyno events were not recorded before the shutdown");
     }
     let _ = std::fs::remove_file(&server_file);
     logs.flush().await;

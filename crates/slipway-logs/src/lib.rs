@@ -347,9 +347,10 @@ impl LogHub {
         self.write_at(app_id, source, dyno, message, Utc::now());
     }
 
-    /// [`LogHub::write`] with the clock's reading given (a clock that steps back must not
-    /// reorder the stream).
-    fn write_at(
+    /// [`LogHub::write`] with the clock's reading given: the time something happened, for a
+    /// line written a little later (a time before the stream's last line's is raised to it,
+    /// so the stream never goes back in time).
+    pub fn write_at(
         &self,
         app_id: &str,
         source: Source,

@@ -16,6 +16,7 @@ use crate::dynolog::{read_new, Cursor};
 use crate::monitor::{
     ExitRecord, Launch, Pids, EXIT_FILE, LAUNCH_FILE, MONITOR_LOG, PID_FILE, SOCKET,
 };
+use crate::record::DynoRecord;
 
 /// How often a followed log is read for new lines.
 const TAIL_INTERVAL: Duration = Duration::from_millis(50);
@@ -41,19 +42,22 @@ pub(crate) struct Attached {
 
 impl Attached {
     /// Starts `program args.. <dir>` as the monitor of a fresh run of a dyno (the monitor
-    /// directory is emptied first) and waits until it runs the dyno.
+    /// directory is emptied first, then given the dyno's `record`) and waits until it runs
+    /// the dyno.
     pub(crate) async fn start(
         monitor: &[std::ffi::OsString],
         dir: &Path,
-        dyno_id: &str,
+        record: &DynoRecord,
         launch: &Launch,
         sink: LineSink,
     ) -> Result<Self, RuntimeError> {
+        let dyno_id = record.id.as_str();
         remove_dir(dir)?;
         if let Some(parent) = dir.parent() {
             make_dir(parent, 0o700, None)?;
         }
         make_dir(dir, 0o700, None)?;
+        record.save(dir)?;
         let json = serde_json::to_vec(launch).map_err(|e| RuntimeError::Monitor {
             dyno: dyno_id.to_string(),
             detail: format!("encoding its launch: {e}"),

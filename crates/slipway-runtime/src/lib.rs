@@ -18,14 +18,19 @@
 //! Each dyno runs under its own monitor process (`monitor.rs`, the `slipway dyno-monitor`
 //! subcommand), which holds its output in a bounded on-disk log (`dynolog.rs`) and records its
 //! exit, so dynos outlive the server. What a dyno needs to be found again (id, pid, port,
-//! release, directory) is kept in the store; at start-up [`DynoManager::recover`] finds the
-//! dynos whose monitors still run, for the control plane to [`DynoManager::adopt`] them, and
-//! cleans up after the others.
+//! release, size, directory) is the runtime's own durable state, beside its monitor
+//! (`record.rs`); at start-up [`DynoManager::recover`] finds the dynos whose monitors still
+//! run, for the control plane to [`DynoManager::adopt`] them, and cleans up after the others.
+//!
+//! The runtime does not write the platform's store: it reports what happens to its dynos as
+//! typed [`DynoEvent`]s (`events.rs`) on a stream that never drops one, which the control plane
+//! records and prints as the `heroku[web.1]` log lines.
 
 mod attach;
 mod backend;
 mod cgroup;
 mod dynolog;
+pub mod events;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;
@@ -34,6 +39,7 @@ mod oci;
 mod oneoff;
 mod plain;
 mod process;
+mod record;
 mod restart;
 mod rollout;
 pub mod settings;
@@ -50,13 +56,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use slipway_logs::LogHub;
-use slipway_store::{DynoRecord, DynoState, Store};
 use tokio::sync::watch;
 
 pub use backend::{
     BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError,
     Usage,
 };
+pub use events::{DynoEvent, EventStream, Stamped, StartFailure};
 pub use health::Health;
 pub use lifecycle::Lifecycle;
 pub use metrics::LoadAvg;
@@ -67,6 +73,7 @@ pub use oneoff::{
 };
 pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
+pub use record::{DynoRecord, DynoState};
 pub use rollout::{DrainWatch, Rollout, RolloutOutcome};
 pub use users::{AppUser, FIRST_UID, LAST_UID};
 
@@ -247,53 +254,6 @@ pub enum WebStatus {
     Up(Vec<Backend>),
 }
 
-/// What happened to a dyno, as the runtime tells whoever listens ([`DynoManager::subscribe`]):
-/// the control plane's records, logs and metrics can follow dynos without reaching into the
-/// runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DynoEvent {
-    /// A dyno joined the app's dynos: started by `converge` (in `starting`), or re-adopted
-    /// from a previous server (in its recorded state).
-    Added {
-        app_id: String,
-        dyno_id: String,
-        name: String,
-    },
-    /// A lifecycle transition.
-    Changed {
-        app_id: String,
-        dyno_id: String,
-        name: String,
-        release_version: i64,
-        from: Lifecycle,
-        to: Lifecycle,
-        pid: Option<u32>,
-        addr: Option<SocketAddr>,
-    },
-    /// Memory was measured over the dyno's quota (each check while it stays over).
-    MemoryQuotaExceeded {
-        app_id: String,
-        name: String,
-        usage: Usage,
-        quota_bytes: u64,
-    },
-    /// The app went to sleep (its web dynos stop; see [`DynoManager::sleep_app`]) or woke up.
-    Sleep { app_id: String, asleep: bool },
-    /// Whether the dyno may get requests changed without a state change: its health checks
-    /// passed or failed, or it left routing to drain.
-    Routing {
-        app_id: String,
-        dyno_id: String,
-        name: String,
-    },
-    /// The supervisor finished: the dyno, its container and directory are gone.
-    Removed {
-        app_id: String,
-        dyno_id: String,
-        name: String,
-    },
-}
-
 /// What the supervisor last said about a dyno. Changed only by the supervisor, through
 /// [`Lifecycle::apply`].
 #[derive(Debug, Clone, Copy)]
@@ -390,12 +350,11 @@ impl Dyno {
 
 pub(crate) struct Inner {
     pub(crate) cfg: RuntimeConfig,
-    pub(crate) store: Store,
     pub(crate) logs: LogHub,
     pub(crate) backend: Arc<dyn DynoBackend>,
     /// Each app's uid, when the server can switch users.
     pub(crate) users: Option<users::UidTable>,
-    pub(crate) events: tokio::sync::broadcast::Sender<DynoEvent>,
+    pub(crate) events: events::Events,
     apps: Mutex<HashMap<String, Vec<Arc<Dyno>>>>,
     /// What each app was last converged to, and whether it sleeps.
     desired: Mutex<HashMap<String, Desired>>,
@@ -444,7 +403,7 @@ impl Inner {
 
     /// Tells listeners (the route table) that `dyno`'s routability changed.
     pub(crate) fn routing_changed(&self, dyno: &Dyno) {
-        let _ = self.events.send(DynoEvent::Routing {
+        self.events.send(DynoEvent::Routing {
             app_id: dyno.app_id.clone(),
             dyno_id: dyno.id.clone(),
             name: dyno.name.clone(),
@@ -452,7 +411,7 @@ impl Inner {
     }
 
     fn added(&self, dyno: &Dyno) {
-        let _ = self.events.send(DynoEvent::Added {
+        self.events.send(DynoEvent::Added {
             app_id: dyno.app_id.clone(),
             dyno_id: dyno.id.clone(),
             name: dyno.name.clone(),
@@ -494,17 +453,16 @@ impl DynoManager {
 
     /// Chooses the backend `cfg` asks for (see [`select_backend`]) and prepares the dynos
     /// directory.
-    pub fn new(cfg: RuntimeConfig, store: Store, logs: LogHub) -> Result<Self, RuntimeError> {
+    pub fn new(cfg: RuntimeConfig, logs: LogHub) -> Result<Self, RuntimeError> {
         prepare_dynos_dir(&cfg)?;
         let backend = select_backend(&cfg)?;
-        Self::with_backend(cfg, backend, store, logs)
+        Self::with_backend(cfg, backend, logs)
     }
 
     /// A manager running dynos with `backend`.
     pub fn with_backend(
         cfg: RuntimeConfig,
         backend: Arc<dyn DynoBackend>,
-        store: Store,
         logs: LogHub,
     ) -> Result<Self, RuntimeError> {
         prepare_dynos_dir(&cfg)?;
@@ -528,11 +486,10 @@ impl DynoManager {
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
-                store,
                 logs,
                 backend,
                 users,
-                events: tokio::sync::broadcast::channel(1024).0,
+                events: events::Events::new(),
                 apps: Mutex::new(HashMap::new()),
                 desired: Mutex::new(HashMap::new()),
                 drain_watch: Mutex::new(None),
@@ -550,10 +507,26 @@ impl DynoManager {
             .unwrap_or_else(|p| p.into_inner()) = Some(watch);
     }
 
-    /// Every dyno event from now on. A receiver that falls more than 1,024 events behind
-    /// gets `Lagged` and skips ahead; senders never wait.
+    /// The dyno events that change what runs or routes, from now on (see `events.rs`). A
+    /// receiver that falls more than 1,024 events behind gets `Lagged` and skips ahead (it
+    /// should then read the current state: [`list`](Self::list),
+    /// [`web_status`](Self::web_status)); senders never wait.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<DynoEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// The record stream: every [`DynoEvent`] since the manager was made, in order, none ever
+    /// dropped (see `events.rs`). For exactly one consumer, which records dynos and prints
+    /// their `heroku[...]` lines ([`Stamped::print`]); `None` once taken. Events queue until it
+    /// is taken, so take it before the first [`recover`](Self::recover) or `converge`.
+    pub fn take_events(&self) -> Option<EventStream> {
+        self.inner.events.take_stream()
+    }
+
+    /// The sequence number of the last event sent on the record stream (0: none yet): a
+    /// consumer that has handled it has handled everything so far.
+    pub fn last_event(&self) -> u64 {
+        self.inner.events.last_seq()
     }
 
     /// What runs the dynos, for the start-up line: `oci (/usr/sbin/runc, runc version 1.1.5)`.
@@ -633,23 +606,11 @@ impl DynoManager {
             .filter(|d| d.process_type == "web")
             .map(|d| d.name)
             .collect();
-        if asleep {
-            for name in &web {
-                self.inner
-                    .logs
-                    .write(app_id, slipway_logs::Source::Heroku, name, "Idling");
-            }
-        } else {
-            self.inner.logs.write(
-                app_id,
-                slipway_logs::Source::Heroku,
-                "web",
-                "Unidling: a request arrived for a sleeping app",
-            );
-        }
-        let _ = self.inner.events.send(DynoEvent::Sleep {
+        // `Idling` for each web dyno, or `Unidling`.
+        self.inner.events.send(DynoEvent::Sleep {
             app_id: app_id.to_string(),
             asleep,
+            web,
         });
         // Waking or sleeping never fails: the rollout's outcome is not needed.
         let _ = self.apply(release, &formation, previous);
@@ -819,15 +780,63 @@ impl DynoManager {
         }
     }
 
-    /// Sorts out the dynos a previous server recorded. A dyno whose monitor still runs is
-    /// returned (untouched) for the caller to [`adopt`](Self::adopt) or
-    /// [`discard`](Self::discard). Any other is cleaned up: what it wrote since that server
-    /// stopped reading is delivered to the app's log first, then its processes (checked by
-    /// their `SLIPWAY_DYNO_ID`, so a reused pid is never hit), container, directories and
-    /// record are removed. The caller then converges each app, which starts what is missing.
-    pub async fn recover(&self) -> Result<Vec<DynoRecord>, slipway_store::StoreError> {
+    /// Sorts out the dynos a previous server left: those recorded in the runtime's own state
+    /// (`<dynos dir>/.monitors/<id>/dyno.json`, `record.rs`), and those in `known` (the
+    /// control plane's copy; a server from before the runtime kept its own records had only
+    /// that, so a known dyno whose monitor directory has no record gets one written now).
+    /// A dyno whose monitor still runs is returned (untouched) for the caller to
+    /// [`adopt`](Self::adopt) or [`discard`](Self::discard). Any other is cleaned up: what
+    /// it wrote since that server stopped reading is delivered to the app's log first, then
+    /// its processes (checked by their `SLIPWAY_DYNO_ID`, so a reused pid is never hit),
+    /// container, directories and record are removed ([`DynoEvent::Removed`]). A monitor
+    /// directory with no record and no known dyno (a start cut short) is removed, with any
+    /// process it names. The caller then converges each app, which starts what is missing.
+    pub async fn recover(&self, known: Vec<DynoRecord>) -> Vec<DynoRecord> {
+        let monitors = self.inner.cfg.dynos_dir.join(".monitors");
+        let mut records: BTreeMap<String, DynoRecord> = BTreeMap::new();
+        let mut unrecorded: Vec<String> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&monitors) {
+            for entry in entries.flatten() {
+                let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                match record::DynoRecord::load(&entry.path()) {
+                    Some(r) if r.id == id => {
+                        records.insert(id, r);
+                    }
+                    _ => unrecorded.push(id),
+                }
+            }
+        }
+        for r in known {
+            if !is_dyno_id(&r.id) || records.contains_key(&r.id) {
+                continue;
+            }
+            let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &r.id);
+            if dir.is_dir() {
+                if let Err(e) = r.save(&dir) {
+                    tracing::warn!(dyno = %r.id, error = %e, "could not record a dyno");
+                }
+            }
+            unrecorded.retain(|id| *id != r.id);
+            records.insert(r.id.clone(), r);
+        }
+        for id in unrecorded.into_iter().filter(|id| is_dyno_id(id)) {
+            let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &id);
+            let pids = attach::read_pids(&dir);
+            kill_dyno_pids(&id, pids.iter().flat_map(|p| [p.dyno, p.monitor]));
+            let backend = self.inner.backend.clone();
+            let cleaned = tokio::task::spawn_blocking(move || {
+                backend.cleanup(&id, Path::new(""))?;
+                backend::remove_dir(&dir)
+            })
+            .await;
+            if let Ok(Err(e)) = cleaned {
+                tracing::warn!(error = %e, "could not clean up an unrecorded dyno");
+            }
+        }
         let mut alive = Vec::new();
-        for record in self.inner.store.all_dynos().await? {
+        for record in records.into_values() {
             let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
             if tokio::net::UnixStream::connect(dir.join(monitor::SOCKET))
                 .await
@@ -838,42 +847,37 @@ impl DynoManager {
             }
             let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
             if let Some(exit) = attach::drain_dead(&dir, &sink) {
-                self.inner.logs.write(
-                    &record.app_id,
-                    slipway_logs::Source::Heroku,
-                    &record.name,
-                    &format!(
-                        "Process exited with status {} while the platform was away",
-                        Exit {
-                            status: exit.status(),
-                            oom_killed: false
-                        }
-                        .code()
-                    ),
-                );
+                self.inner.events.send(DynoEvent::ExitedWhileAway {
+                    app_id: record.app_id.clone(),
+                    name: record.name.clone(),
+                    code: Exit {
+                        status: exit.status(),
+                        oom_killed: false,
+                    }
+                    .code(),
+                });
             }
-            self.remove_stale(&record, None).await?;
+            self.remove_stale(&record, None).await;
         }
-        Ok(alive)
+        alive
     }
 
     /// Supervises again a dyno [`recover`](Self::recover) found running, as a dyno of
     /// `release` (the release it was recorded with). Its processes are not touched: it keeps
-    /// its pid, port and state, and its output is followed from where the last server
+    /// its pid, port, size and state, and its output is followed from where the last server
     /// stopped. If its monitor ended meanwhile, it is handled as a crash would be (restarted).
     /// Call before converging the app, which then keeps it if it matches the formation.
     pub async fn adopt(&self, record: &DynoRecord, release: &ReleaseSpec) {
         let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
         let sink = supervisor::app_sink(&self.inner, &record.app_id, &record.name);
         let Some(attached) = attach::Attached::adopt(&dir, sink).await else {
-            if let Err(e) = self.remove_stale(record, None).await {
-                tracing::warn!(dyno = %record.id, error = %e, "could not clean up a dyno");
-            }
+            self.remove_stale(record, None).await;
             return;
         };
         let pid = attached.pids.dyno;
-        let size =
-            supervisor::recorded_size(&dir).unwrap_or_else(|| self.inner.cfg.dyno_size.clone());
+        let size = DynoSize::parse(&record.size)
+            .or_else(|| supervisor::recorded_size(&dir))
+            .unwrap_or_else(|| self.inner.cfg.dyno_size.clone());
         let dyno = supervisor::adopt(&self.inner, release, record, attached, size);
         if dyno.process_type == "web" && !release.healthchecks.is_empty() {
             // It served before the restart: routable as it is; a later boot is checked again.
@@ -895,34 +899,21 @@ impl DynoManager {
 
     /// Stops and removes a running dyno [`recover`](Self::recover) found that has no place
     /// any more (its app or release is gone).
-    pub async fn discard(&self, record: &DynoRecord) -> Result<(), slipway_store::StoreError> {
+    pub async fn discard(&self, record: &DynoRecord) {
         let dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
         let pid = attach::read_pids(&dir).map(|p| p.dyno);
         self.remove_stale(record, pid).await
     }
 
-    /// Kills what is left of a dyno, removes its container and directories and its record.
-    async fn remove_stale(
-        &self,
-        record: &DynoRecord,
-        pid: Option<u32>,
-    ) -> Result<(), slipway_store::StoreError> {
+    /// Kills what is left of a dyno, removes its container, directories and record, and says
+    /// it is gone ([`DynoEvent::Removed`]).
+    async fn remove_stale(&self, record: &DynoRecord, pid: Option<u32>) {
         let monitor_dir = attach::monitor_dir(&self.inner.cfg.dynos_dir, &record.id);
         let monitor_pid = attach::read_pids(&monitor_dir).map(|p| p.monitor);
-        for pid in [record.pid, pid.map(i64::from), monitor_pid.map(i64::from)]
-            .into_iter()
-            .flatten()
-        {
-            if process::pid_belongs_to_dyno(pid, &record.id) {
-                if let Ok(pid) = i32::try_from(pid) {
-                    process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        kill_dyno_pids(
+            &record.id,
+            [record.pid, pid, monitor_pid].into_iter().flatten(),
+        );
         let dir = PathBuf::from(&record.dir);
         let dir = if dir.starts_with(&self.inner.cfg.dynos_dir) {
             dir
@@ -941,8 +932,33 @@ impl DynoManager {
         if let Ok(Err(e)) = cleaned {
             tracing::warn!(dyno = %record.id, error = %e, "could not clean up a stale dyno");
         }
-        self.inner.store.delete_dyno(&record.id).await
+        self.inner.events.send(DynoEvent::Removed {
+            app_id: record.app_id.clone(),
+            dyno_id: record.id.clone(),
+            name: record.name.clone(),
+        });
     }
+}
+
+/// SIGKILL to each of `pids` (and its process group) that is a process of dyno `id` (by its
+/// `SLIPWAY_DYNO_ID`: a reused pid is never hit).
+fn kill_dyno_pids(id: &str, pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        if process::pid_belongs_to_dyno(i64::from(pid), id) {
+            if let Ok(pid) = i32::try_from(pid) {
+                process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Whether `id` can be a dyno id (a UUID): it names a directory under the dynos directory.
+fn is_dyno_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 /// Creates the dynos directory (root-owned, others may only traverse it) after checking it

@@ -16,7 +16,7 @@
 //! Heroku's vocabulary ([`DynoState`]): `stopping` is internal and shows as the state the dyno
 //! was in when the stop began.
 
-use slipway_store::DynoState;
+use crate::record::DynoState;
 
 /// Where a dyno is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

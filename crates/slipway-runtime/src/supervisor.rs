@@ -1,8 +1,10 @@
 //! One dyno's life: prepare its filesystem, start it through the backend under a dyno monitor
 //! (`monitor.rs`, which outlives the server), watch it boot and its memory, restart it when it
-//! crashes, stop it when asked. Every state change is a [`Lifecycle`] transition, which prints
-//! Heroku's `State changed from X to Y` line and is recorded in the store (what a later server
-//! needs to re-adopt the dyno, or clean up after it).
+//! crashes, stop it when asked. Every state change is a [`Lifecycle`] transition, saved in the
+//! dyno's own record (`record.rs`: what a later server needs to re-adopt the dyno, or clean up
+//! after it) and then reported as typed events (`events.rs`), from which the control plane
+//! prints Heroku's `State changed from X to Y` line and keeps its copy in the store. Nothing
+//! here writes the app's log but the dyno's own output (`app[web.1]`).
 //!
 //! A supervisor can also take over a dyno a previous server left running ([`adopt`]): it
 //! follows the existing monitor from where the last server stopped reading, without
@@ -16,25 +18,25 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use nix::sys::signal::Signal;
 use slipway_logs::Source;
-use slipway_store::{DynoRecord, DynoState};
 use tokio::sync::watch;
 
 use crate::attach::{monitor_dir, Attached, LineSink};
 use crate::backend::{loopback, remove_dir, DynoSize, DynoSpec, Exit};
+use crate::events::{bounded, StartFailure};
 use crate::lifecycle::{Event, Lifecycle};
-use crate::metrics::{self, LoadTracker};
+use crate::metrics::LoadTracker;
 use crate::monitor::ExitRecord;
 use crate::process::free_port;
+use crate::record::{DynoRecord, DynoState};
 use crate::{Dyno, DynoEvent, Inner, ProcessSpec, ReleaseSpec, Status};
 
 /// A dyno that ran this long before crashing is restarted at once, as a first crash is.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 
-/// The file in a dyno's monitor directory naming its size (`standard-2X`), so a later server
-/// re-adopts it with the limits it runs under.
+/// The file in which servers before `record.rs` kept a dyno's size (`standard-2X`).
 const SIZE_FILE: &str = "size";
 
-/// The size a dyno's monitor directory records, if any.
+/// The size the monitor directory of a dyno started by an older server records, if any.
 pub(crate) fn recorded_size(monitor_dir: &std::path::Path) -> Option<DynoSize> {
     let text = std::fs::read_to_string(monitor_dir.join(SIZE_FILE)).ok()?;
     DynoSize::parse(text.trim())
@@ -47,7 +49,16 @@ pub(crate) fn spawn(
     name: String,
 ) -> Arc<Dyno> {
     let id = uuid::Uuid::new_v4().to_string();
-    start_supervisor(inner, release, spec, name, id, Lifecycle::Starting, None)
+    let created_at = Utc::now().timestamp_millis();
+    start_supervisor(
+        inner,
+        release,
+        spec,
+        name,
+        (id, created_at),
+        Lifecycle::Starting,
+        None,
+    )
 }
 
 /// A dyno a previous server left running, whose monitor is alive: supervised again from its
@@ -69,15 +80,14 @@ pub(crate) fn adopt(
         DynoState::Up => Lifecycle::Up,
         _ => Lifecycle::Starting,
     };
-    let port = record.port.and_then(|p| u16::try_from(p).ok());
     start_supervisor(
         inner,
         release,
         &spec,
         record.name.clone(),
-        record.id.clone(),
+        (record.id.clone(), record.created_at),
         state,
-        Some((attached, port)),
+        Some((attached, record.port)),
     )
 }
 
@@ -86,7 +96,7 @@ fn start_supervisor(
     release: &ReleaseSpec,
     spec: &ProcessSpec,
     name: String,
-    id: String,
+    (id, created_at): (String, i64),
     lifecycle: Lifecycle,
     adopted: Option<(Attached, Option<u16>)>,
 ) -> Arc<Dyno> {
@@ -140,6 +150,7 @@ fn start_supervisor(
                 stop: stop_rx,
                 spec,
                 adopted: adopted.map(|(a, _)| a),
+                created_at,
             }
             .run()
             .await;
@@ -172,6 +183,8 @@ struct Supervisor {
     spec: DynoSpec,
     /// A running monitor to follow instead of starting the dyno (the first run only).
     adopted: Option<Attached>,
+    /// When its current run began (milliseconds since the epoch).
+    created_at: i64,
 }
 
 enum Outcome {
@@ -180,14 +193,17 @@ enum Outcome {
 }
 
 impl Supervisor {
-    fn say(&self, message: &str) {
-        self.inner
-            .logs
-            .write(&self.dyno.app_id, Source::Heroku, &self.dyno.name, message);
+    fn app(&self) -> String {
+        self.dyno.app_id.clone()
     }
 
-    /// The only way a dyno's state changes. Says `State changed from X to Y` when the
-    /// state as Heroku names it changes, and records it.
+    fn name(&self) -> String {
+        self.dyno.name.clone()
+    }
+
+    /// The only way a dyno's state changes. Saved in the dyno's record, then reported
+    /// ([`DynoEvent::Changed`], which says `State changed from X to Y` when the state as
+    /// Heroku names it changes, and [`DynoEvent::Recorded`]).
     async fn transition(&self, event: Event, addr: Option<SocketAddr>, pid: Option<u32>) {
         let (from, to) = {
             let mut status = self.dyno.lock_status();
@@ -205,7 +221,8 @@ impl Supervisor {
                 }
             }
         };
-        let _ = self.inner.events.send(DynoEvent::Changed {
+        let record = self.save(to.public(), addr, pid).await;
+        self.inner.events.send(DynoEvent::Changed {
             app_id: self.dyno.app_id.clone(),
             dyno_id: self.dyno.id.clone(),
             name: self.dyno.name.clone(),
@@ -215,33 +232,58 @@ impl Supervisor {
             pid,
             addr,
         });
-        if from.public() != to.public() {
-            self.say(&format!(
-                "State changed from {} to {}",
-                from.public().as_str(),
-                to.public().as_str()
-            ));
-        }
-        self.record(to, addr, pid).await;
+        self.inner
+            .events
+            .send(DynoEvent::Recorded(Box::new(record)));
     }
 
-    async fn record(&self, state: Lifecycle, addr: Option<SocketAddr>, pid: Option<u32>) {
-        let record = DynoRecord {
+    fn record_of(
+        &self,
+        state: DynoState,
+        addr: Option<SocketAddr>,
+        pid: Option<u32>,
+    ) -> DynoRecord {
+        DynoRecord {
             id: self.dyno.id.clone(),
             app_id: self.dyno.app_id.clone(),
             name: self.dyno.name.clone(),
             process_type: self.dyno.process_type.clone(),
             command: self.dyno.command.clone(),
             release_version: self.dyno.release.version,
-            state: state.public(),
-            pid: pid.map(i64::from),
-            port: addr.map(|a| i64::from(a.port())),
+            state,
+            pid,
+            port: addr.map(|a| a.port()),
             dir: self.spec.dir.display().to_string(),
-            created_at: Utc::now().timestamp_millis(),
-        };
-        if let Err(e) = self.inner.store.upsert_dyno(&record).await {
-            tracing::warn!(error = %e, "could not record dyno state");
+            size: self.spec.size.name.clone(),
+            created_at: self.created_at,
         }
+    }
+
+    /// Saves the dyno's record in its monitor directory (when it has one: a dyno whose
+    /// monitor never started has nothing running to find again).
+    async fn save(
+        &self,
+        state: DynoState,
+        addr: Option<SocketAddr>,
+        pid: Option<u32>,
+    ) -> DynoRecord {
+        let record = self.record_of(state, addr, pid);
+        let dir = monitor_dir(&self.inner.cfg.dynos_dir, &self.dyno.id);
+        let saving = record.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            if dir.is_dir() {
+                saving.save(&dir)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the dyno's record"),
+            Err(e) => tracing::warn!(error = %e, "saving the dyno's record panicked"),
+        }
+        record
     }
 
     fn stop_requested(&self) -> bool {
@@ -289,10 +331,7 @@ impl Supervisor {
             Ok(Err(e)) => tracing::warn!(error = %e, "could not clean up the dyno"),
             Err(e) => tracing::warn!(error = %e, "dyno clean-up panicked"),
         }
-        if let Err(e) = self.inner.store.delete_dyno(&self.dyno.id).await {
-            tracing::warn!(error = %e, "could not delete dyno record");
-        }
-        let _ = self.inner.events.send(DynoEvent::Removed {
+        self.inner.events.send(DynoEvent::Removed {
             app_id: self.dyno.app_id.clone(),
             dyno_id: self.dyno.id.clone(),
             name: self.dyno.name.clone(),
@@ -354,11 +393,11 @@ impl Supervisor {
             match boot {
                 Boot::Bound(true) => {}
                 Boot::Bound(false) => {
-                    self.say(&format!(
-                        "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {} seconds of launch",
-                        boot_timeout.as_secs()
-                    ));
-                    self.say("Stopping process with SIGKILL");
+                    self.inner.events.send(DynoEvent::BootTimeout {
+                        app_id: self.app(),
+                        name: self.name(),
+                        secs: boot_timeout.as_secs(),
+                    });
                     backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
                     let exit = self.exit_of(live.attached.wait().await, pid).await;
                     return self.crashed(exit, Some(addr), pid).await;
@@ -414,35 +453,38 @@ impl Supervisor {
             match free_port() {
                 Ok(p) => self.spec.port = Some(p),
                 Err(e) => {
-                    self.say(&format!("Error: no free port for the dyno: {e}"));
+                    self.start_failed(StartFailure::NoPort(e.to_string()));
                     return None;
                 }
             }
         }
         // The port is in the bundle the backend writes.
         if let Err(e) = self.prepare().await {
-            self.say(&format!(
-                "Error: could not prepare the dyno's filesystem: {e}"
-            ));
+            self.start_failed(StartFailure::Prepare(e));
             return None;
         }
-        self.say(&format!(
-            "Starting process with command `{}`",
-            self.dyno.command
-        ));
+        self.inner.events.send(DynoEvent::Launching {
+            app_id: self.app(),
+            name: self.name(),
+            command: self.dyno.command.clone(),
+        });
         let launch = match self.inner.backend.launch(&self.spec) {
             Ok(launch) => launch,
             Err(e) => {
-                self.say(&format!("Error: could not start the process: {e}"));
+                self.start_failed(StartFailure::Launch(e.to_string()));
                 return None;
             }
         };
         let dir = monitor_dir(&self.inner.cfg.dynos_dir, &self.dyno.id);
         let sink = app_sink(&self.inner, &self.dyno.app_id, &self.dyno.name);
+        let addr = self.spec.port.map(loopback);
+        // Saved in the monitor directory before the monitor starts: a dyno never runs
+        // without a record a later server can find.
+        let record = self.record_of(DynoState::Starting, addr, None);
         let attached = match Attached::start(
             &self.inner.cfg.monitor_command,
             &dir,
-            &self.dyno.id,
+            &record,
             &launch,
             sink,
         )
@@ -450,17 +492,29 @@ impl Supervisor {
         {
             Ok(attached) => attached,
             Err(e) => {
-                self.say(&format!("Error: could not start the process: {e}"));
+                self.start_failed(StartFailure::Launch(e.to_string()));
                 return None;
             }
         };
         let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
-        if let Err(e) = std::fs::write(dir.join(SIZE_FILE), &self.spec.size.name) {
-            tracing::warn!(error = %e, "could not record the dyno's size");
-        }
-        self.record(Lifecycle::Starting, self.spec.port.map(loopback), pid)
-            .await;
+        let record = self.save(DynoState::Starting, addr, pid).await;
+        self.inner
+            .events
+            .send(DynoEvent::Recorded(Box::new(record)));
         Some(Live { attached, pid })
+    }
+
+    fn start_failed(&self, failure: StartFailure) {
+        let failure = match failure {
+            StartFailure::NoPort(e) => StartFailure::NoPort(bounded(e)),
+            StartFailure::Prepare(e) => StartFailure::Prepare(bounded(e)),
+            StartFailure::Launch(e) => StartFailure::Launch(bounded(e)),
+        };
+        self.inner.events.send(DynoEvent::StartFailed {
+            app_id: self.app(),
+            name: self.name(),
+            failure,
+        });
     }
 
     /// How the dyno ended, with what the backend knows (the OOM killer) after its exit.
@@ -468,7 +522,10 @@ impl Supervisor {
         if record.is_lost() {
             // Its processes may still run, with nobody holding their output: end them
             // before the dyno is restarted.
-            self.say("Error: the dyno's monitor process died; stopping the dyno");
+            self.inner.events.send(DynoEvent::MonitorDied {
+                app_id: self.app(),
+                name: self.name(),
+            });
             self.inner
                 .backend
                 .signal_pid(&self.spec, pid, Signal::SIGKILL)
@@ -501,21 +558,17 @@ impl Supervisor {
             status.sampled_at = Some(Utc::now());
         }
         let quota = self.spec.size.memory_quota_bytes;
-        if crate::settings::runtime_metrics(&self.dyno.release.env) {
-            let prefix = metrics::line_prefix(&self.dyno.app_id, &self.dyno.id, &self.dyno.name);
-            self.say(&metrics::memory_line(&prefix, &usage, quota));
-            if let Some(avg) = avg {
-                self.say(&metrics::load_line(&prefix, &avg));
-            }
-        }
+        self.inner.events.send(DynoEvent::Sampled {
+            app_id: self.app(),
+            dyno_id: self.dyno.id.clone(),
+            name: self.name(),
+            usage,
+            load: avg,
+            quota_bytes: quota,
+            log_metrics: crate::settings::runtime_metrics(&self.dyno.release.env),
+        });
         if usage.memory_bytes > quota && usage.oom_kills == 0 {
-            self.say(&format!(
-                "Process running mem={}M({:.1}%)",
-                usage.memory_bytes / (1024 * 1024),
-                usage.memory_bytes as f64 * 100.0 / quota.max(1) as f64
-            ));
-            self.say("Error R14 (Memory quota exceeded)");
-            let _ = self.inner.events.send(DynoEvent::MemoryQuotaExceeded {
+            self.inner.events.send(DynoEvent::MemoryQuotaExceeded {
                 app_id: self.dyno.app_id.clone(),
                 name: self.dyno.name.clone(),
                 usage,
@@ -526,10 +579,12 @@ impl Supervisor {
     }
 
     async fn crashed(&self, exit: Exit, addr: Option<SocketAddr>, pid: Option<u32>) -> Outcome {
-        if exit.oom_killed {
-            self.say("Error R15 (Memory quota vastly exceeded)");
-        }
-        self.say(&format!("Process exited with status {}", exit.code()));
+        self.inner.events.send(DynoEvent::Exited {
+            app_id: self.app(),
+            name: self.name(),
+            code: exit.code(),
+            oom_killed: exit.oom_killed,
+        });
         self.transition(Event::Exited, addr, pid).await;
         Outcome::Crashed
     }
@@ -543,23 +598,32 @@ impl Supervisor {
     ) -> Outcome {
         let backend = self.inner.backend.clone();
         self.transition(Event::Stop, addr, pid).await;
-        self.say("Stopping all processes with SIGTERM");
+        self.inner.events.send(DynoEvent::Stopping {
+            app_id: self.app(),
+            name: self.name(),
+        });
         backend.signal_pid(&self.spec, pid, Signal::SIGTERM).await;
         let timeout = self.inner.cfg.stop_timeout;
         let exit = match tokio::time::timeout(timeout, live.attached.wait()).await {
             Ok(exit) => exit,
             Err(_) => {
-                self.say(&format!(
-                    "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
-                    timeout.as_secs()
-                ));
-                self.say("Stopping remaining processes with SIGKILL");
+                self.inner.events.send(DynoEvent::ExitTimeout {
+                    app_id: self.app(),
+                    name: self.name(),
+                    secs: timeout.as_secs(),
+                });
                 backend.signal_pid(&self.spec, pid, Signal::SIGKILL).await;
                 live.attached.wait().await
             }
         };
         let exit = self.exit_of(exit, pid).await;
-        self.say(&format!("Process exited with status {}", exit.code()));
+        self.inner.events.send(DynoEvent::Exited {
+            app_id: self.app(),
+            name: self.name(),
+            code: exit.code(),
+            // An OOM kill during a stop is not an R15: the dyno was going anyway.
+            oom_killed: false,
+        });
         self.transition(Event::Stopped, None, None).await;
         Outcome::Stopped
     }

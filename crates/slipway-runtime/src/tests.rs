@@ -8,10 +8,52 @@ struct Fixture {
     _dir: tempfile::TempDir,
     manager: DynoManager,
     logs: LogHub,
-    store: Store,
+    /// What a control plane would keep from the record stream (see [`Recorder`]).
+    recorded: Recorder,
     release: ReleaseSpec,
     dynos_dir: PathBuf,
     app: String,
+}
+
+/// A control plane's side of the record stream, as `slipway-api`'s `control.rs` does it:
+/// prints each event's lines and keeps the dyno records.
+#[derive(Clone, Default)]
+struct Recorder {
+    records: Arc<Mutex<BTreeMap<String, DynoRecord>>>,
+}
+
+impl Recorder {
+    fn handle(&self, stamped: &Stamped, logs: &LogHub) {
+        stamped.print(logs);
+        let mut records = self.records.lock().expect("records");
+        match &stamped.event {
+            DynoEvent::Recorded(record) => {
+                records.insert(record.id.clone(), (**record).clone());
+            }
+            DynoEvent::Removed { dyno_id, .. } => {
+                records.remove(dyno_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn follow(&self, mut stream: EventStream, logs: LogHub) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(stamped) = stream.recv().await {
+                me.handle(&stamped, &logs);
+            }
+        });
+    }
+
+    fn all(&self) -> Vec<DynoRecord> {
+        self.records
+            .lock()
+            .expect("records")
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 async fn fixture(kind: RuntimeKind, stop_timeout: Duration) -> Fixture {
@@ -19,6 +61,14 @@ async fn fixture(kind: RuntimeKind, stop_timeout: Duration) -> Fixture {
 }
 
 async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
+    let f = unrecorded_fixture(kind, tune).await;
+    let stream = f.manager.take_events().expect("the record stream");
+    f.recorded.follow(stream, f.logs.clone());
+    f
+}
+
+/// A fixture whose record stream nobody reads yet.
+async fn unrecorded_fixture(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     // App users must be able to pass through to their dyno directories (process backend).
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -28,11 +78,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
     let slug = dir.path().join("slug.tgz");
     let info =
         slipway_build::create_slug(&src, &slug, &slipway_build::Limits::default()).expect("slug");
-    let store = Store::open(&dir.path().join("state.db"))
-        .await
-        .expect("store");
-    let user = store.ensure_user("t@example.com").await.expect("user");
-    let app = store.create_app("app1", &user.id).await.expect("app");
+    let app = format!("app-{}", uuid::Uuid::new_v4());
     let logs = LogHub::new();
     let dynos_dir = dir.path().join("dynos");
     let mut cfg = RuntimeConfig::new(dynos_dir.clone());
@@ -40,7 +86,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
     cfg.boot_timeout = Duration::from_secs(20);
     cfg.monitor_command = test_monitor();
     tune(&mut cfg);
-    let manager = DynoManager::new(cfg, store.clone(), logs.clone()).expect("dyno manager");
+    let manager = DynoManager::new(cfg, logs.clone()).expect("dyno manager");
     let wanted = match kind {
         RuntimeKind::Oci => "oci (",
         _ => "process (",
@@ -51,7 +97,7 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
         manager.runtime_description()
     );
     let release = ReleaseSpec {
-        app_id: app.id.clone(),
+        app_id: app.clone(),
         version: 1,
         slug_path: slug,
         slug_checksum: info.checksum,
@@ -62,10 +108,10 @@ async fn fixture_with(kind: RuntimeKind, tune: impl FnOnce(&mut RuntimeConfig)) 
         _dir: dir,
         manager,
         logs,
-        store,
+        recorded: Recorder::default(),
         release,
         dynos_dir,
-        app: app.id,
+        app,
     }
 }
 
@@ -156,9 +202,18 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
     assert_eq!(listed.len(), 1);
     let dir = f.dynos_dir.join(&f.app).join(&listed[0].id);
     assert!(dir.join("app/index.html").exists());
-    let records = f.store.all_dynos().await.expect("records");
-    assert_eq!(records[0].port, listed[0].port.map(i64::from));
-    assert!(records[0].pid.is_some());
+    // The runtime's own record, and the copy its events gave the recorder.
+    let own = record::DynoRecord::load(&attach::monitor_dir(&f.dynos_dir, &listed[0].id))
+        .expect("the dyno's record");
+    assert_eq!(own.port, listed[0].port);
+    assert!(own.pid.is_some());
+    assert_eq!(own.state, DynoState::Up);
+    let recorded = slipway_testkit::wait_until(10, "the record of web.1 up", || async {
+        let all = f.recorded.all();
+        (all.len() == 1 && all[0].state == DynoState::Up).then_some(all)
+    })
+    .await;
+    assert_eq!(recorded[0], own);
 
     f.manager.stop_app(&f.app).await;
     let lines = wait_for_log(&f, "State changed from up to down").await;
@@ -190,6 +245,7 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
             DynoEvent::Added { name, .. } => assert_eq!(name, "web.1"),
             DynoEvent::Sleep { .. } => panic!("the app does not sleep"),
             DynoEvent::Routing { name, .. } => assert_eq!(name, "web.1"),
+            other => panic!("not a notification: {other:?}"),
         }
     }
     let up = DynoState::Up;
@@ -201,7 +257,10 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
             (Lifecycle::Stopping { from: up }, Lifecycle::Down),
         ]
     );
-    assert!(f.store.all_dynos().await.expect("records").is_empty());
+    slipway_testkit::wait_until(10, "no dyno recorded", || async {
+        f.recorded.all().is_empty().then_some(())
+    })
+    .await;
     assert_eq!(f.manager.web_status(&f.app), WebStatus::NoWebDynos);
 }
 
@@ -310,6 +369,136 @@ async fn a_web_dyno_that_never_binds_is_killed_r10(kind: RuntimeKind) {
     f.manager.stop_app(&f.app).await;
 }
 
+/// Ten crash-looping workers make a burst of events that nobody reads until they are all
+/// stopped: every one is still on the record stream, in order, each dyno's transitions an
+/// unbroken chain from `starting` to `down`, and printing them gives one log line per event
+/// that says something.
+async fn a_burst_of_events_reaches_the_record_stream_whole(kind: RuntimeKind) {
+    let f = unrecorded_fixture(kind, |cfg| cfg.stop_timeout = Duration::from_secs(5)).await;
+    let mut notes = f.manager.subscribe();
+    f.manager.converge(
+        f.release.clone(),
+        &[spec("worker", 10, "echo crashing; exit 1")],
+    );
+    // Notifications may skip ahead (`Lagged`); they only tell when to stop waiting.
+    let mut crashes: BTreeMap<String, u32> = BTreeMap::new();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while crashes.len() < 10 || crashes.values().any(|c| *c < 2) {
+            match notes.recv().await {
+                Ok(DynoEvent::Changed {
+                    name,
+                    to: Lifecycle::Crashed,
+                    ..
+                }) => *crashes.entry(name).or_default() += 1,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("closed"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "ten workers did not crash twice each: {crashes:?}"
+    );
+    f.manager.stop_app(&f.app).await;
+
+    let mut stream = f.manager.take_events().expect("the record stream");
+    let mut all = Vec::new();
+    while let Ok(stamped) = stream.try_recv() {
+        all.push(stamped);
+    }
+    assert!(all.len() > 100, "only {} events", all.len());
+    assert_eq!(all.len() as u64, f.manager.last_event());
+    for (i, stamped) in all.iter().enumerate() {
+        assert_eq!(stamped.seq, i as u64 + 1, "event {i} out of order");
+    }
+    // Per dyno: added, an unbroken chain of transitions from starting to down, removed.
+    struct Life {
+        name: String,
+        added: bool,
+        states: Vec<Lifecycle>,
+        removed: bool,
+    }
+    let mut lives: BTreeMap<String, Life> = BTreeMap::new();
+    for stamped in &all {
+        match &stamped.event {
+            DynoEvent::Added { dyno_id, name, .. } => {
+                let life = Life {
+                    name: name.clone(),
+                    added: true,
+                    states: vec![Lifecycle::Starting],
+                    removed: false,
+                };
+                assert!(lives.insert(dyno_id.clone(), life).is_none(), "added twice");
+            }
+            DynoEvent::Changed {
+                dyno_id, from, to, ..
+            } => {
+                let life = lives.get_mut(dyno_id).expect("changed before added");
+                assert!(!life.removed, "{}: changed after removal", life.name);
+                assert_eq!(
+                    life.states.last(),
+                    Some(from),
+                    "{}: a transition is missing",
+                    life.name
+                );
+                life.states.push(*to);
+            }
+            DynoEvent::Removed { dyno_id, .. } => {
+                let life = lives.get_mut(dyno_id).expect("removed before added");
+                life.removed = true;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(lives.len(), 10);
+    for life in lives.values() {
+        assert!(life.added && life.removed, "{}", life.name);
+        assert_eq!(life.states.last(), Some(&Lifecycle::Down), "{}", life.name);
+        let crashed = life
+            .states
+            .iter()
+            .filter(|s| **s == Lifecycle::Crashed)
+            .count();
+        assert!(crashed >= 2, "{}: {:?}", life.name, life.states);
+    }
+    // Printed, as the control plane does: a line for each event that says something, and
+    // no record left.
+    let recorder = Recorder::default();
+    for stamped in &all {
+        recorder.handle(stamped, &f.logs);
+    }
+    assert!(recorder.all().is_empty(), "{:?}", recorder.all());
+    let lines: Vec<String> = f
+        .logs
+        .history(&f.app, &Filter::default(), usize::MAX)
+        .iter()
+        .map(|l| l.format())
+        .collect();
+    for life in lives.values() {
+        let exits = all
+            .iter()
+            .filter(|s| matches!(&s.event, DynoEvent::Exited { name, .. } if *name == life.name))
+            .count();
+        let changes = life
+            .states
+            .windows(2)
+            .filter(|w| w[0].public() != w[1].public())
+            .count();
+        let count = |needle: String| lines.iter().filter(|l| l.contains(&needle)).count();
+        assert_eq!(
+            count(format!("heroku[{}]: Process exited with status", life.name)),
+            exits,
+            "{lines:#?}"
+        );
+        assert_eq!(
+            count(format!("heroku[{}]: State changed from", life.name)),
+            changes,
+            "{lines:#?}"
+        );
+    }
+}
+
 fn cgroup_v1() -> bool {
     std::path::Path::new("/sys/fs/cgroup/memory/memory.stat").exists()
 }
@@ -402,4 +591,5 @@ both_backends!(
     sigterm_then_sigkill_after_the_stop_timeout,
     scaling_and_new_releases_replace_the_right_dynos,
     a_web_dyno_that_never_binds_is_killed_r10,
+    a_burst_of_events_reaches_the_record_stream_whole,
 );
