@@ -499,6 +499,132 @@ async fn a_burst_of_events_reaches_the_record_stream_whole(kind: RuntimeKind) {
     }
 }
 
+/// A server that dies leaves its dynos running; the next one finds them from the runtime's own
+/// records (`dyno.json`), from the control plane's copy for a dyno whose record is missing (a
+/// dyno of a server from before those records: it gets one), and removes a monitor directory
+/// nobody recorded, killing the process it names. The same processes are adopted.
+fn a_new_manager_recovers_recorded_known_and_unrecorded_dynos(kind: RuntimeKind) {
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    let (f, before, stray) = first.block_on(async {
+        let f = fixture(kind, Duration::from_secs(5)).await;
+        f.manager.converge(
+            f.release.clone(),
+            &[spec("worker", 2, "echo ready; exec sleep 600")],
+        );
+        let before = slipway_testkit::wait_until(30, "two workers recorded up", || async {
+            let all = f.recorded.all();
+            (all.len() == 2
+                && all
+                    .iter()
+                    .all(|r| r.state == DynoState::Up && r.pid.is_some()))
+            .then_some(all)
+        })
+        .await;
+        // Running, not only started (a new OCI backend replaces the stack's /etc, which a
+        // container still being set up would miss).
+        wait_for_log(&f, "app[worker.1]: ready").await;
+        wait_for_log(&f, "app[worker.2]: ready").await;
+        // A monitor directory without a record, naming a process of its dyno id.
+        let stray_id = uuid::Uuid::new_v4().to_string();
+        let stray_dir = attach::monitor_dir(&f.dynos_dir, &stray_id);
+        std::fs::create_dir_all(&stray_dir).expect("stray dir");
+        let stray = std::process::Command::new("sleep")
+            .arg("600")
+            .env("SLIPWAY_DYNO_ID", &stray_id)
+            .spawn()
+            .expect("stray process");
+        std::fs::write(
+            stray_dir.join(monitor::PID_FILE),
+            format!("{{\"monitor\":{0},\"dyno\":{0}}}", stray.id()),
+        )
+        .expect("pid file");
+        (f, before, (stray, stray_dir))
+    });
+    // The server dies: its tasks are gone, the monitors (other processes) stay.
+    first.shutdown_background();
+    let (mut stray, stray_dir) = stray;
+    let worker2 = before
+        .iter()
+        .find(|r| r.name == "worker.2")
+        .expect("worker.2");
+    let worker2_dir = attach::monitor_dir(&f.dynos_dir, &worker2.id);
+    std::fs::remove_file(worker2_dir.join(record::RECORD_FILE)).expect("remove a record");
+
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        let mut cfg = RuntimeConfig::new(f.dynos_dir.clone());
+        cfg.runtime = kind;
+        cfg.monitor_command = test_monitor();
+        let manager = DynoManager::new(cfg, f.logs.clone()).expect("dyno manager");
+        let recorded = Recorder::default();
+        recorded.follow(manager.take_events().expect("stream"), f.logs.clone());
+        // The control plane knows worker.2 only from its own copy.
+        let alive = manager.recover(vec![worker2.clone()]).await;
+        let mut names: Vec<&str> = alive.iter().map(|r| r.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["worker.1", "worker.2"]);
+        for r in &alive {
+            let was = before.iter().find(|b| b.id == r.id).expect("same dyno");
+            assert_eq!(r.pid, was.pid, "{}", r.name);
+        }
+        assert_eq!(
+            record::DynoRecord::load(&worker2_dir).as_ref(),
+            Some(worker2),
+            "worker.2 got its record back"
+        );
+        assert!(
+            !stray_dir.exists(),
+            "the unrecorded monitor directory is removed"
+        );
+        let reaped = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if stray.try_wait().expect("wait").is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            reaped.is_ok(),
+            "the unrecorded dyno's process was not killed"
+        );
+
+        for r in &alive {
+            manager.adopt(r, &f.release).await;
+        }
+        let listed = manager.list(&f.app);
+        assert_eq!(listed.len(), 2);
+        assert!(
+            listed.iter().all(|d| d.state == DynoState::Up),
+            "{listed:?}"
+        );
+        for r in &alive {
+            let pid = r.pid.expect("pid");
+            assert!(
+                crate::process::pid_belongs_to_dyno(i64::from(pid), &r.id),
+                "{} restarted",
+                r.name
+            );
+        }
+        manager.stop_app(&f.app).await;
+        slipway_testkit::wait_until(10, "no dyno recorded", || async {
+            recorded.all().is_empty().then_some(())
+        })
+        .await;
+    });
+}
+
+#[test]
+fn process_a_new_manager_recovers_recorded_known_and_unrecorded_dynos() {
+    a_new_manager_recovers_recorded_known_and_unrecorded_dynos(RuntimeKind::Process);
+}
+
+#[test]
+fn oci_a_new_manager_recovers_recorded_known_and_unrecorded_dynos() {
+    a_new_manager_recovers_recorded_known_and_unrecorded_dynos(RuntimeKind::Oci);
+}
+
 fn cgroup_v1() -> bool {
     std::path::Path::new("/sys/fs/cgroup/memory/memory.stat").exists()
 }
