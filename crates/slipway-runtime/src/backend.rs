@@ -211,6 +211,13 @@ pub trait DynoBackend: Send + Sync + 'static {
     /// `oci (runc 1.1.5)`, `process`: said at start-up and in `ps`.
     fn describe(&self) -> String;
 
+    /// Where a web dyno told to bind `port` is reached (host:port): loopback for both local
+    /// backends (dynos share the host's network); a backend on other machines answers with
+    /// the machine's address. The router and health checks use only this.
+    fn address(&self, port: u16) -> SocketAddr {
+        loopback(port)
+    }
+
     /// Whether dynos run with the host's filesystem, in their directory (so app users must be
     /// able to reach it).
     fn runs_in_host_dirs(&self) -> bool {
@@ -234,7 +241,7 @@ pub trait DynoBackend: Send + Sync + 'static {
             .map_err(RuntimeError::io("starting", &launch.program))?;
         Ok(Running {
             pid: child.id(),
-            addr: dyno.port.map(loopback),
+            addr: dyno.port.map(|p| self.address(p)),
             stdout: child.stdout.take().map(|s| Box::new(s) as _),
             stderr: child.stderr.take().map(|s| Box::new(s) as _),
             child,

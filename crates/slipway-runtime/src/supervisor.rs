@@ -21,7 +21,7 @@ use slipway_logs::Source;
 use tokio::sync::watch;
 
 use crate::attach::{monitor_dir, Attached, LineSink};
-use crate::backend::{loopback, remove_dir, DynoSize, DynoSpec, Exit};
+use crate::backend::{remove_dir, DynoSize, DynoSpec, Exit};
 use crate::events::{bounded, StartFailure};
 use crate::lifecycle::{Event, Lifecycle};
 use crate::metrics::LoadTracker;
@@ -113,7 +113,7 @@ fn start_supervisor(
         size: spec.size.clone(),
         status: Mutex::new(Status {
             lifecycle,
-            addr: port.map(loopback),
+            addr: port.map(|p| inner.backend.address(p)),
             updated_at: Utc::now(),
             usage: None,
             load: None,
@@ -373,7 +373,7 @@ impl Supervisor {
                 }
             },
         };
-        let addr = self.spec.port.map(loopback);
+        let addr = self.spec.port.map(|p| self.inner.backend.address(p));
         let pid = live.pid;
 
         let backend = self.inner.backend.clone();
@@ -477,7 +477,7 @@ impl Supervisor {
         };
         let dir = monitor_dir(&self.inner.cfg.dynos_dir, &self.dyno.id);
         let sink = app_sink(&self.inner, &self.dyno.app_id, &self.dyno.name);
-        let addr = self.spec.port.map(loopback);
+        let addr = self.spec.port.map(|p| self.inner.backend.address(p));
         // Saved in the monitor directory before the monitor starts: a dyno never runs
         // without a record a later server can find.
         let record = self.record_of(DynoState::Starting, addr, None);

@@ -299,6 +299,21 @@ async fn sigterm_then_sigkill_after_the_stop_timeout(kind: RuntimeKind) {
             .any(|l| l.contains("Process exited with status 137")),
         "{lines:#?}"
     );
+    // SIGKILL comes the stop timeout (1 s) after SIGTERM, not before, and not much later.
+    let time_of = |needle: &str| {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?}: {lines:#?}"));
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let waited =
+        time_of("Error R12 (Exit timeout)") - time_of("Stopping all processes with SIGTERM");
+    assert!(
+        waited >= chrono::Duration::milliseconds(990) && waited < chrono::Duration::seconds(5),
+        "SIGKILL {waited} after SIGTERM"
+    );
 }
 
 async fn scaling_and_new_releases_replace_the_right_dynos(kind: RuntimeKind) {
