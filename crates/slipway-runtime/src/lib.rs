@@ -894,6 +894,11 @@ impl DynoManager {
             .or_default()
             .push(dyno.clone());
         self.inner.added(&dyno);
+        // The control plane's copy may lag the runtime's (a server killed before it stored
+        // the last event): it gets the record the dyno is adopted with.
+        self.inner
+            .events
+            .send(DynoEvent::Recorded(Box::new(record.clone())));
         tracing::info!(dyno = %record.name, id = %record.id, pid, "re-adopted a running dyno");
     }
 

@@ -608,6 +608,15 @@ fn a_new_manager_recovers_recorded_known_and_unrecorded_dynos(kind: RuntimeKind)
         for r in &alive {
             manager.adopt(r, &f.release).await;
         }
+        // The new control plane's copy gets both records from the adoption.
+        let copy = slipway_testkit::wait_until(10, "both adopted dynos recorded", || async {
+            let all = recorded.all();
+            (all.len() == 2).then_some(all)
+        })
+        .await;
+        let mut want = alive.clone();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(copy, want);
         let listed = manager.list(&f.app);
         assert_eq!(listed.len(), 2);
         assert!(
