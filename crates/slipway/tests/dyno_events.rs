@@ -2,7 +2,7 @@
 //! prints in the app's log and records in the store (`control.rs` `record_dyno_events`); the
 //! runtime never writes the store itself. Through the real binary and runc: a burst of events
 //! (web scaled from 0 to 10 at once, then back to 0) reaches both, each dyno's record agreeing
-//! with the dynos API.
+//! with the dynos API, also after a `kill -9` of the server that left the store behind.
 
 mod support;
 
@@ -11,24 +11,38 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use support::{wait_for, Server};
 
-/// `name -> (state, pid set, port)` of the app's rows in the store's `dynos` table, read
-/// with the sqlite3 shell while the server runs.
-fn stored_dynos(server: &Server, app_id: &str) -> BTreeMap<String, (String, bool, String)> {
-    assert!(
-        app_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
-        "{app_id}"
-    );
+/// Runs `sql` on the server's store with the sqlite3 shell; its output.
+fn sqlite(server: &Server, args: &[&str], sql: &str) -> String {
     let out = std::process::Command::new("sqlite3")
-        .arg("-readonly")
+        .args(args)
         .arg(server.data.join("state.db"))
-        .arg(format!(
-            "SELECT name, state, pid IS NOT NULL, IFNULL(port, '') FROM dynos WHERE app_id = '{app_id}' ORDER BY name"
-        ))
+        .arg(sql)
         .output()
         .expect("sqlite3 (apt-get install sqlite3)");
     assert!(out.status.success(), "{}", support::text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn check_id(id: &str) -> &str {
+    assert!(
+        id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+        "{id}"
+    );
+    id
+}
+
+/// `name -> (state, pid set, port)` of the app's rows in the store's `dynos` table, read
+/// while the server runs.
+fn stored_dynos(server: &Server, app_id: &str) -> BTreeMap<String, (String, bool, String)> {
+    let app_id = check_id(app_id);
+    sqlite(
+        server,
+        &["-readonly"],
+        &format!(
+            "SELECT name, state, pid IS NOT NULL, IFNULL(port, '') FROM dynos WHERE app_id = '{app_id}' ORDER BY name"
+        ),
+    )
+    .lines()
         .filter_map(|l| {
             let mut f = l.split('|');
             let name = f.next()?.to_string();
@@ -58,13 +72,22 @@ fn api_dynos(server: &Server, app: &str) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// The app's log as the server has it now.
+fn log(server: &Server, repo: &std::path::Path) -> Vec<String> {
+    server
+        .cli_ok(repo, &["logs", "-n", "1500"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()
 }
 
 #[test]
 fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
-    let server = Server::start();
+    let mut server = Server::start();
     let root = server.root.path().to_path_buf();
     server.cli_ok(&root, &["apps:create", "burst"]);
     let repo = server.repo_with(
@@ -81,13 +104,6 @@ fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
     assert_eq!(status, 200, "{body}");
     let app: Value = serde_json::from_str(&body).expect("app json");
     let app_id = app["id"].as_str().expect("app id").to_string();
-    let log = || -> Vec<String> {
-        server
-            .cli_ok(&repo, &["logs", "-n", "1500"])
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
 
     server.cli_ok(&repo, &["ps:scale", "web=0"]);
     wait_for(60, "no web dyno left, in the API and the store", || {
@@ -121,7 +137,7 @@ fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
     }
     // And the log has each dyno's lines.
     let lines = wait_for(30, "each dyno's state change in the log", || {
-        let lines = log();
+        let lines = log(&server, &repo);
         names
             .iter()
             .all(|n| {
@@ -152,13 +168,47 @@ fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
         );
     }
 
+    // A server killed before it stored some events: three rows missing, one left over from
+    // a dyno long gone. The next server re-adopts the same ten dynos and the store catches up.
+    server.kill9();
+    let ids = |api: &BTreeMap<String, (String, String)>| -> Vec<String> {
+        api.values().map(|(_, id)| id.clone()).collect()
+    };
+    let before = ids(&api);
+    let doomed: Vec<&str> = before.iter().take(3).map(|id| check_id(id)).collect();
+    let gone = "00000000-0000-4000-8000-000000000000";
+    sqlite(
+        &server,
+        &[],
+        &format!(
+            "DELETE FROM dynos WHERE id IN ('{}'); INSERT INTO dynos (id, app_id, name, process_type, command, release_version, state, pid, port, dir, created_at, updated_at) VALUES ('{gone}', '{}', 'web.11', 'web', 'true', 1, 'up', NULL, NULL, '/nonexistent', 0, 0);",
+            doomed.join("','"),
+            check_id(&app_id)
+        ),
+    );
+    server.launch();
+    let stored_ids = wait_for(30, "the store's copy caught up", || {
+        let out = sqlite(
+            &server,
+            &["-readonly"],
+            &format!("SELECT id FROM dynos WHERE app_id = '{app_id}' AND state = 'up' ORDER BY id"),
+        );
+        let stored: Vec<String> = out.lines().map(str::to_string).collect();
+        (stored.len() == 10).then_some(stored)
+    });
+    let mut sorted = before.clone();
+    sorted.sort();
+    assert_eq!(stored_ids, sorted, "the same ten dynos, nothing restarted");
+    assert_eq!(ids(&api_dynos(&server, "burst")), before);
+    assert!(!stored_dynos(&server, &app_id).contains_key("web.11"));
+
     // Ten stop at once: every row goes, every stop is in the log.
     server.cli_ok(&repo, &["ps:scale", "web=0"]);
     wait_for(60, "no web dyno left in the store", || {
         stored_dynos(&server, &app_id).is_empty().then_some(())
     });
     let lines = wait_for(30, "each dyno's stop in the log", || {
-        let lines = log();
+        let lines = log(&server, &repo);
         names
             .iter()
             .all(|n| {
