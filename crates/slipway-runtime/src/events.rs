@@ -138,6 +138,19 @@ pub enum DynoEvent {
         dyno_id: String,
         name: String,
     },
+    /// A rollout's new web dynos never became healthy: they stop, the previous ones stay.
+    RolloutFailed {
+        app_id: String,
+        version: i64,
+        reason: String,
+    },
+    /// A replaced web dyno still had requests in flight when its drain timed out.
+    DrainTimedOut {
+        app_id: String,
+        name: String,
+        left: usize,
+        secs: u64,
+    },
     /// The supervisor finished: the dyno, its container, directory and record are gone.
     Removed {
         app_id: String,
@@ -165,6 +178,8 @@ impl DynoEvent {
             | DynoEvent::MemoryQuotaExceeded { app_id, .. }
             | DynoEvent::Sleep { app_id, .. }
             | DynoEvent::Routing { app_id, .. }
+            | DynoEvent::RolloutFailed { app_id, .. }
+            | DynoEvent::DrainTimedOut { app_id, .. }
             | DynoEvent::Removed { app_id, .. } => app_id,
         }
     }
@@ -290,6 +305,20 @@ impl DynoEvent {
                 ),
                 (name.clone(), "Error R14 (Memory quota exceeded)".to_string()),
             ],
+            DynoEvent::RolloutFailed {
+                version, reason, ..
+            } => one(
+                "web",
+                format!("Rollout of v{version} failed: {reason}; the previous dynos keep serving"),
+            ),
+            DynoEvent::DrainTimedOut {
+                name, left, secs, ..
+            } => one(
+                name,
+                format!(
+                    "Stopping with {left} request(s) still in flight after the {secs} s drain timeout"
+                ),
+            ),
             DynoEvent::Sleep { asleep, web, .. } => {
                 if *asleep {
                     web.iter()
@@ -423,6 +452,65 @@ mod tests {
         assert_eq!(events.last_seq(), 5000);
         // Log-only events are not notifications.
         assert!(notes.try_recv().is_err());
+    }
+
+    #[test]
+    fn events_print_heroku_s_lines() {
+        let (app_id, name) = (String::from("a"), String::from("web.1"));
+        let cases: Vec<(DynoEvent, Vec<&str>)> = vec![
+            (
+                DynoEvent::BootTimeout { app_id: app_id.clone(), name: name.clone(), secs: 60 },
+                vec![
+                    "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 60 seconds of launch",
+                    "Stopping process with SIGKILL",
+                ],
+            ),
+            (
+                DynoEvent::Exited { app_id: app_id.clone(), name: name.clone(), code: 137, oom_killed: true },
+                vec!["Error R15 (Memory quota vastly exceeded)", "Process exited with status 137"],
+            ),
+            (
+                DynoEvent::ExitTimeout { app_id: app_id.clone(), name: name.clone(), secs: 30 },
+                vec![
+                    "Error R12 (Exit timeout) -> At least one process failed to exit within 30 seconds of SIGTERM",
+                    "Stopping remaining processes with SIGKILL",
+                ],
+            ),
+            (
+                DynoEvent::MemoryQuotaExceeded {
+                    app_id: app_id.clone(),
+                    name: name.clone(),
+                    usage: Usage { memory_bytes: 600 << 20, ..Usage::default() },
+                    quota_bytes: 512 << 20,
+                },
+                vec!["Process running mem=600M(117.2%)", "Error R14 (Memory quota exceeded)"],
+            ),
+            (
+                DynoEvent::RolloutFailed { app_id: app_id.clone(), version: 3, reason: "web.1 crashed".into() },
+                vec!["Rollout of v3 failed: web.1 crashed; the previous dynos keep serving"],
+            ),
+            (
+                DynoEvent::DrainTimedOut { app_id: app_id.clone(), name: name.clone(), left: 2, secs: 30 },
+                vec!["Stopping with 2 request(s) still in flight after the 30 s drain timeout"],
+            ),
+            (
+                DynoEvent::Changed {
+                    app_id: app_id.clone(),
+                    dyno_id: "d".into(),
+                    name: name.clone(),
+                    release_version: 1,
+                    from: Lifecycle::Up,
+                    to: Lifecycle::Stopping { from: crate::record::DynoState::Up },
+                    pid: None,
+                    addr: None,
+                },
+                vec![],
+            ),
+        ];
+        for (event, want) in cases {
+            let got: Vec<String> = event.log_lines().into_iter().map(|(_, m)| m).collect();
+            assert_eq!(got, want, "{event:?}");
+        }
     }
 
     #[test]

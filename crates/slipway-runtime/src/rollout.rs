@@ -18,7 +18,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_logs::Source;
 use tokio::sync::{broadcast, watch};
 
 use crate::backend::BoxFuture;
@@ -122,12 +121,11 @@ pub(crate) fn start(inner: Arc<Inner>, plan: Plan) -> Rollout {
                     for d in &retire {
                         d.retiring.store(false, Ordering::SeqCst);
                     }
-                    inner.logs.write(
-                        &app_id,
-                        Source::Heroku,
-                        "web",
-                        &format!("Rollout of v{version} failed: {reason}; the previous dynos keep serving"),
-                    );
+                    inner.events.send(DynoEvent::RolloutFailed {
+                        app_id: app_id.clone(),
+                        version,
+                        reason: crate::events::bounded(reason.clone()),
+                    });
                     let _ = tx.send(Some(outcome.clone()));
                     retire_all(&inner, &started).await;
                 }
@@ -233,15 +231,12 @@ async fn retire(inner: Arc<Inner>, d: Arc<Dyno>) {
         let timeout = inner.cfg.drain_timeout;
         let left = watch.drain(&d.app_id, addr, timeout).await;
         if left > 0 {
-            inner.logs.write(
-                &d.app_id,
-                Source::Heroku,
-                &d.name,
-                &format!(
-                    "Stopping with {left} request(s) still in flight after the {} s drain timeout",
-                    timeout.as_secs()
-                ),
-            );
+            inner.events.send(DynoEvent::DrainTimedOut {
+                app_id: d.app_id.clone(),
+                name: d.name.clone(),
+                left,
+                secs: timeout.as_secs(),
+            });
         }
     }
     d.request_stop();
