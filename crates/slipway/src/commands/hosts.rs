@@ -178,7 +178,12 @@ fn print_target(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
         .collect();
     writeln!(out, "Hosts:   {}", hosts.join(", "))?;
     writeln!(out, "Path:    {}", s(t, "path"))?;
-    for (label, key) in [("Restart", "restart"), ("Health", "health"), ("Key", "key")] {
+    for (label, key) in [
+        ("Restart", "restart"),
+        ("Health", "health"),
+        ("URL", "url"),
+        ("Key", "key"),
+    ] {
         if let Some(v) = t[key].as_str() {
             writeln!(out, "{label}: {v}")?;
         }
