@@ -457,9 +457,12 @@ fn report(result: &Value) -> anyhow::Result<()> {
         bail!("{}", s(result, "message"));
     }
     for r in result["releases"].as_array().into_iter().flatten() {
+        let release = match r["release"].as_str() {
+            Some(release) => release.to_string(),
+            None => format!("v{}", r["version"]),
+        };
         println!(
-            "Released v{} on {} ({}) in {}",
-            r["version"],
+            "Released {release} on {} ({}) in {}",
             s(r, "target"),
             s(r, "slug_checksum"),
             s(result, "stage")
