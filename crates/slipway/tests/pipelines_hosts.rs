@@ -173,9 +173,10 @@ fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails()
     // Build #1 goes to staging by itself, then is promoted to the hosts.
     let pushed = server.git_ok(&repo, &["push", "pipeline", "main"]);
     assert!(pushed.contains("Build #1 passed"), "{pushed}");
-    wait_for(120, "staging to serve build one", || {
-        let (status, body) = server.app_get("shop-staging", "/");
-        (status == 200 && body.contains("Build one")).then_some(())
+    wait_for(120, "staging to run build one", || {
+        let info = ok(&server, &repo, &["pipelines:info", "shop"]);
+        info.contains("staging: automatic on main; targets: shop-staging; runs build #1")
+            .then_some(())
     });
     let promoted = ok(
         &server,
@@ -230,9 +231,12 @@ fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails()
     server.commit_all(&repo, "build two");
     let pushed = server.git_ok(&repo, &["push", "pipeline", "main"]);
     assert!(pushed.contains("Build #2 passed"), "{pushed}");
-    wait_for(120, "staging to serve build two", || {
-        let (status, body) = server.app_get("shop-staging", "/");
-        (status == 200 && body.contains("Build two")).then_some(())
+    // The stage runs build #2 once its deploy is live (after its smoke test), which is after
+    // the app serves it: promotion takes what the stage runs.
+    wait_for(120, "staging to run build two", || {
+        let info = ok(&server, &repo, &["pipelines:info", "shop"]);
+        info.contains("staging: automatic on main; targets: shop-staging; runs build #2")
+            .then_some(())
     });
     let failed = server.cli(&repo, &["pipelines:promote", "shop", "--from", "staging"]);
     let said = text(&failed);
@@ -265,4 +269,143 @@ fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails()
         info.contains("production: manual; targets: host:web; runs build #1"),
         "{info}"
     );
+}
+
+#[test]
+fn host_stage_predeploy_runs_once_before_any_switch_and_failures_leave_the_old_release() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    let key = client_key(&root);
+    let a = Sshd::start(&root, "host-a", &root.join("client_key.pub"));
+    let b = Sshd::start(&root, "host-b", &root.join("client_key.pub"));
+    for host in [&a, &b] {
+        std::fs::write(host.home.join("port"), free_port().to_string()).expect("port");
+    }
+    let health = format!("{HEALTH} && [ ! -e \"$HOME/unhealthy\" ]");
+    add_target(
+        &server,
+        &root,
+        "web",
+        &[&a, &b],
+        "app",
+        &key,
+        &[
+            "--restart",
+            RESTART,
+            "--health",
+            &health,
+            "--health-attempts",
+            "2",
+            "--shared",
+            "log",
+        ],
+    );
+    let repo = server.sample_repo("solo-src");
+    let predeploy = |cmd: &str| {
+        std::fs::write(
+            repo.join("app.json"),
+            serde_json::json!({"scripts": {"dokku": {"predeploy": cmd}}}).to_string(),
+        )
+        .expect("app.json");
+    };
+    set_greeting(&repo, "Build one");
+    predeploy(r#"echo "migrated in $PWD" >> "$SLIPWAY_PATH/migrations""#);
+    server.commit_all(&repo, "build one");
+    ok(&server, &repo, &["pipelines:create", "solo"]);
+    ok(
+        &server,
+        &repo,
+        &[
+            "pipelines:stages:add",
+            "solo",
+            "production",
+            "--manual",
+            "--watch",
+            "0",
+        ],
+    );
+    ok(
+        &server,
+        &repo,
+        &["pipelines:targets:add", "solo", "production", "host:web"],
+    );
+    let pushed = server.git_ok(&repo, &["push", "pipeline", "main"]);
+    assert!(pushed.contains("Build #1 passed"), "{pushed}");
+    let out = ok(
+        &server,
+        &repo,
+        &["pipelines:deploy", "1", "--to", "production", "-p", "solo"],
+    );
+    for h in [&a, &b] {
+        assert_eq!(h.current().as_deref(), Some("releases/build-1"), "{out}");
+        assert!(h.page().contains("Build one"));
+    }
+    // Once, on the first host, in the new release before it was current.
+    let migrations = std::fs::read_to_string(a.app().join("migrations")).expect("migrations");
+    assert_eq!(migrations.lines().count(), 1, "{migrations}");
+    assert!(
+        migrations.contains(&format!("{}/releases/build-1", a.app().display())),
+        "{migrations}"
+    );
+    assert!(!b.app().join("migrations").exists(), "pre-deploy ran twice");
+
+    // A failing pre-deploy: the release is on the hosts, no host switched.
+    predeploy("echo migration failed; exit 7");
+    server.commit_all(&repo, "build two");
+    assert!(server
+        .git_ok(&repo, &["push", "pipeline", "main"])
+        .contains("Build #2 passed"));
+    let failed = server.cli(
+        &repo,
+        &["pipelines:deploy", "2", "--to", "production", "-p", "solo"],
+    );
+    let said = text(&failed);
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("pre-deploy failed"), "{said}");
+    assert!(said.contains("migration failed"), "{said}");
+    for h in [&a, &b] {
+        assert_eq!(h.current().as_deref(), Some("releases/build-1"), "{said}");
+        assert!(!h.app().join(".slipway/lock").exists(), "lock left behind");
+    }
+    let last = &target_deploys(&server, "web")[0];
+    assert_eq!(
+        (last["tag"].as_str(), last["status"].as_str()),
+        (Some("build-2"), Some("failed")),
+        "{last}"
+    );
+    assert_eq!(step(last, "pre-deploy")["status"], "failed", "{last}");
+    assert_eq!(step(last, "deploy")["status"], "skipped", "{last}");
+
+    // The second host's health check fails: the target switches the first back itself, the
+    // deploy fails, and its report names every host with build-1.
+    predeploy("true");
+    server.commit_all(&repo, "build three");
+    assert!(server
+        .git_ok(&repo, &["push", "pipeline", "main"])
+        .contains("Build #3 passed"));
+    std::fs::write(b.home.join("unhealthy"), "").expect("marker");
+    let failed = server.cli(
+        &repo,
+        &["pipelines:deploy", "3", "--to", "production", "-p", "solo"],
+    );
+    let said = text(&failed);
+    assert!(!failed.status.success(), "{said}");
+    assert!(said.contains("health check"), "{said}");
+    std::fs::remove_file(b.home.join("unhealthy")).expect("marker");
+    for h in [&a, &b] {
+        assert_eq!(h.current().as_deref(), Some("releases/build-1"), "{said}");
+        assert!(h.page().contains("Build one"), "{said}");
+    }
+    let last = &target_deploys(&server, "web")[0];
+    assert_eq!(last["status"], "failed", "{last}");
+    assert_eq!(step(last, "deploy")["status"], "failed", "{last}");
+    assert_eq!(
+        hosts_running(last),
+        vec![
+            (a.spec(), "build-1".to_string()),
+            (b.spec(), "build-1".to_string())
+        ]
+    );
+    let info = ok(&server, &repo, &["pipelines:info", "solo"]);
+    assert!(info.contains("runs build #1"), "{info}");
 }
