@@ -813,6 +813,13 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         lock_wait: u64,
     },
+    /// The deploy runner's deploys to a target (pipeline stages): status, steps, what each host runs
+    #[command(name = "targets:deploys")]
+    TargetsDeploys {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per host: the releases present, the current one, the lock
     #[command(name = "targets:releases")]
     TargetsReleases {

@@ -309,6 +309,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             lock_wait,
         } => hosts::targets_rollback(c, &name, tag, lock_wait).await,
         Command::TargetsReleases { name, json } => hosts::targets_releases(c, &name, json).await,
+        Command::TargetsDeploys { name, json } => hosts::targets_deploys(c, &name, json).await,
         Command::TargetsPrune { name, keep } => hosts::targets_prune(c, &name, keep).await,
         Command::TargetsPin { name, tag, unpin } => {
             hosts::targets_pin(c, &name, &tag, !unpin).await

@@ -269,6 +269,34 @@ fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails()
         info.contains("production: manual; targets: host:web; runs build #1"),
         "{info}"
     );
+    let listed = ok(&server, &root, &["targets:deploys", "web"]);
+    assert!(
+        listed.contains("shop build-2 rolled_back (stage production)")
+            && listed.contains(&format!("{} runs build-1", a.spec()))
+            && listed.contains(&format!("{} runs build-1", b.spec())),
+        "{listed}"
+    );
+
+    // The stage can drop the host target again (and says so when it is not one).
+    let removed = ok(
+        &server,
+        &repo,
+        &["pipelines:targets:remove", "shop", "production", "host:web"],
+    );
+    assert!(
+        removed.contains("production: manual; targets: none"),
+        "{removed}"
+    );
+    let again = server.cli(
+        &repo,
+        &["pipelines:targets:remove", "shop", "production", "host:web"],
+    );
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("host:web is not a target of production"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]

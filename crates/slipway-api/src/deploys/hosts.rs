@@ -242,12 +242,7 @@ impl HostRun {
             StepStatus::Failed | StepStatus::Cancelled => self.say(&format!(" !     {summary}")),
             _ => self.say(&format!("       {summary}")),
         }
-        let status = self.current_status();
-        self.store(status, "", false).await;
-    }
-
-    fn current_status(&self) -> DeployStatus {
-        DeployStatus::Running
+        self.store(DeployStatus::Running, "", false).await;
     }
 
     /// Every step not ended yet (but the report) from `from` on: skipped, with `why`.
