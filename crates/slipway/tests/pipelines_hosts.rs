@@ -437,3 +437,109 @@ fn host_stage_predeploy_runs_once_before_any_switch_and_failures_leave_the_old_r
     let info = ok(&server, &repo, &["pipelines:info", "solo"]);
     assert!(info.contains("runs build #1"), "{info}");
 }
+
+#[test]
+fn a_host_stage_heartbeat_failing_in_the_watch_window_rolls_every_host_back() {
+    let server = Server::start();
+    let root = server.root.path().to_path_buf();
+    let key = client_key(&root);
+    let a = Sshd::start(&root, "host-a", &root.join("client_key.pub"));
+    let b = Sshd::start(&root, "host-b", &root.join("client_key.pub"));
+    for host in [&a, &b] {
+        std::fs::write(host.home.join("port"), free_port().to_string()).expect("port");
+    }
+    // Build two goes bad on a host once its `unhealthy` marker appears; build one never does.
+    let health = format!(
+        "{HEALTH} && {{ [ ! -e \"$HOME/unhealthy\" ] || ! grep -q 'Build two' app/server.py; }}"
+    );
+    add_target(
+        &server,
+        &root,
+        "web",
+        &[&a, &b],
+        "app",
+        &key,
+        &[
+            "--restart",
+            RESTART,
+            "--health",
+            &health,
+            "--health-attempts",
+            "2",
+            "--shared",
+            "log",
+            "--batch",
+            "2",
+        ],
+    );
+    let repo = server.sample_repo("beat-src");
+    set_greeting(&repo, "Build one");
+    server.commit_all(&repo, "build one");
+    ok(&server, &repo, &["pipelines:create", "beat"]);
+    ok(
+        &server,
+        &repo,
+        &[
+            "pipelines:stages:add",
+            "beat",
+            "production",
+            "--manual",
+            "--watch",
+            "120",
+        ],
+    );
+    ok(
+        &server,
+        &repo,
+        &["pipelines:targets:add", "beat", "production", "host:web"],
+    );
+    assert!(server
+        .git_ok(&repo, &["push", "pipeline", "main"])
+        .contains("Build #1 passed"));
+    ok(
+        &server,
+        &repo,
+        &["pipelines:deploy", "1", "--to", "production", "-p", "beat"],
+    );
+    set_greeting(&repo, "Build two");
+    std::fs::write(
+        repo.join("app.json"),
+        r#"{"slipway": {"heartbeat": {"path": "/", "interval": 1, "misses": 1}}}"#,
+    )
+    .expect("app.json");
+    server.commit_all(&repo, "build two");
+    assert!(server
+        .git_ok(&repo, &["push", "pipeline", "main"])
+        .contains("Build #2 passed"));
+    // Live and watching: the command returns, build two serves on both hosts.
+    let out = ok(
+        &server,
+        &repo,
+        &["pipelines:deploy", "2", "--to", "production", "-p", "beat"],
+    );
+    assert!(out.contains("Watching build-2 on target web"), "{out}");
+    for h in [&a, &b] {
+        assert!(h.page().contains("Build two"), "{out}");
+    }
+    std::fs::write(b.home.join("unhealthy"), "").expect("marker");
+    let last = wait_for(120, "the heartbeat to roll the hosts back", || {
+        let d = target_deploys(&server, "web").into_iter().next()?;
+        (d["status"] != "running" && d["status"] != "queued").then_some(d)
+    });
+    assert_eq!(last["tag"], "build-2", "{last}");
+    assert_eq!(last["status"], "rolled_back", "{last}");
+    assert_eq!(step(&last, "heartbeat")["status"], "failed", "{last}");
+    assert_eq!(step(&last, "log-test")["status"], "inconclusive", "{last}");
+    assert_eq!(step(&last, "rollback")["status"], "passed", "{last}");
+    assert_eq!(
+        hosts_running(&last),
+        vec![
+            (a.spec(), "build-1".to_string()),
+            (b.spec(), "build-1".to_string())
+        ]
+    );
+    for h in [&a, &b] {
+        assert_eq!(h.current().as_deref(), Some("releases/build-1"));
+        assert!(h.page().contains("Build one"));
+    }
+}

@@ -681,13 +681,16 @@ impl HostRun {
             self.step_end(Step::Heartbeat, StepStatus::Skipped, "no watch window")
                 .await;
         } else {
-            self.live.emit(Msg::Watching);
+            // Said before the watch begins, so a follower that stops there (a pipeline
+            // deploy) shows it.
             self.say(&format!(
-                "-----> Watching {} on target {} for {} s",
+                "-----> Watching {} on target {} for {} s (`slipway targets:deploys {}`)",
                 self.req.release.tag,
                 self.req.target,
-                window.as_secs()
+                window.as_secs(),
+                self.req.target
             ));
+            self.live.emit(Msg::Watching);
             match self.watch(&target, window).await {
                 Outcome::Ok => {}
                 Outcome::Failed(why) => {
