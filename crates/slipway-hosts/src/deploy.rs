@@ -1227,9 +1227,9 @@ impl DeployTarget for HostTarget {
 
     async fn releases(&self) -> Result<Vec<HostReleases>, TargetError> {
         let key = self.spec.key.as_deref();
-        let mut out = Vec::new();
-        for host in &self.spec.hosts {
-            let entry = match self.known_hosts.connect(host, key).await {
+        // Every host at once: one slow or unreachable host does not hold up the others.
+        let out = futures::future::join_all(self.spec.hosts.iter().map(|host| async move {
+            match self.known_hosts.connect(host, key).await {
                 Ok(conn) => {
                     let r = self.read_state(&conn).await;
                     conn.close().await;
@@ -1264,9 +1264,9 @@ impl DeployTarget for HostTarget {
                     holder_gone: false,
                     error: Some(e.to_string()),
                 },
-            };
-            out.push(entry);
-        }
+            }
+        }))
+        .await;
         Ok(out)
     }
 
