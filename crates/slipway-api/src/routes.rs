@@ -41,7 +41,7 @@ mod log_sessions;
 mod observe;
 mod pipelines;
 mod releases;
-mod targets;
+pub(crate) mod targets;
 
 use axum::http::Method;
 use axum::Router;

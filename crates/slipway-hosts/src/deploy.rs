@@ -90,6 +90,11 @@ pub struct DeployOptions {
     pub lock_ttl: Duration,
     /// Cancelling stops the operation at its next step, switches hosts back and unlocks.
     pub cancel: CancellationToken,
+    /// A deploy's command run once, on the first host, in the new release's directory with
+    /// its environment, after every host has the release and before any host switches (the
+    /// deploy runner's `scripts.dokku.predeploy`: migrations). Failing stops the deploy with
+    /// no host switched.
+    pub pre_deploy: Option<String>,
 }
 
 impl Default for DeployOptions {
@@ -99,6 +104,7 @@ impl Default for DeployOptions {
             lock_wait: Duration::ZERO,
             lock_ttl: Duration::from_secs(15 * 60),
             cancel: CancellationToken::new(),
+            pre_deploy: None,
         }
     }
 }
@@ -122,6 +128,10 @@ pub struct DeployReport {
     pub ok: bool,
     /// Why the rollout stopped, when it did.
     pub error: Option<String>,
+    /// The deploy's pre-deploy command (see [`DeployOptions::pre_deploy`]) failed: no host
+    /// was switched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_deploy_error: Option<String>,
     pub hosts: Vec<HostOutcome>,
 }
 
@@ -646,13 +656,14 @@ impl HostTarget {
         }
     }
 
-    /// Switches hosts to `tag` in batches; on the first failure, switches every host already
-    /// switched back. Returns the per-host outcome and the error that stopped the rollout.
+    /// Switches each host to its tag (`tags[i]`; `None` leaves host i as it is) in batches;
+    /// on the first failure, switches every host already switched back. Returns the per-host
+    /// outcome and the error that stopped the rollout.
     async fn rollout(
         &self,
         conns: &[Connection],
         states: &mut [HostState],
-        tag: &str,
+        tags: &[Option<String>],
         run_pre_switch: bool,
         opts: &DeployOptions,
         progress: &Progress,
@@ -660,7 +671,15 @@ impl HostTarget {
         let mut outcomes = vec!["not switched".to_string(); conns.len()];
         let mut switched: Vec<(usize, Option<String>)> = Vec::new();
         let mut failure: Option<String> = None;
-        let indexes: Vec<usize> = (0..conns.len()).collect();
+        for (i, tag) in tags.iter().enumerate() {
+            if tag.is_none() {
+                outcomes[i] = format!(
+                    "left on {} (no release to switch it to)",
+                    states[i].current.as_deref().unwrap_or("nothing")
+                );
+            }
+        }
+        let indexes: Vec<usize> = (0..conns.len()).filter(|&i| tags[i].is_some()).collect();
         for batch in indexes.chunks(self.spec.batch) {
             if opts.cancel.is_cancelled() {
                 failure = Some("the deploy was cancelled".into());
@@ -672,7 +691,10 @@ impl HostTarget {
                 batch.iter().map(|&i| states[i].clone()).collect();
             let results = tokio::select! {
                 r = futures::future::join_all(batch.iter().zip(batch_states.iter_mut()).map(
-                    |(&i, state)| self.roll_host(&conns[i], state, tag, run_pre_switch, progress),
+                    |(&i, state)| {
+                        let tag = tags[i].as_deref().unwrap_or_default();
+                        self.roll_host(&conns[i], state, tag, run_pre_switch, progress)
+                    },
                 )) => Some(r),
                 _ = opts.cancel.cancelled() => None,
             };
@@ -700,6 +722,7 @@ impl HostTarget {
             };
             for ((&i, state), result) in batch.iter().zip(batch_states).zip(results) {
                 states[i] = state;
+                let tag = tags[i].as_deref().unwrap_or_default();
                 match result {
                     Ok(s) => {
                         outcomes[i] = format!("switched to {tag}, healthy");
@@ -720,8 +743,10 @@ impl HostTarget {
                 let check = !opts.cancel.is_cancelled();
                 self.switch_back(&conns[i], &mut states[i], prev.as_deref(), check, progress)
                     .await;
-                outcomes[i] =
-                    format!("was switched to {tag}, switched back after another host failed");
+                outcomes[i] = format!(
+                    "was switched to {}, switched back after another host failed",
+                    tags[i].as_deref().unwrap_or_default()
+                );
             }
         }
         (outcomes, failure)
@@ -740,6 +765,7 @@ impl HostTarget {
             tag: tag.to_string(),
             ok: error.is_none(),
             error,
+            pre_deploy_error: None,
             hosts: self
                 .spec
                 .hosts
@@ -825,8 +851,36 @@ impl HostTarget {
                 r?;
             }
         }
+        if let (Some(cmd), Some(conn)) = (&opts.pre_deploy, conns.first()) {
+            if opts.cancel.is_cancelled() {
+                return Err(TargetError::Cancelled);
+            }
+            progress.say(format!(
+                "{}: pre-deploy in releases/{} (once, before any host switches): $ {cmd}",
+                conn.host, release.tag
+            ));
+            let script = remote::pre_switch();
+            let args = [self.path(), release.tag.as_str(), cmd.as_str()];
+            let ran = tokio::select! {
+                r = conn.run(&script, &args, None) => r?,
+                _ = opts.cancel.cancelled() => return Err(TargetError::Cancelled),
+            };
+            for line in ran.stdout.lines().chain(ran.stderr.lines()) {
+                progress.say(format!("{}: {line}", conn.host));
+            }
+            if !ran.ok() {
+                let e = remote_failure(conn, "the pre-deploy command", &ran);
+                let outcomes =
+                    vec!["not switched (the pre-deploy failed)".to_string(); conns.len()];
+                let mut report =
+                    self.report(id, &release.tag, &states, outcomes, Some(e.to_string()));
+                report.pre_deploy_error = Some(e.to_string());
+                return Ok(report);
+            }
+        }
+        let tags = vec![Some(release.tag.clone()); conns.len()];
         let (outcomes, error) = self
-            .rollout(conns, &mut states, &release.tag, true, opts, progress)
+            .rollout(conns, &mut states, &tags, true, opts, progress)
             .await;
         Ok(self.report(id, &release.tag, &states, outcomes, error))
     }
@@ -973,6 +1027,90 @@ impl HostTarget {
         Ok(results)
     }
 
+    /// Switches each host back to the release it ran before a deploy (`before`: host, as
+    /// `user@host[:port]`, -> tag), under the lock, with that release's own environment (it is
+    /// in the release): the deploy runner's automatic rollback. A host missing from `before`
+    /// (it ran nothing) or lacking its release is left as it is, and the report says so.
+    pub async fn rollback_each(
+        &self,
+        before: &BTreeMap<String, String>,
+        opts: &DeployOptions,
+        progress: &Progress,
+    ) -> Result<DeployReport, TargetError> {
+        for tag in before.values() {
+            validate_name("tag", tag).map_err(TargetError::Invalid)?;
+        }
+        self.locked("rollback", opts, progress, |conns, id| async move {
+            let r = async {
+                let mut states = Vec::new();
+                for conn in &conns {
+                    states.push(self.read_state(conn).await?.0);
+                }
+                let tags: Vec<Option<String>> = conns
+                    .iter()
+                    .zip(&states)
+                    .map(|(c, s)| {
+                        before
+                            .get(&c.host.to_string())
+                            .filter(|t| s.has(t))
+                            .cloned()
+                    })
+                    .collect();
+                let mut said: Vec<String> = Vec::new();
+                for (c, t) in conns.iter().zip(&tags) {
+                    said.push(format!(
+                        "{} -> {}",
+                        c.host,
+                        t.as_deref().unwrap_or("(left as it is)")
+                    ));
+                }
+                progress.say(format!(
+                    "Rolling {} back to what each host ran before: {}",
+                    self.spec.name,
+                    said.join(", ")
+                ));
+                let (outcomes, error) = self
+                    .rollout(&conns, &mut states, &tags, false, opts, progress)
+                    .await;
+                let label = tags.iter().flatten().next().cloned().unwrap_or_default();
+                Ok(self.report(&id, &label, &states, outcomes, error))
+            }
+            .await;
+            (conns, r)
+        })
+        .await
+    }
+
+    /// Runs `command` once, on the first host, in `current` with its environment (the deploy
+    /// runner's post-deploy command).
+    pub async fn exec_first(&self, command: &str) -> Result<ExecResult, TargetError> {
+        if command.trim().is_empty() || command.len() > 4096 {
+            return Err(TargetError::Invalid(
+                "the command must be 1 to 4096 bytes".into(),
+            ));
+        }
+        let host = self
+            .spec
+            .hosts
+            .first()
+            .ok_or_else(|| TargetError::Invalid("the target has no hosts".into()))?;
+        let conn = self
+            .known_hosts
+            .connect(host, self.spec.key.as_deref())
+            .await?;
+        let ran = conn
+            .run(&remote::exec(), &[self.path(), command], None)
+            .await;
+        conn.close().await;
+        let ran = ran?;
+        Ok(ExecResult {
+            host: host.to_string(),
+            code: ran.code,
+            stdout: ran.stdout,
+            stderr: ran.stderr,
+        })
+    }
+
     /// Breaks every host's lock, whoever holds it. Returns, per host, the lock it removed.
     pub async fn unlock(&self) -> Result<Vec<(String, Option<LockInfo>)>, TargetError> {
         let conns = self.connect_all().await?;
@@ -1075,8 +1213,9 @@ impl DeployTarget for HostTarget {
                     )));
                 }
                 progress.say(format!("Rolling {} back to {tag}", self.spec.name));
+                let tags = vec![Some(tag.clone()); conns.len()];
                 let (outcomes, error) = self
-                    .rollout(&conns, &mut states, &tag, false, opts, progress)
+                    .rollout(&conns, &mut states, &tags, false, opts, progress)
                     .await;
                 Ok(self.report(&id, &tag, &states, outcomes, error))
             }
@@ -1088,9 +1227,9 @@ impl DeployTarget for HostTarget {
 
     async fn releases(&self) -> Result<Vec<HostReleases>, TargetError> {
         let key = self.spec.key.as_deref();
-        let mut out = Vec::new();
-        for host in &self.spec.hosts {
-            let entry = match self.known_hosts.connect(host, key).await {
+        // Every host at once: one slow or unreachable host does not hold up the others.
+        let out = futures::future::join_all(self.spec.hosts.iter().map(|host| async move {
+            match self.known_hosts.connect(host, key).await {
                 Ok(conn) => {
                     let r = self.read_state(&conn).await;
                     conn.close().await;
@@ -1125,9 +1264,9 @@ impl DeployTarget for HostTarget {
                     holder_gone: false,
                     error: Some(e.to_string()),
                 },
-            };
-            out.push(entry);
-        }
+            }
+        }))
+        .await;
         Ok(out)
     }
 

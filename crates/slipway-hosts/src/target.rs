@@ -116,6 +116,11 @@ pub struct TargetSpec {
     pub shared: Vec<String>,
     /// Hosts switched at a time.
     pub batch: usize,
+    /// Where the target serves (`http(s)://...`, reached from the slipway server): `$URL` of
+    /// a pipeline deploy's smoke commands. Without it, `$URL` is the health check when that
+    /// is a URL.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 pub const MAX_HOSTS: usize = 100;
@@ -179,6 +184,16 @@ impl TargetSpec {
                 }
             }
         }
+        if let Some(url) = &self.url {
+            let ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= 2048
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return bad(format!(
+                    "--url {url:?} must be an http:// or https:// URL (at most 2048 bytes, no spaces)"
+                ));
+            }
+        }
         if self.batch == 0 {
             return bad("--batch must be at least 1".into());
         }
@@ -192,6 +207,13 @@ impl TargetSpec {
             return bad("the health interval must be at most 3600 seconds".into());
         }
         Ok(())
+    }
+
+    /// `$URL` of smoke commands: `--url`, else the health check when it is a URL.
+    pub fn public_url(&self) -> Option<&str> {
+        self.url
+            .as_deref()
+            .or(self.health.as_deref().filter(|_| self.health_is_url()))
     }
 
     /// Is the health check a URL (fetched on the host) rather than a command?

@@ -91,14 +91,16 @@ impl Stage {
     }
 }
 
-/// What a stage deploys to. Only apps on this server for now; own hosts (slipway-hosts) will
-/// be another kind.
+/// What a stage deploys to: an app on this server (`kind` `app`: `app_id`, `app_name`) or a
+/// host target of slipway-hosts (`kind` `host`: `host_target` is its name, the app fields are
+/// empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetRow {
     pub stage_id: String,
     pub kind: String,
     pub app_id: String,
     pub app_name: String,
+    pub host_target: Option<String>,
 }
 
 /// A pipeline build's state: `pending` (queued), `building`, `testing`, then `passed` or
@@ -512,11 +514,47 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// A stage's targets, in the order they were added.
+    /// Makes host target `target` (a `host_targets` row) a target of the stage.
+    pub async fn add_stage_host_target(&self, stage_id: &str, target: &str) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO pipeline_host_targets (stage_id, target, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(stage_id)
+        .bind(target)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        match done {
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict("this target of the stage".into()))
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    pub async fn remove_stage_host_target(&self, stage_id: &str, target: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM pipeline_host_targets WHERE stage_id = $1 AND target = $2")
+                .bind(stage_id)
+                .bind(target)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// A stage's targets (apps and host targets), in the order they were added.
     pub async fn stage_targets(&self, stage_id: &str) -> Result<Vec<TargetRow>> {
         Ok(sqlx::query(
-            "SELECT t.stage_id, t.kind, t.app_id, a.name AS app_name FROM pipeline_targets t \
-             JOIN apps a ON a.id = t.app_id WHERE t.stage_id = $1 ORDER BY t.created_at, a.name",
+            "SELECT * FROM ( \
+               SELECT t.stage_id, t.kind, t.app_id, a.name AS app_name, NULL AS host_target, \
+                      t.created_at, a.name AS sort_name \
+               FROM pipeline_targets t JOIN apps a ON a.id = t.app_id WHERE t.stage_id = $1 \
+             UNION ALL \
+               SELECT h.stage_id, 'host' AS kind, '' AS app_id, '' AS app_name, \
+                      h.target AS host_target, h.created_at, h.target AS sort_name \
+               FROM pipeline_host_targets h WHERE h.stage_id = $1 \
+             ) ORDER BY created_at, sort_name",
         )
         .bind(stage_id)
         .fetch_all(&self.pool)
@@ -527,6 +565,7 @@ impl Store {
             kind: r.get("kind"),
             app_id: r.get("app_id"),
             app_name: r.get("app_name"),
+            host_target: r.get("host_target"),
         })
         .collect())
     }

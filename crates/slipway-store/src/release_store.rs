@@ -445,3 +445,141 @@ mod tests {
         assert_eq!(left[0].tag, "v1");
     }
 }
+
+/// One deploy of the deploy runner to a host target (a pipeline stage's host target): what
+/// it deployed, how it ended, and its report (steps, each host with the release it runs) as
+/// a JSON document the runner writes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TargetDeployRecord {
+    pub id: String,
+    pub target: String,
+    /// 1, 2, 3... per target.
+    pub number: i64,
+    pub store_name: String,
+    pub tag: String,
+    pub user_id: String,
+    /// The pipeline stage it deployed for ("" when none).
+    pub stage: String,
+    pub status: String,
+    pub failure: String,
+    pub report: serde_json::Value,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+fn target_deploy_row(r: &SqliteRow) -> TargetDeployRecord {
+    let report: String = r.get("report");
+    TargetDeployRecord {
+        id: r.get("id"),
+        target: r.get("target"),
+        number: r.get("number"),
+        store_name: r.get("store_name"),
+        tag: r.get("tag"),
+        user_id: r.get("user_id"),
+        stage: r.get("stage"),
+        status: r.get("status"),
+        failure: r.get("failure"),
+        report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
+        created_at: r.get("created_at"),
+        finished_at: r.get("finished_at"),
+    }
+}
+
+impl Store {
+    /// Records a new deploy to host target `target` (status `queued`) with its next number.
+    pub async fn create_target_deploy(
+        &self,
+        target: &str,
+        store_name: &str,
+        tag: &str,
+        user_id: &str,
+        stage: &str,
+    ) -> Result<TargetDeployRecord> {
+        let mut tx = self.write_tx().await?;
+        let number: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(number), 0) + 1 AS n FROM target_deploys WHERE target = $1",
+        )
+        .bind(target)
+        .fetch_one(&mut *tx)
+        .await?
+        .get("n");
+        let id = crate::new_id();
+        sqlx::query(
+            "INSERT INTO target_deploys (id, target, number, store_name, tag, user_id, stage, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8)",
+        )
+        .bind(&id)
+        .bind(target)
+        .bind(number)
+        .bind(store_name)
+        .bind(tag)
+        .bind(user_id)
+        .bind(stage)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM target_deploys WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(target_deploy_row(&row))
+    }
+
+    /// Writes a target deploy's status, failure and report (`finished` stamps its end).
+    pub async fn update_target_deploy(
+        &self,
+        id: &str,
+        status: &str,
+        failure: &str,
+        report: &serde_json::Value,
+        finished: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE target_deploys SET status = $1, failure = $2, report = $3, \
+             finished_at = CASE WHEN $4 THEN $5 ELSE finished_at END WHERE id = $6",
+        )
+        .bind(status)
+        .bind(failure)
+        .bind(report.to_string())
+        .bind(finished)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A target's deploys, newest first (at most `limit`).
+    pub async fn target_deploys(
+        &self,
+        target: &str,
+        limit: i64,
+    ) -> Result<Vec<TargetDeployRecord>> {
+        Ok(sqlx::query(
+            "SELECT * FROM target_deploys WHERE target = $1 ORDER BY number DESC LIMIT $2",
+        )
+        .bind(target)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(target_deploy_row)
+        .collect())
+    }
+
+    /// At server start: target deploys a stopped server left `queued` or `running` become
+    /// `interrupted` (the hosts' own state says what each runs; their locks name a dead
+    /// process and are broken by the next operation).
+    pub async fn interrupt_target_deploys(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE target_deploys SET status = 'interrupted', \
+             failure = 'the server stopped during this deploy', finished_at = $1 \
+             WHERE status IN ('queued', 'running')",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -221,6 +221,27 @@ CREATE TABLE IF NOT EXISTS pipeline_targets (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (stage_id, app_id)
 );
+CREATE TABLE IF NOT EXISTS pipeline_host_targets (
+    stage_id TEXT NOT NULL REFERENCES pipeline_stages(id) ON DELETE CASCADE,
+    target TEXT NOT NULL REFERENCES host_targets(name) ON DELETE CASCADE,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (stage_id, target)
+);
+CREATE TABLE IF NOT EXISTS target_deploys (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL REFERENCES host_targets(name) ON DELETE CASCADE,
+    number BIGINT NOT NULL,
+    store_name TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    failure TEXT NOT NULL DEFAULT '',
+    report TEXT NOT NULL DEFAULT '{}',
+    created_at BIGINT NOT NULL,
+    finished_at BIGINT,
+    UNIQUE (target, number)
+);
 CREATE TABLE IF NOT EXISTS pipeline_builds (
     id TEXT PRIMARY KEY,
     pipeline_id TEXT NOT NULL REFERENCES pipelines(id) ON DELETE CASCADE,

@@ -298,3 +298,57 @@ async fn an_unhealthy_release_fails_and_puts_config_and_formation_back() {
         Err(StoreError::Conflict(_))
     ));
 }
+
+#[tokio::test]
+async fn a_stage_lists_app_and_host_targets_in_order_and_loses_a_removed_host_target() {
+    let (_d, s) = store().await;
+    let user = s.ensure_user("admin@example.com").await.expect("user");
+    let app = s.create_app("shop-staging", &user.id).await.expect("app");
+    let p = s.create_pipeline("shop").await.expect("pipeline");
+    let stage = s
+        .add_stage(&p.id, "production", None, &StageStrategy::Manual, 0)
+        .await
+        .expect("stage");
+    s.create_host_target("web", "{}", "{}")
+        .await
+        .expect("target");
+    s.add_stage_host_target(&stage.id, "web")
+        .await
+        .expect("host target");
+    s.add_stage_target(&stage.id, &app.id).await.expect("app");
+    assert!(matches!(
+        s.add_stage_host_target(&stage.id, "web").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.add_stage_host_target(&stage.id, "nope").await.is_err());
+    let targets = s.stage_targets(&stage.id).await.expect("targets");
+    let kinds: Vec<(&str, Option<&str>, &str)> = targets
+        .iter()
+        .map(|t| {
+            (
+                t.kind.as_str(),
+                t.host_target.as_deref(),
+                t.app_name.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("host", Some("web"), ""), ("app", None, "shop-staging")]
+    );
+    // A deploy record, then the target goes: the stage and the records lose it.
+    let d = s
+        .create_target_deploy("web", "shop", "build-1", &user.id, "production")
+        .await
+        .expect("deploy");
+    assert_eq!((d.number, d.status.as_str()), (1, "queued"));
+    assert_eq!(s.interrupt_target_deploys().await.expect("interrupt"), 1);
+    assert_eq!(
+        s.target_deploys("web", 10).await.expect("list")[0].status,
+        "interrupted"
+    );
+    s.delete_host_target("web").await.expect("delete");
+    let targets = s.stage_targets(&stage.id).await.expect("targets");
+    assert_eq!(targets.len(), 1);
+    assert!(s.target_deploys("web", 10).await.expect("list").is_empty());
+}

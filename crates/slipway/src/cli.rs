@@ -647,18 +647,20 @@ pub enum Command {
     /// Remove a stage
     #[command(name = "pipelines:stages:remove")]
     PipelinesStagesRemove { pipeline: String, stage: String },
-    /// Make an app a target of a stage
+    /// Make an app (APP) or a host target (host:NAME, see targets:add) a target of a stage
     #[command(name = "pipelines:targets:add")]
     PipelinesTargetsAdd {
         pipeline: String,
         stage: String,
+        /// APP, or host:NAME for a host target
         app: String,
     },
-    /// Remove an app from a stage's targets
+    /// Remove an app (APP) or a host target (host:NAME) from a stage's targets
     #[command(name = "pipelines:targets:remove")]
     PipelinesTargetsRemove {
         pipeline: String,
         stage: String,
+        /// APP, or host:NAME for a host target
         app: String,
     },
     /// List a stage's environment variables (values are secret and never shown)
@@ -747,6 +749,10 @@ pub enum Command {
         /// Hosts switched at a time
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// http(s)://URL where the target serves, reached from the slipway server ($URL of a
+        /// pipeline deploy's smoke commands; default: --health when it is a URL)
+        #[arg(long)]
+        url: Option<String>,
         /// KEY=VALUE written into each release (secret: never shown)
         #[arg(long, num_args = 1..)]
         env: Vec<String>,
@@ -806,6 +812,13 @@ pub enum Command {
         tag: Option<String>,
         #[arg(long, default_value_t = 0)]
         lock_wait: u64,
+    },
+    /// The deploy runner's deploys to a target (pipeline stages): status, steps, what each host runs
+    #[command(name = "targets:deploys")]
+    TargetsDeploys {
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Per host: the releases present, the current one, the lock
     #[command(name = "targets:releases")]

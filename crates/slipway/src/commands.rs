@@ -275,6 +275,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             pre_switch,
             shared,
             batch,
+            url,
             env,
             accept_host_key,
         } => {
@@ -282,7 +283,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
                 "name": name, "hosts": host_list, "path": path, "key": key,
                 "restart": restart, "health": health, "health_attempts": health_attempts,
                 "health_interval": health_interval, "health_timeout": health_timeout,
-                "pre_switch": pre_switch, "shared": shared, "batch": batch,
+                "pre_switch": pre_switch, "shared": shared, "batch": batch, "url": url,
                 "env": hosts::parse_env(&env)?, "accept_host_keys": accept_host_key,
             });
             hosts::targets_add(c, body).await
@@ -308,6 +309,7 @@ pub async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             lock_wait,
         } => hosts::targets_rollback(c, &name, tag, lock_wait).await,
         Command::TargetsReleases { name, json } => hosts::targets_releases(c, &name, json).await,
+        Command::TargetsDeploys { name, json } => hosts::targets_deploys(c, &name, json).await,
         Command::TargetsPrune { name, keep } => hosts::targets_prune(c, &name, keep).await,
         Command::TargetsPin { name, tag, unpin } => {
             hosts::targets_pin(c, &name, &tag, !unpin).await

@@ -16,10 +16,14 @@
 //! - [`follow`] and [`wait`] read a deploy's transcript live; [`cancel`] stops one;
 //!   [`recover`] (server start) marks deploys a stopped server left unfinished `interrupted`.
 //!
+//! - [`hosts`]: the same runner for a host target of `slipway-hosts` (a pipeline stage's own
+//!   hosts): each step done the way hosts allow (see its table).
+//!
 //! Secrets of the target are masked (`[masked]`) in every line a deploy writes: its stream,
 //! stored step output, the logs and the webhook report.
 
 mod checks;
+pub mod hosts;
 mod model;
 mod runner;
 mod webhooks;
@@ -35,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use model::{
     DeployId, DeployOptions, DeployRequest, DeploySource, DeployStatus, Masker, Step, StepStatus,
 };
+pub(crate) use runner::spec_of_slug_file;
 pub use webhooks::check_webhook_url;
 
 use crate::state::Shared;
@@ -264,6 +269,9 @@ pub async fn recover(state: &Shared) -> Result<usize, DeployError> {
         .store
         .interrupt_deploys("The server stopped during this step; the app runs its current release.")
         .await?;
+    // Host deploys: each host's own state says what it runs; the lock the killed server held
+    // names a dead process and is broken by the next operation.
+    state.store.interrupt_target_deploys().await?;
     for d in &interrupted {
         if let Some(v) = d.release_version {
             if state.store.fail_pending_release(&d.app_id, v).await? {

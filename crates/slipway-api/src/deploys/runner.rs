@@ -25,7 +25,7 @@ const WEB_UP_TIMEOUT: Duration = Duration::from_secs(180);
 const MAX_SLUG_APP_JSON: usize = 1024 * 1024;
 
 /// How a step ended, as the runner decides what comes next.
-enum Outcome {
+pub(super) enum Outcome {
     Ok,
     /// The step failed; the sentence says why.
     Failed(String),
@@ -904,109 +904,26 @@ impl Run {
                 return Outcome::Failed(format!("could not choose the smoke test's user: {e}"))
             }
         };
-        if let Err(e) = tokio::fs::create_dir_all(self.state.settings.build_tmp()).await {
-            return Outcome::Failed(format!("could not create the smoke test's directory: {e}"));
-        }
-        let tmp = match tempfile::Builder::new()
-            .prefix("smoke-")
-            .tempdir_in(self.state.settings.build_tmp())
-        {
-            Ok(t) => t,
-            Err(e) => {
-                return Outcome::Failed(format!("could not create the smoke test's directory: {e}"))
-            }
-        };
-        if let Some(u) = &user {
-            if let Err(e) = std::os::unix::fs::chown(tmp.path(), Some(u.uid), Some(u.gid)) {
-                return Outcome::Failed(format!(
-                    "could not prepare the smoke test's directory: {e}"
-                ));
-            }
-        }
-        let url = self.state.settings.web_url(&app.name);
         let stage = self
             .req
             .options
             .stage
             .clone()
             .unwrap_or_else(|| "production".into());
-        for command in &spec.smoke {
-            self.out(Step::Smoke, &format!("$ {command}"));
-            let mut cmd = tokio::process::Command::new("/bin/sh");
-            cmd.arg("-c")
-                .arg(command)
-                .current_dir(tmp.path())
-                .env_clear()
-                .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                .env("HOME", tmp.path())
-                .env("LANG", "C.UTF-8")
-                .env("URL", &url)
-                .env("SLIPWAY_APP", &app.name)
-                .env("SLIPWAY_RELEASE", format!("v{version}"))
-                .env("SLIPWAY_STAGE", &stage)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true);
-            for (k, v) in &self.req.secrets {
-                cmd.env(k, v.expose());
-            }
-            if let Some(u) = &user {
-                cmd.uid(u.uid).gid(u.gid);
-            }
-            let mut child = match cmd.spawn() {
-                Ok(c) => c,
-                Err(e) => return Outcome::Failed(format!("`{command}` could not start: {e}")),
-            };
-            let pid = child.id();
-            let (tx, mut lines) = mpsc::channel::<String>(256);
-            if let Some(o) = child.stdout.take() {
-                crate::oneoff::pump_lines(o, tx.clone());
-            }
-            if let Some(e) = child.stderr.take() {
-                crate::oneoff::pump_lines(e, tx);
-            }
-            let deadline = tokio::time::sleep(spec.timeouts.smoke);
-            tokio::pin!(deadline);
-            let mut stopped: Option<Outcome> = None;
-            loop {
-                tokio::select! {
-                    line = lines.recv() => match line {
-                        Some(l) => self.out(Step::Smoke, &l),
-                        None => break,
-                    },
-                    () = &mut deadline, if stopped.is_none() => {
-                        kill_group(pid).await;
-                        stopped = Some(Outcome::Failed(format!(
-                            "`{command}` ran longer than {} s and was stopped",
-                            spec.timeouts.smoke.as_secs()
-                        )));
-                    }
-                    () = self.live.cancel.cancelled(), if stopped.is_none() => {
-                        kill_group(pid).await;
-                        stopped = Some(Outcome::Cancelled);
-                    }
-                }
-            }
-            let status = child.wait().await;
-            // Whatever the command left running goes with it.
-            kill_group(pid).await;
-            if let Some(outcome) = stopped {
-                return outcome;
-            }
-            match status {
-                Ok(s) if s.success() => {}
-                Ok(s) => {
-                    let code = s
-                        .code()
-                        .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
-                    return Outcome::Failed(format!("`{command}` exited with {code}"));
-                }
-                Err(e) => return Outcome::Failed(format!("`{command}`: {e}")),
-            }
-        }
-        Outcome::Ok
+        let mut env = vec![
+            ("URL".to_string(), self.state.settings.web_url(&app.name)),
+            ("SLIPWAY_APP".to_string(), app.name.clone()),
+            ("SLIPWAY_RELEASE".to_string(), format!("v{version}")),
+            ("SLIPWAY_STAGE".to_string(), stage),
+        ];
+        env.extend(
+            self.req
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
+        let out = |line: &str| self.out(Step::Smoke, line);
+        run_smoke(&self.state, user, &env, spec, &out, &self.live.cancel).await
     }
 
     /// The watch window: the log test and the heartbeat side by side. The first to fail ends
@@ -1391,6 +1308,110 @@ fn refusal_text(refusal: &RollbackRefusal, v: i64) -> String {
     format!("can't roll back to v{v}: {why}")
 }
 
+/// Runs a deploy's smoke commands (`spec.smoke`) on the server, in order: each as `user` (a
+/// build user, never a dyno's), in a fresh directory, with a minimal environment plus `env`
+/// (`$URL`, `$SLIPWAY_*`, the deploy's secrets), in a process group of its own that is killed
+/// on timeout (`spec.timeouts.smoke`), on `cancel`, and when it exits. Lines go to `out`.
+pub(super) async fn run_smoke(
+    state: &Shared,
+    user: Option<slipway_runtime::AppUser>,
+    env: &[(String, String)],
+    spec: &DeploySpec,
+    out: &(dyn Fn(&str) + Sync),
+    cancel: &CancellationToken,
+) -> Outcome {
+    if let Err(e) = tokio::fs::create_dir_all(state.settings.build_tmp()).await {
+        return Outcome::Failed(format!("could not create the smoke test's directory: {e}"));
+    }
+    let tmp = match tempfile::Builder::new()
+        .prefix("smoke-")
+        .tempdir_in(state.settings.build_tmp())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            return Outcome::Failed(format!("could not create the smoke test's directory: {e}"))
+        }
+    };
+    if let Some(u) = &user {
+        if let Err(e) = std::os::unix::fs::chown(tmp.path(), Some(u.uid), Some(u.gid)) {
+            return Outcome::Failed(format!("could not prepare the smoke test's directory: {e}"));
+        }
+    }
+    for command in &spec.smoke {
+        out(&format!("$ {command}"));
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(command)
+            .current_dir(tmp.path())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", tmp.path())
+            .env("LANG", "C.UTF-8")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(u) = &user {
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(format!("`{command}` could not start: {e}")),
+        };
+        let pid = child.id();
+        let (tx, mut lines) = mpsc::channel::<String>(256);
+        if let Some(o) = child.stdout.take() {
+            crate::oneoff::pump_lines(o, tx.clone());
+        }
+        if let Some(e) = child.stderr.take() {
+            crate::oneoff::pump_lines(e, tx);
+        }
+        let deadline = tokio::time::sleep(spec.timeouts.smoke);
+        tokio::pin!(deadline);
+        let mut stopped: Option<Outcome> = None;
+        loop {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(l) => out(&l),
+                    None => break,
+                },
+                () = &mut deadline, if stopped.is_none() => {
+                    kill_group(pid).await;
+                    stopped = Some(Outcome::Failed(format!(
+                        "`{command}` ran longer than {} s and was stopped",
+                        spec.timeouts.smoke.as_secs()
+                    )));
+                }
+                () = cancel.cancelled(), if stopped.is_none() => {
+                    kill_group(pid).await;
+                    stopped = Some(Outcome::Cancelled);
+                }
+            }
+        }
+        let status = child.wait().await;
+        // Whatever the command left running goes with it.
+        kill_group(pid).await;
+        if let Some(outcome) = stopped {
+            return outcome;
+        }
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                let code = s
+                    .code()
+                    .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
+                return Outcome::Failed(format!("`{command}` exited with {code}"));
+            }
+            Err(e) => return Outcome::Failed(format!("`{command}`: {e}")),
+        }
+    }
+    Outcome::Ok
+}
+
 /// SIGKILL to a smoke command's process group (it runs in one of its own).
 async fn kill_group(pid: Option<u32>) {
     if let Some(pid) = pid {
@@ -1405,8 +1426,13 @@ async fn kill_group(pid: Option<u32>) {
 
 /// The deploy definition in a slug's `app/app.json` (none: the defaults).
 async fn spec_of_slug(slug: &Slug) -> Result<DeploySpec, String> {
+    spec_of_slug_file(&slug.path).await
+}
+
+/// The deploy definition in the `app/app.json` of the slug file at `path`.
+pub(crate) async fn spec_of_slug_file(path: &str) -> Result<DeploySpec, String> {
     let out = tokio::process::Command::new("tar")
-        .args(["-xzOf", &slug.path, "app/app.json"])
+        .args(["-xzOf", path, "app/app.json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .output()

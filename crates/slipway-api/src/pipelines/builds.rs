@@ -390,7 +390,7 @@ async fn chosen_buildpacks(state: &Shared, pipeline: &Pipeline) -> Result<Vec<St
             .stage_targets(&stage.id)
             .await
             .map_err(|e| format!("could not read the stage's targets: {e}"))?;
-        if let Some(first) = targets.first() {
+        if let Some(first) = targets.iter().find(|t| t.host_target.is_none()) {
             return state
                 .store
                 .buildpacks(&first.app_id)

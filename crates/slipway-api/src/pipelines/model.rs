@@ -152,30 +152,36 @@ pub fn stage_tags(message: &str) -> BTreeSet<String> {
     tags
 }
 
-/// Where a stage deploys. Today: an app on this server. Issue 11's own hosts (slipway-hosts'
-/// `DeployTarget`) become another variant; everything above `deploy.rs` only sees this type.
+/// Where a stage deploys: an app on this server, or a host target (issue 11: a set of the
+/// user's own SSH hosts, `slipway targets:add`, deployed by slipway-hosts' `DeployTarget`).
+/// Everything above `deploy.rs` only sees this type.
 #[derive(Debug, Clone)]
 pub enum Target {
     App(App),
+    /// The host target's name.
+    Host(String),
 }
 
 impl Target {
-    /// How the target is named in output: `app <name>`.
+    /// How the target is named in output: `app <name>`, `host target <name>`.
     pub fn describe(&self) -> String {
         match self {
             Target::App(app) => format!("app {}", app.name),
+            Target::Host(name) => format!("host target {name}"),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Target::App(_) => "app",
+            Target::Host(_) => "host",
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
             Target::App(app) => &app.name,
+            Target::Host(name) => name,
         }
     }
 }

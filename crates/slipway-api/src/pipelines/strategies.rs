@@ -249,7 +249,7 @@ pub async fn deploy_build(
             PipelineDeployStatus::Succeeded,
             outcomes
                 .iter()
-                .map(|o| format!("v{} on {}", o.version, o.target))
+                .map(|o| format!("{} on {}", o.release, o.target))
                 .collect::<Vec<_>>()
                 .join(", "),
         ),
@@ -339,8 +339,10 @@ pub fn not_passed(build: &PipelineBuild) -> PipelineError {
 async fn targets_of(state: &Shared, stage: &Stage) -> Result<Vec<Target>, PipelineError> {
     let mut targets = Vec::new();
     for row in state.store.stage_targets(&stage.id).await? {
-        let app = state.store.app(&row.app_id).await?;
-        targets.push(Target::App(app));
+        match row.host_target {
+            Some(name) => targets.push(Target::Host(name)),
+            None => targets.push(Target::App(state.store.app(&row.app_id).await?)),
+        }
     }
     Ok(targets)
 }

@@ -7,7 +7,7 @@
 //! | `GET/DELETE /pipelines/P` | show (stages, targets, env names), destroy |
 //! | `POST /pipelines/P/stages` | `{name, after?, strategy: manual\|automatic, branch?, watch_window?}` |
 //! | `PATCH/DELETE /pipelines/P/stages/S` | change strategy `{strategy, branch?}`, remove |
-//! | `POST /pipelines/P/stages/S/targets`, `DELETE .../targets/APP` | `{app}` |
+//! | `POST /pipelines/P/stages/S/targets`, `DELETE .../targets/APP` (or `host:NAME`) | `{app}` or `{host}` (a host target) |
 //! | `GET/PATCH /pipelines/P/stages/S/env` | names (values masked); `{K: "v" or null}` |
 //! | `GET /pipelines/P/builds[/B[/output]]`, `GET /pipeline-builds/ID` | builds, output (text) |
 //! | `POST /pipelines/P/deploys` | `{build, stage}`: deploy a passed build now |
@@ -98,7 +98,10 @@ async fn stage_view(state: &Shared, stage: &Stage) -> ApiResult<Value> {
         "branch": stage.strategy.branch(),
         "watch_window": stage.watch_secs,
         "env": stage.env.keys().collect::<Vec<_>>(),
-        "targets": targets.iter().map(|t| json!({"kind": t.kind, "app": {"id": t.app_id, "name": t.app_name}})).collect::<Vec<_>>(),
+        "targets": targets.iter().map(|t| match &t.host_target {
+            Some(name) => json!({"kind": "host", "host_target": {"name": name}}),
+            None => json!({"kind": t.kind, "app": {"id": t.app_id, "name": t.app_name}}),
+        }).collect::<Vec<_>>(),
         "current_build": current,
     }))
 }
@@ -352,7 +355,26 @@ async fn remove_stage(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AddTarget {
-    app: String,
+    /// An app on this server.
+    app: Option<String>,
+    /// A host target (`slipway targets:add`).
+    host: Option<String>,
+}
+
+/// A host target a stage may deploy to: it must exist (`slipway targets:add`).
+async fn find_host_target(state: &Shared, name: &str) -> ApiResult<String> {
+    slipway_hosts::validate_name("host target name", name).map_err(|e| {
+        ApiError::invalid(format!(
+            "{e}. Give host:NAME with a target from `slipway targets`."
+        ))
+    })?;
+    match state.store.host_target(name).await {
+        Ok(row) => Ok(row.name),
+        Err(slipway_store::StoreError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "Couldn't find host target {name}. `slipway targets` lists them; add one with `slipway targets:add {name} --hosts USER@HOST --path DIR`."
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn add_target(
@@ -363,7 +385,35 @@ async fn add_target(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let p = find_pipeline(&state, &name).await?;
     let stage = find_stage(&state, &p, &stage).await?;
-    let app = crate::control::find_app(&state, &body.app).await?;
+    let app = match (&body.app, &body.host) {
+        (Some(app), None) => crate::control::find_app(&state, app).await?,
+        (None, Some(host)) => {
+            let target = find_host_target(&state, host).await?;
+            if state.store.stage_targets(&stage.id).await?.len() >= MAX_TARGETS {
+                return Err(ApiError::invalid(format!(
+                    "Stage {} has {MAX_TARGETS} targets, the most one may have.",
+                    stage.name
+                )));
+            }
+            state
+                .store
+                .add_stage_host_target(&stage.id, &target)
+                .await
+                .map_err(|e| match e {
+                    slipway_store::StoreError::Conflict(_) => ApiError::invalid(format!(
+                        "host:{target} is already a target of {}.",
+                        stage.name
+                    )),
+                    other => other.into(),
+                })?;
+            return Ok((StatusCode::CREATED, Json(stage_view(&state, &stage).await?)));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "Give exactly one of app (an app on this server) or host (a host target).",
+            ))
+        }
+    };
     if state.store.stage_targets(&stage.id).await?.len() >= MAX_TARGETS {
         return Err(ApiError::invalid(format!(
             "Stage {} has {MAX_TARGETS} targets, the most one may have.",
@@ -391,6 +441,19 @@ async fn remove_target(
 ) -> ApiResult<Json<Value>> {
     let p = find_pipeline(&state, &name).await?;
     let stage = find_stage(&state, &p, &stage).await?;
+    if let Some(host) = app.strip_prefix("host:") {
+        if !state
+            .store
+            .remove_stage_host_target(&stage.id, host)
+            .await?
+        {
+            return Err(ApiError::not_found(format!(
+                "host:{host} is not a target of {}.",
+                stage.name
+            )));
+        }
+        return Ok(Json(stage_view(&state, &stage).await?));
+    }
     let app = crate::control::find_app(&state, &app).await?;
     if !state.store.remove_stage_target(&stage.id, &app.id).await? {
         return Err(ApiError::not_found(format!(
@@ -548,7 +611,7 @@ fn report_view(
         Ok(report) => Ok(Json(json!({
             "status": "succeeded",
             "stage": stage,
-            "releases": report.outcomes.iter().map(|o| json!({"target": o.target, "version": o.version, "slug_checksum": o.checksum})).collect::<Vec<_>>(),
+            "releases": report.outcomes.iter().map(|o| json!({"target": o.target, "version": o.version, "release": o.release, "slug_checksum": o.checksum})).collect::<Vec<_>>(),
             "output": report.output,
         }))),
         // Refused before anything ran: an error.

@@ -10,7 +10,7 @@
 //!
 //! Host targets (the environment's values never leave the server: answered as `"[masked]"`):
 //! - `GET /targets`, `POST /targets` `{"name","hosts":["user@h:port"],"path","key","restart",
-//!   "health","health_attempts","health_interval","health_timeout","pre_switch","shared":[],
+//!   "health","url","health_attempts","health_interval","health_timeout","pre_switch","shared":[],
 //!   "batch","env":{},"accept_host_keys":["SHA256:..."]}`: a host whose key is not accepted
 //!   is refused with the fingerprint it presents (409, id `host_key_unknown`).
 //! - `PATCH /targets/{t}/env` `{"set": {"K": "V"}, "unset": ["K"]}`: changes the target's
@@ -25,6 +25,8 @@
 //!   `{"line": "..."}` while it runs, then `{"report": {...}}` or `{"error": {"id","message"}}`.
 //!   A client that hangs up cancels the operation (hosts switched back, locks released).
 //! - `GET /targets/{t}/releases`: per host, what is there, what runs, the lock.
+//! - `GET /targets/{t}/deploys`: the deploy runner's deploys to the target (pipeline stages),
+//!   newest first, each with its report (steps, every host with the release it runs).
 //! - `POST /targets/{t}/actions/prune` `{"keep"}`, `.../actions/pin` `{"tag","pinned"}`,
 //!   `.../actions/exec` `{"command"}`, `DELETE /targets/{t}/lock` (breaks it).
 
@@ -68,6 +70,7 @@ pub fn routes() -> Router<Shared> {
         .route("/targets/{t}/env", axum::routing::patch(target_env))
         .route("/targets/{t}/deploys", post(target_deploy))
         .route("/targets/{t}/rollbacks", post(target_rollback))
+        .route("/targets/{t}/deploys", get(target_deploys))
         .route("/targets/{t}/releases", get(target_releases))
         .route("/targets/{t}/actions/prune", post(target_prune))
         .route("/targets/{t}/actions/pin", post(target_pin))
@@ -220,7 +223,9 @@ fn target_dir(state: &Shared, name: &str) -> std::path::PathBuf {
     state.settings.data_dir.join("targets").join(name)
 }
 
-async fn load(state: &Shared, name: &str) -> ApiResult<HostTarget> {
+/// A host target as `slipway-hosts` drives it (spec, environment, installation id, build
+/// directories a release must not name).
+pub(crate) async fn load(state: &Shared, name: &str) -> ApiResult<HostTarget> {
     slipway_hosts::validate_name("target name", name).map_err(ApiError::invalid)?;
     let row = state.store.host_target(name).await?;
     let spec: TargetSpec =
@@ -289,6 +294,7 @@ struct AddTarget {
     #[serde(default)]
     shared: Vec<String>,
     batch: Option<usize>,
+    url: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -319,6 +325,7 @@ async fn target_add(
         pre_switch: body.pre_switch,
         shared: body.shared,
         batch: body.batch.unwrap_or(1),
+        url: body.url,
     };
     if let Some(key) = &spec.key {
         if !std::path::Path::new(key).is_absolute() {
@@ -504,6 +511,7 @@ fn options(user: &str, lock_wait: Option<u64>, lock_ttl: Option<u64>) -> ApiResu
         lock_wait: Duration::from_secs(lock_wait),
         lock_ttl: Duration::from_secs(lock_ttl),
         cancel: CancellationToken::new(),
+        pre_deploy: None,
     })
 }
 
@@ -637,6 +645,17 @@ async fn target_rollback(
             target.rollback(body.tag.as_deref(), &opts, &progress).await
         },
     ))
+}
+
+async fn target_deploys(
+    State(state): State<Shared>,
+    _auth: Auth,
+    ApiPath(t): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    slipway_hosts::validate_name("target name", &t).map_err(ApiError::invalid)?;
+    state.store.host_target(&t).await?;
+    let deploys = state.store.target_deploys(&t, 100).await?;
+    Ok(Json(json!(deploys)))
 }
 
 async fn target_releases(

@@ -178,7 +178,12 @@ fn print_target(out: &mut impl Write, t: &Value) -> std::io::Result<()> {
         .collect();
     writeln!(out, "Hosts:   {}", hosts.join(", "))?;
     writeln!(out, "Path:    {}", s(t, "path"))?;
-    for (label, key) in [("Restart", "restart"), ("Health", "health"), ("Key", "key")] {
+    for (label, key) in [
+        ("Restart", "restart"),
+        ("Health", "health"),
+        ("URL", "url"),
+        ("Key", "key"),
+    ] {
         if let Some(v) = t[key].as_str() {
             writeln!(out, "{label}: {v}")?;
         }
@@ -392,6 +397,52 @@ pub async fn targets_rollback(
         "rollback",
     )
     .await
+}
+
+/// The deploy runner's deploys to a target, newest first: each with its steps and every host
+/// with the release it runs after it.
+pub async fn targets_deploys(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let deploys = client.get(&format!("/targets/{name}/deploys")).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&deploys)?)?;
+        return Ok(());
+    }
+    for d in deploys.as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "=== #{} {} {} {}{}",
+            d["number"],
+            s(d, "store_name"),
+            s(d, "tag"),
+            s(d, "status"),
+            match d["stage"].as_str() {
+                Some(stage) if !stage.is_empty() => format!(" (stage {stage})"),
+                _ => String::new(),
+            }
+        )?;
+        if let Some(f) = d["failure"].as_str().filter(|f| !f.is_empty()) {
+            writeln!(out, "failure: {f}")?;
+        }
+        for st in d["report"]["steps"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {:<12} {:<12} {}",
+                s(st, "name"),
+                s(st, "status"),
+                s(st, "note")
+            )?;
+        }
+        for h in d["report"]["hosts"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {} runs {}",
+                s(h, "host"),
+                h["running"].as_str().unwrap_or("nothing")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn targets_releases(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {

@@ -95,11 +95,14 @@ fn stage_line(st: &Value) -> String {
         Some(branch) => format!("automatic on {branch}"),
         None => "manual".to_string(),
     };
-    let targets: Vec<&str> = st["targets"]
+    let targets: Vec<String> = st["targets"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|t| s(&t["app"], "name"))
+        .map(|t| match t["host_target"]["name"].as_str() {
+            Some(name) => format!("host:{name}"),
+            None => s(&t["app"], "name").to_string(),
+        })
         .collect();
     let current = match st["current_build"]["number"].as_i64() {
         Some(n) => format!(
@@ -240,7 +243,10 @@ pub async fn targets_add(
         client,
         Method::POST,
         &format!("{}/stages/{stage}/targets", path(pipeline)),
-        json!({ "app": app }),
+        match app.strip_prefix("host:") {
+            Some(host) => json!({ "host": host }),
+            None => json!({ "app": app }),
+        },
     )
     .await?;
     println!("{}", stage_line(&st));
@@ -451,9 +457,12 @@ fn report(result: &Value) -> anyhow::Result<()> {
         bail!("{}", s(result, "message"));
     }
     for r in result["releases"].as_array().into_iter().flatten() {
+        let release = match r["release"].as_str() {
+            Some(release) => release.to_string(),
+            None => format!("v{}", r["version"]),
+        };
         println!(
-            "Released v{} on {} ({}) in {}",
-            r["version"],
+            "Released {release} on {} ({}) in {}",
             s(r, "target"),
             s(r, "slug_checksum"),
             s(result, "stage")
