@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// The router's HTTPS listener, if any: certificates by SNI from `certs:add`, h2 and
     /// http/1.1 by ALPN.
     pub tls_listen: Option<SocketAddr>,
+    /// Router worker threads, each with its own runtime and its own listening socket on the
+    /// router's (and HTTPS) port (`SO_REUSEPORT`); at least 1.
+    pub router_workers: usize,
     /// Apps are served at `<app>.<domain>` by the router.
     pub domain: String,
     /// Stop all dynos when the server stops. Off by default: dynos run under their own
@@ -234,6 +237,48 @@ async fn ensure_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<(Path
     Ok((path, true))
 }
 
+/// One router worker: its own single-threaded runtime serving its own listeners (plain
+/// HTTP, and HTTPS when the server has it) until told to stop.
+fn run_router_worker(
+    router: slipway_router::Router,
+    listener: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    router_stop: impl Future<Output = ()>,
+    tls_stop: impl Future<Output = ()>,
+    router_addr: SocketAddr,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let span = tracing::info_span!("router", addr = %router_addr);
+    runtime.block_on(tracing::Instrument::instrument(
+        async move {
+            let listener = TcpListener::from_std(listener)?;
+            let Some((tls_listener, tls_config)) = tls else {
+                return router.serve(listener, router_stop).await;
+            };
+            let tls_listener = TcpListener::from_std(tls_listener)?;
+            // Both listeners share the router (its rotation state) and stop together.
+            let (http, https) = tokio::join!(
+                router.serve(listener, router_stop),
+                router.serve_tls(tls_listener, tls_config, tls_stop),
+            );
+            http.and(https)
+        },
+        span,
+    ))
+}
+
+/// The router's listening sockets, one per worker, sharing `addr`'s port.
+fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+    what: &str,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    slipway_router::bind_workers(addr, workers)
+        .with_context(|| format!("binding the {what} to {addr} (is another server using it? pass another address or port 0)"))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -294,15 +339,16 @@ pub async fn run(
     slipway_hosts::ReleaseStore::new(&cfg.data_dir).clean_temp();
 
     let api_listener = bind(cfg.api_listen, "API").await?;
-    let router_listener = bind(cfg.router_listen, "router").await?;
+    let workers = cfg.router_workers.max(1);
+    let router_listeners = bind_workers(cfg.router_listen, workers, "router")?;
     let api_addr = reachable(api_listener.local_addr()?);
-    let router_addr = reachable(router_listener.local_addr()?);
-    let tls_listener = match cfg.tls_listen {
-        Some(addr) => Some(bind(addr, "router's HTTPS listener").await?),
+    let router_addr = reachable(router_listeners[0].local_addr()?);
+    let tls_listeners = match cfg.tls_listen {
+        Some(addr) => Some(bind_workers(addr, workers, "router's HTTPS listener")?),
         None => None,
     };
-    let tls_addr = match &tls_listener {
-        Some(l) => Some(reachable(l.local_addr()?)),
+    let tls_addr = match &tls_listeners {
+        Some(l) => Some(reachable(l[0].local_addr()?)),
         None => None,
     };
 
@@ -503,50 +549,63 @@ pub async fn run(
         https_port: tls_addr.map(|a| a.port()),
         ..slipway_router::RouterConfig::default()
     };
-    let tls = match tls_listener {
-        Some(listener) => Some((
-            listener
-                .into_std()
-                .context("handing the HTTPS listener to the router's runtime")?,
+    let tls_config = match tls_listeners {
+        Some(_) => Some(
             state
                 .certs
                 .server_config()
                 .context("setting up TLS for the HTTPS listener")?,
-        )),
+        ),
         None => None,
     };
-    // The router runs on its own single-threaded runtime: a flood of requests cannot starve
-    // the control plane, and a request never hops between threads inside the router.
-    let router_listener = router_listener
-        .into_std()
-        .context("handing the router's listener to its runtime")?;
-    let resolver = state.routes.clone();
-    let router_logs = logs.clone();
-    let router_stop = stopped(stop_rx.clone());
-    let tls_stop = stopped(stop_rx.clone());
+    // The router runs on threads of its own, each with a single-threaded runtime and its own
+    // listening sockets: a flood of requests cannot starve the control plane, and a request
+    // never hops between threads inside the router.
+    let mut tls_listeners = tls_listeners.map(Vec::into_iter);
+    let mut worker_args = Vec::with_capacity(workers);
+    for listener in router_listeners {
+        let tls = match (&mut tls_listeners, &tls_config) {
+            (Some(listeners), Some(config)) => listeners.next().map(|l| (l, config.clone())),
+            _ => None,
+        };
+        worker_args.push((
+            listener,
+            tls,
+            stopped(stop_rx.clone()),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let router = slipway_router::Router::new(router_cfg, state.routes.clone(), logs.clone());
     let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("slipway-router")
-            .build()?;
-        let span = tracing::info_span!("router", addr = %router_addr);
-        runtime.block_on(tracing::Instrument::instrument(
-            async move {
-                let listener = TcpListener::from_std(router_listener)?;
-                let router = slipway_router::Router::new(router_cfg, resolver, router_logs);
-                let Some((tls_listener, tls_config)) = tls else {
-                    return router.serve(listener, router_stop).await;
-                };
-                let tls_listener = TcpListener::from_std(tls_listener)?;
-                // Both listeners share the router (its rotation state) and stop together.
-                let (http, https) = tokio::join!(
-                    router.serve(listener, router_stop),
-                    router.serve_tls(tls_listener, tls_config, tls_stop),
-                );
-                http.and(https)
-            },
-            span,
-        ))
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = worker_args
+                .into_iter()
+                .enumerate()
+                .map(|(i, (listener, tls, router_stop, tls_stop))| {
+                    let router = router.worker();
+                    std::thread::Builder::new()
+                        .name(format!("slipway-router-{i}"))
+                        .spawn_scoped(scope, move || {
+                            run_router_worker(
+                                router,
+                                listener,
+                                tls,
+                                router_stop,
+                                tls_stop,
+                                router_addr,
+                            )
+                        })
+                })
+                .collect::<std::io::Result<_>>()?;
+            let mut result = Ok(());
+            for thread in threads {
+                let done = thread
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a router worker panicked")));
+                result = result.and(done);
+            }
+            result
+        })
     });
 
     on_ready(&Ready {

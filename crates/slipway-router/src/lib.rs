@@ -14,6 +14,7 @@ mod body;
 pub mod drain;
 mod errors;
 mod listen;
+mod pool;
 mod proxy;
 mod rotation;
 pub mod tls;
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 
 pub use drain::{Drained, Drains, InFlight};
 pub use errors::RouterError;
-pub use listen::{serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
+pub use listen::{bind_workers, serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
 
 /// Where a request for an app can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +142,17 @@ impl Router {
     pub fn new(cfg: RouterConfig, resolver: Arc<dyn Resolver>, logs: LogHub) -> Self {
         let proxy = Arc::new(proxy::Proxy::new(cfg.clone(), resolver, logs));
         Self { cfg, proxy }
+    }
+
+    /// The same router for another worker thread: routes, rotation (which dynos refused
+    /// connections), drains and logs are shared; the worker keeps its own keep-alive
+    /// connections to dynos, driven on its own runtime, so none of its requests crosses
+    /// threads.
+    pub fn worker(&self) -> Router {
+        Router {
+            cfg: self.cfg.clone(),
+            proxy: Arc::new(self.proxy.worker()),
+        }
     }
 
     /// Serves plain HTTP on `listener` until `shutdown` resolves.

@@ -11,6 +11,36 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+/// `workers` listening sockets on `addr` (port 0: one free port for all), one per worker
+/// thread: with more than one, they share the port through `SO_REUSEPORT` and the kernel
+/// spreads new connections over them. The sockets are non-blocking, for
+/// [`TcpListener::from_std`] on each worker's runtime. Must run inside a tokio runtime.
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = workers.max(1);
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if workers > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        // The next ones join the port this one got.
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
 /// Bounds on a request's headers, enforced by the HTTP layer (hyper answers 431 itself) and
 /// again by the router for HTTP/2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -898,6 +898,10 @@ pub struct ServerArgs {
     /// The router's HTTPS address (certificates from `certs:add`, by SNI) [default: none]
     #[arg(long, env = "SLIPWAY_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
+    /// Router worker threads, each serving its own share of the router's connections
+    /// [default: the number of CPU cores]
+    #[arg(long, env = "SLIPWAY_ROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub router_workers: Option<u16>,
     /// Apps are served at <app>.<domain> [default: localhost]
     #[arg(long, env = "SLIPWAY_DOMAIN")]
     pub domain: Option<String>,

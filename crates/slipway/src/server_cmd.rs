@@ -22,6 +22,7 @@ struct FileConfig {
     api_listen: Option<SocketAddr>,
     router_listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
+    router_workers: Option<u16>,
     domain: Option<String>,
     stop_dynos_on_exit: Option<bool>,
     admin_email: Option<String>,
@@ -95,6 +96,11 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             None => parse_default(DEFAULT_ROUTER_LISTEN)?,
         },
         tls_listen: args.tls_listen.or(file.tls_listen),
+        router_workers: match args.router_workers.or(file.router_workers) {
+            Some(0) => anyhow::bail!("router_workers in the config file must be at least 1"),
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
         domain: args
             .domain
             .or(file.domain)
@@ -232,6 +238,7 @@ mod tests {
             api_listen: None,
             router_listen: None,
             tls_listen: None,
+            router_workers: None,
             domain: None,
             stop_dynos_on_exit: None,
             admin_email: None,
