@@ -29,6 +29,10 @@ use crate::{control, deploy, git, routes};
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
+    /// The API and git endpoints over HTTPS too, if set: the same certificate store as the
+    /// router's HTTPS listener (the server's own certificates, `certs:add` without an app),
+    /// chosen by SNI.
+    pub api_tls_listen: Option<SocketAddr>,
     pub router_listen: SocketAddr,
     /// The router's HTTPS listener, if any: certificates by SNI from `certs:add`, h2 and
     /// http/1.1 by ALPN.
@@ -79,6 +83,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct Ready {
     pub api_addr: SocketAddr,
+    /// The API's HTTPS address, when it has one.
+    pub api_tls_addr: Option<SocketAddr>,
     pub router_addr: SocketAddr,
     /// The router's HTTPS address, when it has one.
     pub tls_addr: Option<SocketAddr>,
@@ -275,7 +281,7 @@ fn bind_workers(
     workers: usize,
     what: &str,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    slipway_router::bind_workers(addr, workers)
+    slipway_serve::bind_workers(addr, workers)
         .with_context(|| format!("binding the {what} to {addr} (is another server using it? pass another address or port 0)"))
 }
 
@@ -342,6 +348,14 @@ pub async fn run(
     let workers = cfg.router_workers.max(1);
     let router_listeners = bind_workers(cfg.router_listen, workers, "router")?;
     let api_addr = reachable(api_listener.local_addr()?);
+    let api_tls_listener = match cfg.api_tls_listen {
+        Some(addr) => Some(bind(addr, "API's HTTPS listener").await?),
+        None => None,
+    };
+    let api_tls_addr = match &api_tls_listener {
+        Some(l) => Some(reachable(l.local_addr()?)),
+        None => None,
+    };
     let router_addr = reachable(router_listeners[0].local_addr()?);
     let tls_listeners = match cfg.tls_listen {
         Some(addr) => Some(bind_workers(addr, workers, "router's HTTPS listener")?),
@@ -528,17 +542,43 @@ pub async fn run(
     ));
 
     let app = api_routes(state.clone());
-    let limits = slipway_router::ConnectionLimits {
+    let limits = slipway_serve::ConnectionLimits {
         header_read_timeout: cfg.header_read_timeout,
         shutdown_grace: cfg.shutdown_timeout,
     };
+    let api_tls = match api_tls_listener {
+        Some(listener) => Some((
+            listener,
+            state
+                .certs
+                .server_config()
+                .context("setting up TLS for the API's HTTPS listener")?,
+        )),
+        None => None,
+    };
+    let api_stop = stopped(stop_rx.clone());
+    let api_tls_stop = stopped(stop_rx.clone());
     let mut api_task = tokio::spawn(tracing::Instrument::instrument(
-        slipway_router::serve_http(
-            api_listener,
-            limits,
-            stopped(stop_rx.clone()),
-            move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
-        ),
+        async move {
+            let tls_app = app.clone();
+            let http = slipway_serve::serve_http(api_listener, limits, api_stop, move |_peer| {
+                hyper_util::service::TowerToHyperService::new(app.clone())
+            });
+            let Some((listener, tls)) = api_tls else {
+                return http.await;
+            };
+            // The same routes over TLS, under the same limits; both stop together.
+            let https = slipway_serve::serve_tls(
+                listener,
+                tls,
+                limits,
+                slipway_serve::HeaderLimits::default(),
+                api_tls_stop,
+                move |_peer| hyper_util::service::TowerToHyperService::new(tls_app.clone()),
+            );
+            let (http, https) = tokio::join!(http, https);
+            http.and(https)
+        },
         tracing::info_span!("api", addr = %api_addr),
     ));
     let router_cfg = slipway_router::RouterConfig {
@@ -610,6 +650,7 @@ pub async fn run(
 
     on_ready(&Ready {
         api_addr,
+        api_tls_addr,
         router_addr,
         tls_addr,
         admin_token_path,

@@ -13,11 +13,9 @@
 mod body;
 pub mod drain;
 mod errors;
-mod listen;
 mod pool;
 mod proxy;
 mod rotation;
-pub mod tls;
 mod tunnel;
 
 use std::future::Future;
@@ -30,7 +28,11 @@ use tokio::net::TcpListener;
 
 pub use drain::{Drained, Drains, InFlight};
 pub use errors::RouterError;
-pub use listen::{bind_workers, serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
+// The listeners and TLS live in slipway-serve (shared with the API); kept here under their
+// old names for the router's users.
+pub use slipway_serve::{
+    bind_workers, serve_http, serve_tls, serve_with, tls, ConnectionLimits, HeaderLimits,
+};
 
 /// Where a request for an app can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +186,7 @@ impl Router {
     ) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
         let service_for = self.service_for("https", port);
-        listen::serve_tls(
+        slipway_serve::serve_tls(
             listener,
             tls,
             self.limits(),

@@ -892,6 +892,10 @@ pub struct ServerArgs {
     /// API and git address [default: 127.0.0.1:7070]; port 0 picks a free port
     #[arg(long, env = "SLIPWAY_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// The API and git endpoints over HTTPS too (certificates from `certs:add` without an
+    /// app, by SNI) [default: none]
+    #[arg(long, env = "SLIPWAY_API_TLS_LISTEN")]
+    pub api_tls_listen: Option<SocketAddr>,
     /// Router address [default: 127.0.0.1:7080]; port 0 picks a free port
     #[arg(long, env = "SLIPWAY_ROUTER_LISTEN")]
     pub router_listen: Option<SocketAddr>,

@@ -1,6 +1,11 @@
-//! The accept loop every slipway listener uses (router and API, plain and TLS): HTTP/1.1
-//! and HTTP/2 with upgrades, a header read timeout, bounded request headers, and a graceful
-//! shutdown under a deadline.
+//! How slipway serves HTTP, for every listener it has (the router's plain and HTTPS
+//! listeners, the API and git endpoints, plain and HTTPS): listening sockets, one per worker
+//! thread, sharing a port ([`bind_workers`]); the accept loop, HTTP/1.1 and HTTP/2 with
+//! upgrades, a header read timeout, bounded request headers and a graceful shutdown under a
+//! deadline ([`serve_with`], [`serve_tls`]); and TLS with certificates chosen by SNI from one
+//! store ([`tls::CertStore`]).
+
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
