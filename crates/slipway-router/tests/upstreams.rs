@@ -328,5 +328,9 @@ async fn dyno_connections_are_kept_alive_and_reused_across_client_connections() 
         assert_eq!((status, body.as_str()), (200, "up"), "request {i}");
         wait_for_lines(&r, "kept", i + 1).await;
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one dyno connection for all");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one dyno connection for all"
+    );
 }
