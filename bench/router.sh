@@ -32,6 +32,8 @@ if [ -z "${BIN:-}" ]; then
 fi
 bin=$(realpath "$BIN")
 work=$(mktemp -d)
+# Builds and dynos run as other users in directories beside the data directory.
+chmod 711 "$work"
 export SLIPWAY_DATA_DIR=$work/data HOME=$work/home
 mkdir -p "$HOME"
 cleanup() {
@@ -61,14 +63,15 @@ router_port=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.
 mkdir "$work/app" && cp bench/router-app/* "$work/app/"
 (cd "$work/app" && git init -q -b main && git add -A &&
   git -c user.name=bench -c user.email=bench@localhost commit -qm bench &&
-  "$bin" git:remote -a bench >/dev/null && git push -q slipway main 2>/dev/null) || fail "git push failed"
+  "$bin" git:remote -a bench >/dev/null && git push -q slipway main 2>"$work/push.err") ||
+  fail "git push failed: $(tail -20 "$work/push.err")"
 dyno_port=""
 for _ in $(seq 300); do
   dyno_port=$("$bin" logs -a bench -n 50 | grep -o 'listening on port [0-9]*' | tail -1 | grep -o '[0-9]*$' || true)
   [ -n "$dyno_port" ] && curl -fs -H 'Host: bench.localhost' "http://127.0.0.1:$router_port/" >/dev/null && break
   sleep 0.1
 done
-[ -n "$dyno_port" ] || fail "the bench dyno did not come up"
+[ -n "$dyno_port" ] || fail "the bench dyno did not come up: $("$bin" logs -a bench -n 300 2>&1 | grep -v "heroku.router" | tail -15)"
 curl -fsk -H 'Host: bench.localhost' "https://localhost:$tls_port/" >/dev/null || fail "slipway's HTTPS listener does not answer"
 
 # nginx as a reverse proxy with the same job as the router: keep-alive upstream, forwarding
@@ -86,6 +89,9 @@ http {
     access_log tmp/access.log combined buffer=64k;
     client_body_temp_path tmp;
     proxy_temp_path tmp;
+    fastcgi_temp_path tmp;
+    uwsgi_temp_path tmp;
+    scgi_temp_path tmp;
     upstream dyno { server 127.0.0.1:$dyno_port; keepalive 128; }
     server {
         listen 127.0.0.1:$nginx_port;
