@@ -26,6 +26,14 @@ pub fn bind_workers(
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     let workers = workers.max(1);
     let mut addr = addr;
+    if workers > 1 {
+        // SO_REUSEPORT would let these sockets join a port another server of the same user
+        // already serves with it: bind once without it first, so a taken port fails here as
+        // it does for one worker (and port 0 picks the port).
+        let probe = std::net::TcpListener::bind(addr)?;
+        addr = probe.local_addr()?;
+        drop(probe);
+    }
     let mut listeners = Vec::with_capacity(workers);
     for _ in 0..workers {
         let socket = if addr.is_ipv4() {
@@ -268,4 +276,20 @@ where
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_workers;
+
+    #[tokio::test]
+    async fn workers_share_one_port_that_no_other_server_can_join() {
+        let first = bind_workers("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        assert_eq!(first.len(), 2);
+        let addr = first[0].local_addr().expect("addr");
+        assert_eq!(first[1].local_addr().expect("addr"), addr);
+        let second = bind_workers(addr, 2);
+        assert!(second.is_err(), "a second set joined the port");
+        assert!(bind_workers(addr, 1).is_err());
+    }
 }
