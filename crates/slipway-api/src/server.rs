@@ -29,10 +29,17 @@ use crate::{control, deploy, git, routes};
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
+    /// The API and git endpoints over HTTPS too, if set: the same certificate store as the
+    /// router's HTTPS listener (the server's own certificates, `certs:add` without an app),
+    /// chosen by SNI.
+    pub api_tls_listen: Option<SocketAddr>,
     pub router_listen: SocketAddr,
     /// The router's HTTPS listener, if any: certificates by SNI from `certs:add`, h2 and
     /// http/1.1 by ALPN.
     pub tls_listen: Option<SocketAddr>,
+    /// Router worker threads, each with its own runtime and its own listening socket on the
+    /// router's (and HTTPS) port (`SO_REUSEPORT`); at least 1.
+    pub router_workers: usize,
     /// Apps are served at `<app>.<domain>` by the router.
     pub domain: String,
     /// Stop all dynos when the server stops. Off by default: dynos run under their own
@@ -76,6 +83,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct Ready {
     pub api_addr: SocketAddr,
+    /// The API's HTTPS address, when it has one.
+    pub api_tls_addr: Option<SocketAddr>,
     pub router_addr: SocketAddr,
     /// The router's HTTPS address, when it has one.
     pub tls_addr: Option<SocketAddr>,
@@ -234,6 +243,48 @@ async fn ensure_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<(Path
     Ok((path, true))
 }
 
+/// One router worker: its own single-threaded runtime serving its own listeners (plain
+/// HTTP, and HTTPS when the server has it) until told to stop.
+fn run_router_worker(
+    router: slipway_router::Router,
+    listener: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
+    router_stop: impl Future<Output = ()>,
+    tls_stop: impl Future<Output = ()>,
+    router_addr: SocketAddr,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let span = tracing::info_span!("router", addr = %router_addr);
+    runtime.block_on(tracing::Instrument::instrument(
+        async move {
+            let listener = TcpListener::from_std(listener)?;
+            let Some((tls_listener, tls_config)) = tls else {
+                return router.serve(listener, router_stop).await;
+            };
+            let tls_listener = TcpListener::from_std(tls_listener)?;
+            // Both listeners share the router (its rotation state) and stop together.
+            let (http, https) = tokio::join!(
+                router.serve(listener, router_stop),
+                router.serve_tls(tls_listener, tls_config, tls_stop),
+            );
+            http.and(https)
+        },
+        span,
+    ))
+}
+
+/// The router's listening sockets, one per worker, sharing `addr`'s port.
+fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+    what: &str,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    slipway_serve::bind_workers(addr, workers)
+        .with_context(|| format!("binding the {what} to {addr} (is another server using it? pass another address or port 0)"))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -294,15 +345,24 @@ pub async fn run(
     slipway_hosts::ReleaseStore::new(&cfg.data_dir).clean_temp();
 
     let api_listener = bind(cfg.api_listen, "API").await?;
-    let router_listener = bind(cfg.router_listen, "router").await?;
+    let workers = cfg.router_workers.max(1);
+    let router_listeners = bind_workers(cfg.router_listen, workers, "router")?;
     let api_addr = reachable(api_listener.local_addr()?);
-    let router_addr = reachable(router_listener.local_addr()?);
-    let tls_listener = match cfg.tls_listen {
-        Some(addr) => Some(bind(addr, "router's HTTPS listener").await?),
+    let api_tls_listener = match cfg.api_tls_listen {
+        Some(addr) => Some(bind(addr, "API's HTTPS listener").await?),
         None => None,
     };
-    let tls_addr = match &tls_listener {
+    let api_tls_addr = match &api_tls_listener {
         Some(l) => Some(reachable(l.local_addr()?)),
+        None => None,
+    };
+    let router_addr = reachable(router_listeners[0].local_addr()?);
+    let tls_listeners = match cfg.tls_listen {
+        Some(addr) => Some(bind_workers(addr, workers, "router's HTTPS listener")?),
+        None => None,
+    };
+    let tls_addr = match &tls_listeners {
+        Some(l) => Some(reachable(l[0].local_addr()?)),
         None => None,
     };
 
@@ -494,17 +554,43 @@ pub async fn run(
     ));
 
     let app = api_routes(state.clone());
-    let limits = slipway_router::ConnectionLimits {
+    let limits = slipway_serve::ConnectionLimits {
         header_read_timeout: cfg.header_read_timeout,
         shutdown_grace: cfg.shutdown_timeout,
     };
+    let api_tls = match api_tls_listener {
+        Some(listener) => Some((
+            listener,
+            state
+                .certs
+                .server_config()
+                .context("setting up TLS for the API's HTTPS listener")?,
+        )),
+        None => None,
+    };
+    let api_stop = stopped(stop_rx.clone());
+    let api_tls_stop = stopped(stop_rx.clone());
     let mut api_task = tokio::spawn(tracing::Instrument::instrument(
-        slipway_router::serve_http(
-            api_listener,
-            limits,
-            stopped(stop_rx.clone()),
-            move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
-        ),
+        async move {
+            let tls_app = app.clone();
+            let http = slipway_serve::serve_http(api_listener, limits, api_stop, move |_peer| {
+                hyper_util::service::TowerToHyperService::new(app.clone())
+            });
+            let Some((listener, tls)) = api_tls else {
+                return http.await;
+            };
+            // The same routes over TLS, under the same limits; both stop together.
+            let https = slipway_serve::serve_tls(
+                listener,
+                tls,
+                limits,
+                slipway_serve::HeaderLimits::default(),
+                api_tls_stop,
+                move |_peer| hyper_util::service::TowerToHyperService::new(tls_app.clone()),
+            );
+            let (http, https) = tokio::join!(http, https);
+            http.and(https)
+        },
         tracing::info_span!("api", addr = %api_addr),
     ));
     let router_cfg = slipway_router::RouterConfig {
@@ -515,54 +601,68 @@ pub async fn run(
         https_port: tls_addr.map(|a| a.port()),
         ..slipway_router::RouterConfig::default()
     };
-    let tls = match tls_listener {
-        Some(listener) => Some((
-            listener
-                .into_std()
-                .context("handing the HTTPS listener to the router's runtime")?,
+    let tls_config = match tls_listeners {
+        Some(_) => Some(
             state
                 .certs
                 .server_config()
                 .context("setting up TLS for the HTTPS listener")?,
-        )),
+        ),
         None => None,
     };
-    // The router runs on its own single-threaded runtime: a flood of requests cannot starve
-    // the control plane, and a request never hops between threads inside the router.
-    let router_listener = router_listener
-        .into_std()
-        .context("handing the router's listener to its runtime")?;
-    let resolver = state.routes.clone();
-    let router_logs = logs.clone();
-    let router_stop = stopped(stop_rx.clone());
-    let tls_stop = stopped(stop_rx.clone());
+    // The router runs on threads of its own, each with a single-threaded runtime and its own
+    // listening sockets: a flood of requests cannot starve the control plane, and a request
+    // never hops between threads inside the router.
+    let mut tls_listeners = tls_listeners.map(Vec::into_iter);
+    let mut worker_args = Vec::with_capacity(workers);
+    for listener in router_listeners {
+        let tls = match (&mut tls_listeners, &tls_config) {
+            (Some(listeners), Some(config)) => listeners.next().map(|l| (l, config.clone())),
+            _ => None,
+        };
+        worker_args.push((
+            listener,
+            tls,
+            stopped(stop_rx.clone()),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let router = slipway_router::Router::new(router_cfg, state.routes.clone(), logs.clone());
     let mut router_task = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .thread_name("slipway-router")
-            .build()?;
-        let span = tracing::info_span!("router", addr = %router_addr);
-        runtime.block_on(tracing::Instrument::instrument(
-            async move {
-                let listener = TcpListener::from_std(router_listener)?;
-                let router = slipway_router::Router::new(router_cfg, resolver, router_logs);
-                let Some((tls_listener, tls_config)) = tls else {
-                    return router.serve(listener, router_stop).await;
-                };
-                let tls_listener = TcpListener::from_std(tls_listener)?;
-                // Both listeners share the router (its rotation state) and stop together.
-                let (http, https) = tokio::join!(
-                    router.serve(listener, router_stop),
-                    router.serve_tls(tls_listener, tls_config, tls_stop),
-                );
-                http.and(https)
-            },
-            span,
-        ))
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = worker_args
+                .into_iter()
+                .enumerate()
+                .map(|(i, (listener, tls, router_stop, tls_stop))| {
+                    let router = router.worker();
+                    std::thread::Builder::new()
+                        .name(format!("slipway-router-{i}"))
+                        .spawn_scoped(scope, move || {
+                            run_router_worker(
+                                router,
+                                listener,
+                                tls,
+                                router_stop,
+                                tls_stop,
+                                router_addr,
+                            )
+                        })
+                })
+                .collect::<std::io::Result<_>>()?;
+            let mut result = Ok(());
+            for thread in threads {
+                let done = thread
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a router worker panicked")));
+                result = result.and(done);
+            }
+            result
+        })
     });
 
     on_ready(&Ready {
         api_addr,
+        api_tls_addr,
         router_addr,
         tls_addr,
         admin_token_path,

@@ -1,10 +1,8 @@
-//! Request and response bodies as the router passes them on: a request body that can go to
-//! another dyno when the first refused the connection, and a response body that counts its
-//! bytes and reports how it ended, for the router log line.
+//! Response bodies as the router passes them on: counting their bytes and reporting how
+//! they ended, for the router log line.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -12,78 +10,6 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The client's request body on its way to a dyno. Until the connection to the dyno is made
-/// and the body first polled, it stays in a shared slot: if connecting fails, no byte was
-/// sent and [`Reclaimable::reclaim`] gives it back for another dyno.
-pub(crate) struct Reclaimable {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    taken: Option<Incoming>,
-}
-
-impl Reclaimable {
-    pub(crate) fn new(body: Incoming) -> Self {
-        Self {
-            slot: Arc::new(Mutex::new(Some(body))),
-            taken: None,
-        }
-    }
-
-    /// A handle that can take the body back if it was never sent.
-    pub(crate) fn handle(&self) -> Reclaim {
-        Reclaim(self.slot.clone())
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Incoming>> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-pub(crate) struct Reclaim(Arc<Mutex<Option<Incoming>>>);
-
-impl Reclaim {
-    /// The body, if nothing of it was sent.
-    pub(crate) fn reclaim(self) -> Option<Reclaimable> {
-        let body = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        Some(Reclaimable::new(body))
-    }
-}
-
-impl Body for Reclaimable {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.taken.is_none() {
-            let body = self.slot().take();
-            self.taken = body;
-        }
-        match self.taken.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(body) => body.is_end_stream(),
-            None => self.slot().as_ref().is_none_or(Body::is_end_stream),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match &self.taken {
-            Some(body) => body.size_hint(),
-            None => self
-                .slot()
-                .as_ref()
-                .map_or_else(|| http_body::SizeHint::with_exact(0), Body::size_hint),
-        }
-    }
-}
 
 /// How a proxied response body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

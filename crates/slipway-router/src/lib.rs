@@ -13,10 +13,9 @@
 mod body;
 pub mod drain;
 mod errors;
-mod listen;
+mod pool;
 mod proxy;
 mod rotation;
-pub mod tls;
 mod tunnel;
 
 use std::future::Future;
@@ -29,7 +28,11 @@ use tokio::net::TcpListener;
 
 pub use drain::{Drained, Drains, InFlight};
 pub use errors::RouterError;
-pub use listen::{serve_http, serve_tls, serve_with, ConnectionLimits, HeaderLimits};
+// The listeners and TLS live in slipway-serve (shared with the API); kept here under their
+// old names for the router's users.
+pub use slipway_serve::{
+    bind_workers, serve_http, serve_tls, serve_with, tls, ConnectionLimits, HeaderLimits,
+};
 
 /// Where a request for an app can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,17 @@ impl Router {
         Self { cfg, proxy }
     }
 
+    /// The same router for another worker thread: routes, rotation (which dynos refused
+    /// connections), drains and logs are shared; the worker keeps its own keep-alive
+    /// connections to dynos, driven on its own runtime, so none of its requests crosses
+    /// threads.
+    pub fn worker(&self) -> Router {
+        Router {
+            cfg: self.cfg.clone(),
+            proxy: Arc::new(self.proxy.worker()),
+        }
+    }
+
     /// Serves plain HTTP on `listener` until `shutdown` resolves.
     pub async fn serve(
         &self,
@@ -172,7 +186,7 @@ impl Router {
     ) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
         let service_for = self.service_for("https", port);
-        listen::serve_tls(
+        slipway_serve::serve_tls(
             listener,
             tls,
             self.limits(),

@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use slipway_logs::{logfmt_quote, LogHub, Source};
 
-use crate::body::{BodyEnd, BoxError, Counted, Reclaimable};
+use crate::body::{BodyEnd, BoxError, Counted};
 use crate::drain::InFlight;
+use crate::pool::{ConnectError, Lent, Pool};
 use crate::rotation::Rotation;
 use crate::{
     app_from_host, bare_host, tunnel, Resolution, Resolver, RouterConfig, RouterError, Target,
@@ -36,20 +36,29 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// The router's request handling for one worker: shared state (routes, rotation, logs) and
+/// the worker's own pool of dyno connections.
 pub(crate) struct Proxy {
     cfg: RouterConfig,
     resolver: Arc<dyn Resolver>,
     logs: LogHub,
-    client: Client<HttpConnector, Reclaimable>,
-    rotation: Rotation,
+    pool: Arc<Pool>,
+    rotation: Arc<Rotation>,
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 
 /// Everything the router log line says about a request.
 #[derive(Clone)]
 struct RequestLog {
     app_id: String,
-    method: String,
-    path: String,
+    method: Method,
+    /// The request target (path and query), as the client sent it.
+    uri: Uri,
     host: String,
     request_id: String,
     fwd: String,
@@ -91,8 +100,8 @@ struct Answered {
 
 /// How one attempt to send a request to a dyno failed.
 enum Sent {
-    /// No connection: nothing of the request was sent, another dyno may take it.
-    Refused(BoxError),
+    /// No connection: nothing of the request was sent, another dyno may take it (here it is).
+    Refused(BoxError, Box<Request<Incoming>>),
     /// The connection broke after the request (or part of it) went out.
     Failed(BoxError),
 }
@@ -110,12 +119,8 @@ impl RequestLog {
     ) -> Self {
         RequestLog {
             app_id: String::new(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             host: host.split(':').next().unwrap_or_default().to_string(),
             request_id,
             fwd: forwarded_for(req.headers(), via.peer),
@@ -126,14 +131,29 @@ impl RequestLog {
 
     /// The request's fields for a router line. Every value came from the client, so each is
     /// quoted and escaped unless it is a plain token that cannot start another field.
-    fn quoted(&self) -> String {
-        format!(
+    fn quoted(&self) -> Quoted<'_> {
+        Quoted(self)
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+}
+
+/// [`RequestLog::quoted`], written straight into the log line.
+struct Quoted<'a>(&'a RequestLog);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.0;
+        write!(
+            f,
             "method={} path={} host={} request_id={} fwd={}",
-            token(&self.method),
-            logfmt_quote(&self.path),
-            token(&self.host),
-            token(&self.request_id),
-            logfmt_quote(&self.fwd)
+            token(log.method.as_str()),
+            logfmt_quote(log.path()),
+            token(&log.host),
+            token(&log.request_id),
+            logfmt_quote(&log.fwd)
         )
     }
 }
@@ -154,17 +174,25 @@ fn token(value: &str) -> std::borrow::Cow<'_, str> {
 
 impl Proxy {
     pub(crate) fn new(cfg: RouterConfig, resolver: Arc<dyn Resolver>, logs: LogHub) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        let rotation = Rotation::new(cfg.out_of_rotation);
+        let rotation = Arc::new(Rotation::new(cfg.out_of_rotation));
         Self {
             cfg,
             resolver,
             logs,
-            client,
+            pool: Arc::default(),
             rotation,
+        }
+    }
+
+    /// The same router for another worker: shared routes, rotation and logs, its own pool
+    /// of dyno connections (driven on that worker's runtime).
+    pub(crate) fn worker(&self) -> Self {
+        Self {
+            cfg: self.cfg.clone(),
+            resolver: self.resolver.clone(),
+            logs: self.logs.clone(),
+            pool: Arc::default(),
+            rotation: self.rotation.clone(),
         }
     }
 
@@ -284,7 +312,7 @@ impl Proxy {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::LOCATION, location);
-        set(headers, "x-request-id", &log.request_id);
+        set(headers, X_REQUEST_ID, &log.request_id);
         response
     }
 
@@ -304,14 +332,23 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let client_version = parts.version;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-        strip_hop_by_hop(&mut parts.headers);
-        let headers = &mut parts.headers;
+        let client_version = req.version();
+        // Dynos get origin-form targets (`/path?query`), whatever form the client used.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(
+                req.uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_11;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
         if !headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(&log.host) {
                 headers.insert(header::HOST, v);
@@ -321,58 +358,42 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set(headers, "x-forwarded-for", &log.fwd);
-        set(headers, "x-forwarded-proto", log.via.scheme);
-        set(headers, "x-forwarded-port", &log.via.port.to_string());
-        set(headers, "x-request-id", &log.request_id);
-        set(
-            headers,
-            "x-request-start",
-            &chrono::Utc::now().timestamp_millis().to_string(),
+        set(headers, X_FORWARDED_FOR, &log.fwd);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(log.via.scheme));
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(log.via.port));
+        set(headers, X_REQUEST_ID, &log.request_id);
+        headers.insert(
+            X_REQUEST_START,
+            HeaderValue::from(chrono::Utc::now().timestamp_millis()),
         );
-        set(headers, "via", "1.1 slipway");
+        headers.insert(header::VIA, HeaderValue::from_static("1.1 slipway"));
 
         let sent = Instant::now();
         let deadline = tokio::time::Instant::now() + self.cfg.request_timeout;
-        let mut body = Some(Reclaimable::new(body));
-        let mut last_dyno: Option<String> = None;
+        let mut outbound = Some(req);
+        let mut last_dyno: Option<&str> = None;
         let mut resolved_again = false;
         loop {
             for i in self.rotation.order(&backends, sent) {
                 let (dyno, addr) = &backends[i];
-                last_dyno = Some(dyno.clone());
-                let Some(this_body) = body.take() else { break };
-                let reclaim = this_body.handle();
-                // The pooled client takes absolute URIs; a connection of our own, the path.
-                let uri = if upgrade.is_some() {
-                    path.parse()
-                } else {
-                    format!("http://{addr}{path}").parse()
-                };
-                let Ok(uri) = uri else {
-                    return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
-                };
-                let mut outbound = Request::new(this_body);
-                *outbound.method_mut() = parts.method.clone();
-                *outbound.uri_mut() = uri;
-                *outbound.version_mut() = http::Version::HTTP_11;
-                *outbound.headers_mut() = parts.headers.clone();
+                last_dyno = Some(dyno);
+                let Some(this) = outbound.take() else { break };
                 // Counted until the response body reached the client (or the tunnel closed).
                 let in_flight = self.cfg.drains.begin(*addr);
-                let sending = self.send(outbound, *addr, upgrade.is_some());
-                let response = match tokio::time::timeout_at(deadline, sending).await {
+                let sending = self.send(this, *addr, upgrade.is_some());
+                let (response, lent) = match tokio::time::timeout_at(deadline, sending).await {
                     Err(_) => return self.fail(RouterError::RequestTimeout, &log, Some(dyno)),
-                    Ok(Err(Sent::Refused(e))) => {
+                    Ok(Err(Sent::Refused(e, back))) => {
                         tracing::info!(error = %e, dyno, %addr, "dyno refused the connection: out of rotation");
                         self.rotation.refused(*addr, Instant::now());
-                        body = reclaim.reclaim();
+                        outbound = Some(*back);
                         continue;
                     }
                     Ok(Err(Sent::Failed(e))) => {
                         tracing::debug!(error = %e, dyno, "forwarding failed");
                         return self.fail(RouterError::ConnectionClosed, &log, Some(dyno));
                     }
-                    Ok(Ok(response)) => response,
+                    Ok(Ok(answer)) => answer,
                 };
                 self.rotation.accepted(*addr);
                 let timing = Timing {
@@ -394,6 +415,7 @@ impl Proxy {
                     }
                     _ => self.respond(
                         response,
+                        lent,
                         client_version,
                         dyno,
                         log,
@@ -401,7 +423,7 @@ impl Proxy {
                     ),
                 };
             }
-            if resolved_again || body.is_none() {
+            if resolved_again || outbound.is_none() {
                 break;
             }
             resolved_again = true;
@@ -412,32 +434,54 @@ impl Proxy {
                 } if !fresh.is_empty() && fresh != backends => backends = fresh,
                 _ => break,
             }
+            last_dyno = None;
         }
+        let last_dyno = last_dyno.map(str::to_string);
         self.fail(RouterError::ConnectionClosed, &log, last_dyno.as_deref())
     }
 
-    /// One attempt to send a request to a dyno.
+    /// One attempt to send a request to a dyno: on a pooled keep-alive connection of this
+    /// worker's, or (`upgrade`) on a connection of its own that never goes back to the pool.
+    /// The answer comes with the connection to put back once its body was read through.
     async fn send(
         &self,
-        req: Request<Reclaimable>,
+        req: Request<Incoming>,
         addr: SocketAddr,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, Sent> {
-        if !upgrade {
-            return self.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    Sent::Refused(e.into())
-                } else {
-                    Sent::Failed(e.into())
-                }
-            });
+    ) -> Result<(Response<Incoming>, Option<Lent>), Sent> {
+        if upgrade {
+            return self.send_upgrade(req, addr).await.map(|r| (r, None));
         }
-        // An upgraded connection is the client's alone: never from or back to the pool.
+        let mut req = req;
+        loop {
+            let mut conn = match self.pool.checkout(addr, CONNECT_TIMEOUT).await {
+                Ok(conn) => conn,
+                Err(ConnectError::Refused(e)) => return Err(Sent::Refused(e, Box::new(req))),
+                Err(ConnectError::Failed(e)) => return Err(Sent::Failed(e)),
+            };
+            match conn.sender.try_send_request(req).await {
+                Ok(response) => return Ok((response, Some(conn.lend()))),
+                Err(mut e) => match e.take_message() {
+                    // A kept-alive connection the dyno closed before the request went out:
+                    // nothing was sent, so the request goes on another connection.
+                    Some(back) if conn.reused => req = back,
+                    _ => return Err(Sent::Failed(e.into_error().into())),
+                },
+            }
+        }
+    }
+
+    /// An upgraded connection is the client's alone: never from or back to the pool.
+    async fn send_upgrade(
+        &self,
+        req: Request<Incoming>,
+        addr: SocketAddr,
+    ) -> Result<Response<Incoming>, Sent> {
         let stream =
             match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
             {
-                Err(_) => return Err(Sent::Refused("connect timed out".into())),
-                Ok(Err(e)) => return Err(Sent::Refused(e.into())),
+                Err(_) => return Err(Sent::Refused("connect timed out".into(), Box::new(req))),
+                Ok(Err(e)) => return Err(Sent::Refused(e.into(), Box::new(req))),
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
@@ -463,6 +507,7 @@ impl Proxy {
     fn respond(
         &self,
         response: Response<Incoming>,
+        lent: Option<Lent>,
         client_version: http::Version,
         dyno: &str,
         log: RequestLog,
@@ -484,6 +529,10 @@ impl Proxy {
         } = timing;
         let on_done = move |bytes: u64, end: BodyEnd| {
             drop(in_flight);
+            // Only a response read to its end leaves the connection ready for the next one.
+            if let (BodyEnd::Complete, Some(lent)) = (end, lent) {
+                lent.put_back();
+            }
             let line = match end {
                 BodyEnd::Complete => format!(
                     "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
@@ -623,7 +672,7 @@ fn error_response(error: RouterError, request_id: &str) -> Response<ProxyBody> {
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, no-store"),
     );
-    set(headers, "x-request-id", request_id);
+    set(headers, X_REQUEST_ID, request_id);
     response
 }
 
@@ -649,9 +698,9 @@ fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
         .flatten()
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), v);
+        headers.insert(name, v);
     }
 }
 

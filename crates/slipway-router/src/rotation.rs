@@ -17,6 +17,9 @@ const SWEEP_AT: usize = 1024;
 pub(crate) struct Rotation {
     next: AtomicUsize,
     out_for: Duration,
+    /// How many entries `refused_until` has: while none, no request takes its lock (every
+    /// router worker shares this state).
+    entries: AtomicUsize,
     /// Dyno address -> when it may take requests again.
     refused_until: Mutex<HashMap<SocketAddr, Instant>>,
 }
@@ -26,6 +29,7 @@ impl Rotation {
         Self {
             next: AtomicUsize::new(0),
             out_for,
+            entries: AtomicUsize::new(0),
             refused_until: Mutex::new(HashMap::new()),
         }
     }
@@ -37,6 +41,9 @@ impl Rotation {
         let n = backends.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let turn = (0..n).map(|i| (first + i) % n);
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return turn.collect();
+        }
         let refused = self.lock();
         if refused.is_empty() {
             return turn.collect();
@@ -58,14 +65,17 @@ impl Rotation {
             refused.retain(|_, until| *until > now);
         }
         refused.insert(addr, now + self.out_for);
+        self.entries.store(refused.len(), Ordering::Release);
     }
 
     /// `addr` took a connection: back in rotation at once.
     pub(crate) fn accepted(&self, addr: SocketAddr) {
-        let mut refused = self.lock();
-        if !refused.is_empty() {
-            refused.remove(&addr);
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return;
         }
+        let mut refused = self.lock();
+        refused.remove(&addr);
+        self.entries.store(refused.len(), Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {

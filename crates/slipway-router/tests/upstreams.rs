@@ -313,3 +313,24 @@ async fn oversized_request_headers_get_431_and_never_reach_a_dyno() {
         many[2..].len()
     );
 }
+
+#[tokio::test]
+async fn dyno_connections_are_kept_alive_and_reused_across_client_connections() {
+    let r = router().await;
+    let (up, accepted) = echo_backend("up").await;
+    r.table.set("kept", Target::Up(vec![("web.1".into(), up)]));
+    // Each request on a client connection of its own, one after the other: the router's
+    // connection to the dyno goes back to its pool once a response was read through.
+    for i in 0..10 {
+        let (status, _, body) =
+            slipway_testkit::http_async(r.addr, "GET", "/", &[("Host", "kept.localhost")], None)
+                .await;
+        assert_eq!((status, body.as_str()), (200, "up"), "request {i}");
+        wait_for_lines(&r, "kept", i + 1).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one dyno connection for all"
+    );
+}

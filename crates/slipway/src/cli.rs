@@ -905,12 +905,20 @@ pub struct ServerArgs {
     /// API and git address [default: 127.0.0.1:7070]; port 0 picks a free port
     #[arg(long, env = "SLIPWAY_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
+    /// The API and git endpoints over HTTPS too (certificates from `certs:add` without an
+    /// app, by SNI) [default: none]
+    #[arg(long, env = "SLIPWAY_API_TLS_LISTEN")]
+    pub api_tls_listen: Option<SocketAddr>,
     /// Router address [default: 127.0.0.1:7080]; port 0 picks a free port
     #[arg(long, env = "SLIPWAY_ROUTER_LISTEN")]
     pub router_listen: Option<SocketAddr>,
     /// The router's HTTPS address (certificates from `certs:add`, by SNI) [default: none]
     #[arg(long, env = "SLIPWAY_TLS_LISTEN")]
     pub tls_listen: Option<SocketAddr>,
+    /// Router worker threads, each serving its own share of the router's connections
+    /// [default: the number of CPU cores]
+    #[arg(long, env = "SLIPWAY_ROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub router_workers: Option<u16>,
     /// Apps are served at <app>.<domain> [default: localhost]
     #[arg(long, env = "SLIPWAY_DOMAIN")]
     pub domain: Option<String>,

@@ -20,8 +20,10 @@ pub const DEFAULT_ROUTER_LISTEN: &str = "127.0.0.1:7080";
 struct FileConfig {
     data_dir: Option<PathBuf>,
     api_listen: Option<SocketAddr>,
+    api_tls_listen: Option<SocketAddr>,
     router_listen: Option<SocketAddr>,
     tls_listen: Option<SocketAddr>,
+    router_workers: Option<u16>,
     domain: Option<String>,
     stop_dynos_on_exit: Option<bool>,
     admin_email: Option<String>,
@@ -90,11 +92,17 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             Some(a) => a,
             None => parse_default(DEFAULT_API_LISTEN)?,
         },
+        api_tls_listen: args.api_tls_listen.or(file.api_tls_listen),
         router_listen: match args.router_listen.or(file.router_listen) {
             Some(a) => a,
             None => parse_default(DEFAULT_ROUTER_LISTEN)?,
         },
         tls_listen: args.tls_listen.or(file.tls_listen),
+        router_workers: match args.router_workers.or(file.router_workers) {
+            Some(0) => anyhow::bail!("router_workers in the config file must be at least 1"),
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
         domain: args
             .domain
             .or(file.domain)
@@ -196,6 +204,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let domain = cfg.domain.clone();
     slipway_api::run(cfg, shutdown_signal(), |ready: &Ready| {
         println!("slipway API listening on http://{}", ready.api_addr);
+        if let Some(tls) = ready.api_tls_addr {
+            println!(
+                "slipway API listening on https://{tls} (git too; the server's own certificates from certs:add)"
+            );
+        }
         println!(
             "slipway router listening on http://{} (apps at http://APP.{domain}:{}/)",
             ready.router_addr,
@@ -230,8 +243,10 @@ mod tests {
             config: None,
             data_dir: None,
             api_listen: None,
+            api_tls_listen: None,
             router_listen: None,
             tls_listen: None,
+            router_workers: None,
             domain: None,
             stop_dynos_on_exit: None,
             admin_email: None,

@@ -437,6 +437,9 @@ fn isolate(cmd: &mut Command, home: &Path) {
         "SLIPWAY_CONFIG",
         "GIT_DIR",
         "GIT_WORK_TREE",
+        // A test names the CA git trusts (`-c http.sslCAInfo`); the host's must not win.
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_NO_VERIFY",
     ] {
         cmd.env_remove(var);
     }

@@ -1,6 +1,11 @@
-//! The accept loop every slipway listener uses (router and API, plain and TLS): HTTP/1.1
-//! and HTTP/2 with upgrades, a header read timeout, bounded request headers, and a graceful
-//! shutdown under a deadline.
+//! How slipway serves HTTP, for every listener it has (the router's plain and HTTPS
+//! listeners, the API and git endpoints, plain and HTTPS): listening sockets, one per worker
+//! thread, sharing a port ([`bind_workers`]); the accept loop, HTTP/1.1 and HTTP/2 with
+//! upgrades, a header read timeout, bounded request headers and a graceful shutdown under a
+//! deadline ([`serve_with`], [`serve_tls`]); and TLS with certificates chosen by SNI from one
+//! store ([`tls::CertStore`]).
+
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +15,44 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+/// `workers` listening sockets on `addr` (port 0: one free port for all), one per worker
+/// thread: with more than one, they share the port through `SO_REUSEPORT` and the kernel
+/// spreads new connections over them. The sockets are non-blocking, for
+/// [`TcpListener::from_std`] on each worker's runtime. Must run inside a tokio runtime.
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = workers.max(1);
+    let mut addr = addr;
+    if workers > 1 {
+        // SO_REUSEPORT would let these sockets join a port another server of the same user
+        // already serves with it: bind once without it first, so a taken port fails here as
+        // it does for one worker (and port 0 picks the port).
+        let probe = std::net::TcpListener::bind(addr)?;
+        addr = probe.local_addr()?;
+        drop(probe);
+    }
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if workers > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        // The next ones join the port this one got.
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
 
 /// Bounds on a request's headers, enforced by the HTTP layer (hyper answers 431 itself) and
 /// again by the router for HTTP/2.
@@ -233,4 +276,20 @@ where
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_workers;
+
+    #[tokio::test]
+    async fn workers_share_one_port_that_no_other_server_can_join() {
+        let first = bind_workers("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        assert_eq!(first.len(), 2);
+        let addr = first[0].local_addr().expect("addr");
+        assert_eq!(first[1].local_addr().expect("addr"), addr);
+        let second = bind_workers(addr, 2);
+        assert!(second.is_err(), "a second set joined the port");
+        assert!(bind_workers(addr, 1).is_err());
+    }
 }
