@@ -330,9 +330,19 @@ impl Proxy {
         mut backends: Vec<(String, SocketAddr)>,
         log: RequestLog,
     ) -> Response<ProxyBody> {
-        let upgrade = upgrade_protocol(&req);
+        let h2_websocket = tunnel::is_h2_websocket(&req);
+        let upgrade = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            upgrade_protocol(&req)
+        };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let client_version = req.version();
+        if h2_websocket {
+            let (mut parts, body) = req.into_parts();
+            tunnel::h2_websocket_to_h1(&mut parts.method, &mut parts.headers);
+            req = Request::from_parts(parts, body);
+        }
         // Dynos get origin-form targets (`/path?query`), whatever form the client used.
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             let mut parts = http::uri::Parts::default();
@@ -583,6 +593,9 @@ impl Proxy {
             parts.headers.insert(header::UPGRADE, protocol);
         }
         parts.version = client_version;
+        if client_version == http::Version::HTTP_2 {
+            tunnel::h1_switch_to_h2_answer(&mut parts);
+        }
         let span = tracing::debug_span!("upgraded", app = %log.app_id, dyno);
         let idle_timeout = self.cfg.idle_timeout;
         tokio::spawn(tracing::Instrument::instrument(

@@ -1,6 +1,11 @@
 //! The byte tunnel behind an HTTP/1.1 upgrade (WebSockets): client and dyno connected both
 //! ways, closed after the router's idle window passes with no traffic in either direction
 //! (Heroku's 55 s rolling window, reset by every read on either side).
+//!
+//! WebSockets over HTTP/2 (RFC 8441 extended CONNECT: `:method CONNECT`, `:protocol
+//! websocket`) use the same tunnel: dynos speak HTTP/1.1, so the router asks the dyno for an
+//! ordinary `Upgrade: websocket` (with a key of its own: h2 has none), and answers the
+//! client's stream with 200 once the dyno said 101; the h2 stream is then the client's side.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,10 +13,57 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+/// Whether `req` is an HTTP/2 extended CONNECT for a WebSocket (RFC 8441).
+pub(crate) fn is_h2_websocket<B>(req: &http::Request<B>) -> bool {
+    req.version() == http::Version::HTTP_2
+        && req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an h2 WebSocket CONNECT's head into the HTTP/1.1 opening handshake a dyno expects:
+/// `GET` with `Sec-WebSocket-Key` (a fresh one: RFC 8441 drops the key) and
+/// `Sec-WebSocket-Version: 13` unless the client sent one. The caller adds `Connection` and
+/// `Upgrade`.
+pub(crate) fn h2_websocket_to_h1(method: &mut http::Method, headers: &mut HeaderMap) {
+    *method = http::Method::GET;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    if !headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+}
+
+/// The dyno's 101 as the answer to an h2 CONNECT: 200, without the HTTP/1.1 handshake's
+/// connection-specific headers (`Sec-WebSocket-Accept` answers the router's key, not the
+/// client's).
+pub(crate) fn h1_switch_to_h2_answer(parts: &mut http::response::Parts) {
+    parts.status = http::StatusCode::OK;
+    parts.version = http::Version::HTTP_2;
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        parts.headers.remove(name);
+    }
+}
 
 /// Waits for both sides to finish the upgrade, then copies bytes both ways until either side
 /// closes or nothing moves for `idle`.

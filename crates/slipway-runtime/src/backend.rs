@@ -280,6 +280,17 @@ pub trait DynoBackend: Send + Sync + 'static {
     /// Removes everything the dyno left: its container, its directory. Blocking.
     fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError>;
 
+    /// What runs a health check's `command` (`health.rs`) inside the running dyno, with its
+    /// environment, working directory and user: by default the dyno's own launch with the
+    /// command in place of its process (plain processes); containers override it (`runc
+    /// exec`).
+    fn check_command(&self, dyno: &DynoSpec, argv: &[String]) -> Result<Launch, RuntimeError> {
+        let mut launch = self.launch(dyno)?;
+        launch.program = shell().into();
+        launch.args = vec!["-c".into(), wrapped_command(&shell_words(argv))];
+        Ok(launch)
+    }
+
     /// Like [`DynoBackend::prepare`], for a one-off dyno (`oneoff.rs`), which may run on a
     /// terminal.
     fn prepare_one_off(&self, dyno: &DynoSpec, _terminal: bool) -> Result<(), RuntimeError> {
@@ -326,6 +337,14 @@ pub(crate) fn command(launch: &Launch) -> tokio::process::Command {
         cmd.uid(uid).gid(gid);
     }
     cmd
+}
+
+/// `argv` as one shell command line, each word single-quoted.
+pub(crate) fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub(crate) const PATH: &str = "/usr/local/bin:/usr/bin:/bin";

@@ -413,6 +413,22 @@ impl DynoBackend for OciBackend {
         self.write_bundle(dyno)
     }
 
+    /// `runc exec` in the dyno's container: the process gets the container's own
+    /// environment, working directory (`/app`) and user from its bundle.
+    fn check_command(&self, dyno: &DynoSpec, argv: &[String]) -> Result<Launch, RuntimeError> {
+        let mut args: Vec<String> = vec!["--root".into(), self.state_dir.display().to_string()];
+        args.extend(["exec", &dyno.id, shell(), "-c"].map(String::from));
+        args.push(wrapped_command(&crate::backend::shell_words(argv)));
+        Ok(Launch {
+            program: self.binary.clone(),
+            args,
+            env: vec![("PATH".into(), PATH.into())],
+            cwd: dyno.dir.clone(),
+            user: None,
+            kill_group_on_exit: true,
+        })
+    }
+
     fn launch(&self, dyno: &DynoSpec) -> Result<Launch, RuntimeError> {
         let mut args: Vec<String> = vec!["--root".into(), self.state_dir.display().to_string()];
         args.extend(["run", "--keep", "--bundle"].map(String::from));

@@ -211,7 +211,9 @@ where
         .max_headers(headers.max_count.saturating_add(1));
     builder
         .http2()
-        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
+        // WebSockets over h2 (RFC 8441 extended CONNECT; see tunnel.rs).
+        .enable_connect_protocol();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

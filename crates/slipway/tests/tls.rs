@@ -427,6 +427,246 @@ fn the_api_and_git_are_served_over_https_with_the_servers_own_certificate() {
 
     // The server's own certificate (no --app) for the name clients use for the API.
     let leaf = ca.leaf(&dir, "api", &["localhost"]);
+/// A WebSocket echo app in plain Python (no libraries): answers the HTTP/1.1 opening
+/// handshake with 101 (and `X-Proto` = the `X-Forwarded-Proto` it saw), then echoes each
+/// frame's payload prefixed with `echo:` until a close frame.
+const WS_ECHO_APP: &str = r#"import base64, hashlib, os, socketserver, struct
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        first = self.rfile.readline()
+        headers = {}
+        while True:
+            line = self.rfile.readline().decode("latin-1").strip()
+            if not line:
+                break
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if headers.get("upgrade", "").lower() != "websocket":
+            body = b"not a websocket\n"
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            return
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + GUID).encode()).digest()).decode()
+        self.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Accept: " + accept + "\r\nX-Proto: " + headers.get("x-forwarded-proto", "") + "\r\n\r\n").encode())
+        while True:
+            h = self.rfile.read(2)
+            if len(h) < 2:
+                return
+            op, n, masked = h[0] & 0x0F, h[1] & 0x7F, h[1] & 0x80
+            if n == 126:
+                n = struct.unpack(">H", self.rfile.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4) if masked else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            if op == 8:
+                self.wfile.write(b"\x88\x00")
+                return
+            reply = b"echo:" + data
+            self.wfile.write(bytes([0x80 | op, len(reply)]) + reply)
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+S(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// A masked (client) WebSocket text frame, payload under 126 bytes.
+fn ws_client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![
+        0x81,
+        0x80 | u8::try_from(payload.len()).expect("short payload"),
+    ];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The payloads of the complete unmasked (server) frames at the start of `buf`, removed
+/// from it.
+fn ws_server_frames(buf: &mut Vec<u8>) -> Vec<String> {
+    let mut out = Vec::new();
+    while buf.len() >= 2 && buf.len() >= 2 + usize::from(buf[1] & 0x7F) {
+        let n = usize::from(buf[1] & 0x7F);
+        out.push(String::from_utf8_lossy(&buf[2..2 + n]).into_owned());
+        buf.drain(..2 + n);
+    }
+    out
+}
+
+/// What an h2 WebSocket exchange got.
+#[derive(Debug)]
+struct H2Socket {
+    connect_protocol_enabled: bool,
+    status: u16,
+    x_proto: Option<String>,
+    echoed: Vec<String>,
+}
+
+/// Over TLS with SNI `host` (ALPN h2 only): an RFC 8441 extended CONNECT (`:protocol
+/// websocket`) to `path`, then each of `messages` as a WebSocket frame, reading one echo
+/// frame per message.
+fn h2_websocket(
+    port: u16,
+    host: &str,
+    ca: &Ca,
+    path: &str,
+    messages: &[&str],
+) -> Result<H2Socket, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let exchange = async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.issuer.der().clone()).expect("ca root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from(host.to_string()).expect("server name");
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (client, conn) = h2::client::handshake(stream)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let mut client = client.ready().await.map_err(|e| format!("h2 ready: {e}"))?;
+        // The server's SETTINGS (SETTINGS_ENABLE_CONNECT_PROTOCOL) arrive on the connection
+        // task; wait for them to be acknowledged rather than guessing a delay.
+        let connect_protocol_enabled =
+            slipway_testkit::wait_until(10, "the server's h2 SETTINGS", || {
+                let enabled = client.is_extended_connect_protocol_enabled();
+                async move {
+                    tokio::task::yield_now().await;
+                    enabled.then_some(true)
+                }
+            })
+            .await;
+        let request = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("https://{host}:{port}{path}"))
+            .header("sec-websocket-version", "13")
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .body(())
+            .expect("request");
+        let (response, mut send) = client
+            .send_request(request, false)
+            .map_err(|e| format!("send CONNECT: {e}"))?;
+        let response = response.await.map_err(|e| format!("CONNECT answer: {e}"))?;
+        let status = response.status().as_u16();
+        let x_proto = response
+            .headers()
+            .get("x-proto")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut recv = response.into_body();
+        let mut echoed = Vec::new();
+        let mut buf = Vec::new();
+        for message in messages {
+            send.send_data(Bytes::from(ws_client_frame(message.as_bytes())), false)
+                .map_err(|e| format!("send frame: {e}"))?;
+            let before = echoed.len();
+            while echoed.len() == before {
+                let chunk = recv
+                    .data()
+                    .await
+                    .ok_or("the stream ended before the echo")?
+                    .map_err(|e| format!("read frame: {e}"))?;
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                echoed.extend(ws_server_frames(&mut buf));
+            }
+        }
+        // Close: a close frame, then the end of our half of the stream.
+        let mut close = vec![0x88, 0x80];
+        close.extend_from_slice(&[0, 0, 0, 0]);
+        let _ = send.send_data(Bytes::from(close), true);
+        Ok(H2Socket {
+            connect_protocol_enabled,
+            status,
+            x_proto,
+            echoed,
+        })
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
+    })
+}
+
+/// An HTTP/1.1 WebSocket to the plain router port: the opening handshake for `host`, then
+/// one frame and its echo. Returns the 101's head and the echoed payload.
+fn h1_websocket(port: u16, host: &str, message: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .expect("handshake");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).expect("read 101");
+        assert!(
+            n > 0,
+            "closed before the 101: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut rest = buf[head_end..].to_vec();
+    stream
+        .write_all(&ws_client_frame(message.as_bytes()))
+        .expect("frame");
+    loop {
+        if let Some(echo) = ws_server_frames(&mut rest).into_iter().next() {
+            return (head, echo);
+        }
+        let n = stream.read(&mut chunk).expect("read echo");
+        assert!(n > 0, "closed before the echo");
+        rest.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn websockets_echo_over_h2_extended_connect_and_http1_upgrades() {
+    let server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
+    let port = tls_port(&server);
+    let dir = server.root.path().to_path_buf();
+    let repo = server.repo_with(
+        "sock-src",
+        &[
+            ("Procfile", "web: python3 server.py\n"),
+            ("server.py", WS_ECHO_APP),
+        ],
+    );
+    server.cli_ok(&repo, &["apps:create", "sock"]);
+    server.git_ok(&repo, &["push", "slipway", "main"]);
+    support::wait_for(90, "sock to serve", || {
+        (server.app_get("sock", "/").0 == 200).then_some(())
+    });
+    server.cli_ok(&dir, &["domains:add", "ws.sock.test", "-a", "sock"]);
+    let ca = Ca::new();
+    let leaf = ca.leaf(&dir, "sock", &["ws.sock.test"]);
     server.cli_ok(
         &dir,
         &[
@@ -480,4 +720,48 @@ fn the_api_and_git_are_served_over_https_with_the_servers_own_certificate() {
         "{}",
         text(&untrusted)
     );
+            "-a",
+            "sock",
+        ],
+    );
+
+    // h2 (RFC 8441): the server advertises extended CONNECT, the dyno's 101 becomes 200, and
+    // frames go both ways over the h2 stream.
+    let got = h2_websocket(port, "ws.sock.test", &ca, "/chat", &["hello", "world"])
+        .expect("WebSocket over h2");
+    assert!(got.connect_protocol_enabled, "{got:?}");
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.x_proto.as_deref(), Some("https"), "{got:?}");
+    assert_eq!(got.echoed, ["echo:hello", "echo:world"], "{got:?}");
+
+    // HTTP/1.1 upgrade on the plain listener, same app.
+    let (head, echo) = h1_websocket(
+        server.router_port,
+        &format!("sock.localhost:{}", server.router_port),
+        "plain",
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
+    assert!(
+        head.contains("X-Proto: http\r\n") || head.contains("x-proto: http\r\n"),
+        "{head}"
+    );
+    assert_eq!(echo, "echo:plain");
+
+    // Both are router lines with the switch (101, the dyno's answer) and the client's
+    // method and listener.
+    support::wait_for(30, "router lines for both WebSockets", || {
+        let logs = server.cli_ok(&dir, &["logs", "-a", "sock", "-n", "200"]);
+        let switched = |method: &str, protocol: &str| {
+            logs.lines().any(|l| {
+                l.contains(&format!("method={method} path=\"/chat\""))
+                    && l.contains("status=101")
+                    && l.ends_with(&format!("protocol={protocol}"))
+            })
+        };
+        (switched("CONNECT", "https") && switched("GET", "http")).then_some(())
+    });
 }

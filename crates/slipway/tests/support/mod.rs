@@ -185,6 +185,11 @@ impl Server {
         })
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
     /// Kills the server with SIGKILL, as a crash or the OOM killer would.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("server running");
