@@ -278,7 +278,9 @@ async fn build_and_release(
         .map_err(|e| format!("could not create the slug directory: {e}"))?;
     let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
     let (compiled, info) = compile(state, app, build, &src, &slug_path, out).await?;
-    drop(tmp);
+    // Removing the build directory (a virtualenv is thousands of files) is no reason to make
+    // the push wait: it goes in the background.
+    tokio::task::spawn_blocking(move || drop(tmp));
 
     if out.gone() {
         let _ = tokio::fs::remove_file(&slug_path).await;

@@ -406,13 +406,7 @@ fn root_dir(path: &Path) -> Result<(), RuntimeError> {
 /// The dyno's directory, fresh: `<dir>` (root's, 0711) holding `app/`, an unpack of the slug
 /// given to the app's user once it is complete.
 pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
-    if dyno.dir.exists() {
-        std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
-    }
-    if let Some(parent) = dyno.dir.parent() {
-        root_dir(parent)?;
-    }
-    root_dir(&dyno.dir)?;
+    empty_dyno_dir(dyno)?;
     slipway_build::unpack_slug(&dyno.slug_path, &dyno.slug_checksum, &dyno.dir).map_err(
         |source| RuntimeError::Slug {
             dyno: dyno.name.clone(),
@@ -427,6 +421,17 @@ pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
         chown_tree(&app, u)?;
     }
     Ok(app)
+}
+
+/// The dyno's directory, empty (root's, 0711; whatever a previous run left is removed).
+pub(crate) fn empty_dyno_dir(dyno: &DynoSpec) -> Result<(), RuntimeError> {
+    if dyno.dir.exists() {
+        std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
+    }
+    if let Some(parent) = dyno.dir.parent() {
+        root_dir(parent)?;
+    }
+    root_dir(&dyno.dir)
 }
 
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {

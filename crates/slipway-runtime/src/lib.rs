@@ -34,6 +34,7 @@ mod oci;
 mod oneoff;
 mod plain;
 mod process;
+mod releasedir;
 mod restart;
 mod rollout;
 pub mod settings;

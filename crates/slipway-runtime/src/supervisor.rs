@@ -341,6 +341,7 @@ impl Supervisor {
         let mut stop = self.stop.clone();
         if let (Some(addr), false) = (addr, already_up) {
             let boot_timeout = self.inner.boot_timeout(&self.dyno.release);
+            let booting = Instant::now();
             enum Boot {
                 Bound(bool),
                 Exited(ExitRecord),
@@ -352,7 +353,9 @@ impl Supervisor {
                 _ = stop.wait_for(|s| *s) => Boot::Stop,
             };
             match boot {
-                Boot::Bound(true) => {}
+                Boot::Bound(true) => {
+                    tracing::info!(dyno = %self.dyno.name, ms = booting.elapsed().as_millis() as u64, "the dyno bound its port");
+                }
                 Boot::Bound(false) => {
                     self.say(&format!(
                         "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {} seconds of launch",
@@ -420,7 +423,11 @@ impl Supervisor {
             }
         }
         // The port is in the bundle the backend writes.
-        if let Err(e) = self.prepare().await {
+        let started = Instant::now();
+        let prepared = self.prepare().await;
+        // Timings for the server log (where a deploy's time goes: bench/build.sh prints them).
+        tracing::info!(dyno = %self.dyno.name, ms = started.elapsed().as_millis() as u64, "prepared the dyno's filesystem");
+        if let Err(e) = prepared {
             self.say(&format!(
                 "Error: could not prepare the dyno's filesystem: {e}"
             ));
@@ -455,6 +462,7 @@ impl Supervisor {
             }
         };
         let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
+        tracing::info!(dyno = %self.dyno.name, ms = started.elapsed().as_millis() as u64, "started the dyno's monitor");
         if let Err(e) = std::fs::write(dir.join(SIZE_FILE), &self.spec.size.name) {
             tracing::warn!(error = %e, "could not record the dyno's size");
         }
