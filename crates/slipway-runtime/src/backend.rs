@@ -273,6 +273,22 @@ pub trait DynoBackend: Send + Sync + 'static {
     /// Removes everything the dyno left: its container, its directory. Blocking.
     fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError>;
 
+    /// Starts the app's release directory for a slug being packed from `build_dir`
+    /// (`releasedir.rs`): `Ok(None)` where this backend keeps none (each dyno gets a copy).
+    /// Blocking.
+    fn stage_release(
+        &self,
+        _app_id: &str,
+        _user: Option<&AppUser>,
+        _build_dir: &Path,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// Makes what [`DynoBackend::stage_release`] returned the release directory of the slug
+    /// with `checksum`, or removes it (`None`: no slug was made). Blocking.
+    fn finish_release(&self, _app_id: &str, _staged: &Path, _checksum: Option<&str>) {}
+
     /// Like [`DynoBackend::prepare`], for a one-off dyno (`oneoff.rs`), which may run on a
     /// terminal.
     fn prepare_one_off(&self, dyno: &DynoSpec, _terminal: bool) -> Result<(), RuntimeError> {

@@ -560,6 +560,24 @@ impl DynoBackend for OciBackend {
         Ok(())
     }
 
+    fn stage_release(
+        &self,
+        app_id: &str,
+        user: Option<&AppUser>,
+        build_dir: &Path,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        match &self.releases {
+            Some(releases) => releases.stage(app_id, user, build_dir),
+            None => Ok(None),
+        }
+    }
+
+    fn finish_release(&self, app_id: &str, staged: &Path, checksum: Option<&str>) {
+        if let Some(releases) = &self.releases {
+            releases.finish(app_id, staged, checksum);
+        }
+    }
+
     fn prepare_one_off(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
         self.delete(&dyno.id);
         let lower = self.prepare_app(dyno)?;

@@ -16,12 +16,26 @@
 //! app is cleaned up (a rollback to it unpacks it again).
 //! One lock per app orders unpacking and collecting, so a directory is never removed between
 //! its unpacking and the dyno naming it.
+//!
+//! A push does not wait for the unpacking: while its slug is compressed, the build directory is
+//! copied as the slug holds it (`slipway_build::copy_as_slug`) into `.staged-N` ([`stage`]),
+//! which becomes the release directory under the slug's checksum once it is known
+//! ([`finish`]), so the new dyno finds its release directory ready. Staged and partial
+//! directories a stopped server left are removed at start.
+//!
+//! [`stage`]: ReleaseDirs::stage
+//! [`finish`]: ReleaseDirs::finish
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{chown_tree, make_dir, remove_dir, DynoSpec, RuntimeError};
+use crate::users::AppUser;
+
+/// Names staged directories uniquely within this server.
+static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const STAGED_PREFIX: &str = ".staged-";
 
 /// The file in a dyno's directory naming the release directory it runs from.
 const REFERENCE: &str = "release";
@@ -32,6 +46,9 @@ pub(crate) struct ReleaseDirs {
     /// `<dynos-dir>`: where each app's dyno directories are (`<app id>/<dyno id>`).
     dynos_dir: PathBuf,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Per app, the release directory a push staged that no dyno names yet: `collect` keeps it
+    /// (an old dyno stopping meanwhile must not remove what the new one is about to use).
+    fresh: Mutex<HashMap<String, String>>,
 }
 
 /// A dyno's share of a release directory: the lower layer of its `/app`.
@@ -45,11 +62,29 @@ impl ReleaseDirs {
     pub(crate) fn new(dynos_dir: &Path) -> Result<Self, RuntimeError> {
         let root = dynos_dir.join(".releases");
         make_dir(&root, 0o700, None)?;
+        // What a stopped server was making: nothing is being made yet.
+        for app in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(app.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(STAGED_PREFIX) || name.starts_with(".partial-") {
+                    remove_dir(&entry.path())?;
+                }
+            }
+        }
         Ok(Self {
             root,
             dynos_dir: dynos_dir.to_path_buf(),
             locks: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn fresh_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.fresh.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn app_lock(&self, app_id: &str) -> Arc<Mutex<()>> {
@@ -61,15 +96,94 @@ impl ReleaseDirs {
     /// a `SHA256:` of 64 hex digits and no path involved holds a character that overlay mount
     /// options cannot carry (`,` `:` `\`). `None`: the dyno gets a copy.
     fn release_dir(&self, dyno: &DynoSpec) -> Option<PathBuf> {
-        let hex = dyno.slug_checksum.strip_prefix("SHA256:")?;
+        let dir = self.dir_of(&dyno.app_id, &dyno.slug_checksum)?;
+        (mountable(&dir) && mountable(&dyno.dir)).then_some(dir)
+    }
+
+    /// `<root>/<app id>/<hex>` for a `SHA256:` checksum, when both are well formed.
+    fn dir_of(&self, app_id: &str, checksum: &str) -> Option<PathBuf> {
+        let hex = checksum.strip_prefix("SHA256:")?;
         let hex_ok = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        let app_ok = !dyno.app_id.is_empty()
-            && dyno
-                .app_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        let dir = self.root.join(&dyno.app_id).join(hex.to_ascii_lowercase());
-        (hex_ok && app_ok && mountable(&dir) && mountable(&dyno.dir)).then_some(dir)
+        (hex_ok && app_ok(app_id)).then(|| self.root.join(app_id).join(hex.to_ascii_lowercase()))
+    }
+
+    /// Copies a build directory as its slug will hold it into a new staged directory of the
+    /// app, given to the app's user (`user`), while the slug is packed. Blocking. `Ok(None)`
+    /// for an app id that cannot name a directory.
+    pub(crate) fn stage(
+        &self,
+        app_id: &str,
+        user: Option<&AppUser>,
+        build_dir: &Path,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        if !app_ok(app_id) {
+            return Ok(None);
+        }
+        let parent = self.root.join(app_id);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = parent.join(format!("{STAGED_PREFIX}{n}"));
+        {
+            // Not while `collect` may remove the (empty) parent.
+            let lock = self.app_lock(app_id);
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            make_dir(&parent, 0o700, None)?;
+            remove_dir(&staged)?;
+            make_dir(&staged, 0o700, None)?;
+        }
+        let app = staged.join("app");
+        let done = slipway_build::copy_as_slug(build_dir, &app)
+            .map_err(|e| RuntimeError::Bundle {
+                dyno: format!("the release directory of app {app_id}"),
+                detail: e.to_string(),
+            })
+            .and_then(|()| {
+                std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .map_err(RuntimeError::io("setting permissions of", &app))?;
+                match user {
+                    Some(u) => chown_tree(&app, u),
+                    None => Ok(()),
+                }
+            });
+        match done {
+            Ok(()) => Ok(Some(staged)),
+            Err(e) => {
+                let _ = remove_dir(&staged);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes a directory [`ReleaseDirs::stage`] made the release directory of the slug with
+    /// `checksum` (unless one exists already), or removes it (`None`: no slug was made).
+    pub(crate) fn finish(&self, app_id: &str, staged: &Path, checksum: Option<&str>) {
+        let parent = self.root.join(app_id);
+        let ours = staged.parent() == Some(parent.as_path())
+            && staged
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(STAGED_PREFIX));
+        if !ours || !app_ok(app_id) {
+            return;
+        }
+        let lock = self.app_lock(app_id);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = checksum.and_then(|c| self.dir_of(app_id, c)) {
+            if !dir.exists() {
+                match std::fs::rename(staged, &dir) {
+                    Ok(()) => {
+                        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                        self.fresh_map()
+                            .insert(app_id.to_string(), name.into_owned());
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not keep a staged release directory")
+                    }
+                }
+            }
+        }
+        if let Err(e) = remove_dir(staged) {
+            tracing::warn!(error = %e, "could not remove a staged release directory");
+        }
     }
 
     /// Makes the dyno's directory (`dyno.dir`, root's 0711, emptied first) with an empty upper
@@ -90,6 +204,12 @@ impl ReleaseDirs {
         make_dir(&dyno.dir.join("upper"), 0o700, dyno.user.as_ref())?;
         make_dir(&dyno.dir.join("work"), 0o700, None)?;
         let name = dir.file_name().unwrap_or_default();
+        {
+            let mut fresh = self.fresh_map();
+            if fresh.get(&dyno.app_id).map(|f| f.as_str()) == name.to_str() {
+                fresh.remove(&dyno.app_id);
+            }
+        }
         let reference = dyno.dir.join(REFERENCE);
         std::fs::write(&reference, name.as_encoded_bytes())
             .map_err(RuntimeError::io("writing", &reference))?;
@@ -139,9 +259,16 @@ impl ReleaseDirs {
         let Ok(entries) = std::fs::read_dir(&releases) else {
             return;
         };
-        let used = self.referenced(app_id);
+        let mut used = self.referenced(app_id);
+        let fresh = self.fresh_map().get(app_id).cloned();
+        let in_use = !used.is_empty();
+        used.extend(fresh);
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(STAGED_PREFIX) {
+                // A push's, until its slug is packed (`finish`).
+                continue;
+            }
             if name.starts_with(".partial-") {
                 // Only an unpacking that died leaves one (unpacking holds the lock).
                 let _ = remove_dir(&entry.path());
@@ -154,7 +281,7 @@ impl ReleaseDirs {
                 tracing::warn!(error = %e, "could not remove an unused release directory");
             }
         }
-        if used.is_empty() && std::fs::read_dir(&releases).is_ok_and(|mut d| d.next().is_none()) {
+        if !in_use && std::fs::read_dir(&releases).is_ok_and(|mut d| d.next().is_none()) {
             let _ = std::fs::remove_dir(&releases);
         }
     }
@@ -172,6 +299,14 @@ impl ReleaseDirs {
         }
         used
     }
+}
+
+/// Whether an app id can name a directory (slipway's are UUIDs).
+fn app_ok(app_id: &str) -> bool {
+    !app_id.is_empty()
+        && app_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether `path` can go into overlay's `lowerdir=`/`upperdir=` options as it is.
