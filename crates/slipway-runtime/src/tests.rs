@@ -444,6 +444,45 @@ async fn oci_dynos_share_their_release_unpacked_once_and_write_their_own_app() {
     .await;
 }
 
+#[tokio::test]
+async fn oci_a_staged_build_becomes_the_release_directory_its_dynos_use() {
+    let f = fixture(RuntimeKind::Oci, Duration::from_secs(5)).await;
+    let releases = f.dynos_dir.join(".releases").join(&f.app);
+    let src = f._dir.path().join("staged-src");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("index.html"), "hello from the staged build").expect("write");
+    let slug = f._dir.path().join("staged.tgz");
+    let info =
+        slipway_build::create_slug(&src, &slug, &slipway_build::Limits::default()).expect("slug");
+    // A slug that was not made: the staged copy goes.
+    let dropped = f.manager.stage_release(&f.app, &src).expect("staged");
+    assert!(dropped.join("app/index.html").is_file());
+    f.manager.finish_release(&f.app, &dropped, None);
+    assert!(!dropped.exists());
+    // A slug that was: the staged copy is its release directory, before any dyno runs it.
+    let staged = f.manager.stage_release(&f.app, &src).expect("staged");
+    f.manager
+        .finish_release(&f.app, &staged, Some(&info.checksum));
+    let hex = info.checksum.trim_start_matches("SHA256:").to_string();
+    assert_eq!(names(&releases), [hex.as_str()]);
+    // The slug file is not read again: the dyno runs from the staged copy.
+    std::fs::remove_file(&slug).expect("rm slug");
+    let v2 = ReleaseSpec {
+        version: 2,
+        slug_path: slug,
+        slug_checksum: info.checksum,
+        ..f.release.clone()
+    };
+    let cmd = "echo \"saw $(cat /app/index.html)\"; exec sleep 1000";
+    f.manager.converge(v2, &[spec("worker", 1, cmd)]);
+    wait_for_log(&f, "app[worker.1]: saw hello from the staged build").await;
+    let dyno = &f.manager.list(&f.app)[0];
+    let named = std::fs::read_to_string(f.dynos_dir.join(&f.app).join(&dyno.id).join("release"))
+        .expect("release file");
+    assert_eq!(named, hex);
+    f.manager.stop_app(&f.app).await;
+}
+
 async fn http_get(addr: SocketAddr) -> String {
     let (_, _, body) =
         slipway_testkit::http_async(addr, "GET", "/index.html", &[("Host", "x")], None).await;
