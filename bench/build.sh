@@ -85,8 +85,12 @@ redeploys=()
 for i in $(seq "$RUNS"); do
   sed -i "s/Hello from Django[^<]*</Hello from Django $i</" "$work/django/mysite/urls.py"
   (cd "$work/django" && git add -A && git_q commit -qm "change $i")
+  server_lines=$(wc -l <"$work/server.err")
   redeploys+=("$(deploy django "$work/django" "Hello from Django $i")")
   cp "$work/push.log" "$work/redeploy-$i.log"
+  # The server's own timings of this redeploy's dynos (filesystem, monitor, port bound).
+  tail -n +"$((server_lines + 1))" "$work/server.err" | sed 's/\x1b\[[0-9;]*m//g' |
+    grep -E "prepared the dyno's filesystem|started the dyno's monitor|bound its port" >"$work/redeploy-$i.server" || true
 done
 
 BY_HAND=${BY_HAND:-1}
@@ -126,4 +130,10 @@ echo "Timeline of the last cached redeploy (ms since \`git push\` began, when ea
 echo
 echo '```'
 grep -E '^[0-9]+ (remote: -----> |remote:        (Done|Released)|\(push finished\)|\(serving\))' "$work/redeploy-$RUNS.log" || true
+echo '```'
+echo
+echo "The server's timings of that redeploy's new dyno (ms since the dyno started preparing; port bound: since launch):"
+echo
+echo '```'
+sed -E 's/^.*(INFO|WARN) //' "$work/redeploy-$RUNS.server"
 echo '```'

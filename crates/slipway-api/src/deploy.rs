@@ -278,7 +278,9 @@ async fn build_and_release(
         .map_err(|e| format!("could not create the slug directory: {e}"))?;
     let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
     let (compiled, info) = compile(state, app, build, &src, &slug_path, out).await?;
-    drop(tmp);
+    // Removing the build directory (a virtualenv is thousands of files) is no reason to make
+    // the push wait: it goes in the background.
+    tokio::task::spawn_blocking(move || drop(tmp));
 
     if out.gone() {
         let _ = tokio::fs::remove_file(&slug_path).await;
@@ -488,6 +490,7 @@ async fn compile(
     };
     let (events, mut received) = mpsc::channel::<BuildEvent>(256);
     let slug_path = slug_path.to_path_buf();
+    let (dynos, app_id) = (state.dynos.clone(), app.id.clone());
     let work = async move {
         // Nothing of an earlier build may still run while root prepares this one's files, nor
         // after its buildpacks, while root packs the slug.
@@ -499,7 +502,21 @@ async fn compile(
             slipway_build::kill_user_processes(user).await?;
         }
         let compiled = compiled?;
-        let info = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await?;
+        // The release directory the new dynos run from is copied from the build while the
+        // slug is compressed (the second core), so they need not unpack the slug.
+        let stage = {
+            let (dynos, app_id, dir) = (dynos.clone(), app_id.clone(), spec.build_dir.clone());
+            tokio::task::spawn_blocking(move || dynos.stage_release(&app_id, &dir))
+        };
+        let packed = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await;
+        if let Ok(Some(staged)) = stage.await {
+            let checksum = packed.as_ref().ok().map(|info| info.checksum.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                dynos.finish_release(&app_id, &staged, checksum.as_deref())
+            })
+            .await;
+        }
+        let info = packed?;
         Ok::<_, slipway_build::BuildError>((compiled, info))
     };
     let forward = async {

@@ -27,7 +27,7 @@ pub use buildpack::{install_builtin, resolve_buildpacks, BuildpackRef, Builtin, 
 pub use event::{BuildEvent, Phase};
 pub use pipeline::{compile as run_buildpacks, pack_slug, purge_cache, CompileSpec, Compiled};
 pub use reap::kill_user_processes;
-pub use slug::{create_slug, read_slug_file, unpack_slug, SlugInfo};
+pub use slug::{copy_as_slug, create_slug, read_slug_file, unpack_slug, SlugInfo};
 pub use source::extract_source;
 pub use targuard::MAX_METADATA_ENTRY;
 

@@ -170,6 +170,56 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildE
     Ok(())
 }
 
+/// Copies `build_dir` to `dest` (which must not exist) as [`unpack_slug`] would unpack the slug
+/// [`create_slug`] makes of it: the same entries (no `.git` at the top; directories, regular
+/// files, symlinks), each directory and file with the slug's mode (0755 or 0644), no times.
+/// Lets the runtime prepare a release directory from the build while the slug is compressed,
+/// instead of unpacking the slug afterwards. Files are opened without following symlinks.
+pub fn copy_as_slug(build_dir: &Path, dest: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let mut paths = Vec::new();
+    collect(build_dir, build_dir, &mut paths)?;
+    paths.sort();
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(dest)
+        .map_err(BuildError::io("creating", dest))?;
+    for rel in paths {
+        let from = build_dir.join(&rel);
+        let to = dest.join(&rel);
+        let meta = std::fs::symlink_metadata(&from).map_err(BuildError::io("reading", &from))?;
+        let mode = permissions(&meta);
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&from).map_err(BuildError::io("reading link", &from))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(BuildError::io("copying to", &to))?;
+        } else if meta.is_dir() {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&to)
+                .map_err(BuildError::io("copying to", &to))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))
+                .map_err(BuildError::io("copying to", &to))?;
+        } else if meta.is_file() {
+            let mut src = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+                .open(&from)
+                .map_err(BuildError::io("reading", &from))?;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&to)
+                .map_err(BuildError::io("copying to", &to))?;
+            std::io::copy(&mut src, &mut out).map_err(BuildError::io("copying to", &to))?;
+            out.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(BuildError::io("copying to", &to))?;
+        }
+    }
+    Ok(())
+}
+
 /// One file of a slug, `app/<name>` (e.g. `app.json`), read whole when it is a regular file of
 /// at most `max` bytes: `Ok(None)` when the slug has no such file; a larger one is an error.
 /// Streams the archive (nothing is unpacked to disk).

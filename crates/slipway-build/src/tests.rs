@@ -90,6 +90,60 @@ fn slugs_are_deterministic_and_round_trip() {
     assert!(!other.path().join("app").exists());
 }
 
+/// Every entry under `dir`: relative name -> (kind, mode, content or link target).
+fn listing(dir: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("list").flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            let name = path
+                .strip_prefix(dir)
+                .expect("inside")
+                .display()
+                .to_string();
+            let mode = meta.permissions().mode() & 0o7777;
+            let entry = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).expect("link");
+                ('l', 0, target.into_os_string().into_encoded_bytes())
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                ('d', mode, Vec::new())
+            } else {
+                ('f', mode, std::fs::read(&path).expect("read"))
+            };
+            out.insert(name, entry);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_build_copied_as_its_slug_equals_the_slug_unpacked() {
+    let build = tempfile::tempdir().expect("tempdir");
+    tree(build.path());
+    std::fs::create_dir(build.path().join(".git")).expect("mkdir");
+    std::fs::write(build.path().join(".git/HEAD"), "ref").expect("write");
+    std::fs::create_dir(build.path().join("lib/.git")).expect("mkdir");
+    std::fs::set_permissions(
+        build.path().join("lib/data.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let out = tempfile::tempdir().expect("tempdir");
+    let slug = out.path().join("slug.tgz");
+    let info = create_slug(build.path(), &slug, &Limits::default()).expect("slug");
+    let unpacked = out.path().join("unpacked");
+    unpack_slug(&slug, &info.checksum, &unpacked).expect("unpack");
+    let copied = out.path().join("copied");
+    copy_as_slug(build.path(), &copied).expect("copy");
+    let want = listing(&unpacked.join("app"));
+    assert!(want.contains_key("lib/link") && want.contains_key("lib/.git"));
+    assert!(!want.contains_key(".git"), "{want:?}");
+    assert_eq!(listing(&copied), want);
+}
+
 #[test]
 fn an_export_file_changes_the_environment_except_what_the_pipeline_owns() {
     let before: BTreeMap<String, String> = [

@@ -291,6 +291,22 @@ pub trait DynoBackend: Send + Sync + 'static {
         Ok(launch)
     }
 
+    /// Starts the app's release directory for a slug being packed from `build_dir`
+    /// (`releasedir.rs`): `Ok(None)` where this backend keeps none (each dyno gets a copy).
+    /// Blocking.
+    fn stage_release(
+        &self,
+        _app_id: &str,
+        _user: Option<&AppUser>,
+        _build_dir: &Path,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        Ok(None)
+    }
+
+    /// Makes what [`DynoBackend::stage_release`] returned the release directory of the slug
+    /// with `checksum`, or removes it (`None`: no slug was made). Blocking.
+    fn finish_release(&self, _app_id: &str, _staged: &Path, _checksum: Option<&str>) {}
+
     /// Like [`DynoBackend::prepare`], for a one-off dyno (`oneoff.rs`), which may run on a
     /// terminal.
     fn prepare_one_off(&self, dyno: &DynoSpec, _terminal: bool) -> Result<(), RuntimeError> {
@@ -432,13 +448,7 @@ fn root_dir(path: &Path) -> Result<(), RuntimeError> {
 /// The dyno's directory, fresh: `<dir>` (root's, 0711) holding `app/`, an unpack of the slug
 /// given to the app's user once it is complete.
 pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
-    if dyno.dir.exists() {
-        std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
-    }
-    if let Some(parent) = dyno.dir.parent() {
-        root_dir(parent)?;
-    }
-    root_dir(&dyno.dir)?;
+    empty_dyno_dir(dyno)?;
     slipway_build::unpack_slug(&dyno.slug_path, &dyno.slug_checksum, &dyno.dir).map_err(
         |source| RuntimeError::Slug {
             dyno: dyno.name.clone(),
@@ -453,6 +463,17 @@ pub(crate) fn fresh_dyno_dir(dyno: &DynoSpec) -> Result<PathBuf, RuntimeError> {
         chown_tree(&app, u)?;
     }
     Ok(app)
+}
+
+/// The dyno's directory, empty (root's, 0711; whatever a previous run left is removed).
+pub(crate) fn empty_dyno_dir(dyno: &DynoSpec) -> Result<(), RuntimeError> {
+    if dyno.dir.exists() {
+        std::fs::remove_dir_all(&dyno.dir).map_err(RuntimeError::io("cleaning", &dyno.dir))?;
+    }
+    if let Some(parent) = dyno.dir.parent() {
+        root_dir(parent)?;
+    }
+    root_dir(&dyno.dir)
 }
 
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {

@@ -40,6 +40,7 @@ mod oneoff;
 mod plain;
 mod process;
 mod record;
+mod releasedir;
 mod restart;
 mod rollout;
 pub mod settings;
@@ -439,6 +440,38 @@ impl DynoManager {
     /// and can switch users; builds and one-off dynos of the app run as it too.
     pub fn app_user(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
         self.inner.user_for(app_id)
+    }
+
+    /// Copies a build directory, as its slug will hold it, into a new release directory of
+    /// the app while the slug is packed (`releasedir.rs`), so the new dynos need not unpack
+    /// the slug. Blocking. `None` where the backend keeps no release directories or the copy
+    /// failed (logged; dynos then unpack the slug). Pass the result to
+    /// [`finish_release`](Self::finish_release).
+    pub fn stage_release(&self, app_id: &str, build_dir: &Path) -> Option<PathBuf> {
+        let user = match self.inner.user_for(app_id) {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not stage the release directory");
+                return None;
+            }
+        };
+        match self
+            .inner
+            .backend
+            .stage_release(app_id, user.as_ref(), build_dir)
+        {
+            Ok(staged) => staged,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not stage the release directory");
+                None
+            }
+        }
+    }
+
+    /// Makes a staged release directory the one of the slug with `checksum`, or removes it
+    /// (`None`: the slug was not made). Blocking.
+    pub fn finish_release(&self, app_id: &str, staged: &Path, checksum: Option<&str>) {
+        self.inner.backend.finish_release(app_id, staged, checksum);
     }
 
     /// The user the app's builds run as: its own uid shifted by [`BUILD_UID_OFFSET`], so no

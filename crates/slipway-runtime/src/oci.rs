@@ -11,8 +11,10 @@
 //!   alternatives need), built at start-up from the host's, never the whole host `/etc`
 //!   (which holds keys and the platform's configuration), plus a `passwd`/`group` naming
 //!   only root, nobody and the dyno's user;
-//! - `/app`: a fresh copy of the slug, writable, owned by the app's uid, deleted when the
-//!   dyno stops; a private `/tmp` (tmpfs); `/proc`; a minimal `/dev` (runc's default
+//! - `/app`: the slug, writable, owned by the app's uid, what the dyno wrote deleted when it
+//!   stops: an overlay of the release directory (the slug unpacked once per app and release,
+//!   shared read-only by its dynos; `releasedir.rs`) and an upper layer of the dyno's own, or,
+//!   where overlayfs does not work (checked at start-up), a fresh copy; a private `/tmp` (tmpfs); `/proc`; a minimal `/dev` (runc's default
 //!   devices, `/dev/pts`, `/dev/shm`, `/dev/mqueue`); `/sys` read-only with only the dyno's
 //!   own cgroup at `/sys/fs/cgroup` (runtimes size their heaps from its limits);
 //! - the app's own unprivileged uid and gid, no capabilities, `no_new_privileges`;
@@ -44,6 +46,7 @@ use crate::backend::{
 };
 use crate::cgroup::{relative_path, Cgroups};
 use crate::process::kill_group;
+use crate::releasedir::{Lower, ReleaseDirs};
 use crate::users::AppUser;
 
 /// What of the host's `/etc` a dyno sees (copied at start-up; directories whole, symlinks
@@ -104,6 +107,11 @@ pub struct OciBackend {
     /// The `/etc` every dyno gets.
     stack_etc: PathBuf,
     cgroups: Cgroups,
+    /// Release directories for overlay `/app`s; `None` where overlayfs does not work here
+    /// (each dyno then gets a copy of the slug).
+    releases: Option<ReleaseDirs>,
+    /// Why overlayfs is not used, for the start-up line.
+    no_overlay: Option<String>,
 }
 
 impl OciBackend {
@@ -140,16 +148,26 @@ impl OciBackend {
         let state_dir = shared.join("state");
         make_dir(&state_dir, 0o700, None)?;
         let stack_etc = build_stack_etc(&shared)?;
-        let backend = Self {
+        let mut backend = Self {
             binary: path,
             version,
             state_dir,
             stack_etc,
             cgroups,
+            releases: None,
+            no_overlay: None,
         };
-        backend
-            .probe(&shared)
-            .map_err(|e| unavailable(e.to_string()))?;
+        // A container with an overlay /app first; if that fails, one with a plain bind.
+        match backend.probe(&shared, true) {
+            Ok(()) => backend.releases = Some(ReleaseDirs::new(dynos_dir)?),
+            Err(overlay) => {
+                backend
+                    .probe(&shared, false)
+                    .map_err(|e| unavailable(e.to_string()))?;
+                tracing::warn!(error = %overlay, "overlayfs does not work here: each dyno gets a copy of its slug");
+                backend.no_overlay = Some(overlay.to_string());
+            }
+        }
         Ok(backend)
     }
 
@@ -166,11 +184,14 @@ impl OciBackend {
     }
 
     /// Runs `exit 0` in a container the way dynos run: proves the runtime, namespaces,
-    /// cgroups and mounts work before the server relies on them.
-    fn probe(&self, shared: &Path) -> Result<(), RuntimeError> {
+    /// cgroups and mounts work before the server relies on them. With `overlay`, its `/app` is
+    /// an overlay as a release directory's dynos get.
+    fn probe(&self, shared: &Path, overlay: bool) -> Result<(), RuntimeError> {
         let id = format!("slipway-probe-{}", std::process::id());
         let dir = shared.join("probe");
+        let lower_dir = shared.join("probe-lower");
         remove_dir(&dir)?;
+        remove_dir(&lower_dir)?;
         let probe = DynoSpec {
             id: id.clone(),
             app_id: "probe".into(),
@@ -187,8 +208,18 @@ impl OciBackend {
                 gid: NOBODY,
             }),
         };
-        make_dir(&dir.join("app"), 0o755, None)?;
-        self.write_bundle(&probe)?;
+        let lower = if overlay {
+            make_dir(&lower_dir, 0o755, None)?;
+            make_dir(&dir.join("upper"), 0o755, None)?;
+            make_dir(&dir.join("work"), 0o700, None)?;
+            Some(Lower {
+                app: lower_dir.clone(),
+            })
+        } else {
+            make_dir(&dir.join("app"), 0o755, None)?;
+            None
+        };
+        self.write_bundle_with(&probe, false, lower.as_ref())?;
         let out = self
             .command()
             .args(["run", "--bundle"])
@@ -199,6 +230,7 @@ impl OciBackend {
             .map_err(RuntimeError::io("running", &self.binary))?;
         let _ = self.command().args(["delete", "--force", &id]).output();
         remove_dir(&dir)?;
+        remove_dir(&lower_dir)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -211,13 +243,27 @@ impl OciBackend {
         }
     }
 
-    /// `<dir>/config.json`, `<dir>/rootfs`, `<dir>/passwd`, `<dir>/group`.
-    fn write_bundle(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
-        self.write_bundle_with(dyno, false)
+    /// The dyno's directory and its `/app`: an overlay of its release directory when this
+    /// host can (`Some`, see `releasedir.rs`), else a fresh copy of the slug in `<dir>/app`.
+    fn prepare_app(&self, dyno: &DynoSpec) -> Result<Option<Lower>, RuntimeError> {
+        if let Some(releases) = &self.releases {
+            if let Some(lower) = releases.prepare(dyno)? {
+                return Ok(Some(lower));
+            }
+        }
+        fresh_dyno_dir(dyno)?;
+        Ok(None)
     }
 
-    /// The bundle, with `process.terminal` set as given (one-off dynos on a terminal).
-    fn write_bundle_with(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
+    /// `<dir>/config.json`, `<dir>/rootfs`, `<dir>/passwd`, `<dir>/group`, with
+    /// `process.terminal` set as given (one-off dynos on a terminal) and `/app` an overlay on
+    /// `lower` (with `<dir>/upper` and `<dir>/work`) or a bind of `<dir>/app`.
+    fn write_bundle_with(
+        &self,
+        dyno: &DynoSpec,
+        terminal: bool,
+        lower: Option<&Lower>,
+    ) -> Result<(), RuntimeError> {
         let rootfs = dyno.dir.join("rootfs");
         make_dir(&rootfs, 0o755, None)?;
         for d in ["usr", "etc", "app", "proc", "dev", "var", "sys"] {
@@ -271,7 +317,10 @@ impl OciBackend {
         mounts.push(bind(&self.stack_etc, "/etc", true)?);
         mounts.push(bind(&passwd, "/etc/passwd", true)?);
         mounts.push(bind(&group, "/etc/group", true)?);
-        mounts.push(bind(&dyno.dir.join("app"), "/app", false)?);
+        mounts.push(match lower {
+            Some(lower) => overlay(&lower.app, &dyno.dir)?,
+            None => bind(&dyno.dir.join("app"), "/app", false)?,
+        });
         let spec = self.spec(dyno, user, mounts, terminal)?;
         let config = dyno.dir.join("config.json");
         spec.save(&config).map_err(|e| RuntimeError::Bundle {
@@ -403,14 +452,18 @@ impl OciBackend {
 
 impl DynoBackend for OciBackend {
     fn describe(&self) -> String {
-        format!("oci ({}, {})", self.binary.display(), self.version)
+        let app = match &self.no_overlay {
+            None => "/app an overlay of its release".to_string(),
+            Some(why) => format!("/app a copy of its slug: overlayfs does not work ({why})"),
+        };
+        format!("oci ({}, {}; {app})", self.binary.display(), self.version)
     }
 
     fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
         // A container of a previous run of this dyno (crash, or a dead server).
         self.delete(&dyno.id);
-        fresh_dyno_dir(dyno)?;
-        self.write_bundle(dyno)
+        let lower = self.prepare_app(dyno)?;
+        self.write_bundle_with(dyno, false, lower.as_ref())
     }
 
     /// `runc exec` in the dyno's container: the process gets the container's own
@@ -513,13 +566,38 @@ impl DynoBackend for OciBackend {
 
     fn cleanup(&self, dyno_id: &str, dir: &Path) -> Result<(), RuntimeError> {
         self.delete(dyno_id);
-        remove_dir(dir)
+        remove_dir(dir)?;
+        // `<dynos-dir>/<app id>/<dyno id>`: the app's release directories no dyno uses go.
+        if let (Some(releases), Some(app_id)) =
+            (&self.releases, dir.parent().and_then(|p| p.file_name()))
+        {
+            releases.collect(&app_id.to_string_lossy());
+        }
+        Ok(())
+    }
+
+    fn stage_release(
+        &self,
+        app_id: &str,
+        user: Option<&AppUser>,
+        build_dir: &Path,
+    ) -> Result<Option<PathBuf>, RuntimeError> {
+        match &self.releases {
+            Some(releases) => releases.stage(app_id, user, build_dir),
+            None => Ok(None),
+        }
+    }
+
+    fn finish_release(&self, app_id: &str, staged: &Path, checksum: Option<&str>) {
+        if let Some(releases) = &self.releases {
+            releases.finish(app_id, staged, checksum);
+        }
     }
 
     fn prepare_one_off(&self, dyno: &DynoSpec, terminal: bool) -> Result<(), RuntimeError> {
         self.delete(&dyno.id);
-        fresh_dyno_dir(dyno)?;
-        self.write_bundle_with(dyno, terminal)
+        let lower = self.prepare_app(dyno)?;
+        self.write_bundle_with(dyno, terminal, lower.as_ref())
     }
 
     /// runc refuses `--console-socket` unless it detaches, and a detached container's exit
@@ -648,6 +726,29 @@ fn base_mounts(dyno: &DynoSpec) -> Vec<Mount> {
     .into_iter()
     .flatten()
     .collect()
+}
+
+/// `/app` as an overlay: `lower` (a release directory's `app`, never written) under the dyno's
+/// own `<dir>/upper`, with `<dir>/work` as overlayfs's work directory. runc mounts it in the
+/// container's mount namespace; it goes with the container.
+fn overlay(lower: &Path, dir: &Path) -> Result<Mount, RuntimeError> {
+    let options = vec![
+        format!("lowerdir={}", lower.display()),
+        format!("upperdir={}", dir.join("upper").display()),
+        format!("workdir={}", dir.join("work").display()),
+        "nosuid".to_string(),
+        "nodev".to_string(),
+    ];
+    MountBuilder::default()
+        .destination("/app")
+        .typ("overlay")
+        .source("overlay")
+        .options(options)
+        .build()
+        .map_err(|e| RuntimeError::Bundle {
+            dyno: "/app".to_string(),
+            detail: e.to_string(),
+        })
 }
 
 fn bind(source: &Path, dest: &str, read_only: bool) -> Result<Mount, RuntimeError> {

@@ -380,6 +380,7 @@ impl Supervisor {
         let mut stop = self.stop.clone();
         if let (Some(addr), false) = (addr, already_up) {
             let boot_timeout = self.inner.boot_timeout(&self.dyno.release);
+            let booting = Instant::now();
             enum Boot {
                 Bound(bool),
                 Exited(ExitRecord),
@@ -391,7 +392,9 @@ impl Supervisor {
                 _ = stop.wait_for(|s| *s) => Boot::Stop,
             };
             match boot {
-                Boot::Bound(true) => {}
+                Boot::Bound(true) => {
+                    tracing::info!(dyno = %self.dyno.name, ms = booting.elapsed().as_millis() as u64, "the dyno bound its port");
+                }
                 Boot::Bound(false) => {
                     self.inner.events.send(DynoEvent::BootTimeout {
                         app_id: self.app(),
@@ -459,7 +462,11 @@ impl Supervisor {
             }
         }
         // The port is in the bundle the backend writes.
-        if let Err(e) = self.prepare().await {
+        let started = Instant::now();
+        let prepared = self.prepare().await;
+        // Timings for the server log (where a deploy's time goes: bench/build.sh prints them).
+        tracing::info!(dyno = %self.dyno.name, ms = started.elapsed().as_millis() as u64, "prepared the dyno's filesystem");
+        if let Err(e) = prepared {
             self.start_failed(StartFailure::Prepare(e));
             return None;
         }
@@ -497,6 +504,7 @@ impl Supervisor {
             }
         };
         let pid = Some(attached.pids.dyno).filter(|p| *p > 0);
+        tracing::info!(dyno = %self.dyno.name, ms = started.elapsed().as_millis() as u64, "started the dyno's monitor");
         let record = self.save(DynoState::Starting, addr, pid).await;
         self.inner
             .events

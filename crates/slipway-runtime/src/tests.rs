@@ -201,7 +201,11 @@ async fn web_dyno_boots_serves_from_its_own_copy_and_stops(kind: RuntimeKind) {
     let listed = f.manager.list(&f.app);
     assert_eq!(listed.len(), 1);
     let dir = f.dynos_dir.join(&f.app).join(&listed[0].id);
-    assert!(dir.join("app/index.html").exists());
+    match kind {
+        // /app is an overlay of the release directory (`releasedir.rs`).
+        RuntimeKind::Oci => assert!(dir.join("release").exists() && dir.join("upper").is_dir()),
+        _ => assert!(dir.join("app/index.html").exists()),
+    }
     // The runtime's own record, and the copy its events gave the recorder.
     let own = record::DynoRecord::load(&attach::monitor_dir(&f.dynos_dir, &listed[0].id))
         .expect("the dyno's record");
@@ -708,6 +712,113 @@ async fn oci_memory_over_the_quota_is_r14_and_measured() {
     // The parts the runtime metrics print: the held bytes are anonymous (rss).
     assert!(usage.memory_rss_bytes > 16 * 1024 * 1024, "{usage:?}");
     assert!(usage.pgpgin.is_some() == cgroup_v1(), "{usage:?}");
+    f.manager.stop_app(&f.app).await;
+}
+
+/// The names in `dir` (empty when it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn oci_dynos_share_their_release_unpacked_once_and_write_their_own_app() {
+    let f = fixture(RuntimeKind::Oci, Duration::from_secs(5)).await;
+    let releases = f.dynos_dir.join(".releases").join(&f.app);
+    let cmd = "echo \"$DYNO\" >/app/own.txt; echo \"saw $(cat /app/own.txt) $(cat /app/index.html)\"; exec sleep 1000";
+    f.manager
+        .converge(f.release.clone(), &[spec("worker", 2, cmd)]);
+    wait_for_log(&f, "app[worker.1]: saw worker.1 hello from the slug").await;
+    wait_for_log(&f, "app[worker.2]: saw worker.2 hello from the slug").await;
+    // One unpack for both, never written by them: each wrote into its own upper layer.
+    let unpacked = names(&releases);
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    let v1_dir = releases.join(&unpacked[0]);
+    assert!(v1_dir.join("app/index.html").is_file());
+    assert!(!v1_dir.join("app/own.txt").exists());
+    let dynos = f.manager.list(&f.app);
+    let mut written: Vec<String> = dynos
+        .iter()
+        .map(|d| {
+            let own = f.dynos_dir.join(&f.app).join(&d.id).join("upper/own.txt");
+            std::fs::read_to_string(own)
+                .expect("own.txt")
+                .trim()
+                .to_string()
+        })
+        .collect();
+    written.sort();
+    assert_eq!(written, ["worker.1", "worker.2"]);
+
+    // A release with another slug: unpacked beside; the old one goes with its last dyno.
+    let src = f._dir.path().join("src2");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("index.html"), "hello from v2").expect("write");
+    let slug = f._dir.path().join("slug2.tgz");
+    let info =
+        slipway_build::create_slug(&src, &slug, &slipway_build::Limits::default()).expect("slug");
+    let v2 = ReleaseSpec {
+        version: 2,
+        slug_path: slug,
+        slug_checksum: info.checksum,
+        ..f.release.clone()
+    };
+    f.manager.converge(v2, &[spec("worker", 1, cmd)]);
+    wait_for_log(&f, "app[worker.1]: saw worker.1 hello from v2").await;
+    slipway_testkit::wait_until(30, "the old release directory removed", || async {
+        let now = names(&releases);
+        (now.len() == 1 && now[0] != unpacked[0]).then_some(())
+    })
+    .await;
+    f.manager.stop_app(&f.app).await;
+    slipway_testkit::wait_until(30, "no release directory left", || async {
+        names(&releases).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oci_a_staged_build_becomes_the_release_directory_its_dynos_use() {
+    let f = fixture(RuntimeKind::Oci, Duration::from_secs(5)).await;
+    let releases = f.dynos_dir.join(".releases").join(&f.app);
+    let src = f._dir.path().join("staged-src");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("index.html"), "hello from the staged build").expect("write");
+    let slug = f._dir.path().join("staged.tgz");
+    let info =
+        slipway_build::create_slug(&src, &slug, &slipway_build::Limits::default()).expect("slug");
+    // A slug that was not made: the staged copy goes.
+    let dropped = f.manager.stage_release(&f.app, &src).expect("staged");
+    assert!(dropped.join("app/index.html").is_file());
+    f.manager.finish_release(&f.app, &dropped, None);
+    assert!(!dropped.exists());
+    // A slug that was: the staged copy is its release directory, before any dyno runs it.
+    let staged = f.manager.stage_release(&f.app, &src).expect("staged");
+    f.manager
+        .finish_release(&f.app, &staged, Some(&info.checksum));
+    let hex = info.checksum.trim_start_matches("SHA256:").to_string();
+    assert_eq!(names(&releases), [hex.as_str()]);
+    // The slug file is not read again: the dyno runs from the staged copy.
+    std::fs::remove_file(&slug).expect("rm slug");
+    let v2 = ReleaseSpec {
+        version: 2,
+        slug_path: slug,
+        slug_checksum: info.checksum,
+        ..f.release.clone()
+    };
+    let cmd = "echo \"saw $(cat /app/index.html)\"; exec sleep 1000";
+    f.manager.converge(v2, &[spec("worker", 1, cmd)]);
+    wait_for_log(&f, "app[worker.1]: saw hello from the staged build").await;
+    let dyno = &f.manager.list(&f.app)[0];
+    let named = std::fs::read_to_string(f.dynos_dir.join(&f.app).join(&dyno.id).join("release"))
+        .expect("release file");
+    assert_eq!(named, hex);
     f.manager.stop_app(&f.app).await;
 }
 
