@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_core::{Procfile, ProcfileError};
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buildpack::{self, FetchContext, Located};
 use crate::event::{BuildEvent, Phase};
-use crate::process::{self, Run, RunError};
+use crate::process::{self, Run, RunError, Sandboxed};
 use crate::runtime;
+use crate::sandbox::{BuildSandbox, SandboxMount};
 use crate::{BuildError, Limits, SlugInfo};
 
 /// Stack name given to buildpacks as `STACK`.
@@ -76,6 +78,12 @@ pub struct CompileSpec {
     pub memory_limit_bytes: Option<u64>,
     /// The commit being built, given to buildpacks as `SOURCE_VERSION`.
     pub source_version: Option<String>,
+    /// Run every buildpack process (detect, compile, release, sourcing `export`) in a
+    /// container of its own (the OCI dyno runtime's), seeing only the build, cache, env and
+    /// home directories and its buildpack's (plus the runtimes and `extra_path` directories,
+    /// read-only); `memory_limit_bytes` is then the container's memory limit. None: host
+    /// processes as described above.
+    pub sandbox: Option<Arc<dyn BuildSandbox>>,
 }
 
 impl CompileSpec {
@@ -101,6 +109,7 @@ impl CompileSpec {
             run_as: None,
             memory_limit_bytes: None,
             source_version: None,
+            sandbox: None,
         }
     }
 }
@@ -205,12 +214,20 @@ pub async fn compile(
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
+    if let Some(sandbox) = &spec.sandbox {
+        say(BuildEvent::title(format!(
+            "Building in a container: {}",
+            sandbox.describe()
+        )))
+        .await;
+    }
     let runner = Runner {
         spec,
         env: base_env.clone(),
         deadline,
         cancel: &cancel,
         events,
+        mounts: sandbox_mounts(spec, &env_dir, &home),
     };
     let mut chosen: Vec<(Located, String)> = Vec::new();
     for bp in candidates {
@@ -402,15 +419,62 @@ pub fn purge_cache(cache_dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// What every sandboxed buildpack process of the build sees (besides its buildpack's
+/// directory): the build and cache directories and HOME writable; ENV_DIR, the runtimes
+/// directories and the operator's `extra_path` directories (those not already among the
+/// system directories) read-only.
+fn sandbox_mounts(spec: &CompileSpec, env_dir: &Path, home: &Path) -> Vec<SandboxMount> {
+    let mut mounts = vec![
+        SandboxMount::writable(&spec.build_dir),
+        SandboxMount::writable(&spec.cache_dir),
+        SandboxMount::read_only(env_dir),
+        SandboxMount::writable(home),
+    ];
+    let system = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    ];
+    for dir in spec.runtimes_dirs.iter().chain(&spec.extra_path) {
+        let visible = system.iter().any(|s| dir.starts_with(s));
+        if !visible && dir.is_absolute() && dir.is_dir() {
+            mounts.push(SandboxMount::read_only(dir));
+        }
+    }
+    mounts
+}
+
 struct Runner<'a> {
     spec: &'a CompileSpec,
     env: BTreeMap<String, String>,
     deadline: Instant,
     cancel: &'a CancellationToken,
     events: &'a mpsc::Sender<BuildEvent>,
+    /// See [`sandbox_mounts`].
+    mounts: Vec<SandboxMount>,
 }
 
 impl Runner<'_> {
+    /// The container of a run of `bp`'s scripts, when the build has a sandbox: its copy of the
+    /// buildpack (compile, export) is writable, the original (detect, release) is not.
+    fn sandboxed(&self, bp: &Located, writable: bool) -> Option<Sandboxed<'_>> {
+        let sandbox = self.spec.sandbox.as_ref()?;
+        let mut mounts = self.mounts.clone();
+        mounts.push(SandboxMount {
+            path: bp.dir.clone(),
+            writable,
+        });
+        Some(Sandboxed { sandbox, mounts })
+    }
+
+    /// A run that failed because the container's memory limit was reached.
+    fn out_of_memory(&self, bp: &Located, phase: Phase, f: process::Finished) -> BuildError {
+        BuildError::OutOfMemory {
+            buildpack: bp.name.clone(),
+            phase,
+            limit_bytes: self.spec.memory_limit_bytes.unwrap_or(0),
+            output: f.tail,
+        }
+    }
+
     async fn run(
         &self,
         bp: &Located,
@@ -441,6 +505,7 @@ impl Runner<'_> {
                 buildpack: &bp.name,
                 phase,
                 max_line: MAX_LINE_BYTES,
+                sandbox: self.sandboxed(bp, phase == Phase::Compile),
             },
             self.events,
         )
@@ -455,7 +520,15 @@ impl Runner<'_> {
                 success,
             })
             .await;
-        result.map_err(|e| match e {
+        match result {
+            Ok(f) if f.oom_killed && !f.status.success() => Err(self.out_of_memory(bp, phase, f)),
+            Ok(f) => Ok(f),
+            Err(e) => Err(self.run_error(bp, phase, e)),
+        }
+    }
+
+    fn run_error(&self, bp: &Located, phase: Phase, e: RunError) -> BuildError {
+        match e {
             RunError::Timeout => BuildError::Timeout {
                 buildpack: bp.name.clone(),
                 phase,
@@ -467,7 +540,11 @@ impl Runner<'_> {
                 phase,
                 source,
             },
-        })
+            RunError::Sandbox(source) => BuildError::Sandbox {
+                buildpack: bp.name.clone(),
+                source,
+            },
+        }
     }
 
     /// Whether `bp` applies, and the name its detect printed.
@@ -547,23 +624,15 @@ impl Runner<'_> {
                 buildpack: &bp.name,
                 phase: Phase::Compile,
                 max_line: MAX_LINE_BYTES,
+                sandbox: self.sandboxed(bp, true),
             },
             self.events,
         )
         .await
-        .map_err(|e| match e {
-            RunError::Timeout => BuildError::Timeout {
-                buildpack: bp.name.clone(),
-                phase: Phase::Compile,
-                limit: self.spec.timeout,
-            },
-            RunError::Cancelled => BuildError::Cancelled,
-            RunError::Spawn(source) | RunError::Wait(source) => BuildError::Spawn {
-                buildpack: bp.name.clone(),
-                phase: Phase::Compile,
-                source,
-            },
-        })?;
+        .map_err(|e| self.run_error(bp, Phase::Compile, e))?;
+        if f.oom_killed && !f.status.success() {
+            return Err(self.out_of_memory(bp, Phase::Compile, f));
+        }
         if !f.status.success() {
             return Err(BuildError::BuildpackInvalid {
                 buildpack: bp.name.clone(),
