@@ -176,3 +176,113 @@ impl BuildSandbox for OciBuildSandbox {
         oom_killed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use slipway_build::{BuildError, BuildEvent, CompileSpec};
+    use slipway_testkit::wait_until;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::backend::DynoBackend;
+
+    /// Build containers runc knows of under `dynos`.
+    fn containers(dynos: &std::path::Path) -> Vec<String> {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(dynos.join(".oci/state"))
+            .arg("list")
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|id| id.starts_with("build-"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn sleeping(needle: &str) -> bool {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+    }
+
+    /// Cancelling a build (its pusher went away) kills its container: everything in it ends,
+    /// and runc no longer knows it.
+    #[tokio::test]
+    async fn a_cancelled_build_kills_and_deletes_its_container() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dynos = root.path().join("dynos");
+        std::fs::create_dir_all(&dynos).expect("mkdir");
+        let backend = crate::OciBackend::new("runc", &dynos).expect("runc works here");
+        let sandbox = backend.build_sandbox().expect("a build sandbox");
+        let bin = root.path().join("bp/bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        // Numbers no other run of this test uses.
+        let (a, b) = (
+            format!("sleep {}", 1_000_000 + std::process::id()),
+            format!("sleep {}", 2_000_000 + std::process::id()),
+        );
+        let compile = format!("#!/bin/sh\n{a} &\necho started\n{b}\n");
+        for (name, body) in [("detect", "#!/bin/sh\necho Slow\n"), ("compile", &compile)] {
+            std::fs::write(bin.join(name), body).expect("write");
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        let build = root.path().join("build");
+        std::fs::create_dir_all(&build).expect("mkdir");
+        std::fs::write(build.join("Procfile"), "web: true\n").expect("write");
+        let mut spec = CompileSpec::new(
+            build,
+            root.path().join("cache"),
+            root.path().join("builtin"),
+            root.path().join("fetched"),
+        );
+        spec.buildpacks = vec![root.path().join("bp").display().to_string()];
+        spec.sandbox = Some(sandbox);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let cancel = CancellationToken::new();
+        let running = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move { slipway_build::run_buildpacks(&spec, &tx, cancel).await })
+        };
+        let mut seen = Vec::new();
+        while let Some(event) = rx.recv().await {
+            let line = event.line().map(str::to_string);
+            seen.extend(line.clone());
+            if matches!(&event, BuildEvent::Output { line, .. } if line == "started") {
+                break;
+            }
+        }
+        assert!(
+            seen.iter().any(|l| l.contains("Building in a container")),
+            "{seen:#?}"
+        );
+        assert_eq!(containers(&dynos).len(), 1);
+        wait_until(30, "the build's background process", || async {
+            sleeping(&a).then_some(())
+        })
+        .await;
+
+        cancel.cancel();
+        let result = running.await.expect("join");
+        assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
+        assert!(containers(&dynos).is_empty(), "{:?}", containers(&dynos));
+        wait_until(30, "the build's processes to end", || async {
+            (!sleeping(&a) && !sleeping(&b)).then_some(())
+        })
+        .await;
+        let bundles = dynos.join(".oci/builds");
+        let left = std::fs::read_dir(&bundles).expect("bundles").count();
+        assert_eq!(left, 0, "bundles left in {}", bundles.display());
+    }
+}

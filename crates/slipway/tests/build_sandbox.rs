@@ -273,16 +273,8 @@ fn oci_builds_over_their_memory_or_time_limit_fail_and_leave_no_container() {
     assert!(out.contains("pre-receive hook declined"), "{out}");
 
     // The container is gone, with everything that ran in it (the background sleep too).
-    let state = server.dynos_dir().join(".oci/state");
     wait_for(30, "no build container left", || {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .arg("list")
-            .output()
-            .expect("runc list");
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.success() && !listed.contains("build-")).then_some(())
+        build_containers(&server).is_empty().then_some(())
     });
     wait_for(30, "the build's processes to end", || {
         let sleeping = std::fs::read_dir("/proc")
@@ -300,4 +292,21 @@ fn oci_builds_over_their_memory_or_time_limit_fail_and_leave_no_container() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "bundles left: {left:?}");
+}
+
+/// The build containers runc knows of on this server.
+fn build_containers(server: &Server) -> Vec<String> {
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(server.dynos_dir().join(".oci/state"))
+        .arg("list")
+        .output()
+        .expect("runc list");
+    assert!(out.status.success(), "runc list: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| id.starts_with("build-"))
+        .map(str::to_string)
+        .collect()
 }
