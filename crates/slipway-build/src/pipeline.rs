@@ -214,20 +214,40 @@ pub async fn compile(
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
-    if let Some(sandbox) = &spec.sandbox {
-        say(BuildEvent::title(format!(
-            "Building in a container: {}",
-            sandbox.describe()
-        )))
-        .await;
-    }
+    let workspace = match &spec.sandbox {
+        Some(sandbox) => {
+            say(BuildEvent::title(format!(
+                "Building in a container: {}",
+                sandbox.describe()
+            )))
+            .await;
+            Workspace::open(&spec.build_dir, &spec.cache_dir)?
+        }
+        None => None,
+    };
+    // Where the buildpacks see the build and cache directories (moved into the workspace for
+    // the buildpacks' time, then back).
+    let (work_build, work_cache, one_mount) = match &workspace {
+        Some(w) => (w.build.clone(), w.cache.clone(), Some(w.root.clone())),
+        None => (spec.build_dir.clone(), spec.cache_dir.clone(), None),
+    };
+    let build_dir = work_build.as_path();
     let runner = Runner {
         spec,
         env: base_env.clone(),
         deadline,
         cancel: &cancel,
         events,
-        mounts: sandbox_mounts(spec, &env_dir, &home),
+        mounts: sandbox_mounts(
+            spec,
+            one_mount.as_deref(),
+            build_dir,
+            &work_cache,
+            &env_dir,
+            &home,
+        ),
+        build_dir: work_build.clone(),
+        cache_dir: work_cache.clone(),
     };
     let mut chosen: Vec<(Located, String)> = Vec::new();
     for bp in candidates {
@@ -423,13 +443,25 @@ pub fn purge_cache(cache_dir: &Path) -> Result<(), BuildError> {
 /// directory): the build and cache directories and HOME writable; ENV_DIR, the runtimes
 /// directories and the operator's `extra_path` directories (those not already among the
 /// system directories) read-only.
-fn sandbox_mounts(spec: &CompileSpec, env_dir: &Path, home: &Path) -> Vec<SandboxMount> {
-    let mut mounts = vec![
-        SandboxMount::writable(&spec.build_dir),
-        SandboxMount::writable(&spec.cache_dir),
+fn sandbox_mounts(
+    spec: &CompileSpec,
+    workspace: Option<&Path>,
+    build_dir: &Path,
+    cache_dir: &Path,
+    env_dir: &Path,
+    home: &Path,
+) -> Vec<SandboxMount> {
+    let mut mounts = match workspace {
+        Some(root) => vec![SandboxMount::writable(root)],
+        None => vec![
+            SandboxMount::writable(build_dir),
+            SandboxMount::writable(cache_dir),
+        ],
+    };
+    mounts.extend([
         SandboxMount::read_only(env_dir),
         SandboxMount::writable(home),
-    ];
+    ]);
     let system = [
         "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
     ];
@@ -450,6 +482,67 @@ struct Runner<'a> {
     events: &'a mpsc::Sender<BuildEvent>,
     /// See [`sandbox_mounts`].
     mounts: Vec<SandboxMount>,
+    /// BUILD_DIR and CACHE_DIR as the buildpacks get them (see [`Workspace`]).
+    build_dir: PathBuf,
+    cache_dir: PathBuf,
+}
+
+/// Under the sandbox, the build and cache directories are moved (renamed, O(1)) into one
+/// directory beside the build directory for the buildpacks' time, and that one is mounted:
+/// `link(2)` fails across mounts even of one file system, and the Python buildpack restores
+/// and saves its cached virtualenv by hard links (a copy of ~9,000 files otherwise). Moved
+/// back when dropped (on every path out of `compile`). None when the cache is on another file
+/// system (then each is mounted on its own). A server killed meanwhile loses that app's
+/// cache (it stays in the build's temporary directory, which is cleaned): a cache only.
+struct Workspace {
+    root: PathBuf,
+    build: PathBuf,
+    cache: PathBuf,
+    /// (original, inside the workspace), in the order they were moved.
+    moved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Workspace {
+    fn open(build_dir: &Path, cache_dir: &Path) -> Result<Option<Workspace>, BuildError> {
+        let Some(parent) = build_dir.parent() else {
+            return Ok(None);
+        };
+        let root = tempfile::Builder::new()
+            .prefix(".slipway-workspace-")
+            .tempdir_in(parent)
+            .map_err(BuildError::io("creating a directory in", parent))?
+            .keep();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+            .map_err(BuildError::io("setting permissions of", &root))?;
+        let mut w = Workspace {
+            build: root.join("build"),
+            cache: root.join("cache"),
+            root,
+            moved: Vec::new(),
+        };
+        for (from, to) in [
+            (build_dir.to_path_buf(), w.build.clone()),
+            (cache_dir.to_path_buf(), w.cache.clone()),
+        ] {
+            match std::fs::rename(&from, &to) {
+                Ok(()) => w.moved.push((from, to)),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Ok(None),
+                Err(e) => return Err(BuildError::io("moving", &from)(e)),
+            }
+        }
+        Ok(Some(w))
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        for (original, inside) in self.moved.drain(..).rev() {
+            if let Err(e) = std::fs::rename(&inside, &original) {
+                tracing::error!(from = %inside.display(), to = %original.display(), error = %e, "could not move a build directory back");
+            }
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
 }
 
 impl Runner<'_> {
@@ -496,7 +589,7 @@ impl Runner<'_> {
                 program: &program,
                 args,
                 env: &self.env,
-                cwd: &self.spec.build_dir,
+                cwd: &self.build_dir,
                 run_as: self.spec.run_as,
                 memory_limit_bytes: self.spec.memory_limit_bytes,
                 deadline: self.deadline,
@@ -550,12 +643,7 @@ impl Runner<'_> {
     /// Whether `bp` applies, and the name its detect printed.
     async fn detect(&self, bp: &Located) -> Result<(bool, String), BuildError> {
         let f = self
-            .run(
-                bp,
-                Phase::Detect,
-                vec![self.spec.build_dir.clone().into()],
-                true,
-            )
+            .run(bp, Phase::Detect, vec![self.build_dir.clone().into()], true)
             .await?;
         let printed = String::from_utf8_lossy(&f.stdout);
         let name: String = printed
@@ -573,8 +661,8 @@ impl Runner<'_> {
 
     async fn compile(&self, bp: &Located, env_dir: &Path) -> Result<(), BuildError> {
         let args = vec![
-            self.spec.build_dir.clone().into(),
-            self.spec.cache_dir.clone().into(),
+            self.build_dir.clone().into(),
+            self.cache_dir.clone().into(),
             env_dir.to_path_buf().into(),
         ];
         let f = self.run(bp, Phase::Compile, args, false).await?;
@@ -615,7 +703,7 @@ impl Runner<'_> {
                     export.clone().into(),
                 ],
                 env: &self.env,
-                cwd: &self.spec.build_dir,
+                cwd: &self.build_dir,
                 run_as: self.spec.run_as,
                 memory_limit_bytes: self.spec.memory_limit_bytes,
                 deadline: self.deadline,
@@ -660,7 +748,7 @@ impl Runner<'_> {
             .run(
                 bp,
                 Phase::Release,
-                vec![self.spec.build_dir.clone().into()],
+                vec![self.build_dir.clone().into()],
                 true,
             )
             .await?;

@@ -18,6 +18,8 @@ const MARKER: &str = "victim-cache-4242";
 const PROBE_COMPILE: &str = r#"#!/bin/sh
 set -e
 echo "$(cat "$1/name.txt")-cache-4242" > "$2/cache-marker"
+rm -f "$2/linked"
+if ln "$1/name.txt" "$2/linked"; then echo "-----> Hard link build to cache: ok"; fi
 python3 - "$1" <<'PY'
 import os, sys
 build = sys.argv[1]
@@ -172,6 +174,10 @@ fn a_buildpack_in_the_oci_sandbox_sees_no_other_app_nor_the_platform() {
     );
     assert!(ok, "{out}");
     assert!(out.contains("Building in a container: oci ("), "{out}");
+
+    // The build and cache directories are one mount: the Python buildpack's cached
+    // virtualenv is restored by hard links, not copied.
+    assert!(out.contains("Hard link build to cache: ok"), "{out}");
 
     // Not root: the build user (an app's uid + 100000).
     let id = said(&out, "-----> Probe uid=");
