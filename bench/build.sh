@@ -12,6 +12,8 @@
 #   bench/build.sh                          # 3 redeploys, release build
 #   RUNS=5 BIN=target/debug/slipway bench/build.sh
 #   BY_HAND=0 bench/build.sh                # without the by-hand comparison (much shorter)
+#   DYNO_RUNTIME=process bench/build.sh     # dynos and builds on the host (default: auto,
+#                                           # i.e. runc, where builds run in containers too)
 #
 # Needs root (runc), runc, git, python3 with venv, curl, and PyPI. Prints a Markdown table.
 set -euo pipefail
@@ -43,7 +45,7 @@ git_q() { git -c user.name=bench -c user.email=bench@localhost "$@"; }
 
 mkdir -p "$work/home"
 export HOME=$work/home SLIPWAY_DATA_DIR=$work/data
-"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 >"$work/server.out" 2>"$work/server.err" &
+"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 --dyno-runtime "${DYNO_RUNTIME:-auto}" >"$work/server.out" 2>"$work/server.err" &
 server=$!
 for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 router=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
@@ -80,6 +82,9 @@ t_hello=$(deploy hello "$work/hello" "Hello")
 
 new_app django crates/slipway/tests/apps/django
 t_first=$(deploy django "$work/django" "Hello from Django")
+cp "$work/push.log" "$work/first.log"
+# built_ms LOG: ms from `git push` until the buildpacks were done (the `Compressing` line).
+built_ms() { grep -m1 -E '^[0-9]+ remote: -----> Compressing' "$1" | cut -d' ' -f1; }
 
 redeploys=()
 for i in $(seq "$RUNS"); do
@@ -117,11 +122,17 @@ if [ "$BY_HAND" = 1 ]; then
 fi
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+builts=()
+for i in $(seq "$RUNS"); do builts+=("$(built_ms "$work/redeploy-$i.log")"); done
+echo "dyno runtime: $(grep -m1 '^dyno runtime:' "$work/server.out" || echo unknown)"
+echo
 echo "| deploy | push to serving (ms) |"
 echo "|---|---|"
 echo "| Procfile-only app (examples/hello), first deploy | $t_hello |"
 echo "| Django app, first deploy (empty cache, PyPI) | $t_first |"
 echo "| Django app, cached redeploy, median of $RUNS (${redeploys[*]}) | $(median "${redeploys[@]}") |"
+echo "| Django app, first deploy: push to buildpacks done | $(built_ms "$work/first.log") |"
+echo "| Django app, cached redeploy: push to buildpacks done, median of $RUNS (${builts[*]}) | $(median "${builts[@]}") |"
 if [ "$BY_HAND" = 1 ]; then
   echo "| by hand: venv + pip from warm cache + collectstatic + gunicorn, median of $RUNS (${hands[*]}) | $(median "${hands[@]}") |"
 fi

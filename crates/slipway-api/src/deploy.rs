@@ -565,5 +565,8 @@ pub(crate) fn compile_spec(
         .map_err(|e| format!("could not choose the build's user: {e}"))?
         .map(|u| (u.uid, u.gid));
     spec.source_version = Some(commit_sha.to_string());
+    // With the OCI dyno runtime, buildpacks run in its containers too (the memory limit is
+    // then the container's).
+    spec.sandbox = state.dynos.build_sandbox();
     Ok(spec)
 }

@@ -58,7 +58,7 @@ pub struct ServerConfig {
     pub builds_dir: Option<PathBuf>,
     /// How long one build may run.
     pub build_timeout: Duration,
-    /// Address space each buildpack process may use.
+    /// Memory of each build container (OCI runtime), else address space of each buildpack process.
     pub build_memory_limit_bytes: u64,
     /// Largest compressed slug a build may make.
     pub max_slug_bytes: u64,

@@ -32,7 +32,8 @@ pub struct Settings {
     pub builds_dir: PathBuf,
     /// How long one build may run (all its buildpacks).
     pub build_timeout: Duration,
-    /// Address space (RLIMIT_AS) of each buildpack process.
+    /// Each buildpack container's memory limit (OCI runtime), else each buildpack process's
+    /// address space (RLIMIT_AS).
     pub build_memory_limit_bytes: u64,
     /// How long a release phase may run before its release fails (Heroku: 1 h).
     pub release_phase_timeout: Duration,

@@ -318,6 +318,8 @@ async fn fetch(
                 buildpack: entry,
                 phase: Phase::Fetch,
                 max_line: crate::pipeline::MAX_LINE_BYTES,
+                // git as the build user on the host (not a buildpack's code).
+                sandbox: None,
             },
             cx.events,
         )
@@ -330,6 +332,7 @@ async fn fetch(
             },
             RunError::Cancelled => BuildError::Cancelled,
             RunError::Spawn(e) | RunError::Wait(e) => failed(format!("could not run git: {e}")),
+            RunError::Sandbox(e) => failed(e.to_string()),
         })?;
         if !finished.status.success() {
             return Err(failed(format!(

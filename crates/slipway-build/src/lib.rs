@@ -13,6 +13,7 @@ pub mod pipeline;
 mod process;
 mod reap;
 pub mod runtime;
+mod sandbox;
 mod slug;
 mod slugignore;
 mod source;
@@ -27,6 +28,7 @@ pub use buildpack::{install_builtin, resolve_buildpacks, BuildpackRef, Builtin, 
 pub use event::{BuildEvent, Phase};
 pub use pipeline::{compile as run_buildpacks, pack_slug, purge_cache, CompileSpec, Compiled};
 pub use reap::kill_user_processes;
+pub use sandbox::{BuildSandbox, SandboxCommand, SandboxError, SandboxMount, SandboxRun};
 pub use slug::{copy_as_slug, create_slug, read_slug_file, unpack_slug, SlugInfo};
 pub use source::extract_source;
 pub use targuard::MAX_METADATA_ENTRY;
@@ -97,6 +99,20 @@ pub enum BuildError {
         buildpack: String,
         phase: Phase,
         limit: Duration,
+    },
+    #[error("buildpack {buildpack}: {} ran out of memory: the build's limit is {} MiB and the kernel ended a process at it (its output is above). Make the build use less memory, or ask the operator for a larger --build-memory-limit", .phase.script(), .limit_bytes / (1024 * 1024))]
+    OutOfMemory {
+        buildpack: String,
+        phase: Phase,
+        limit_bytes: u64,
+        /// The last lines it printed.
+        output: Vec<String>,
+    },
+    #[error("buildpack {buildpack}: {source}")]
+    Sandbox {
+        buildpack: String,
+        #[source]
+        source: SandboxError,
     },
     #[error("the build was cancelled")]
     Cancelled,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_core::{Procfile, ProcfileError};
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buildpack::{self, FetchContext, Located};
 use crate::event::{BuildEvent, Phase};
-use crate::process::{self, Run, RunError};
+use crate::process::{self, Run, RunError, Sandboxed};
 use crate::runtime;
+use crate::sandbox::{BuildSandbox, SandboxMount};
 use crate::{BuildError, Limits, SlugInfo};
 
 /// Stack name given to buildpacks as `STACK`.
@@ -76,6 +78,12 @@ pub struct CompileSpec {
     pub memory_limit_bytes: Option<u64>,
     /// The commit being built, given to buildpacks as `SOURCE_VERSION`.
     pub source_version: Option<String>,
+    /// Run every buildpack process (detect, compile, release, sourcing `export`) in a
+    /// container of its own (the OCI dyno runtime's), seeing only the build, cache, env and
+    /// home directories and its buildpack's (plus the runtimes and `extra_path` directories,
+    /// read-only); `memory_limit_bytes` is then the container's memory limit. None: host
+    /// processes as described above.
+    pub sandbox: Option<Arc<dyn BuildSandbox>>,
 }
 
 impl CompileSpec {
@@ -101,6 +109,7 @@ impl CompileSpec {
             run_as: None,
             memory_limit_bytes: None,
             source_version: None,
+            sandbox: None,
         }
     }
 }
@@ -205,12 +214,40 @@ pub async fn compile(
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
+    let workspace = match &spec.sandbox {
+        Some(sandbox) => {
+            say(BuildEvent::title(format!(
+                "Building in a container: {}",
+                sandbox.describe()
+            )))
+            .await;
+            Workspace::open(&spec.build_dir, &spec.cache_dir)?
+        }
+        None => None,
+    };
+    // Where the buildpacks see the build and cache directories (moved into the workspace for
+    // the buildpacks' time, then back).
+    let (work_build, work_cache, one_mount) = match &workspace {
+        Some(w) => (w.build.clone(), w.cache.clone(), Some(w.root.clone())),
+        None => (spec.build_dir.clone(), spec.cache_dir.clone(), None),
+    };
+    let build_dir = work_build.as_path();
     let runner = Runner {
         spec,
         env: base_env.clone(),
         deadline,
         cancel: &cancel,
         events,
+        mounts: sandbox_mounts(
+            spec,
+            one_mount.as_deref(),
+            build_dir,
+            &work_cache,
+            &env_dir,
+            &home,
+        ),
+        build_dir: work_build.clone(),
+        cache_dir: work_cache.clone(),
     };
     let mut chosen: Vec<(Located, String)> = Vec::new();
     for bp in candidates {
@@ -402,15 +439,135 @@ pub fn purge_cache(cache_dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// What every sandboxed buildpack process of the build sees (besides its buildpack's
+/// directory): the build and cache directories and HOME writable; ENV_DIR, the runtimes
+/// directories and the operator's `extra_path` directories (those not already among the
+/// system directories) read-only.
+fn sandbox_mounts(
+    spec: &CompileSpec,
+    workspace: Option<&Path>,
+    build_dir: &Path,
+    cache_dir: &Path,
+    env_dir: &Path,
+    home: &Path,
+) -> Vec<SandboxMount> {
+    let mut mounts = match workspace {
+        Some(root) => vec![SandboxMount::writable(root)],
+        None => vec![
+            SandboxMount::writable(build_dir),
+            SandboxMount::writable(cache_dir),
+        ],
+    };
+    mounts.extend([
+        SandboxMount::read_only(env_dir),
+        SandboxMount::writable(home),
+    ]);
+    let system = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    ];
+    for dir in spec.runtimes_dirs.iter().chain(&spec.extra_path) {
+        let visible = system.iter().any(|s| dir.starts_with(s));
+        if !visible && dir.is_absolute() && dir.is_dir() {
+            mounts.push(SandboxMount::read_only(dir));
+        }
+    }
+    mounts
+}
+
 struct Runner<'a> {
     spec: &'a CompileSpec,
     env: BTreeMap<String, String>,
     deadline: Instant,
     cancel: &'a CancellationToken,
     events: &'a mpsc::Sender<BuildEvent>,
+    /// See [`sandbox_mounts`].
+    mounts: Vec<SandboxMount>,
+    /// BUILD_DIR and CACHE_DIR as the buildpacks get them (see [`Workspace`]).
+    build_dir: PathBuf,
+    cache_dir: PathBuf,
+}
+
+/// Under the sandbox, the build and cache directories are moved (renamed, O(1)) into one
+/// directory beside the build directory for the buildpacks' time, and that one is mounted:
+/// `link(2)` fails across mounts even of one file system, and the Python buildpack restores
+/// and saves its cached virtualenv by hard links (a copy of ~9,000 files otherwise). Moved
+/// back when dropped (on every path out of `compile`). None when the cache is on another file
+/// system (then each is mounted on its own). A server killed meanwhile loses that app's
+/// cache (it stays in the build's temporary directory, which is cleaned): a cache only.
+struct Workspace {
+    root: PathBuf,
+    build: PathBuf,
+    cache: PathBuf,
+    /// (original, inside the workspace), in the order they were moved.
+    moved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Workspace {
+    fn open(build_dir: &Path, cache_dir: &Path) -> Result<Option<Workspace>, BuildError> {
+        let Some(parent) = build_dir.parent() else {
+            return Ok(None);
+        };
+        let root = tempfile::Builder::new()
+            .prefix(".slipway-workspace-")
+            .tempdir_in(parent)
+            .map_err(BuildError::io("creating a directory in", parent))?
+            .keep();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+            .map_err(BuildError::io("setting permissions of", &root))?;
+        let mut w = Workspace {
+            build: root.join("build"),
+            cache: root.join("cache"),
+            root,
+            moved: Vec::new(),
+        };
+        for (from, to) in [
+            (build_dir.to_path_buf(), w.build.clone()),
+            (cache_dir.to_path_buf(), w.cache.clone()),
+        ] {
+            match std::fs::rename(&from, &to) {
+                Ok(()) => w.moved.push((from, to)),
+                Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => return Ok(None),
+                Err(e) => return Err(BuildError::io("moving", &from)(e)),
+            }
+        }
+        Ok(Some(w))
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        for (original, inside) in self.moved.drain(..).rev() {
+            if let Err(e) = std::fs::rename(&inside, &original) {
+                tracing::error!(from = %inside.display(), to = %original.display(), error = %e, "could not move a build directory back");
+            }
+        }
+        let _ = std::fs::remove_dir(&self.root);
+    }
 }
 
 impl Runner<'_> {
+    /// The container of a run of `bp`'s scripts, when the build has a sandbox: its copy of the
+    /// buildpack (compile, export) is writable, the original (detect, release) is not.
+    fn sandboxed(&self, bp: &Located, writable: bool) -> Option<Sandboxed<'_>> {
+        let sandbox = self.spec.sandbox.as_ref()?;
+        let mut mounts = self.mounts.clone();
+        mounts.push(SandboxMount {
+            path: bp.dir.clone(),
+            writable,
+        });
+        Some(Sandboxed { sandbox, mounts })
+    }
+
+    /// A run that failed because the container's memory limit was reached.
+    fn out_of_memory(&self, bp: &Located, phase: Phase, f: process::Finished) -> BuildError {
+        BuildError::OutOfMemory {
+            buildpack: bp.name.clone(),
+            phase,
+            limit_bytes: self.spec.memory_limit_bytes.unwrap_or(0),
+            output: f.tail,
+        }
+    }
+
     async fn run(
         &self,
         bp: &Located,
@@ -432,7 +589,7 @@ impl Runner<'_> {
                 program: &program,
                 args,
                 env: &self.env,
-                cwd: &self.spec.build_dir,
+                cwd: &self.build_dir,
                 run_as: self.spec.run_as,
                 memory_limit_bytes: self.spec.memory_limit_bytes,
                 deadline: self.deadline,
@@ -441,6 +598,7 @@ impl Runner<'_> {
                 buildpack: &bp.name,
                 phase,
                 max_line: MAX_LINE_BYTES,
+                sandbox: self.sandboxed(bp, phase == Phase::Compile),
             },
             self.events,
         )
@@ -455,7 +613,15 @@ impl Runner<'_> {
                 success,
             })
             .await;
-        result.map_err(|e| match e {
+        match result {
+            Ok(f) if f.oom_killed && !f.status.success() => Err(self.out_of_memory(bp, phase, f)),
+            Ok(f) => Ok(f),
+            Err(e) => Err(self.run_error(bp, phase, e)),
+        }
+    }
+
+    fn run_error(&self, bp: &Located, phase: Phase, e: RunError) -> BuildError {
+        match e {
             RunError::Timeout => BuildError::Timeout {
                 buildpack: bp.name.clone(),
                 phase,
@@ -467,18 +633,17 @@ impl Runner<'_> {
                 phase,
                 source,
             },
-        })
+            RunError::Sandbox(source) => BuildError::Sandbox {
+                buildpack: bp.name.clone(),
+                source,
+            },
+        }
     }
 
     /// Whether `bp` applies, and the name its detect printed.
     async fn detect(&self, bp: &Located) -> Result<(bool, String), BuildError> {
         let f = self
-            .run(
-                bp,
-                Phase::Detect,
-                vec![self.spec.build_dir.clone().into()],
-                true,
-            )
+            .run(bp, Phase::Detect, vec![self.build_dir.clone().into()], true)
             .await?;
         let printed = String::from_utf8_lossy(&f.stdout);
         let name: String = printed
@@ -496,8 +661,8 @@ impl Runner<'_> {
 
     async fn compile(&self, bp: &Located, env_dir: &Path) -> Result<(), BuildError> {
         let args = vec![
-            self.spec.build_dir.clone().into(),
-            self.spec.cache_dir.clone().into(),
+            self.build_dir.clone().into(),
+            self.cache_dir.clone().into(),
             env_dir.to_path_buf().into(),
         ];
         let f = self.run(bp, Phase::Compile, args, false).await?;
@@ -538,7 +703,7 @@ impl Runner<'_> {
                     export.clone().into(),
                 ],
                 env: &self.env,
-                cwd: &self.spec.build_dir,
+                cwd: &self.build_dir,
                 run_as: self.spec.run_as,
                 memory_limit_bytes: self.spec.memory_limit_bytes,
                 deadline: self.deadline,
@@ -547,23 +712,15 @@ impl Runner<'_> {
                 buildpack: &bp.name,
                 phase: Phase::Compile,
                 max_line: MAX_LINE_BYTES,
+                sandbox: self.sandboxed(bp, true),
             },
             self.events,
         )
         .await
-        .map_err(|e| match e {
-            RunError::Timeout => BuildError::Timeout {
-                buildpack: bp.name.clone(),
-                phase: Phase::Compile,
-                limit: self.spec.timeout,
-            },
-            RunError::Cancelled => BuildError::Cancelled,
-            RunError::Spawn(source) | RunError::Wait(source) => BuildError::Spawn {
-                buildpack: bp.name.clone(),
-                phase: Phase::Compile,
-                source,
-            },
-        })?;
+        .map_err(|e| self.run_error(bp, Phase::Compile, e))?;
+        if f.oom_killed && !f.status.success() {
+            return Err(self.out_of_memory(bp, Phase::Compile, f));
+        }
         if !f.status.success() {
             return Err(BuildError::BuildpackInvalid {
                 buildpack: bp.name.clone(),
@@ -591,7 +748,7 @@ impl Runner<'_> {
             .run(
                 bp,
                 Phase::Release,
-                vec![self.spec.build_dir.clone().into()],
+                vec![self.build_dir.clone().into()],
                 true,
             )
             .await?;

@@ -1,10 +1,14 @@
 //! Running one buildpack executable: its own process group, a minimal environment, output
-//! streamed line by line as events, killed as a group on timeout or cancellation.
+//! streamed line by line as events, killed as a group on timeout or cancellation. With a
+//! [`BuildSandbox`] (the OCI runtime), the executable runs in a container of its own instead,
+//! and the time limit and cancellation kill the container.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -14,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{BuildEvent, Phase};
+use crate::sandbox::{BuildSandbox, SandboxError, SandboxMount, SandboxRun};
 
 /// How many of the last output lines a failure keeps, to put them in its error.
 pub(crate) const TAIL_LINES: usize = 30;
@@ -34,6 +39,14 @@ pub(crate) struct Run<'a> {
     pub buildpack: &'a str,
     pub phase: Phase,
     pub max_line: usize,
+    /// Run in a container (mounting these host directories) instead of as a host process.
+    pub sandbox: Option<Sandboxed<'a>>,
+}
+
+/// A run's container: the sandbox and what of the host it sees.
+pub(crate) struct Sandboxed<'a> {
+    pub sandbox: &'a Arc<dyn BuildSandbox>,
+    pub mounts: Vec<SandboxMount>,
 }
 
 pub(crate) struct Finished {
@@ -41,12 +54,15 @@ pub(crate) struct Finished {
     pub stdout: Vec<u8>,
     /// The last [`TAIL_LINES`] lines streamed.
     pub tail: Vec<String>,
+    /// The kernel's OOM killer ended a process of the run's container (sandboxed runs only).
+    pub oom_killed: bool,
 }
 
 #[derive(Debug)]
 pub(crate) enum RunError {
     Spawn(std::io::Error),
     Wait(std::io::Error),
+    Sandbox(SandboxError),
     Timeout,
     Cancelled,
 }
@@ -61,9 +77,27 @@ pub(crate) async fn run(
     run: Run<'_>,
     events: &mpsc::Sender<BuildEvent>,
 ) -> Result<Finished, RunError> {
-    let mut cmd = match run.memory_limit_bytes {
+    let container = match &run.sandbox {
+        Some(s) => Some(
+            Container::prepare(s, &run)
+                .await
+                .map_err(RunError::Sandbox)?,
+        ),
+        None => None,
+    };
+    let mut cmd = match (&container, run.memory_limit_bytes) {
+        // The container's own memory limit (a cgroup) applies; runc runs as root and starts
+        // the program as the build user.
+        (Some(c), _) => {
+            let mut cmd = tokio::process::Command::new(&c.command.program);
+            cmd.args(&c.command.args)
+                .env_clear()
+                .envs(c.command.env.iter().map(|(k, v)| (k, v)))
+                .current_dir(&c.command.cwd);
+            cmd
+        }
         // RLIMIT_AS through the shell's `ulimit -v` (KiB): no unsafe pre_exec needed.
-        Some(bytes) => {
+        (None, Some(bytes)) => {
             let mut c = tokio::process::Command::new("/bin/sh");
             c.arg("-c")
                 .arg(r#"ulimit -v "$0" || exit 97; exec "$@""#)
@@ -72,24 +106,24 @@ pub(crate) async fn run(
                 .args(&run.args);
             c
         }
-        None => {
+        (None, None) => {
             let mut c = tokio::process::Command::new(run.program);
             c.args(&run.args);
             c
         }
     };
-    cmd.env_clear()
-        .envs(run.env)
-        .current_dir(run.cwd)
-        .stdin(Stdio::null())
+    if container.is_none() {
+        cmd.env_clear().envs(run.env).current_dir(run.cwd);
+        if let Some((uid, gid)) = run.run_as {
+            // std drops supplementary groups when root switches user.
+            cmd.uid(uid).gid(gid);
+        }
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some((uid, gid)) = run.run_as {
-        // std drops supplementary groups when root switches user.
-        cmd.uid(uid).gid(gid);
-    }
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let stdout = child.stdout.take();
@@ -148,19 +182,117 @@ pub(crate) async fn run(
         }
     };
     match outcome {
-        Outcome::Done(status, stdout) => Ok(Finished {
-            status: status.map_err(RunError::Wait)?,
-            stdout,
-            tail: tail.into_iter().collect(),
-        }),
+        Outcome::Done(status, stdout) => {
+            let oom_killed = match container {
+                Some(c) => c.finish().await,
+                None => false,
+            };
+            Ok(Finished {
+                status: status.map_err(RunError::Wait)?,
+                stdout,
+                tail: tail.into_iter().collect(),
+                oom_killed,
+            })
+        }
         Outcome::Timeout | Outcome::Cancelled => {
+            // The container's processes are not in runc's process group: the runtime kills
+            // them (all of them: its own PID namespace ends with its first process).
+            if let Some(c) = &container {
+                c.kill().await;
+            }
             kill_group(pid);
             let _ = child.wait().await;
+            if let Some(c) = container {
+                c.finish().await;
+            }
             Err(if matches!(outcome, Outcome::Timeout) {
                 RunError::Timeout
             } else {
                 RunError::Cancelled
             })
+        }
+    }
+}
+
+/// Distinguishes the containers of one server process.
+static CONTAINERS: AtomicU64 = AtomicU64::new(0);
+
+/// A prepared build container; deleted when dropped before [`Container::finish`] (a build
+/// future dropped mid-run).
+struct Container {
+    sandbox: Arc<dyn BuildSandbox>,
+    id: String,
+    command: crate::sandbox::SandboxCommand,
+    finished: bool,
+}
+
+impl Container {
+    async fn prepare(s: &Sandboxed<'_>, run: &Run<'_>) -> Result<Container, SandboxError> {
+        let n = CONTAINERS.fetch_add(1, Ordering::Relaxed);
+        let id = format!("build-{}-{n}", std::process::id());
+        let sandbox = Arc::clone(s.sandbox);
+        // The build user; `nobody` if the server gave none (it runs as root to use runc).
+        let user = run.run_as.unwrap_or((65534, 65534));
+        let spec = (
+            run.program.to_path_buf(),
+            run.args.clone(),
+            run.env.clone(),
+            run.cwd.to_path_buf(),
+            s.mounts.clone(),
+            run.memory_limit_bytes,
+        );
+        let (sb, cid) = (Arc::clone(&sandbox), id.clone());
+        let command = tokio::task::spawn_blocking(move || {
+            let (program, args, env, cwd, mounts, memory_limit_bytes) = spec;
+            sb.prepare(
+                &cid,
+                &SandboxRun {
+                    program: &program,
+                    args: &args,
+                    env: &env,
+                    cwd: &cwd,
+                    user,
+                    mounts: &mounts,
+                    memory_limit_bytes,
+                },
+            )
+        })
+        .await
+        .map_err(|e| SandboxError {
+            id: id.clone(),
+            detail: e.to_string(),
+        })??;
+        Ok(Container {
+            sandbox,
+            id,
+            command,
+            finished: false,
+        })
+    }
+
+    async fn kill(&self) {
+        let (sandbox, id) = (Arc::clone(&self.sandbox), self.id.clone());
+        let _ = tokio::task::spawn_blocking(move || sandbox.kill(&id)).await;
+    }
+
+    /// Whether the OOM killer struck; deletes the container.
+    async fn finish(mut self) -> bool {
+        self.finished = true;
+        let (sandbox, id) = (Arc::clone(&self.sandbox), self.id.clone());
+        tokio::task::spawn_blocking(move || sandbox.finish(&id))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if !self.finished {
+            let (sandbox, id) = (Arc::clone(&self.sandbox), self.id.clone());
+            std::thread::spawn(move || {
+                sandbox.kill(&id);
+                sandbox.finish(&id);
+            });
         }
     }
 }

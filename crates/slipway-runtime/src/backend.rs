@@ -224,6 +224,12 @@ pub trait DynoBackend: Send + Sync + 'static {
         false
     }
 
+    /// Where builds run their buildpack processes when dynos run in this backend's sandbox
+    /// (see `build_sandbox.rs`); none: on the host, as the build user.
+    fn build_sandbox(&self) -> Option<std::sync::Arc<dyn slipway_build::BuildSandbox>> {
+        None
+    }
+
     /// Creates the dyno's filesystem: a fresh copy of the slug (and for containers, the
     /// bundle). Blocking; any leftover of a previous run of the same dyno is replaced.
     fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError>;

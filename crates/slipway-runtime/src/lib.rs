@@ -28,6 +28,7 @@
 
 mod attach;
 mod backend;
+mod build_sandbox;
 mod cgroup;
 mod dynolog;
 pub mod events;
@@ -64,6 +65,7 @@ pub use backend::{
     Usage,
 };
 pub use events::{DynoEvent, EventStream, Stamped, StartFailure};
+pub use build_sandbox::OciBuildSandbox;
 pub use health::Health;
 pub use lifecycle::Lifecycle;
 pub use metrics::LoadAvg;
@@ -482,6 +484,12 @@ impl DynoManager {
             uid: u.uid + BUILD_UID_OFFSET,
             gid: u.gid + BUILD_UID_OFFSET,
         }))
+    }
+
+    /// Where builds run their buildpacks: the OCI backend's containers, or none (host
+    /// processes) with the process backend.
+    pub fn build_sandbox(&self) -> Option<Arc<dyn slipway_build::BuildSandbox>> {
+        self.inner.backend.build_sandbox()
     }
 
     /// Chooses the backend `cfg` asks for (see [`select_backend`]) and prepares the dynos

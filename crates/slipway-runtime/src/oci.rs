@@ -30,6 +30,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{
@@ -44,6 +45,7 @@ use crate::backend::{
     environment, fresh_dyno_dir, make_dir, remove_dir, shell, wrapped_command, BoxFuture,
     DynoBackend, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError, Usage, PATH,
 };
+use crate::build_sandbox::OciBuildSandbox;
 use crate::cgroup::{relative_path, Cgroups};
 use crate::process::kill_group;
 use crate::releasedir::{Lower, ReleaseDirs};
@@ -107,6 +109,8 @@ pub struct OciBackend {
     /// The `/etc` every dyno gets.
     stack_etc: PathBuf,
     cgroups: Cgroups,
+    /// Builds' containers (`build_sandbox.rs`).
+    builds: Arc<OciBuildSandbox>,
     /// Release directories for overlay `/app`s; `None` where overlayfs does not work here
     /// (each dyno then gets a copy of the slug).
     releases: Option<ReleaseDirs>,
@@ -148,12 +152,21 @@ impl OciBackend {
         let state_dir = shared.join("state");
         make_dir(&state_dir, 0o700, None)?;
         let stack_etc = build_stack_etc(&shared)?;
+        let builds = Arc::new(OciBuildSandbox::new(
+            path.clone(),
+            version.clone(),
+            state_dir.clone(),
+            stack_etc.clone(),
+            cgroups.clone(),
+            shared.join("builds"),
+        )?);
         let mut backend = Self {
             binary: path,
             version,
             state_dir,
             stack_etc,
             cgroups,
+            builds,
             releases: None,
             no_overlay: None,
         };
@@ -255,188 +268,55 @@ impl OciBackend {
         Ok(None)
     }
 
-    /// `<dir>/config.json`, `<dir>/rootfs`, `<dir>/passwd`, `<dir>/group`, with
-    /// `process.terminal` set as given (one-off dynos on a terminal) and `/app` an overlay on
-    /// `lower` (with `<dir>/upper` and `<dir>/work`) or a bind of `<dir>/app`.
+    /// The bundle (`write_bundle`), with `process.terminal` set as given (one-off dynos on a
+    /// terminal) and `/app` an overlay on `lower` (with `<dir>/upper` and `<dir>/work`) or a
+    /// bind of `<dir>/app`.
     fn write_bundle_with(
         &self,
         dyno: &DynoSpec,
         terminal: bool,
         lower: Option<&Lower>,
     ) -> Result<(), RuntimeError> {
-        let rootfs = dyno.dir.join("rootfs");
-        make_dir(&rootfs, 0o755, None)?;
-        for d in ["usr", "etc", "app", "proc", "dev", "var", "sys"] {
-            make_dir(&rootfs.join(d), 0o755, None)?;
-        }
-        // runc gives a tmpfs the mode of the directory it covers.
-        make_dir(&rootfs.join("tmp"), 0o1777, None)?;
-        let var_tmp = rootfs.join("var/tmp");
-        if std::fs::symlink_metadata(&var_tmp).is_err() {
-            std::os::unix::fs::symlink("../tmp", &var_tmp)
-                .map_err(RuntimeError::io("creating", &var_tmp))?;
-        }
-        let mut mounts = base_mounts(dyno);
-        for name in SYSTEM_DIRS {
-            let host = Path::new("/").join(name);
-            let Ok(meta) = std::fs::symlink_metadata(&host) else {
-                continue;
-            };
-            let inside = rootfs.join(name);
-            if meta.file_type().is_symlink() {
-                let target =
-                    std::fs::read_link(&host).map_err(RuntimeError::io("reading", &host))?;
-                if std::fs::symlink_metadata(&inside).is_err() {
-                    std::os::unix::fs::symlink(&target, &inside)
-                        .map_err(RuntimeError::io("creating", &inside))?;
-                }
-            } else if meta.is_dir() {
-                make_dir(&inside, 0o755, None)?;
-                mounts.push(bind(&host, &format!("/{name}"), true)?);
-            }
-        }
         let user = dyno.user.unwrap_or(AppUser {
             uid: NOBODY,
             gid: NOBODY,
         });
-        let passwd = dyno.dir.join("passwd");
-        let group = dyno.dir.join("group");
-        std::fs::write(
-            &passwd,
-            format!(
-                "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/usr/sbin/nologin\ndyno:x:{}:{}:dyno:/app:/bin/bash\n",
-                user.uid, user.gid
-            ),
-        )
-        .map_err(RuntimeError::io("writing", &passwd))?;
-        std::fs::write(
-            &group,
-            format!("root:x:0:\nnogroup:x:{NOBODY}:\ndyno:x:{}:\n", user.gid),
-        )
-        .map_err(RuntimeError::io("writing", &group))?;
-        mounts.push(bind(&self.stack_etc, "/etc", true)?);
-        mounts.push(bind(&passwd, "/etc/passwd", true)?);
-        mounts.push(bind(&group, "/etc/group", true)?);
-        mounts.push(match lower {
-            Some(lower) => overlay(&lower.app, &dyno.dir)?,
-            None => bind(&dyno.dir.join("app"), "/app", false)?,
-        });
-        let spec = self.spec(dyno, user, mounts, terminal)?;
-        let config = dyno.dir.join("config.json");
-        spec.save(&config).map_err(|e| RuntimeError::Bundle {
-            dyno: dyno.name.clone(),
-            detail: e.to_string(),
-        })?;
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
-            .map_err(RuntimeError::io("restricting", &config))?;
-        Ok(())
-    }
-
-    fn spec(
-        &self,
-        dyno: &DynoSpec,
-        user: AppUser,
-        mounts: Vec<Mount>,
-        terminal: bool,
-    ) -> Result<Spec, RuntimeError> {
-        let err = |e: oci_spec::OciSpecError| RuntimeError::Bundle {
-            dyno: dyno.name.clone(),
-            detail: e.to_string(),
-        };
         let env: Vec<String> = environment(dyno, "/app")
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let none = HashSet::new();
-        let capabilities = LinuxCapabilitiesBuilder::default()
-            .bounding(none.clone())
-            .effective(none.clone())
-            .inheritable(none.clone())
-            .permitted(none.clone())
-            .ambient(none)
-            .build()
-            .map_err(err)?;
-        let process = ProcessBuilder::default()
-            .terminal(terminal)
-            .user(
-                UserBuilder::default()
-                    .uid(user.uid)
-                    .gid(user.gid)
-                    .additional_gids(Vec::<u32>::new())
-                    .build()
-                    .map_err(err)?,
-            )
-            .args(vec![
-                "/bin/sh".to_string(),
-                "-c".to_string(),
-                INIT.to_string(),
-                "dyno-init".to_string(),
-                shell().to_string(),
-                wrapped_command(&dyno.command),
-            ])
-            .env(env)
-            .cwd("/app")
-            .capabilities(capabilities)
-            .no_new_privileges(true)
-            .build()
-            .map_err(err)?;
         let limit = i64::try_from(dyno.size.memory_limit_bytes()).unwrap_or(i64::MAX);
         let quota = i64::try_from(dyno.size.memory_quota_bytes).unwrap_or(i64::MAX);
-        let resources = LinuxResourcesBuilder::default()
-            .devices(vec![LinuxDeviceCgroupBuilder::default()
-                .allow(false)
-                .access("rwm")
-                .build()
-                .map_err(err)?])
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(limit)
-                    .reservation(quota)
-                    .swap(limit)
-                    .build()
-                    .map_err(err)?,
-            )
-            .pids(
-                LinuxPidsBuilder::default()
-                    .limit(i64::try_from(dyno.size.max_processes).unwrap_or(i64::MAX))
-                    .build()
-                    .map_err(err)?,
-            )
-            .build()
-            .map_err(err)?;
-        let namespaces = [
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Mount,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Ipc,
-        ]
-        .into_iter()
-        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(err)?;
-        let linux = LinuxBuilder::default()
-            .namespaces(namespaces)
-            .resources(resources)
-            .cgroups_path(PathBuf::from(relative_path(&dyno.id)))
-            .masked_paths(get_default_maskedpaths())
-            .readonly_paths(get_default_readonly_paths())
-            .build()
-            .map_err(err)?;
-        SpecBuilder::default()
-            .version("1.0.2")
-            .root(
-                RootBuilder::default()
-                    .path(dyno.dir.join("rootfs"))
-                    .readonly(true)
-                    .build()
-                    .map_err(err)?,
-            )
-            .hostname(dyno.id.clone())
-            .process(process)
-            .mounts(mounts)
-            .linux(linux)
-            .build()
-            .map_err(err)
+        write_bundle(
+            &self.stack_etc,
+            &Bundle {
+                dir: &dyno.dir,
+                id: &dyno.id,
+                name: &dyno.name,
+                user,
+                user_name: "dyno",
+                user_home: "/app",
+                args: vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    INIT.to_string(),
+                    "dyno-init".to_string(),
+                    shell().to_string(),
+                    wrapped_command(&dyno.command),
+                ],
+                env,
+                cwd: "/app".into(),
+                terminal,
+                mounts: vec![match lower {
+                    Some(lower) => overlay(&lower.app, &dyno.dir)?,
+                    None => bind(&dyno.dir.join("app"), "/app", false)?,
+                }],
+                memory_limit: limit,
+                memory_reservation: Some(quota),
+                max_processes: i64::try_from(dyno.size.max_processes).unwrap_or(i64::MAX),
+                tmp_size_bytes: dyno.size.memory_quota_bytes,
+            },
+        )
     }
 
     fn delete(&self, dyno_id: &str) {
@@ -450,6 +330,186 @@ impl OciBackend {
     }
 }
 
+/// What a container's bundle is made of: a dyno's, or a build's (`build_sandbox.rs`).
+pub(crate) struct Bundle<'a> {
+    /// Where `config.json`, `rootfs/`, `passwd` and `group` are written.
+    pub dir: &'a Path,
+    /// The container's id: its hostname and cgroup (`slipway/<id>`).
+    pub id: &'a str,
+    /// Named in errors.
+    pub name: &'a str,
+    pub user: AppUser,
+    /// The user's name and home in the container's `/etc/passwd`.
+    pub user_name: &'a str,
+    pub user_home: &'a str,
+    pub args: Vec<String>,
+    /// `NAME=value`.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub terminal: bool,
+    /// Mounted after the system directories and `/etc`, in this order.
+    pub mounts: Vec<Mount>,
+    pub memory_limit: i64,
+    pub memory_reservation: Option<i64>,
+    pub max_processes: i64,
+    /// Size of the private `/tmp` (a tmpfs: its pages count as the container's memory).
+    pub tmp_size_bytes: u64,
+}
+
+/// Writes `bundle.dir`'s `config.json`, `rootfs` (the host's system directories read-only,
+/// `stack_etc` as `/etc`), `passwd` and `group`.
+pub(crate) fn write_bundle(stack_etc: &Path, bundle: &Bundle<'_>) -> Result<(), RuntimeError> {
+    let rootfs = bundle.dir.join("rootfs");
+    make_dir(&rootfs, 0o755, None)?;
+    for d in ["usr", "etc", "app", "proc", "dev", "var", "sys"] {
+        make_dir(&rootfs.join(d), 0o755, None)?;
+    }
+    // runc gives a tmpfs the mode of the directory it covers.
+    make_dir(&rootfs.join("tmp"), 0o1777, None)?;
+    let var_tmp = rootfs.join("var/tmp");
+    if std::fs::symlink_metadata(&var_tmp).is_err() {
+        std::os::unix::fs::symlink("../tmp", &var_tmp)
+            .map_err(RuntimeError::io("creating", &var_tmp))?;
+    }
+    let mut mounts = base_mounts(bundle.tmp_size_bytes);
+    for name in SYSTEM_DIRS {
+        let host = Path::new("/").join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let inside = rootfs.join(name);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&host).map_err(RuntimeError::io("reading", &host))?;
+            if std::fs::symlink_metadata(&inside).is_err() {
+                std::os::unix::fs::symlink(&target, &inside)
+                    .map_err(RuntimeError::io("creating", &inside))?;
+            }
+        } else if meta.is_dir() {
+            make_dir(&inside, 0o755, None)?;
+            mounts.push(bind(&host, &format!("/{name}"), true)?);
+        }
+    }
+    let user = bundle.user;
+    let passwd = bundle.dir.join("passwd");
+    let group = bundle.dir.join("group");
+    std::fs::write(
+        &passwd,
+        format!(
+            "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/usr/sbin/nologin\n{}:x:{}:{}:{}:{}:/bin/bash\n",
+            bundle.user_name, user.uid, user.gid, bundle.user_name, bundle.user_home
+        ),
+    )
+    .map_err(RuntimeError::io("writing", &passwd))?;
+    std::fs::write(
+        &group,
+        format!(
+            "root:x:0:\nnogroup:x:{NOBODY}:\n{}:x:{}:\n",
+            bundle.user_name, user.gid
+        ),
+    )
+    .map_err(RuntimeError::io("writing", &group))?;
+    mounts.push(bind(stack_etc, "/etc", true)?);
+    mounts.push(bind(&passwd, "/etc/passwd", true)?);
+    mounts.push(bind(&group, "/etc/group", true)?);
+    mounts.extend(bundle.mounts.iter().cloned());
+    let spec = spec(bundle, mounts)?;
+    let config = bundle.dir.join("config.json");
+    spec.save(&config).map_err(|e| RuntimeError::Bundle {
+        dyno: bundle.name.to_string(),
+        detail: e.to_string(),
+    })?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+        .map_err(RuntimeError::io("restricting", &config))?;
+    Ok(())
+}
+
+fn spec(bundle: &Bundle<'_>, mounts: Vec<Mount>) -> Result<Spec, RuntimeError> {
+    let err = |e: oci_spec::OciSpecError| RuntimeError::Bundle {
+        dyno: bundle.name.to_string(),
+        detail: e.to_string(),
+    };
+    let none = HashSet::new();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(none.clone())
+        .effective(none.clone())
+        .inheritable(none.clone())
+        .permitted(none.clone())
+        .ambient(none)
+        .build()
+        .map_err(err)?;
+    let process = ProcessBuilder::default()
+        .terminal(bundle.terminal)
+        .user(
+            UserBuilder::default()
+                .uid(bundle.user.uid)
+                .gid(bundle.user.gid)
+                .additional_gids(Vec::<u32>::new())
+                .build()
+                .map_err(err)?,
+        )
+        .args(bundle.args.clone())
+        .env(bundle.env.clone())
+        .cwd(bundle.cwd.clone())
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(err)?;
+    let mut memory = LinuxMemoryBuilder::default()
+        .limit(bundle.memory_limit)
+        .swap(bundle.memory_limit);
+    if let Some(reservation) = bundle.memory_reservation {
+        memory = memory.reservation(reservation);
+    }
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .map_err(err)?])
+        .memory(memory.build().map_err(err)?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(bundle.max_processes)
+                .build()
+                .map_err(err)?,
+        )
+        .build()
+        .map_err(err)?;
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(err)?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(relative_path(bundle.id)))
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()
+        .map_err(err)?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(bundle.dir.join("rootfs"))
+                .readonly(true)
+                .build()
+                .map_err(err)?,
+        )
+        .hostname(bundle.id.to_string())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(err)
+}
+
 impl DynoBackend for OciBackend {
     fn describe(&self) -> String {
         let app = match &self.no_overlay {
@@ -457,6 +517,10 @@ impl DynoBackend for OciBackend {
             Some(why) => format!("/app a copy of its slug: overlayfs does not work ({why})"),
         };
         format!("oci ({}, {}; {app})", self.binary.display(), self.version)
+    }
+
+    fn build_sandbox(&self) -> Option<Arc<dyn slipway_build::BuildSandbox>> {
+        Some(self.builds.clone())
     }
 
     fn prepare(&self, dyno: &DynoSpec) -> Result<(), RuntimeError> {
@@ -656,8 +720,8 @@ pub(crate) fn one_off_stdio(
     Ok(())
 }
 
-fn base_mounts(dyno: &DynoSpec) -> Vec<Mount> {
-    let tmp_size = format!("size={}k", dyno.size.memory_quota_bytes / 1024);
+fn base_mounts(tmp_size_bytes: u64) -> Vec<Mount> {
+    let tmp_size = format!("size={}k", tmp_size_bytes / 1024);
     let m = |dest: &str, typ: &str, source: &str, options: &[&str]| {
         MountBuilder::default()
             .destination(dest)
@@ -751,7 +815,7 @@ fn overlay(lower: &Path, dir: &Path) -> Result<Mount, RuntimeError> {
         })
 }
 
-fn bind(source: &Path, dest: &str, read_only: bool) -> Result<Mount, RuntimeError> {
+pub(crate) fn bind(source: &Path, dest: &str, read_only: bool) -> Result<Mount, RuntimeError> {
     let mut options = vec!["rbind", "nosuid", "nodev"];
     options.push(if read_only { "ro" } else { "rw" });
     MountBuilder::default()

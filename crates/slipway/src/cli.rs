@@ -948,7 +948,7 @@ pub struct ServerArgs {
     /// Largest slug (MB, compressed) a build may make [default: 500, Heroku's cap]
     #[arg(long, env = "SLIPWAY_MAX_SLUG_SIZE")]
     pub max_slug_size: Option<u64>,
-    /// Address space (MB) each buildpack process may use [default: 4096]
+    /// Memory (MB) a build may use: with the OCI dyno runtime, each buildpack container's memory limit; otherwise each buildpack process's address space [default: 4096]
     #[arg(long, env = "SLIPWAY_BUILD_MEMORY_LIMIT")]
     pub build_memory_limit: Option<u64>,
     /// Seconds one build (all its buildpacks) may run [default: 900]

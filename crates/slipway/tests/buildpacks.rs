@@ -1,7 +1,8 @@
 //! Real apps, unmodified, built by `git push` with the buildpacks and served through the
 //! router: a Flask app and a Django app from PyPI, an Express app from npm, a static site, a
 //! custom buildpack from a git repository; failures that reject the push and keep the old
-//! release serving. These install real packages from PyPI and npm.
+//! release serving. These install real packages from PyPI and npm. Builds run in the OCI
+//! sandbox (real runc), as on a production server.
 
 mod support;
 
@@ -33,10 +34,16 @@ fn copy_dir(src: &Path, dest: &Path) {
     assert!(ok, "copying {}", src.display());
 }
 
+/// A server whose dynos, and so builds, run in runc containers.
+fn oci_server() -> Server {
+    Server::start_with(&["--dyno-runtime", "oci"])
+}
+
 fn push_ok(server: &Server, repo: &Path) -> String {
     let out = server.git(repo, &["push", "slipway", "main"]);
     let said = text(&out);
     assert!(out.status.success(), "push failed:\n{said}");
+    assert!(said.contains("Building in a container: oci"), "{said}");
     said
 }
 
@@ -49,7 +56,7 @@ fn page(server: &Server, app: &str, path: &str, needle: &str) -> String {
 
 #[test]
 fn a_flask_app_builds_from_pypi_and_a_redeploy_reuses_its_dependencies() {
-    let server = Server::start();
+    let server = oci_server();
     let repo = app_repo(&server, "flask", "flask-src");
     server.cli_ok(&repo, &["apps:create", "flasky"]);
     let said = push_ok(&server, &repo);
@@ -70,7 +77,7 @@ fn a_flask_app_builds_from_pypi_and_a_redeploy_reuses_its_dependencies() {
 
 #[test]
 fn a_django_app_collects_the_static_files_its_page_links() {
-    let server = Server::start();
+    let server = oci_server();
     let repo = app_repo(&server, "django", "django-src");
     server.cli_ok(&repo, &["apps:create", "djangle"]);
     let said = push_ok(&server, &repo);
@@ -82,7 +89,7 @@ fn a_django_app_collects_the_static_files_its_page_links() {
 
 #[test]
 fn an_express_app_builds_with_npm_and_serves() {
-    let server = Server::start();
+    let server = oci_server();
     let repo = app_repo(&server, "express", "express-src");
     server.cli_ok(&repo, &["apps:create", "expressive"]);
     let said = push_ok(&server, &repo);
@@ -93,7 +100,7 @@ fn an_express_app_builds_with_npm_and_serves() {
 
 #[test]
 fn a_static_site_is_served() {
-    let server = Server::start();
+    let server = oci_server();
     let repo = app_repo(&server, "static", "static-src");
     server.cli_ok(&repo, &["apps:create", "staticky"]);
     push_ok(&server, &repo);
@@ -118,7 +125,7 @@ fn buildpack_repo(server: &Server, name: &str, compile: Option<&str>) -> PathBuf
 
 #[test]
 fn a_custom_buildpack_from_git_builds_and_a_failing_one_keeps_the_old_release() {
-    let server = Server::start();
+    let server = oci_server();
     let good = buildpack_repo(&server, "hello-buildpack", None);
     let bad = buildpack_repo(
         &server,
@@ -165,7 +172,7 @@ fn a_custom_buildpack_from_git_builds_and_a_failing_one_keeps_the_old_release() 
 
 #[test]
 fn a_python_version_that_is_not_installed_is_refused_naming_it() {
-    let server = Server::start();
+    let server = oci_server();
     let repo = app_repo(&server, "flask", "old-python-src");
     std::fs::write(repo.join("runtime.txt"), "python-3.9.18\n").expect("write");
     server.commit_all(&repo, "asks for python 3.9");

@@ -100,7 +100,8 @@ fn push(server: &Server, repo: &Path, refspec: &str) -> String {
 
 #[test]
 fn failing_tests_never_deploy_and_a_stage_tag_deploys_once_passed() {
-    let server = Server::start();
+    // Pipeline builds run in the OCI sandbox like app builds (the same compile spec).
+    let server = Server::start_with(&["--dyno-runtime", "oci"]);
     let repo = app_repo(
         &server,
         "tagged",
@@ -123,6 +124,7 @@ fn failing_tests_never_deploy_and_a_stage_tag_deploys_once_passed() {
 
     // Build #1: the tests fail, so nothing deploys, not even to the automatic stage.
     let pushed = push(&server, &repo, "main");
+    assert!(pushed.contains("Building in a container: oci"), "{pushed}");
     assert!(pushed.contains("testing with no"), "{pushed}");
     assert!(pushed.contains("Build #1 failed"), "{pushed}");
     let b1 = build(&server, "shop", 1);

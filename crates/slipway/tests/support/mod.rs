@@ -468,16 +468,19 @@ pub fn text(out: &Output) -> String {
 }
 
 /// A buildpack that holds every build at `bin/compile` until [`Gate::open`]: builds that take
-/// exactly as long as a test needs, ordered by events rather than timing.
+/// exactly as long as a test needs, ordered by events rather than timing. The buildpack waits
+/// for a byte from a port the test listens on (over the loopback, which builds share with the
+/// host even inside the OCI sandbox, where no file of the test's is visible).
 pub struct Gate {
     pub buildpack: PathBuf,
-    file: PathBuf,
+    listener: std::net::TcpListener,
 }
 
 impl Gate {
     pub fn new(root: &Path) -> Gate {
         let buildpack = root.join("gate-buildpack");
-        let file = root.join("gate-open");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("gate listener");
+        let port = listener.local_addr().expect("gate port").port();
         let bin = buildpack.join("bin");
         std::fs::create_dir_all(&bin).expect("gate buildpack");
         let scripts = [
@@ -485,8 +488,7 @@ impl Gate {
             (
                 "compile",
                 format!(
-                    "#!/bin/sh\necho '-----> Gate: waiting'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho '-----> Gate: open'\n",
-                    file.display()
+                    "#!/bin/sh\necho '-----> Gate: waiting'\npython3 - <<'PY'\nimport socket, time\nwhile True:\n    try:\n        if socket.create_connection(('127.0.0.1', {port})).recv(1) == b'o':\n            break\n    except OSError:\n        pass\n    time.sleep(0.05)\nPY\necho '-----> Gate: open'\n"
                 ),
             ),
             ("release", "#!/bin/sh\necho '--- {}'\n".to_string()),
@@ -497,7 +499,10 @@ impl Gate {
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .expect("chmod gate script");
         }
-        Gate { buildpack, file }
+        Gate {
+            buildpack,
+            listener,
+        }
     }
 
     /// Makes the app in `repo` build with this buildpack (a `.buildpacks` file).
@@ -509,8 +514,14 @@ impl Gate {
         .expect("write .buildpacks");
     }
 
+    /// From now on every build waiting at the gate (and every later one) goes through.
     pub fn open(&self) {
-        std::fs::write(&self.file, "").expect("open gate");
+        let listener = self.listener.try_clone().expect("gate listener");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = std::io::Write::write_all(&mut &stream, b"o");
+            }
+        });
     }
 }
 
