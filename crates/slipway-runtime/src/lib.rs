@@ -64,8 +64,8 @@ pub use backend::{
     BoxFuture, DynoBackend, DynoSize, DynoSpec, Exit, Launch, OneOffStdio, Running, RuntimeError,
     Usage,
 };
-pub use events::{DynoEvent, EventStream, Stamped, StartFailure};
 pub use build_sandbox::OciBuildSandbox;
+pub use events::{DynoEvent, EventStream, Stamped, StartFailure};
 pub use health::Health;
 pub use lifecycle::Lifecycle;
 pub use metrics::LoadAvg;

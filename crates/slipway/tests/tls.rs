@@ -427,6 +427,61 @@ fn the_api_and_git_are_served_over_https_with_the_servers_own_certificate() {
 
     // The server's own certificate (no --app) for the name clients use for the API.
     let leaf = ca.leaf(&dir, "api", &["localhost"]);
+    server.cli_ok(
+        &dir,
+        &[
+            "certs:add",
+            &leaf.chain.to_string_lossy(),
+            &leaf.key.to_string_lossy(),
+        ],
+    );
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let got = https_get(port, "localhost", &[alpn], &ca, "/health").expect("HTTPS API call");
+        assert_eq!(got.status, 200, "{}", got.body);
+        assert_eq!(got.certificate, leaf.der);
+        assert_eq!(got.alpn.as_deref(), Some(alpn));
+    }
+
+    // git push and clone over HTTPS, trusting only the test CA, with the API token.
+    server.cli_ok(&dir, &["apps:create", "secure", "--no-remote"]);
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.issuer.pem()).expect("ca file");
+    let url = format!("https://localhost:{port}/secure.git");
+    let tls_args = [
+        "-c".to_string(),
+        format!("http.sslCAInfo={}", ca_file.display()),
+        "-c".to_string(),
+        format!("http.extraHeader=Authorization: Bearer {}", server.token()),
+    ];
+    let with_tls = |rest: &[&str]| -> Vec<String> {
+        tls_args
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let repo = server.sample_repo("secure-src");
+    let push = with_tls(&["push", &url, "main"]);
+    let push: Vec<&str> = push.iter().map(String::as_str).collect();
+    server.git_ok(&repo, &push);
+    support::wait_for(120, "the app pushed over HTTPS to serve", || {
+        (server.app_get("secure", "/").0 == 200).then_some(())
+    });
+    let clone = with_tls(&["clone", "-q", &url, "secure-clone"]);
+    let clone: Vec<&str> = clone.iter().map(String::as_str).collect();
+    server.git_ok(&dir, &clone);
+    assert!(dir.join("secure-clone/Procfile").is_file());
+
+    // Without the CA, git refuses the server: the certificate is what it is checked against.
+    let untrusted = server.git(&dir, &["clone", "-q", &url, "untrusted-clone"]);
+    assert!(!untrusted.status.success());
+    assert!(
+        text(&untrusted).contains("certificate"),
+        "{}",
+        text(&untrusted)
+    );
+}
+
 /// A WebSocket echo app in plain Python (no libraries): answers the HTTP/1.1 opening
 /// handshake with 101 (and `X-Proto` = the `X-Forwarded-Proto` it saw), then echoes each
 /// frame's payload prefixed with `echo:` until a close frame.
@@ -673,53 +728,6 @@ fn websockets_echo_over_h2_extended_connect_and_http1_upgrades() {
             "certs:add",
             &leaf.chain.to_string_lossy(),
             &leaf.key.to_string_lossy(),
-        ],
-    );
-    for alpn in [&b"h2"[..], b"http/1.1"] {
-        let got = https_get(port, "localhost", &[alpn], &ca, "/health").expect("HTTPS API call");
-        assert_eq!(got.status, 200, "{}", got.body);
-        assert_eq!(got.certificate, leaf.der);
-        assert_eq!(got.alpn.as_deref(), Some(alpn));
-    }
-
-    // git push and clone over HTTPS, trusting only the test CA, with the API token.
-    server.cli_ok(&dir, &["apps:create", "secure", "--no-remote"]);
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.issuer.pem()).expect("ca file");
-    let url = format!("https://localhost:{port}/secure.git");
-    let tls_args = [
-        "-c".to_string(),
-        format!("http.sslCAInfo={}", ca_file.display()),
-        "-c".to_string(),
-        format!("http.extraHeader=Authorization: Bearer {}", server.token()),
-    ];
-    let with_tls = |rest: &[&str]| -> Vec<String> {
-        tls_args
-            .iter()
-            .cloned()
-            .chain(rest.iter().map(|s| s.to_string()))
-            .collect()
-    };
-    let repo = server.sample_repo("secure-src");
-    let push = with_tls(&["push", &url, "main"]);
-    let push: Vec<&str> = push.iter().map(String::as_str).collect();
-    server.git_ok(&repo, &push);
-    support::wait_for(120, "the app pushed over HTTPS to serve", || {
-        (server.app_get("secure", "/").0 == 200).then_some(())
-    });
-    let clone = with_tls(&["clone", "-q", &url, "secure-clone"]);
-    let clone: Vec<&str> = clone.iter().map(String::as_str).collect();
-    server.git_ok(&dir, &clone);
-    assert!(dir.join("secure-clone/Procfile").is_file());
-
-    // Without the CA, git refuses the server: the certificate is what it is checked against.
-    let untrusted = server.git(&dir, &["clone", "-q", &url, "untrusted-clone"]);
-    assert!(!untrusted.status.success());
-    assert!(
-        text(&untrusted).contains("certificate"),
-        "{}",
-        text(&untrusted)
-    );
             "-a",
             "sock",
         ],
