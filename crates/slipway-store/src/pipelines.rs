@@ -487,9 +487,14 @@ impl Store {
         Ok(())
     }
 
+    /// Targets of a stage are listed in the order they were added: each one's `created_at` is
+    /// after every other target's of the stage, even within one millisecond.
     pub async fn add_stage_target(&self, stage_id: &str, app_id: &str) -> Result<()> {
         let done = sqlx::query(
-            "INSERT INTO pipeline_targets (stage_id, kind, app_id, created_at) VALUES ($1, 'app', $2, $3)",
+            "INSERT INTO pipeline_targets (stage_id, kind, app_id, created_at) VALUES ($1, 'app', $2, \
+             MAX($3, COALESCE((SELECT MAX(created_at) FROM (\
+               SELECT created_at FROM pipeline_targets WHERE stage_id = $1 UNION ALL \
+               SELECT created_at FROM pipeline_host_targets WHERE stage_id = $1)), 0) + 1))",
         )
         .bind(stage_id)
         .bind(app_id)
@@ -517,7 +522,10 @@ impl Store {
     /// Makes host target `target` (a `host_targets` row) a target of the stage.
     pub async fn add_stage_host_target(&self, stage_id: &str, target: &str) -> Result<()> {
         let done = sqlx::query(
-            "INSERT INTO pipeline_host_targets (stage_id, target, created_at) VALUES ($1, $2, $3)",
+            "INSERT INTO pipeline_host_targets (stage_id, target, created_at) VALUES ($1, $2, \
+             MAX($3, COALESCE((SELECT MAX(created_at) FROM (\
+               SELECT created_at FROM pipeline_targets WHERE stage_id = $1 UNION ALL \
+               SELECT created_at FROM pipeline_host_targets WHERE stage_id = $1)), 0) + 1))",
         )
         .bind(stage_id)
         .bind(target)
