@@ -27,6 +27,7 @@ use slipway_store::release_store::{StoredRelease, TargetDeployRecord};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lock;
 use super::model::{DeployOptions, DeployStatus, Masker, Step, StepStatus};
 use super::runner::{run_smoke, Outcome};
 use super::{DeployError, Follow, Live, Msg, MAX_STEP_OUTPUT};
@@ -119,10 +120,6 @@ struct HostRun {
     steps: Mutex<HashMap<i64, StepRecord>>,
     /// Every host with the release it runs now, as the last operation reported.
     hosts: Mutex<Value>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(state: Shared, live: Arc<Live>, record: TargetDeployRecord, req: HostDeployRequest) {
@@ -223,25 +220,8 @@ impl HostRun {
             rec.took_ms = rec.started.map(|_| took.as_millis());
             took
         };
-        let summary = if note.is_empty() {
-            format!(
-                "{} {} ({:.1} s)",
-                step.as_str(),
-                status.as_str(),
-                took.as_secs_f64()
-            )
-        } else {
-            format!(
-                "{} {} ({:.1} s): {note}",
-                step.as_str(),
-                status.as_str(),
-                took.as_secs_f64()
-            )
-        };
-        match status {
-            StepStatus::Failed | StepStatus::Cancelled => self.say(&format!(" !     {summary}")),
-            _ => self.say(&format!("       {summary}")),
-        }
+        let summary = step.summary(status, took, &note);
+        self.say(&status.indent(&summary));
         self.store(DeployStatus::Running, "", false).await;
     }
 

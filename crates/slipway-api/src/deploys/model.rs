@@ -116,6 +116,20 @@ pub enum Step {
 }
 
 impl Step {
+    /// `setup passed (0.3 s)`, or with `: note` after it: how a step's end is said.
+    pub fn summary(self, status: StepStatus, took: std::time::Duration, note: &str) -> String {
+        let took = took.as_secs_f64();
+        if note.is_empty() {
+            format!("{} {} ({took:.1} s)", self.as_str(), status.as_str())
+        } else {
+            format!(
+                "{} {} ({took:.1} s): {note}",
+                self.as_str(),
+                status.as_str()
+            )
+        }
+    }
+
     pub const ALL: [Step; 9] = [
         Step::Setup,
         Step::PreDeploy,
@@ -163,6 +177,14 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    /// `summary` as a line of the push's output: failures marked ` !`, the rest indented.
+    pub fn indent(self, summary: &str) -> String {
+        match self {
+            StepStatus::Failed | StepStatus::Cancelled => format!(" !     {summary}"),
+            _ => format!("       {summary}"),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Pending => "pending",

@@ -15,6 +15,7 @@ use slipway_store::{App, DeployRecord, DeployUpdate, ReleaseStatus, RollbackRefu
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lock;
 use super::model::{DeployRequest, DeploySource, DeployStatus, Masker, Step, StepStatus};
 use super::{checks, webhooks, Live, Msg, MAX_STEP_OUTPUT};
 use crate::state::{AppLock, Shared};
@@ -41,10 +42,6 @@ struct Run {
     outputs: Mutex<HashMap<i64, String>>,
     started: Mutex<HashMap<i64, Instant>>,
     statuses: Mutex<HashMap<i64, (StepStatus, String)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) async fn run(state: Shared, live: Arc<Live>, record: DeployRecord, req: DeployRequest) {
@@ -148,25 +145,8 @@ impl Run {
             .map(|t| t.elapsed())
             .unwrap_or_default();
         lock(&self.statuses).insert(step.ordinal(), (status, note.clone()));
-        let summary = if note.is_empty() {
-            format!(
-                "{} {} ({:.1} s)",
-                step.as_str(),
-                status.as_str(),
-                took.as_secs_f64()
-            )
-        } else {
-            format!(
-                "{} {} ({:.1} s): {note}",
-                step.as_str(),
-                status.as_str(),
-                took.as_secs_f64()
-            )
-        };
-        match status {
-            StepStatus::Failed | StepStatus::Cancelled => self.say(&format!(" !     {summary}")),
-            _ => self.say(&format!("       {summary}")),
-        }
+        let summary = step.summary(status, took, &note);
+        self.say(&status.indent(&summary));
         self.log(&format!("Deploy #{} {summary}", self.record.number));
         let started = !lock(&self.started).contains_key(&step.ordinal());
         self.store_step(step, status, &note, started, true).await;
