@@ -592,6 +592,9 @@ async fn a_failing_compile_fails_the_build_with_its_output() {
         } => {
             assert_eq!(buildpack, bp.display().to_string());
             assert_eq!(status, "exit status 3");
+            // stdout and stderr come through two pipes: their lines' relative order is not kept.
+            let mut output = output;
+            output.sort();
             assert_eq!(
                 output,
                 ["-----> Doing things", "boom: the widget is missing"]
