@@ -45,7 +45,7 @@ git_q() { git -c user.name=bench -c user.email=bench@localhost "$@"; }
 
 mkdir -p "$work/home"
 export HOME=$work/home SLIPWAY_DATA_DIR=$work/data
-"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 --dyno-runtime "${DYNO_RUNTIME:-auto}" >"$work/server.out" 2>"$work/server.err" &
+"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 --dyno-runtime "${DYNO_RUNTIME:-auto}" --stop-dynos-on-exit true >"$work/server.out" 2>"$work/server.err" &
 server=$!
 for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
 router=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
@@ -95,7 +95,7 @@ for i in $(seq "$RUNS"); do
   cp "$work/push.log" "$work/redeploy-$i.log"
   # The server's own timings of this redeploy's dynos (filesystem, monitor, port bound).
   tail -n +"$((server_lines + 1))" "$work/server.err" | sed 's/\x1b\[[0-9;]*m//g' |
-    grep -E "prepared the dyno's filesystem|started the dyno's monitor|bound its port" >"$work/redeploy-$i.server" || true
+    grep -E "prepared the dyno's filesystem|started the dyno's monitor|bound its port|ended the build user's processes|moved the build to its release directory|gave the release directory|packed the slug|gave the build cache" >"$work/redeploy-$i.server" || true
 done
 
 BY_HAND=${BY_HAND:-1}
@@ -143,8 +143,8 @@ echo '```'
 grep -E '^[0-9]+ (remote: -----> |remote:        (Done|Released)|\(push finished\)|\(serving\))' "$work/redeploy-$RUNS.log" || true
 echo '```'
 echo
-echo "The server's timings of that redeploy's new dyno (ms since the dyno started preparing; port bound: since launch):"
+echo "The server's timings of that redeploy (each step's own ms): the build's release directory (build user's processes ended, build moved, given to the app's user), packing, the new dyno (filesystem and monitor: since the dyno started preparing; port bound: since launch), the build cache given its files back:"
 echo
 echo '```'
-sed -E 's/^.*(INFO|WARN) //' "$work/redeploy-$RUNS.server"
+sed -E 's/^.*(INFO|WARN) .*slipway_[a-z_]+(::[a-z_]+)*: //' "$work/redeploy-$RUNS.server"
 echo '```'

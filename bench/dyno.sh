@@ -10,43 +10,18 @@
 #   BIN=target/debug/slipway bench/dyno.sh    # skip the release build
 #
 # Needs root (runc), runc, git, python3, hyperfine (optional). Prints a Markdown table.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
 RUNS=${RUNS:-10}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked --bin slipway >&2
-  BIN=$root/target/release/slipway
-fi
-BIN=$(realpath "$BIN")
-work=$(mktemp -d)
-chmod 711 "$work"
-servers=()
-cleanup() {
-  for pid in "${servers[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+. "$(dirname "$0")/lib.sh"
 
 # run_server NAME RUNTIME: starts a server, deploys examples/hello as app NAME.
 run_server() {
   local name=$1 runtime=$2 dir=$work/$1
-  mkdir -p "$dir/home"
-  HOME=$dir/home "$BIN" server --data-dir "$dir/data" --dyno-runtime "$runtime" \
-    --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 >"$dir/server.out" 2>"$dir/server.err" &
-  servers+=($!)
-  for _ in $(seq 300); do grep -qx ready "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
-  grep -q "dyno runtime: $runtime" "$dir/server.out" || { cat "$dir/server.out" >&2; exit 1; }
-  router=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$dir/server.out" | grep -o '[0-9]*$')
+  start_server "$dir" --dyno-runtime "$runtime"
+  grep -q "dyno runtime: $runtime" "$dir/server.out" || fail_with "$dir/server.out"
   echo "$router" >"$dir/router_port"
-  export SLIPWAY_DATA_DIR=$dir/data HOME=$dir/home
   "$BIN" apps:create "$name" --no-remote >/dev/null
-  mkdir "$dir/app" && cp examples/hello/* "$dir/app/"
-  (cd "$dir/app" && git init -q -b main && git add -A &&
-    git -c user.name=bench -c user.email=bench@localhost commit -qm bench &&
-    "$BIN" git:remote -a "$name" >/dev/null && git push -q slipway main 2>/dev/null)
+  new_repo examples/hello "$dir/app"
+  (cd "$dir/app" && "$BIN" git:remote -a "$name" >/dev/null && git push -q slipway main 2>/dev/null)
   wait_up "$name" "$router"
 }
 

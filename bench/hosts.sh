@@ -11,78 +11,22 @@
 #   BIN=target/debug/slipway bench/hosts.sh    # skip the release build
 #
 # Needs root (sshd on loopback with its own config), openssh-server, rsync. Prints Markdown.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
 RUNS=${RUNS:-5}
 SIZE_MB=${SIZE_MB:-50}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked --bin slipway >&2
-  BIN=$root/target/release/slipway
-fi
-BIN=$(realpath "$BIN")
-work=$(mktemp -d)
-chmod 711 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-ssh-keygen -q -t ed25519 -N '' -f "$work/client_key"
-mkdir -p /run/sshd
-ports=()
-for h in a b; do
-  d=$work/host-$h
-  mkdir -p "$d/home"
-  ssh-keygen -q -t ed25519 -N '' -f "$d/hostkey"
-  cp "$work/client_key.pub" "$d/authorized_keys"
-  port=$(free_port)
-  cat >"$d/sshd_config" <<EOF
-Port $port
-ListenAddress 127.0.0.1
-HostKey $d/hostkey
-PidFile $d/sshd.pid
-AuthorizedKeysFile $d/authorized_keys
-PermitRootLogin yes
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-SetEnv HOME=$d/home
-MaxSessions 50
-MaxStartups 50
-EOF
-  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
-  pids+=($!)
-  ports+=("$port")
-  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
-
-mkdir -p "$work/home"
-export SLIPWAY_DATA_DIR=$work/data HOME=$work/home
-"$BIN" server --data-dir "$work/data" --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 \
-  >"$work/server.out" 2>"$work/server.err" &
-pids+=($!)
-for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+. "$(dirname "$0")/lib.sh"
+start_sshd_hosts a b
+start_server "$work"
 
 # The release: one incompressible file of SIZE_MB.
 mkdir -p "$work/src/app"
 head -c "$((SIZE_MB * 1024 * 1024))" /dev/urandom >"$work/src/app/blob"
 tar -czf "$work/release.tgz" -C "$work/src" app
 
-fp() { ssh-keygen -lf "$work/host-$1/hostkey.pub" | awk '{print $2}'; }
 for batch in 1 2; do
   "$BIN" targets:add "b$batch" --hosts "root@127.0.0.1:${ports[0]},root@127.0.0.1:${ports[1]}" \
     --path "app$batch" --key "$work/client_key" --health true --batch "$batch" \
     --accept-host-key "$(fp a)" --accept-host-key "$(fp b)" >/dev/null 2>&1
 done
-
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 deploy_1=(); deploy_2=(); rsync_t=()
 for i in $(seq "$RUNS"); do

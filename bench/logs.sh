@@ -10,38 +10,15 @@
 #   BIN=target/debug/slipway bench/logs.sh          # skip the release build
 #
 # Needs git and python3. Prints a Markdown table.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
 N=${N:-4}
 DURATION=${DURATION:-10}
 RATE=${RATE:-500}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked --bin slipway >&2
-  BIN=$root/target/release/slipway
-fi
-BIN=$(realpath "$BIN")
-work=$(mktemp -d)
-chmod 711 "$work"
-server=""
-cleanup() {
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-mkdir -p "$work/home"
-export HOME=$work/home SLIPWAY_DATA_DIR=$work/data
-"$BIN" server --data-dir "$work/data" --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 \
-  >"$work/server.out" 2>"$work/server.err" &
-server=$!
-for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
-grep -qx ready "$work/server.out" || { cat "$work/server.out" "$work/server.err" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
+start_server "$work"
 
 "$BIN" apps:create logbench --no-remote >/dev/null
-mkdir "$work/app" && cp bench/logs-app/* "$work/app/"
-(cd "$work/app" && git init -q -b main && git add -A &&
-  git -c user.name=bench -c user.email=bench@localhost commit -qm bench &&
-  "$BIN" git:remote -a logbench >/dev/null && git push -q slipway main 2>/dev/null)
+new_repo bench/logs-app "$work/app"
+(cd "$work/app" && "$BIN" git:remote -a logbench >/dev/null && git push -q slipway main 2>/dev/null)
 "$BIN" config:set -a logbench MODE=flood >/dev/null
 "$BIN" ps:scale -a logbench web="$N" >/dev/null
 

@@ -53,7 +53,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 
 tls_port=$(free_port)
 "$bin" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 --tls-listen "127.0.0.1:$tls_port" \
-  --router-workers "$WORKERS" >"$work/server.out" 2>"$work/server.err" &
+  --router-workers "$WORKERS" --stop-dynos-on-exit true >"$work/server.out" 2>"$work/server.err" &
 server=$!
 for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; kill -0 $server 2>/dev/null || fail "the server exited"; sleep 0.1; done
 router_port=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$') || fail "the server did not start"

@@ -225,7 +225,7 @@ async fn desired(
 }
 
 /// [`desired`], with the release record.
-async fn desired_release(
+pub(crate) async fn desired_release(
     state: &Shared,
     app_id: &str,
 ) -> ApiResult<Option<(slipway_store::Release, ReleaseSpec, Vec<ProcessSpec>)>> {
@@ -369,15 +369,32 @@ pub async fn converge_app(state: &Shared, app_id: &str) -> ApiResult<Converged> 
     let Some((record, release, specs)) = desired_release(state, app_id).await? else {
         return Ok(Converged::Ok);
     };
-    let version = release.version;
-    // A rollout to a new release (or a first one) can fail the release; a formation change
-    // of the running release cannot.
-    let new_release = state
+    let new_release = is_new_release(state, app_id, release.version);
+    let rollout = state.dynos.converge(release, &specs);
+    settle(state, app_id, &record, new_release, rollout).await
+}
+
+/// Whether no dyno of the app runs release `version` yet: a rollout to it (or a first one)
+/// can fail the release; a formation change of the running release cannot.
+pub(crate) fn is_new_release(state: &Shared, app_id: &str, version: i64) -> bool {
+    state
         .dynos
         .list(app_id)
         .iter()
-        .all(|d| d.release_version != version);
-    let outcome = state.dynos.converge(release, &specs).outcome().await;
+        .all(|d| d.release_version != version)
+}
+
+/// Waits for a converge's rollout onto `record`; when it is unhealthy and `new_release`, fails
+/// the release (the previous one's config and formation back) and says so in the app's log.
+pub(crate) async fn settle(
+    state: &Shared,
+    app_id: &str,
+    record: &slipway_store::Release,
+    new_release: bool,
+    rollout: slipway_runtime::Rollout,
+) -> ApiResult<Converged> {
+    let version = record.version;
+    let outcome = rollout.outcome().await;
     let RolloutOutcome::Unhealthy { reason } = outcome else {
         return Ok(Converged::Ok);
     };

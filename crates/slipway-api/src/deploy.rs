@@ -108,6 +108,8 @@ struct Push {
 struct Output {
     tx: mpsc::Sender<Bytes>,
     transcript: String,
+    /// The push ended (its receive-pack exited, e.g. killed because the client went away).
+    ended: CancellationToken,
 }
 
 impl Output {
@@ -120,8 +122,21 @@ impl Output {
         let _ = self.tx.send(Bytes::from(format!("{text}\n"))).await;
     }
 
+    /// Whether nobody waits for this build any more: the hook hung up, or the push it was for
+    /// ended.
     fn gone(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.ended.is_cancelled()
+    }
+
+    /// Returns once [`Output::gone`].
+    fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (tx, ended) = (self.tx.clone(), self.ended.clone());
+        async move {
+            tokio::select! {
+                () = tx.closed() => {}
+                () = ended.cancelled() => {}
+            }
+        }
     }
 }
 
@@ -129,6 +144,7 @@ async fn run(state: Shared, grant: PushGrant, push: Push, body: Body, tx: mpsc::
     let mut out = Output {
         tx,
         transcript: String::new(),
+        ended: grant.ended.clone(),
     };
     let loaded = async {
         let app = state.store.app(&grant.app_id).await?;
@@ -156,6 +172,10 @@ async fn run(state: Shared, grant: PushGrant, push: Push, body: Body, tx: mpsc::
             lock.lock_owned().await
         }
     };
+    if out.gone() {
+        tracing::info!("the push ended while it waited for the build lock; nothing was built");
+        return;
+    }
     if let Err(message) = branch_unmoved(&state, &app, &push).await {
         out.line(&format!(" !     {message}")).await;
         out.line(&format!(" !     Push rejected to {}.", app.name))
@@ -277,7 +297,8 @@ async fn build_and_release(
         .await
         .map_err(|e| format!("could not create the slug directory: {e}"))?;
     let slug_path = slug_dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
-    let (compiled, info) = compile(state, app, build, &src, &slug_path, out).await?;
+    // Held until this function returns: the build cache gets its files back after the deploy.
+    let (compiled, info, _give_back) = compile(state, app, build, &src, &slug_path, out).await?;
     // Removing the build directory (a virtualenv is thousands of files) is no reason to make
     // the push wait: it goes in the background.
     tokio::task::spawn_blocking(move || drop(tmp));
@@ -425,7 +446,7 @@ async fn follow_deploy(
                             return Err(DeployStatus::Interrupted)
                         }
                     },
-                    () = out.tx.closed() => {
+                    () = out.closed() => {
                         let _ = deploys::cancel(state, &app.id, &id.0).await;
                         // Keep reading: the deploy says how far it got.
                         out_gone_wait(r).await;
@@ -463,7 +484,7 @@ async fn compile(
     src: &std::path::Path,
     slug_path: &std::path::Path,
     out: &mut Output,
-) -> Result<(Compiled, SlugInfo), String> {
+) -> Result<(Compiled, SlugInfo, CacheGiveBack), String> {
     let settings = &state.settings;
     let chosen = state
         .store
@@ -477,12 +498,19 @@ async fn compile(
     spec.buildpacks = buildpacks;
     let build_user = spec.run_as;
     let limits = settings.build_limits;
+    // The previous build's release directory may still be giving the cache its files back.
+    let cache_lock = state.app_lock(AppLock::Cache, &app.id);
+    if cache_lock.try_lock().is_err() {
+        out.line("-----> Waiting for the build cache...").await;
+    }
+    drop(cache_lock.lock().await);
     let cancel = CancellationToken::new();
     let pusher_gone = {
-        let (tx, cancel) = (out.tx.clone(), cancel.clone());
+        let (closed, cancel) = (out.closed(), cancel.clone());
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                tx.closed().await;
+                closed.await;
+                tracing::info!("the push went away: cancelling its build");
                 cancel.cancel();
             },
             tracing::Span::current(),
@@ -491,6 +519,9 @@ async fn compile(
     let (events, mut received) = mpsc::channel::<BuildEvent>(256);
     let slug_path = slug_path.to_path_buf();
     let (dynos, app_id) = (state.dynos.clone(), app.id.clone());
+    // The cache files the release directory takes (see `CacheGiveBack`), whatever the outcome.
+    let shared_slot = std::sync::Mutex::new(Vec::new());
+    let slot = &shared_slot;
     let work = async move {
         // Nothing of an earlier build may still run while root prepares this one's files, nor
         // after its buildpacks, while root packs the slug.
@@ -499,18 +530,79 @@ async fn compile(
         }
         let compiled = slipway_build::run_buildpacks(&spec, &events, cancel).await;
         if let Some(user) = build_user {
+            let started = std::time::Instant::now();
             slipway_build::kill_user_processes(user).await?;
+            tracing::info!(ms = millis(started), "ended the build user's processes");
         }
         let compiled = compiled?;
-        // The release directory the new dynos run from is copied from the build while the
-        // slug is compressed (the second core), so they need not unpack the slug.
-        let stage = {
-            let (dynos, app_id, dir) = (dynos.clone(), app_id.clone(), spec.build_dir.clone());
-            tokio::task::spawn_blocking(move || dynos.stage_release(&app_id, &dir))
+        // The build directory becomes the release directory the new dynos run from (moved,
+        // not copied), so they need not unpack the slug: its names are made the slug's first,
+        // then the slug is packed from it while it is given to the app's user (the second core).
+        let taken = {
+            let (dynos, app_id) = (dynos.clone(), app_id.clone());
+            let (dir, cache) = (spec.build_dir.clone(), spec.cache_dir.clone());
+            let started = std::time::Instant::now();
+            let taken = tokio::task::spawn_blocking(move || {
+                dynos.take_release(&app_id, &dir, Some(&cache))
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(t) = &taken {
+                tracing::info!(
+                    ms = millis(started),
+                    shared = t.shared().len(),
+                    "moved the build to its release directory"
+                );
+            }
+            taken
         };
-        let packed = slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await;
-        if let Ok(Some(staged)) = stage.await {
-            let checksum = packed.as_ref().ok().map(|info| info.checksum.clone());
+        let Some(mut taken) = taken else {
+            // Where it cannot be moved: copied while the slug is compressed.
+            let stage = {
+                let (dynos, app_id, dir) = (dynos.clone(), app_id.clone(), spec.build_dir.clone());
+                tokio::task::spawn_blocking(move || dynos.stage_release(&app_id, &dir))
+            };
+            let packed =
+                slipway_build::pack_slug(&spec.build_dir, &slug_path, &limits, &events).await;
+            if let Ok(Some(staged)) = stage.await {
+                let checksum = packed.as_ref().ok().map(|info| info.checksum.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    dynos.finish_release(&app_id, &staged, checksum.as_deref())
+                })
+                .await;
+            }
+            let info = packed?;
+            return Ok::<_, slipway_build::BuildError>((compiled, info));
+        };
+        let pack_from = taken.app().to_path_buf();
+        let own = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let owned = taken.own();
+            tracing::info!(
+                ms = millis(started),
+                "gave the release directory to the app's user"
+            );
+            (taken, owned)
+        });
+        let started = std::time::Instant::now();
+        let packed = slipway_build::pack_slug(&pack_from, &slug_path, &limits, &events).await;
+        tracing::info!(ms = millis(started), "packed the slug");
+        let (staged, owned) = match own.await {
+            Ok((taken, owned)) => {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = taken.shared().to_vec();
+                (Some(taken.staged().to_path_buf()), owned)
+            }
+            Err(e) => (None, Err(runtime_join_error(e))),
+        };
+        if let Err(e) = &owned {
+            tracing::warn!(error = %e, "could not make the release directory of the build");
+        }
+        if let Some(staged) = staged {
+            let checksum = match (&packed, &owned) {
+                (Ok(info), Ok(())) => Some(info.checksum.clone()),
+                _ => None,
+            };
             let _ = tokio::task::spawn_blocking(move || {
                 dynos.finish_release(&app_id, &staged, checksum.as_deref())
             })
@@ -528,9 +620,85 @@ async fn compile(
     };
     let (result, ()) = tokio::join!(work, forward);
     pusher_gone.abort();
+    let shared = std::mem::take(&mut *shared_slot.lock().unwrap_or_else(|e| e.into_inner()));
+    let give_back = CacheGiveBack::new(state, &app.id, shared);
     let (compiled, info) = result.map_err(|e| e.to_string())?;
     out.line(&format!("       {}", info.checksum)).await;
-    Ok((compiled, info))
+    Ok((compiled, info, give_back))
+}
+
+fn millis(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn runtime_join_error(e: tokio::task::JoinError) -> slipway_runtime::RuntimeError {
+    slipway_runtime::RuntimeError::Bundle {
+        dyno: "a release directory".to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Files of the app's build cache whose inodes the release directory took (hard links, e.g. a
+/// virtualenv restored with `cp -al`), with the app's cache lock, which the next build (or a
+/// purge) waits for. Dropped once the push's deploy is done (whatever its outcome), it gives
+/// each file its own copy again, with its owner and mode, on a thread of its own: neither the
+/// push nor the new dyno's start waits for it.
+struct CacheGiveBack {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    shared: Vec<slipway_build::SharedFile>,
+    scratch: std::path::PathBuf,
+}
+
+impl CacheGiveBack {
+    fn new(state: &Shared, app_id: &str, shared: Vec<slipway_build::SharedFile>) -> Self {
+        let guard = if shared.is_empty() {
+            None
+        } else {
+            // Only builds (one at a time, this one let go of it before it began) and purges
+            // (which wait for the build lock this build holds) take it.
+            state.app_lock(AppLock::Cache, app_id).try_lock_owned().ok()
+        };
+        let cache = state.settings.cache_dir(app_id);
+        Self {
+            guard,
+            shared,
+            scratch: cache
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or(cache),
+        }
+    }
+}
+
+impl Drop for CacheGiveBack {
+    fn drop(&mut self) {
+        let shared = std::mem::take(&mut self.shared);
+        if shared.is_empty() {
+            return;
+        }
+        let (guard, scratch) = (self.guard.take(), std::mem::take(&mut self.scratch));
+        let span = tracing::Span::current();
+        let spawned = std::thread::Builder::new()
+            .name("cache-give-back".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let started = std::time::Instant::now();
+                match slipway_build::unshare(&shared, &scratch) {
+                    Ok(()) => tracing::info!(
+                        files = shared.len(),
+                        ms = millis(started),
+                        "gave the build cache its own copies of the release directory's files"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not give the build cache its files back")
+                    }
+                }
+                drop(guard);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start giving the build cache its files back");
+        }
+    }
 }
 
 /// The compile settings every build of this server shares, for the app or pipeline `owner_id`

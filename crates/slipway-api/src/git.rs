@@ -3,6 +3,10 @@
 //! (the `slipway` binary, via `core.hooksPath`), which runs the build.
 //!
 //! Errors here are plain text: git prints a text/plain error body to the user.
+//!
+//! A client that goes away before git's answer is complete (a killed or interrupted `git
+//! push`) ends its git process: the response body is dropped unfinished, which kills it, and
+//! a push's end cancels the build its hook started (`push.rs`).
 
 use std::process::Stdio;
 
@@ -250,6 +254,7 @@ async fn rpc(
                     app_id: app.id.clone(),
                     user_id: user.id.clone(),
                     updates,
+                    ended: Default::default(),
                 },
             );
             let settings = &grant_state.settings;
@@ -371,12 +376,27 @@ pub(crate) async fn serve_rpc(
         let _ = stdin.shutdown().await;
     };
     tokio::spawn(feed.instrument(span.clone()));
+    let client_gone = tokio_util::sync::CancellationToken::new();
+    let answer = Answer {
+        inner: ReaderStream::new(stdout),
+        complete: false,
+        client_gone: client_gone.clone(),
+    };
     let wait = async move {
         // Keep the first 64 KiB for the log, but read all of it: git must never block on a
         // full stderr pipe, however chatty the push.
         let mut errors = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
-        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        let drain = async {
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut errors).await;
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        };
+        tokio::select! {
+            () = drain => {}
+            () = client_gone.cancelled() => {
+                tracing::info!("the client went away before git's answer was complete; stopping git");
+                let _ = child.start_kill();
+            }
+        }
         let status = child.wait().await;
         if let Some(end) = push_end {
             end();
@@ -393,9 +413,40 @@ pub(crate) async fn serve_rpc(
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache".to_string()),
         ],
-        Body::from_stream(ReaderStream::new(stdout)),
+        Body::from_stream(answer),
     )
         .into_response()
+}
+
+/// git's answer as the response body. Dropped before git's output ended (the server stops
+/// sending a body when the client's connection is gone), it says so through `client_gone`.
+struct Answer {
+    inner: ReaderStream<tokio::process::ChildStdout>,
+    complete: bool,
+    client_gone: tokio_util::sync::CancellationToken,
+}
+
+impl futures::Stream for Answer {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.complete = true;
+        }
+        next
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.client_gone.cancel();
+        }
+    }
 }
 
 fn git_protocol(headers: &HeaderMap) -> Option<String> {

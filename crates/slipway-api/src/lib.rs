@@ -23,6 +23,7 @@ pub mod oneoff;
 pub mod paging;
 pub mod pipelines;
 pub mod push;
+pub mod reconcile;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -6,7 +6,8 @@
 //! the token once, naming the commit it builds; the grant is then spent: a second use (say, by
 //! a process that read the token from receive-pack's environment) is refused, as is a commit
 //! the push did not carry. The grant ends when receive-pack exits, and with it any build lock
-//! the push still holds.
+//! the push still holds; a build still running for it is cancelled (`PushGrant::ended`): a
+//! client that hangs up mid-build ends its receive-pack (`git.rs`), and so its build.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -124,6 +125,9 @@ pub struct PushGrant {
     pub app_id: String,
     pub user_id: String,
     pub updates: Vec<RefUpdate>,
+    /// Cancelled when the push ends (its receive-pack exited): a build still running for it
+    /// has nobody to report to and must stop.
+    pub ended: tokio_util::sync::CancellationToken,
 }
 
 /// Why a hook's request was refused. Each is answered 401 without saying which, so a guessed or
@@ -204,9 +208,12 @@ impl Pushes {
         }
     }
 
-    /// Ends a push: its token stops working and any lock it held is released.
+    /// Ends a push: its token stops working, any lock it held is released and a build still
+    /// running for it is cancelled.
     pub fn end(&self, token: &str) {
-        self.lock().remove(token);
+        if let Some(entry) = self.lock().remove(token) {
+            entry.grant.ended.cancel();
+        }
     }
 }
 
@@ -305,6 +312,7 @@ mod tests {
                 app_id: "app".into(),
                 user_id: "user".into(),
                 updates: vec![update.clone()],
+                ended: Default::default(),
             },
         );
         let forged = RefUpdate {
@@ -315,7 +323,8 @@ mod tests {
             pushes.take("t", &forged),
             Err(GrantError::NotInPush { .. })
         ));
-        assert_eq!(pushes.take("t", &update).expect("first use").app_id, "app");
+        let grant = pushes.take("t", &update).expect("first use");
+        assert_eq!(grant.app_id, "app");
         assert_eq!(
             pushes.take("t", &update).map(|_| ()),
             Err(GrantError::AlreadyUsed)
@@ -324,7 +333,9 @@ mod tests {
             pushes.take("x", &update).map(|_| ()),
             Err(GrantError::Unknown)
         );
+        assert!(!grant.ended.is_cancelled());
         pushes.end("t");
+        assert!(grant.ended.is_cancelled());
         assert_eq!(
             pushes.take("t", &update).map(|_| ()),
             Err(GrantError::Unknown)

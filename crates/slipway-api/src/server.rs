@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub dyno_boot_timeout: Duration,
     /// How often each dyno's memory and CPU are sampled (R14, runtime metrics, `ps`).
     pub dyno_metrics_interval: Duration,
+    /// How often every app's dynos are compared with its release and formation and drift is
+    /// corrected (`reconcile.rs`).
+    pub reconcile_interval: Duration,
     /// How long open requests get to finish at shutdown.
     pub shutdown_timeout: Duration,
     /// Where builds run (outside the data directory); `None`: `<data-dir>-builds`.
@@ -552,6 +555,7 @@ pub async fn run(
             .follow(dynos.subscribe(), stop_rx.clone()),
         tracing::info_span!("routes"),
     ));
+    crate::reconcile::spawn(state.clone(), cfg.reconcile_interval, stop_rx.clone());
 
     let app = api_routes(state.clone());
     let limits = slipway_serve::ConnectionLimits {

@@ -96,11 +96,14 @@ type SharedLock = Arc<tokio::sync::Mutex<()>>;
 
 /// Per-app locks. `Build`: one build of an app at a time (a second push waits). `Release`:
 /// changes to the release ledger, formation and dynos (deploy's last step, scaling, destroy)
-/// happen one at a time, and never wait for a build to finish.
+/// happen one at a time, and never wait for a build to finish. `Cache`: held while the build
+/// cache is given back its own copies of files a release directory took (`deploy.rs`); a build
+/// and a purge wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AppLock {
     Build,
     Release,
+    Cache,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +134,8 @@ pub struct State {
     pub deploys: crate::deploys::Deploys,
     /// Pipelines' push grants, build locks, live build output and stage queues.
     pub pipelines: crate::pipelines::Pipelines,
+    /// Reconciliation passes finished so far (`reconcile.rs`).
+    pub reconcile: crate::reconcile::Passes,
     locks: Mutex<HashMap<(AppLock, String), SharedLock>>,
 }
 
@@ -155,6 +160,7 @@ impl State {
             edge_reload: tokio::sync::Mutex::new(()),
             deploys: crate::deploys::Deploys::default(),
             pipelines: crate::pipelines::Pipelines::default(),
+            reconcile: crate::reconcile::Passes::default(),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -224,7 +230,12 @@ impl Activity {
     }
 
     fn touch(&self) {
-        self.last_request_ms.store(now_ms(), Ordering::Relaxed);
+        // Written only when the millisecond changed: router workers on several cores then
+        // share the value's cache line instead of taking it from each other per request.
+        let now = now_ms();
+        if self.last_request_ms.load(Ordering::Relaxed) != now {
+            self.last_request_ms.store(now, Ordering::Relaxed);
+        }
     }
 
     /// How long since the last request (or since the app was first routed).

@@ -7,6 +7,7 @@
 //! deterministic headers, so the same tree always has the same `SHA256:` checksum) ->
 //! `unpack_slug` into each dyno's own directory.
 
+mod adopt;
 mod buildpack;
 mod event;
 pub mod pipeline;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use slipway_core::ProcfileError;
 
+pub use adopt::{prepare_adoption, unshare, Adopting, SharedFile};
 pub use buildpack::{install_builtin, resolve_buildpacks, BuildpackRef, Builtin, BUILTINS};
 pub use event::{BuildEvent, Phase};
 pub use pipeline::{compile as run_buildpacks, pack_slug, purge_cache, CompileSpec, Compiled};

@@ -981,14 +981,22 @@ pub(crate) fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError
     if !meta.is_dir() {
         return Ok(());
     }
-    for entry in std::fs::read_dir(dir).map_err(BuildError::io("listing", dir))? {
-        let entry = entry.map_err(BuildError::io("listing", dir))?;
+    // Listed first: a copy below is written in `dir` before it replaces its file.
+    let entries = std::fs::read_dir(dir)
+        .map_err(BuildError::io("listing", dir))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(BuildError::io("listing", dir))?;
+    for entry in entries {
         let path = entry.path();
         let kind = entry
             .file_type()
             .map_err(BuildError::io("reading", &path))?;
         if kind.is_dir() {
             chown_tree(&path, owner)?;
+        } else if kind.is_file() && crate::adopt::shared_with_another_owner(&path, owner)? {
+            // A file of the cache a release directory took (`adopt.rs`) whose copy a stopped
+            // server did not make: the release keeps its inode, the cache gets a copy.
+            crate::adopt::copy_over(&path, dir, owner)?;
         } else {
             std::os::unix::fs::lchown(&path, Some(owner.0), Some(owner.1))
                 .map_err(BuildError::io("changing the owner of", &path))?;

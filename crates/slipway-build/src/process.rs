@@ -119,15 +119,36 @@ pub(crate) async fn run(
             cmd.uid(uid).gid(gid);
         }
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    // A run whose output is streamed gets ONE pipe for stdout and stderr (as Heroku's build
+    // does): its lines arrive in the order the buildpack wrote them. A run whose stdout is
+    // data (detect, release) keeps it apart from the messages on stderr.
+    let merged = if run.capture_stdout.is_none() {
+        let (reader, writer) = std::io::pipe().map_err(RunError::Spawn)?;
+        cmd.stdout(writer.try_clone().map_err(RunError::Spawn)?)
+            .stderr(writer);
+        Some(reader)
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        None
+    };
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    // The command holds the pipe's write end: only the child's (and its group's) copies may be
+    // left, or the output would never end.
+    drop(cmd);
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let (stdout, stderr): (Option<Output>, Option<Output>) = match merged {
+        Some(reader) => {
+            let fd = std::os::fd::OwnedFd::from(reader);
+            let pipe =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map_err(RunError::Spawn)?;
+            (Some(Output::Merged(pipe)), None)
+        }
+        None => (
+            child.stdout.take().map(Output::Stdout),
+            child.stderr.take().map(Output::Stderr),
+        ),
+    };
 
     let (line_tx, mut line_rx) = mpsc::channel::<String>(256);
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
@@ -293,6 +314,27 @@ impl Drop for Container {
                 sandbox.kill(&id);
                 sandbox.finish(&id);
             });
+        }
+    }
+}
+
+/// Where a run's output comes from: its one merged pipe, or stdout and stderr apart.
+enum Output {
+    Merged(tokio::net::unix::pipe::Receiver),
+    Stdout(tokio::process::ChildStdout),
+    Stderr(tokio::process::ChildStderr),
+}
+
+impl AsyncRead for Output {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Output::Merged(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            Output::Stdout(r) => std::pin::Pin::new(r).poll_read(cx, buf),
+            Output::Stderr(r) => std::pin::Pin::new(r).poll_read(cx, buf),
         }
     }
 }

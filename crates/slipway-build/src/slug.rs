@@ -124,7 +124,7 @@ fn write_slug(build_dir: &Path, out: &Path, limit: u64) -> Result<SlugInfo, Buil
 }
 
 #[cfg(unix)]
-fn permissions(meta: &std::fs::Metadata) -> u32 {
+pub(crate) fn permissions(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     // Keep only whether a file is executable: umask and owner bits must not change the checksum.
     if meta.permissions().mode() & 0o111 != 0 || meta.is_dir() {
@@ -150,7 +150,7 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: &Path, mode: u32) -> st
     tar.append_data(&mut h, name, std::io::empty())
 }
 
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
+pub(crate) fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), BuildError> {
     let entries = std::fs::read_dir(dir).map_err(BuildError::io("listing", dir))?;
     for entry in entries {
         let entry = entry.map_err(BuildError::io("listing", dir))?;

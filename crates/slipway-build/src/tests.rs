@@ -145,6 +145,160 @@ fn a_build_copied_as_its_slug_equals_the_slug_unpacked() {
 }
 
 #[test]
+fn a_build_adopted_in_place_equals_the_slug_unpacked_and_its_cache_links_are_given_back() {
+    use std::os::unix::fs::MetadataExt;
+    let out = tempfile::tempdir().expect("tempdir");
+    let build = out.path().join("build");
+    std::fs::create_dir(&build).expect("mkdir");
+    tree(&build);
+    std::fs::create_dir(build.join(".git")).expect("mkdir");
+    std::fs::write(build.join(".git/HEAD"), "ref").expect("write");
+    std::fs::set_permissions(
+        build.join("lib/data.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    nix::unistd::mkfifo(&build.join("lib/fifo"), nix::sys::stat::Mode::S_IRWXU).expect("fifo");
+    xattr::set(build.join("run.sh"), "user.note", b"x").expect("xattr");
+    // A cached file (hard-linked from the build cache, as `cp -al` restores a virtualenv) and
+    // one hard-linked from somewhere else.
+    let cache = out.path().join("cache");
+    std::fs::create_dir_all(cache.join("venv")).expect("mkdir");
+    std::fs::write(build.join("lib/cached.py"), "cached").expect("write");
+    std::fs::set_permissions(
+        build.join("lib/cached.py"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+    std::fs::hard_link(build.join("lib/cached.py"), cache.join("venv/cached.py")).expect("link");
+    // The cache is the build user's; the release's owner is the app user. (Root changes
+    // owners; elsewhere both are this process's own ids.)
+    let root = nix::unistd::geteuid().is_root();
+    let me = (
+        nix::unistd::getuid().as_raw(),
+        nix::unistd::getgid().as_raw(),
+    );
+    let (build_user, app_user) = if root {
+        ((4243, 4243), (4242, 4242))
+    } else {
+        (me, me)
+    };
+    // `cp -al` links symlinks too (a virtualenv's `bin/python`).
+    std::os::unix::fs::symlink("cached.py", build.join("lib/python")).expect("symlink");
+    std::fs::hard_link(build.join("lib/python"), cache.join("venv/python")).expect("link");
+    for p in [
+        cache.clone(),
+        cache.join("venv/cached.py"),
+        cache.join("venv/python"),
+    ] {
+        std::os::unix::fs::lchown(&p, Some(build_user.0), Some(build_user.1)).expect("chown");
+    }
+    std::fs::write(build.join("lib/other.py"), "other").expect("write");
+    std::fs::hard_link(build.join("lib/other.py"), out.path().join("other.py")).expect("link");
+    std::fs::hard_link(build.join("lib/data.txt"), build.join("lib/data-again.txt"))
+        .expect("link within");
+
+    let slug = out.path().join("slug.tgz");
+    let info = create_slug(&build, &slug, &Limits::default()).expect("slug");
+    let unpacked = out.path().join("unpacked");
+    unpack_slug(&slug, &info.checksum, &unpacked).expect("unpack");
+
+    let scratch = out.path().join("scratch");
+    std::fs::create_dir(&scratch).expect("mkdir");
+    let adopting = prepare_adoption(&build, Some(&cache), &scratch).expect("prepare");
+    let shared = adopting.shared().to_vec();
+    adopting.complete(Some(app_user)).expect("complete");
+    let want = listing(&unpacked.join("app"));
+    assert!(want.contains_key("lib/cached.py") && !want.contains_key(".git"));
+    assert_eq!(listing(&build), want);
+    assert!(xattr::list(build.join("run.sh"))
+        .expect("list")
+        .next()
+        .is_none());
+
+    // The cache's link was taken (listed with what it was, and the cache's own directory,
+    // root's until the files are given back); the other one got a copy.
+    let cached = cache.join("venv/cached.py");
+    let cache_mode = std::fs::symlink_metadata(&cache).expect("meta").mode() & 0o7777;
+    assert_eq!(
+        shared,
+        [
+            SharedFile {
+                path: cached.clone(),
+                uid: build_user.0,
+                gid: build_user.1,
+                mode: 0o640
+            },
+            SharedFile {
+                path: cache.clone(),
+                uid: build_user.0,
+                gid: build_user.1,
+                mode: cache_mode
+            }
+        ]
+    );
+    let uid = |p: &Path| std::fs::symlink_metadata(p).expect("meta").uid();
+    if root {
+        assert_eq!((uid(&cache), uid(&cached)), (0, app_user.0));
+    }
+    let ino = |p: &Path| std::fs::symlink_metadata(p).expect("meta").ino();
+    assert_eq!(ino(&cached), ino(&build.join("lib/cached.py")));
+    // The cache's symlink stays the build user's (the release's is a new one, the app's).
+    let cache_link = cache.join("venv/python");
+    assert_ne!(ino(&cache_link), ino(&build.join("lib/python")));
+    assert_eq!(uid(&cache_link), build_user.0);
+    assert_eq!(uid(&build.join("lib/python")), app_user.0);
+    assert_eq!(
+        std::fs::read_link(build.join("lib/python")).expect("readlink"),
+        Path::new("cached.py")
+    );
+    assert_ne!(
+        ino(&out.path().join("other.py")),
+        ino(&build.join("lib/other.py"))
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("other.py")).expect("read"),
+        b"other"
+    );
+
+    unshare(&shared, &scratch).expect("unshare");
+    assert_ne!(ino(&cached), ino(&build.join("lib/cached.py")));
+    let meta = std::fs::symlink_metadata(&cached).expect("meta");
+    assert_eq!((meta.mode() & 0o7777, meta.nlink()), (0o640, 1));
+    assert_eq!((uid(&cache), meta.uid()), (build_user.0, build_user.0));
+    assert_eq!(uid(&build.join("lib/cached.py")), app_user.0);
+    assert_eq!(std::fs::read(&cached).expect("read"), b"cached");
+    assert_eq!(std::fs::read_dir(&scratch).expect("list").count(), 0);
+}
+
+#[test]
+fn giving_a_cache_to_its_user_copies_a_file_a_release_still_shares() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return; // Only root changes owners.
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let cache = out.path().join("cache");
+    std::fs::create_dir_all(cache.join("venv")).expect("mkdir");
+    let release_file = out.path().join("release.py");
+    std::fs::write(&release_file, "code").expect("write");
+    std::os::unix::fs::lchown(&release_file, Some(4242), Some(4242)).expect("chown");
+    std::fs::hard_link(&release_file, cache.join("venv/code.py")).expect("link");
+    std::fs::write(cache.join("own.txt"), "own").expect("write");
+    pipeline::chown_tree(&cache, (4243, 4243)).expect("chown tree");
+    let meta = |p: &Path| std::fs::symlink_metadata(p).expect("meta");
+    let cached = meta(&cache.join("venv/code.py"));
+    assert_eq!((cached.uid(), cached.nlink()), (4243, 1));
+    assert_eq!(
+        std::fs::read(cache.join("venv/code.py")).expect("read"),
+        b"code"
+    );
+    let released = meta(&release_file);
+    assert_eq!((released.uid(), released.nlink()), (4242, 1));
+    assert_eq!(meta(&cache.join("own.txt")).uid(), 4243);
+}
+
+#[test]
 fn an_export_file_changes_the_environment_except_what_the_pipeline_owns() {
     let before: BTreeMap<String, String> = [
         ("PATH", "/usr/bin:/bin"),

@@ -565,7 +565,7 @@ async fn a_failing_compile_fails_the_build_with_its_output() {
     let bp = site.path("failing-bp");
     custom_buildpack(
         &bp,
-        "echo '-----> Doing things'; echo 'boom: the widget is missing' >&2; exit 3",
+        "echo '-----> Doing things'; echo 'boom: the widget is missing' >&2; echo 'giving up'; exit 3",
         "x",
     );
     let app = site.source("static-site", "b1/app");
@@ -592,12 +592,14 @@ async fn a_failing_compile_fails_the_build_with_its_output() {
         } => {
             assert_eq!(buildpack, bp.display().to_string());
             assert_eq!(status, "exit status 3");
-            // stdout and stderr come through two pipes: their lines' relative order is not kept.
-            let mut output = output;
-            output.sort();
+            // stdout and stderr share one pipe: the lines come in the order they were written.
             assert_eq!(
                 output,
-                ["-----> Doing things", "boom: the widget is missing"]
+                [
+                    "-----> Doing things",
+                    "boom: the widget is missing",
+                    "giving up"
+                ]
             );
         }
         other => panic!("unexpected error {other}"),

@@ -366,6 +366,33 @@ impl LogHub {
         self.report_drops(stream, now, false);
     }
 
+    /// A writer that gathers its lines and hands them to the hub together (see [`Batcher`]).
+    pub fn batcher(&self) -> Batcher {
+        Batcher {
+            hub: self.clone(),
+            pending: Arc::new(Mutex::new(Pending::default())),
+        }
+    }
+
+    /// Appends lines gathered by a [`Batcher`], in their order, under one lock.
+    fn write_queued(&self, lines: Vec<Queued>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut streams = self.lock();
+        for line in lines {
+            let stream = self.stream(&mut streams, &line.app_id);
+            if line.message.len() <= MAX_LINE_BYTES {
+                self.push(stream, line.source, line.dyno, line.message, line.time);
+            } else {
+                for part in split_message(&line.message) {
+                    self.push(stream, line.source, line.dyno, part.to_string(), line.time);
+                }
+            }
+            self.report_drops(stream, line.time, false);
+        }
+    }
+
     /// [`LogHub::write`] for raw output: invalid UTF-8 is shown as U+FFFD, never dropped.
     pub fn write_bytes(&self, app_id: &str, source: Source, dyno: &str, message: &[u8]) {
         self.write(app_id, source, dyno, &String::from_utf8_lossy(message));
@@ -597,6 +624,97 @@ impl LogHub {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stream>> {
         // A panic while holding this lock cannot leave the map inconsistent: recover it.
         self.inner.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Lines a [`Batcher`] holds until its flush.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<Queued>,
+    /// A flush is on its way (a task on the writer's runtime).
+    scheduled: bool,
+}
+
+struct Queued {
+    app_id: String,
+    source: Source,
+    dyno: &'static str,
+    message: String,
+    time: DateTime<Utc>,
+}
+
+/// Most lines a [`Batcher`] holds before it hands them over at once.
+const BATCH_LINES: usize = 256;
+
+/// One busy writer's lines (a router worker's: one line per request), handed to the hub in
+/// batches so writers on different threads do not meet on the hub's lock per line.
+///
+/// A line is queued with the time it is written; the first line of a batch schedules a flush
+/// on the writer's tokio runtime, which runs once the tasks already waiting there had their
+/// turn (right away when the runtime is idle), so lines reach history, disk, drains and tails
+/// within one turn of the writer's runtime. A full batch ([`BATCH_LINES`]), a writer outside
+/// a runtime, and a runtime that shuts down first flush at once. One batcher's lines keep
+/// their order; lines of batchers on different threads are ordered by when their batches
+/// arrive (each line's time is never earlier than the app's previous one, as with
+/// [`LogHub::write_at`]).
+#[derive(Clone)]
+pub struct Batcher {
+    hub: LogHub,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Batcher {
+    /// Queues one message (split like [`LogHub::write`]'s when it is too long).
+    pub fn write(&self, app_id: String, source: Source, dyno: &'static str, message: String) {
+        let time = Utc::now();
+        let mut pending = self.lock();
+        pending.lines.push(Queued {
+            app_id,
+            source,
+            dyno,
+            message,
+            time,
+        });
+        if pending.scheduled && pending.lines.len() < BATCH_LINES {
+            return;
+        }
+        if !pending.scheduled && pending.lines.len() < BATCH_LINES {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                pending.scheduled = true;
+                drop(pending);
+                let flush = Flush(self.clone());
+                // Dropped unpolled when the runtime shuts down first: it flushes then.
+                runtime.spawn(async move { drop(flush) });
+                return;
+            }
+        }
+        let lines = std::mem::take(&mut pending.lines);
+        drop(pending);
+        self.hub.write_queued(lines);
+    }
+
+    /// Hands every queued line to the hub now.
+    pub fn flush(&self) {
+        let lines = {
+            let mut pending = self.lock();
+            pending.scheduled = false;
+            std::mem::take(&mut pending.lines)
+        };
+        self.hub.write_queued(lines);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Queued lines only: a panic elsewhere cannot leave them inconsistent.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A scheduled flush: it runs when dropped, polled or not.
+struct Flush(Batcher);
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        self.0.flush();
     }
 }
 

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use slipway_logs::{logfmt_quote, LogHub, Source};
+use slipway_logs::{logfmt_quote, Batcher, LogHub, Source};
 
 use crate::body::{BodyEnd, BoxError, Counted};
 use crate::drain::InFlight;
@@ -42,6 +42,8 @@ pub(crate) struct Proxy {
     cfg: RouterConfig,
     resolver: Arc<dyn Resolver>,
     logs: LogHub,
+    /// This worker's router lines, handed to `logs` in batches.
+    lines: Batcher,
     pool: Arc<Pool>,
     rotation: Arc<Rotation>,
 }
@@ -178,6 +180,7 @@ impl Proxy {
         Self {
             cfg,
             resolver,
+            lines: logs.batcher(),
             logs,
             pool: Arc::default(),
             rotation,
@@ -187,12 +190,16 @@ impl Proxy {
     /// The same router for another worker: shared routes, rotation and logs, its own pool
     /// of dyno connections (driven on that worker's runtime).
     pub(crate) fn worker(&self) -> Self {
+        let mut cfg = self.cfg.clone();
+        // Its in-flight counts in a slot of its own: no lock shared with other workers.
+        cfg.drains = cfg.drains.worker();
         Self {
-            cfg: self.cfg.clone(),
+            cfg,
             resolver: self.resolver.clone(),
             logs: self.logs.clone(),
+            lines: self.logs.batcher(),
             pool: Arc::default(),
-            rotation: self.rotation.clone(),
+            rotation: Arc::new(self.rotation.worker()),
         }
     }
 
@@ -296,11 +303,11 @@ impl Proxy {
         } else {
             StatusCode::PERMANENT_REDIRECT
         };
-        self.logs.write(
-            &log.app_id,
+        self.lines.write(
+            log.app_id.clone(),
             Source::Heroku,
             "router",
-            &format!(
+            format!(
                 "at=info {} dyno= connect=0ms service={}ms status={} bytes=0 protocol={} redirect=https",
                 log.quoted(),
                 log.start.elapsed().as_millis(),
@@ -530,7 +537,7 @@ impl Proxy {
         // must not turn the client's keep-alive HTTP/1.1 connection into a one-shot one).
         parts.version = client_version;
         let status = parts.status.as_u16();
-        let logs = self.logs.clone();
+        let lines = self.lines.clone();
         let dyno = dyno.to_string();
         let protocol = log.via.scheme;
         let Timing {
@@ -564,7 +571,7 @@ impl Proxy {
                     )
                 }
             };
-            logs.write(&log.app_id, Source::Heroku, "router", &line);
+            lines.write(log.app_id, Source::Heroku, "router", line);
         };
         let counted = Counted::new(body, self.cfg.idle_timeout, on_done);
         Response::from_parts(parts, counted.boxed())
@@ -605,11 +612,11 @@ impl Proxy {
             },
             span,
         ));
-        self.logs.write(
-            &log.app_id,
+        self.lines.write(
+            log.app_id.clone(),
             Source::Heroku,
             "router",
-            &format!(
+            format!(
                 "at=info {} dyno={dyno} connect={}ms service={}ms status=101 bytes=0 protocol={}",
                 log.quoted(),
                 timing.connect_ms,
@@ -651,11 +658,11 @@ impl Proxy {
         dyno: Option<&str>,
     ) -> Response<ProxyBody> {
         let code = error.code().unwrap_or("-");
-        self.logs.write(
-            &log.app_id,
+        self.lines.write(
+            log.app_id.clone(),
             Source::Heroku,
             "router",
-            &format!(
+            format!(
                 "at=error code={code} desc=\"{}\" {} dyno={} connect=0ms service={}ms status={} bytes=0 protocol={}",
                 error.description(),
                 log.quoted(),

@@ -8,20 +8,27 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Entries beyond this many trigger a sweep of the expired ones (bounded memory).
 const SWEEP_AT: usize = 1024;
 
+/// One router worker's rotation: its own round-robin turn (no counter shared between
+/// workers per request), the refusals shared by all workers.
 pub(crate) struct Rotation {
     next: AtomicUsize,
     out_for: Duration,
-    /// How many entries `refused_until` has: while none, no request takes its lock (every
-    /// router worker shares this state).
+    refusals: Arc<Refusals>,
+}
+
+#[derive(Default)]
+struct Refusals {
+    /// How many entries `until` has: while none, no request takes its lock (every router
+    /// worker shares this state).
     entries: AtomicUsize,
     /// Dyno address -> when it may take requests again.
-    refused_until: Mutex<HashMap<SocketAddr, Instant>>,
+    until: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl Rotation {
@@ -29,8 +36,16 @@ impl Rotation {
         Self {
             next: AtomicUsize::new(0),
             out_for,
-            entries: AtomicUsize::new(0),
-            refused_until: Mutex::new(HashMap::new()),
+            refusals: Arc::default(),
+        }
+    }
+
+    /// The rotation for another worker: the same refusals, a turn of its own.
+    pub(crate) fn worker(&self) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            out_for: self.out_for,
+            refusals: self.refusals.clone(),
         }
     }
 
@@ -41,7 +56,7 @@ impl Rotation {
         let n = backends.len();
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         let turn = (0..n).map(|i| (first + i) % n);
-        if self.entries.load(Ordering::Acquire) == 0 {
+        if self.refusals.entries.load(Ordering::Acquire) == 0 {
             return turn.collect();
         }
         let refused = self.lock();
@@ -65,22 +80,29 @@ impl Rotation {
             refused.retain(|_, until| *until > now);
         }
         refused.insert(addr, now + self.out_for);
-        self.entries.store(refused.len(), Ordering::Release);
+        self.refusals
+            .entries
+            .store(refused.len(), Ordering::Release);
     }
 
     /// `addr` took a connection: back in rotation at once.
     pub(crate) fn accepted(&self, addr: SocketAddr) {
-        if self.entries.load(Ordering::Acquire) == 0 {
+        if self.refusals.entries.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut refused = self.lock();
         refused.remove(&addr);
-        self.entries.store(refused.len(), Ordering::Release);
+        self.refusals
+            .entries
+            .store(refused.len(), Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Instant>> {
         // The map holds only deadlines; a panic elsewhere cannot leave it inconsistent.
-        self.refused_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.refusals
+            .until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -130,5 +152,20 @@ mod tests {
         rotation.accepted(backends[0].1);
         assert_eq!(rotation.order(&backends, t0), [1, 0]);
         assert_eq!(rotation.order(&backends, t0), [0, 1]);
+    }
+
+    #[test]
+    fn workers_share_refusals_and_keep_their_own_turn() {
+        let rotation = Rotation::new(Duration::from_secs(5));
+        let other = rotation.worker();
+        let backends = dynos(3);
+        let t0 = Instant::now();
+        assert_eq!(rotation.order(&backends, t0), [0, 1, 2]);
+        assert_eq!(other.order(&backends, t0), [0, 1, 2]);
+        rotation.refused(backends[0].1, t0);
+        assert_eq!(other.order(&backends, t0), [1, 2, 0]);
+        other.accepted(backends[0].1);
+        assert_eq!(rotation.order(&backends, t0), [1, 2, 0]);
+        assert_eq!(rotation.order(&backends, t0), [2, 0, 1]);
     }
 }

@@ -179,7 +179,8 @@ impl Attached {
 /// ended, if the monitor recorded it.
 pub(crate) fn drain_dead(dir: &Path, sink: &LineSink) -> Option<ExitRecord> {
     let mut cursor = Cursor::load(dir);
-    deliver(dir, &mut cursor, sink);
+    // A dead monitor's output is finite: read it all.
+    while deliver(dir, &mut cursor, sink) {}
     ExitRecord::read(dir)
 }
 
@@ -188,7 +189,8 @@ pub(crate) fn read_pids(dir: &Path) -> Option<Pids> {
     serde_json::from_slice(&raw).ok()
 }
 
-fn deliver(dir: &Path, cursor: &mut Cursor, sink: &LineSink) {
+/// Delivers the next batch of the dyno's output; true when more is waiting.
+fn deliver(dir: &Path, cursor: &mut Cursor, sink: &LineSink) -> bool {
     match read_new(dir, cursor, |line| sink(line)) {
         Ok(read) => {
             if read.gap {
@@ -199,10 +201,31 @@ fn deliver(dir: &Path, cursor: &mut Cursor, sink: &LineSink) {
                     tracing::warn!(dir = %dir.display(), error = %e, "could not save the log cursor");
                 }
             }
+            read.more
         }
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not read the dyno's output")
+            tracing::warn!(dir = %dir.display(), error = %e, "could not read the dyno's output");
+            false
         }
+    }
+}
+
+/// One batch of [`deliver`] on the blocking pool: the reads are file I/O, and a dyno that
+/// writes without pause must never hold one of the control plane's threads (a flood from two
+/// dynos once starved every push, config change and shutdown). Returns the moved cursor and
+/// whether more is waiting.
+async fn deliver_batch(dir: &Path, cursor: Cursor, sink: &LineSink) -> (Cursor, bool) {
+    let (dir, sink) = (dir.to_path_buf(), sink.clone());
+    let mut moved = cursor;
+    match tokio::task::spawn_blocking(move || {
+        let more = deliver(&dir, &mut moved, &sink);
+        (moved, more)
+    })
+    .await
+    {
+        Ok(done) => done,
+        // The runtime is shutting down: the saved cursor says where the next server resumes.
+        Err(_) => (cursor, false),
     }
 }
 
@@ -220,13 +243,26 @@ impl Tail {
             async move {
                 let mut cursor = cursor;
                 loop {
-                    deliver(&dir, &mut cursor, &sink);
-                    tokio::select! {
-                        _ = tokio::time::sleep(TAIL_INTERVAL) => {}
-                        _ = finish_rx.wait_for(|f| *f) => {
-                            deliver(&dir, &mut cursor, &sink);
-                            break;
+                    let (moved, more) = deliver_batch(&dir, cursor, &sink).await;
+                    cursor = moved;
+                    if more && !*finish_rx.borrow() {
+                        // Behind a fast writer: read on, without waiting.
+                        continue;
+                    }
+                    let finished = tokio::select! {
+                        _ = tokio::time::sleep(TAIL_INTERVAL) => false,
+                        _ = finish_rx.wait_for(|f| *f) => true,
+                    };
+                    if finished {
+                        // The dyno has exited: its output is finite, read it to the end.
+                        loop {
+                            let (moved, more) = deliver_batch(&dir, cursor, &sink).await;
+                            cursor = moved;
+                            if !more {
+                                break;
+                            }
                         }
+                        break;
                     }
                 }
             },

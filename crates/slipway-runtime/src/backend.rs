@@ -309,6 +309,19 @@ pub trait DynoBackend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Moves a finished build directory into a staged release directory of the app instead of
+    /// copying it (`releasedir.rs` `take`): `Ok(None)` where this backend keeps none or the
+    /// build directory cannot be moved there (nothing was moved). Blocking.
+    fn take_release(
+        &self,
+        _app_id: &str,
+        _user: Option<&AppUser>,
+        _build_dir: &Path,
+        _cache_dir: Option<&Path>,
+    ) -> Result<Option<crate::releasedir::TakenRelease>, RuntimeError> {
+        Ok(None)
+    }
+
     /// Makes what [`DynoBackend::stage_release`] returned the release directory of the slug
     /// with `checksum`, or removes it (`None`: no slug was made). Blocking.
     fn finish_release(&self, _app_id: &str, _staged: &Path, _checksum: Option<&str>) {}

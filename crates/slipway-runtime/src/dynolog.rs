@@ -23,8 +23,12 @@ use std::path::{Path, PathBuf};
 pub(crate) const SEGMENT_BYTES: u64 = 2 * 1024 * 1024;
 /// Segments kept: at most `SEGMENT_BYTES * KEEP_SEGMENTS` of output wait for a server.
 pub(crate) const KEEP_SEGMENTS: u64 = 2;
-/// Most bytes one read delivers (the rest comes with the next).
+/// Most bytes one file read takes (the rest comes with the next).
 const READ_BATCH: u64 = 256 * 1024;
+/// Most bytes one [`read_new`] delivers before it returns with [`ReadOutcome::more`]: a dyno
+/// writing faster than the server reads must not keep its reader (and the thread it runs on)
+/// busy for ever.
+pub(crate) const READ_BUDGET: u64 = 4 * READ_BATCH;
 
 fn segment(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("out.{n}"))
@@ -128,16 +132,24 @@ pub(crate) struct ReadOutcome {
     /// The reader's segment had been deleted: output between it and the oldest kept
     /// segment is lost.
     pub(crate) gap: bool,
+    /// The read stopped at its budget ([`READ_BUDGET`]) with more output waiting.
+    pub(crate) more: bool,
 }
 
-/// Delivers every complete line after `cursor` to `line` and moves the cursor past them.
+/// Delivers the complete lines after `cursor` to `line`, up to [`READ_BUDGET`] bytes of them,
+/// and moves the cursor past them. `more` in the outcome says the budget stopped it.
 pub(crate) fn read_new(
     dir: &Path,
     cursor: &mut Cursor,
     mut line: impl FnMut(&str),
 ) -> std::io::Result<ReadOutcome> {
     let mut read = ReadOutcome::default();
+    let mut delivered: u64 = 0;
     loop {
+        if delivered >= READ_BUDGET {
+            read.more = true;
+            return Ok(read);
+        }
         // Seen before reading the current segment to its end: once the next segment exists,
         // the current one is complete.
         let next_exists = segment(dir, cursor.segment + 1).exists();
@@ -167,6 +179,7 @@ pub(crate) fn read_new(
             read.lines += 1;
         }
         cursor.offset += complete as u64;
+        delivered += complete as u64;
         if buf.len() as u64 == READ_BATCH {
             // More to read in this segment.
             continue;
@@ -206,10 +219,44 @@ fn oldest_after(dir: &Path, after: u64) -> std::io::Result<Option<u64>> {
 mod tests {
     use super::*;
 
+    /// Reads until nothing more is waiting (as the server's tail does).
     fn collect(dir: &Path, cursor: &mut Cursor) -> (Vec<String>, ReadOutcome) {
         let mut lines = Vec::new();
-        let read = read_new(dir, cursor, |l| lines.push(l.to_string())).expect("read");
-        (lines, read)
+        let mut all = ReadOutcome::default();
+        loop {
+            let read = read_new(dir, cursor, |l| lines.push(l.to_string())).expect("read");
+            all.lines += read.lines;
+            all.gap |= read.gap;
+            if !read.more {
+                return (lines, all);
+            }
+        }
+    }
+
+    #[test]
+    fn one_read_stops_at_its_budget_and_the_next_goes_on_from_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = LogWriter::create(dir.path()).expect("writer");
+        let total = 3 * READ_BUDGET / 1_000;
+        for i in 0..total {
+            let mut line = format!("{i:08} ").into_bytes();
+            line.resize(999, b'x');
+            w.write_line(&line).expect("write");
+        }
+        let mut cursor = Cursor::default();
+        let mut first = Vec::new();
+        let read =
+            read_new(dir.path(), &mut cursor, |l| first.push(l[..8].to_string())).expect("read");
+        assert!(read.more, "a read past its budget says more is waiting");
+        assert!(read.lines > 0 && (read.lines as u64) * 1_000 <= READ_BUDGET + READ_BATCH);
+        let (rest, end) = collect(dir.path(), &mut cursor);
+        assert!(!end.gap);
+        let numbers: Vec<u64> = first
+            .iter()
+            .map(|n| n.parse().expect("number"))
+            .chain(rest.iter().map(|l| l[..8].parse().expect("number")))
+            .collect();
+        assert_eq!(numbers, (0..total).collect::<Vec<_>>());
     }
 
     #[test]

@@ -151,6 +151,13 @@ pub enum DynoEvent {
         left: usize,
         secs: u64,
     },
+    /// The reconciliation pass (`reconcile.rs`) found the dyno drifted from the formation
+    /// and corrected it; `message` says how (`Reconciling: ...`).
+    Reconciled {
+        app_id: String,
+        name: String,
+        message: String,
+    },
     /// The supervisor finished: the dyno, its container, directory and record are gone.
     Removed {
         app_id: String,
@@ -180,6 +187,7 @@ impl DynoEvent {
             | DynoEvent::Routing { app_id, .. }
             | DynoEvent::RolloutFailed { app_id, .. }
             | DynoEvent::DrainTimedOut { app_id, .. }
+            | DynoEvent::Reconciled { app_id, .. }
             | DynoEvent::Removed { app_id, .. } => app_id,
         }
     }
@@ -319,6 +327,7 @@ impl DynoEvent {
                     "Stopping with {left} request(s) still in flight after the {secs} s drain timeout"
                 ),
             ),
+            DynoEvent::Reconciled { name, message, .. } => one(name, message.clone()),
             DynoEvent::Sleep { asleep, web, .. } => {
                 if *asleep {
                     web.iter()

@@ -40,6 +40,7 @@ mod oci;
 mod oneoff;
 mod plain;
 mod process;
+mod reconcile;
 mod record;
 mod releasedir;
 mod restart;
@@ -76,7 +77,9 @@ pub use oneoff::{
 };
 pub use plain::ProcessBackend;
 pub use process::pid_belongs_to_dyno;
+pub use reconcile::{Correction, Reconciled};
 pub use record::{DynoRecord, DynoState};
+pub use releasedir::TakenRelease;
 pub use rollout::{DrainWatch, Rollout, RolloutOutcome};
 pub use users::{AppUser, FIRST_UID, LAST_UID};
 
@@ -363,6 +366,10 @@ pub(crate) struct Inner {
     desired: Mutex<HashMap<String, Desired>>,
     /// The router's side of draining, once the server has set it.
     drain_watch: Mutex<Option<Arc<dyn DrainWatch>>>,
+    /// Rollouts under way, per app (the reconciliation pass leaves those apps alone).
+    rolling: Mutex<HashMap<String, usize>>,
+    /// Dynos the last reconciliation pass found without their process (`reconcile.rs`).
+    suspects: reconcile::Suspects,
 }
 
 /// An app's release and formation as last converged, and whether its web dynos sleep.
@@ -430,6 +437,43 @@ impl Inner {
     pub(crate) fn user_for(&self, app_id: &str) -> Result<Option<AppUser>, RuntimeError> {
         self.users.as_ref().map(|u| u.user_for(app_id)).transpose()
     }
+
+    fn lock_rolling(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.rolling.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a rollout of the app is under way (`rollout.rs`, until its old or failed
+    /// dynos are stopped).
+    pub(crate) fn rolling(&self, app_id: &str) -> bool {
+        self.lock_rolling().get(app_id).is_some_and(|n| *n > 0)
+    }
+
+    /// Counts a rollout of the app as under way until the returned guard is dropped.
+    pub(crate) fn rollout_started(self: &Arc<Self>, app_id: &str) -> RollingGuard {
+        *self.lock_rolling().entry(app_id.to_string()).or_default() += 1;
+        RollingGuard {
+            inner: self.clone(),
+            app_id: app_id.to_string(),
+        }
+    }
+}
+
+/// A rollout under way ([`Inner::rollout_started`]).
+pub(crate) struct RollingGuard {
+    inner: Arc<Inner>,
+    app_id: String,
+}
+
+impl Drop for RollingGuard {
+    fn drop(&mut self) {
+        let mut rolling = self.inner.lock_rolling();
+        if let Some(n) = rolling.get_mut(&self.app_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                rolling.remove(&self.app_id);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -465,6 +509,38 @@ impl DynoManager {
             Ok(staged) => staged,
             Err(e) => {
                 tracing::warn!(error = %e, "could not stage the release directory");
+                None
+            }
+        }
+    }
+
+    /// Moves a finished build directory (no process of its build user left) into a staged
+    /// release directory of the app, to be packed from there and owned in place
+    /// ([`TakenRelease`]) instead of copied: `None` where the backend keeps no release
+    /// directories or the move is not possible (the build directory is where it was).
+    /// `cache_dir`: the app's build cache, whose hard links into the build the release may
+    /// take. Blocking.
+    pub fn take_release(
+        &self,
+        app_id: &str,
+        build_dir: &Path,
+        cache_dir: Option<&Path>,
+    ) -> Option<TakenRelease> {
+        let user = match self.inner.user_for(app_id) {
+            Ok(user) => user,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the build as the release directory");
+                return None;
+            }
+        };
+        match self
+            .inner
+            .backend
+            .take_release(app_id, user.as_ref(), build_dir, cache_dir)
+        {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not take the build as the release directory");
                 None
             }
         }
@@ -534,6 +610,8 @@ impl DynoManager {
                 apps: Mutex::new(HashMap::new()),
                 desired: Mutex::new(HashMap::new()),
                 drain_watch: Mutex::new(None),
+                rolling: Mutex::new(HashMap::new()),
+                suspects: Default::default(),
             }),
         })
     }

@@ -151,7 +151,7 @@ impl OciBackend {
         make_dir(&shared, 0o711, None)?;
         let state_dir = shared.join("state");
         make_dir(&state_dir, 0o700, None)?;
-        let stack_etc = build_stack_etc(&shared)?;
+        let stack_etc = build_stack_etc(&shared, dynos_dir)?;
         let builds = Arc::new(OciBuildSandbox::new(
             path.clone(),
             version.clone(),
@@ -652,6 +652,19 @@ impl DynoBackend for OciBackend {
         }
     }
 
+    fn take_release(
+        &self,
+        app_id: &str,
+        user: Option<&AppUser>,
+        build_dir: &Path,
+        cache_dir: Option<&Path>,
+    ) -> Result<Option<crate::releasedir::TakenRelease>, RuntimeError> {
+        match &self.releases {
+            Some(releases) => releases.take(app_id, user, build_dir, cache_dir),
+            None => Ok(None),
+        }
+    }
+
     fn finish_release(&self, app_id: &str, staged: &Path, checksum: Option<&str>) {
         if let Some(releases) = &self.releases {
             releases.finish(app_id, staged, checksum);
@@ -842,30 +855,152 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Builds `<shared>/etc-<n>` from [`STACK_ETC`] and removes older ones.
-fn build_stack_etc(shared: &Path) -> Result<PathBuf, RuntimeError> {
+/// The `/etc` dynos get: `<shared>/etc-<n>`, built from [`STACK_ETC`]. An existing one with
+/// the same content is reused (a restarted server's re-adopted dynos and its new ones share
+/// it). Older ones are removed only when no container or bundle under `dynos_dir` still
+/// mounts them ([`etc_in_use`]): removing a directory a running container bind-mounts would
+/// empty that container's `/etc` (DNS, TLS certificates, the loader's cache).
+fn build_stack_etc(shared: &Path, dynos_dir: &Path) -> Result<PathBuf, RuntimeError> {
     let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-    let etc = shared.join(format!("etc-{stamp}"));
-    if let Ok(entries) = std::fs::read_dir(shared) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("etc-") {
-                remove_dir(&entry.path())?;
-            }
-        }
-    }
-    make_dir(&etc, 0o755, None)?;
+    // Filled under a name no other start-up removes, then renamed into place.
+    let building = shared.join(format!("building-etc-{stamp}"));
+    remove_dir(&building)?;
+    make_dir(&building, 0o755, None)?;
     let host = Path::new("/etc");
     for name in STACK_ETC {
-        copy_tree(&host.join(name), &etc.join(name))?;
+        copy_tree(&host.join(name), &building.join(name))?;
     }
     for (name, text) in [("passwd", ""), ("group", ""), ("hostname", "dyno\n")] {
-        let path = etc.join(name);
+        let path = building.join(name);
         std::fs::write(&path, text).map_err(RuntimeError::io("writing", &path))?;
     }
-    let mtab = etc.join("mtab");
+    let mtab = building.join("mtab");
     std::os::unix::fs::symlink("/proc/self/mounts", &mtab)
         .map_err(RuntimeError::io("creating", &mtab))?;
+    let mut existing: Vec<PathBuf> = std::fs::read_dir(shared)
+        .map_err(RuntimeError::io("listing", shared))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("etc-"))
+        .map(|e| e.path())
+        .collect();
+    // Newest first (the stamp is in the name).
+    existing.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("etc-"))
+                .and_then(|n| n.parse::<i64>().ok())
+                .unwrap_or(0),
+        )
+    });
+    let etc = match existing.iter().find(|d| same_tree(&building, d)) {
+        Some(same) => {
+            remove_dir(&building)?;
+            same.clone()
+        }
+        None => {
+            let etc = shared.join(format!("etc-{stamp}"));
+            std::fs::rename(&building, &etc).map_err(RuntimeError::io("renaming", &building))?;
+            etc
+        }
+    };
+    for old in existing.iter().filter(|d| **d != etc) {
+        if etc_in_use(old, shared, dynos_dir) {
+            tracing::info!(etc = %old.display(), "keeping an older stack /etc a container still mounts");
+        } else {
+            remove_dir(old)?;
+        }
+    }
     Ok(etc)
+}
+
+/// Whether a container's or bundle's config names `etc` as a mount source: runc's state of
+/// every container under `<shared>/state`, build bundles under `<shared>/builds`, and the
+/// bundles of dynos (`<dynos dir>/<app id>/<dyno id>/config.json`), including one being set
+/// up. Unreadable or oversized files count as using it (never remove what might be in use).
+fn etc_in_use(etc: &Path, shared: &Path, dynos_dir: &Path) -> bool {
+    /// runc's state and bundles are a few tens of KiB.
+    const MAX_CONFIG: u64 = 4 << 20;
+    let needle = format!("\"{}\"", etc.display());
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut configs: Vec<PathBuf> = Vec::new();
+    configs.extend(
+        children(&shared.join("state"))
+            .into_iter()
+            .map(|d| d.join("state.json")),
+    );
+    configs.extend(
+        children(&shared.join("builds"))
+            .into_iter()
+            .map(|d| d.join("config.json")),
+    );
+    for app in children(dynos_dir) {
+        if app
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
+        configs.extend(children(&app).into_iter().map(|d| d.join("config.json")));
+    }
+    configs.iter().any(|config| {
+        use std::io::Read;
+        let Ok(file) = std::fs::File::open(config) else {
+            return false;
+        };
+        let mut text = Vec::new();
+        match file.take(MAX_CONFIG + 1).read_to_end(&mut text) {
+            Ok(n) if (n as u64) <= MAX_CONFIG => {
+                text.windows(needle.len()).any(|w| w == needle.as_bytes())
+            }
+            _ => true,
+        }
+    })
+}
+
+/// Whether two directory trees hold the same names, kinds, file contents, modes and symlink
+/// targets.
+fn same_tree(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) else {
+        return false;
+    };
+    let (ka, kb) = (ma.file_type(), mb.file_type());
+    if ka.is_symlink() || kb.is_symlink() {
+        return matches!(
+            (std::fs::read_link(a), std::fs::read_link(b)),
+            (Ok(x), Ok(y)) if x == y
+        );
+    }
+    if ma.permissions().mode() != mb.permissions().mode() {
+        return false;
+    }
+    if ka.is_dir() && kb.is_dir() {
+        let names = |dir: &Path| -> Option<Vec<std::ffi::OsString>> {
+            let mut names: Vec<_> = std::fs::read_dir(dir)
+                .ok()?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+                .ok()?;
+            names.sort();
+            Some(names)
+        };
+        let (Some(na), Some(nb)) = (names(a), names(b)) else {
+            return false;
+        };
+        return na == nb && na.iter().all(|n| same_tree(&a.join(n), &b.join(n)));
+    }
+    if ka.is_file() && kb.is_file() {
+        return ma.len() == mb.len()
+            && matches!(
+                (std::fs::read(a), std::fs::read(b)),
+                (Ok(x), Ok(y)) if x == y
+            );
+    }
+    false
 }
 
 /// Copies files and directories, keeping symlinks as symlinks. A missing source is skipped.
@@ -894,4 +1029,74 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), RuntimeError> {
             .map_err(RuntimeError::io("setting permissions of", to))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_mounting(path: &Path, etc: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("bundle dir");
+        let config = serde_json::json!({
+            "mounts": [{"destination": "/etc", "source": etc.display().to_string()}]
+        });
+        std::fs::write(path, config.to_string()).expect("config");
+    }
+
+    fn stale_etc(shared: &Path, stamp: i64) -> PathBuf {
+        let dir = shared.join(format!("etc-{stamp}"));
+        std::fs::create_dir_all(&dir).expect("stale etc");
+        std::fs::write(dir.join("hostname"), "old\n").expect("stale file");
+        dir
+    }
+
+    #[test]
+    fn a_stack_etc_a_container_or_bundle_mounts_is_never_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dynos = tmp.path().join("dynos");
+        let shared = dynos.join(".oci");
+        std::fs::create_dir_all(&shared).expect("shared");
+
+        let first = build_stack_etc(&shared, &dynos).expect("first build");
+        assert!(first.join("hostname").is_file(), "{first:?} was filled");
+        // The same host /etc: the same directory, not a copy that replaces it.
+        let again = build_stack_etc(&shared, &dynos).expect("second build");
+        assert_eq!(again, first);
+
+        // Older ones: one a dyno's bundle mounts (a dyno being set up, or a re-adopted one),
+        // one a running container's runc state names, one a build's bundle mounts, one
+        // nothing uses.
+        let (by_dyno, by_state, by_build, unused) = (
+            stale_etc(&shared, 1),
+            stale_etc(&shared, 2),
+            stale_etc(&shared, 3),
+            stale_etc(&shared, 4),
+        );
+        bundle_mounting(&dynos.join("app-1/dyno-1/config.json"), &by_dyno);
+        bundle_mounting(&shared.join("state/dyno-2/state.json"), &by_state);
+        bundle_mounting(&shared.join("builds/build-1/config.json"), &by_build);
+
+        let third = build_stack_etc(&shared, &dynos).expect("third build");
+        assert_eq!(third, first);
+        for kept in [&by_dyno, &by_state, &by_build] {
+            assert!(
+                kept.join("hostname").is_file(),
+                "{kept:?} is mounted and must stay"
+            );
+        }
+        assert!(!unused.exists(), "{unused:?} is unused and must go");
+
+        // The host's /etc changed (here: the current copy differs): a new one is made, the
+        // one a dyno still mounts stays with its content.
+        bundle_mounting(&dynos.join("app-1/dyno-3/config.json"), &first);
+        std::fs::write(first.join("extra"), "x").expect("change");
+        let fourth = build_stack_etc(&shared, &dynos).expect("fourth build");
+        assert_ne!(fourth, first);
+        assert!(
+            first.join("extra").is_file(),
+            "{first:?} is mounted and must stay"
+        );
+        assert!(fourth.join("hostname").is_file());
+        assert!(!fourth.join("extra").exists());
+    }
 }

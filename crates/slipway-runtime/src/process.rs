@@ -24,6 +24,24 @@ pub fn pid_belongs_to_dyno(pid: i64, dyno_id: &str) -> bool {
         .any(|var| var == wanted.as_bytes())
 }
 
+/// Whether `pid` runs (is not a zombie) as a child of `parent`: a dyno's main process under
+/// its monitor. Unlike [`pid_belongs_to_dyno`] this does not read its environment, which a
+/// program may clear (`env -i`) or overwrite (setproctitle, as gunicorn does); a pid reused
+/// by another process has another parent.
+pub(crate) fn runs_as_child_of(pid: u32, parent: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+    !matches!(state, None | Some("Z") | Some("X")) && ppid == Some(parent)
+}
+
 /// Reads `reader` to its end, calling `line` for each line (for output piped to the server:
 /// dynos started with [`crate::DynoBackend::start`]). Lines longer than `max` bytes are
 /// cut into pieces of at most `max`, so a process that never writes a newline cannot make the
@@ -71,6 +89,29 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_child_runs_until_it_is_reaped_or_a_zombie() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("sleep");
+        let (pid, me) = (child.id(), std::process::id());
+        assert!(super::runs_as_child_of(pid, me));
+        assert!(!super::runs_as_child_of(pid, me + 1), "another parent");
+        assert!(!super::runs_as_child_of(me, me), "not its own child");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill");
+        // Dead and not reaped yet: a zombie.
+        slipway_testkit::wait_for(10, "the child to be a zombie", || {
+            (!super::runs_as_child_of(pid, me)).then_some(())
+        });
+        child.wait().expect("reap");
+        assert!(!super::runs_as_child_of(pid, me), "reaped");
+    }
+
     #[tokio::test]
     async fn pump_splits_lines_and_bounds_them() {
         let input: &[u8] = b"one\r\ntwo\nxxxxxxxxxx-tail";

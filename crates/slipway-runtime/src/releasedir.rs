@@ -17,13 +17,17 @@
 //! One lock per app orders unpacking and collecting, so a directory is never removed between
 //! its unpacking and the dyno naming it.
 //!
-//! A push does not wait for the unpacking: while its slug is compressed, the build directory is
-//! copied as the slug holds it (`slipway_build::copy_as_slug`) into `.staged-N` ([`stage`]),
-//! which becomes the release directory under the slug's checksum once it is known
-//! ([`finish`]), so the new dyno finds its release directory ready. Staged and partial
+//! A push does not wait for the unpacking: the finished build directory is moved into
+//! `.staged-N` ([`take`]; `slipway_build::prepare_adoption` makes its names the slug's), the
+//! slug is packed from there while the tree is given the app's user and the slug's modes in
+//! place ([`TakenRelease::own`]), and it becomes the release directory under the slug's
+//! checksum once that is known ([`finish`]), so the new dyno finds its release directory ready
+//! and no file data was copied. A build directory on another filesystem is copied as the slug
+//! holds it instead (`slipway_build::copy_as_slug`, [`stage`]) while the slug is compressed. Staged and partial
 //! directories a stopped server left are removed at start.
 //!
 //! [`stage`]: ReleaseDirs::stage
+//! [`take`]: ReleaseDirs::take
 //! [`finish`]: ReleaseDirs::finish
 
 use std::collections::HashMap;
@@ -116,20 +120,9 @@ impl ReleaseDirs {
         user: Option<&AppUser>,
         build_dir: &Path,
     ) -> Result<Option<PathBuf>, RuntimeError> {
-        if !app_ok(app_id) {
+        let Some(staged) = self.new_staged(app_id)? else {
             return Ok(None);
-        }
-        let parent = self.root.join(app_id);
-        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let staged = parent.join(format!("{STAGED_PREFIX}{n}"));
-        {
-            // Not while `collect` may remove the (empty) parent.
-            let lock = self.app_lock(app_id);
-            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-            make_dir(&parent, 0o700, None)?;
-            remove_dir(&staged)?;
-            make_dir(&staged, 0o700, None)?;
-        }
+        };
         let app = staged.join("app");
         let done = slipway_build::copy_as_slug(build_dir, &app)
             .map_err(|e| RuntimeError::Bundle {
@@ -149,6 +142,72 @@ impl ReleaseDirs {
             Err(e) => {
                 let _ = remove_dir(&staged);
                 Err(e)
+            }
+        }
+    }
+
+    /// A new, empty `.staged-N` directory of the app (`None` for an app id that cannot name a
+    /// directory).
+    fn new_staged(&self, app_id: &str) -> Result<Option<PathBuf>, RuntimeError> {
+        if !app_ok(app_id) {
+            return Ok(None);
+        }
+        let parent = self.root.join(app_id);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = parent.join(format!("{STAGED_PREFIX}{n}"));
+        // Not while `collect` may remove the (empty) parent.
+        let lock = self.app_lock(app_id);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        make_dir(&parent, 0o700, None)?;
+        remove_dir(&staged)?;
+        make_dir(&staged, 0o700, None)?;
+        Ok(Some(staged))
+    }
+
+    /// Moves a build directory (its buildpacks done, every process of the build user gone) into
+    /// a new staged directory of the app and makes its names those of its slug
+    /// (`slipway_build::prepare_adoption`; `cache_dir`: the app's build cache, whose hard links
+    /// into the build may be taken). Blocking. `Ok(None)`: nothing was moved (an app id that
+    /// cannot name a directory, or the build directory on another filesystem): the caller
+    /// copies instead ([`ReleaseDirs::stage`]).
+    pub(crate) fn take(
+        &self,
+        app_id: &str,
+        user: Option<&AppUser>,
+        build_dir: &Path,
+        cache_dir: Option<&Path>,
+    ) -> Result<Option<TakenRelease>, RuntimeError> {
+        let Some(staged) = self.new_staged(app_id)? else {
+            return Ok(None);
+        };
+        let app = staged.join("app");
+        if let Err(e) = std::fs::rename(build_dir, &app) {
+            let _ = remove_dir(&staged);
+            if e.raw_os_error() == Some(nix::libc::EXDEV) {
+                return Ok(None);
+            }
+            return Err(RuntimeError::io("moving the build to", &app)(e));
+        }
+        // Without an app user the cache's files stay the server's: none are taken.
+        let others = cache_dir.filter(|_| user.is_some());
+        match slipway_build::prepare_adoption(&app, others, &staged) {
+            Ok(adopting) => Ok(Some(TakenRelease {
+                staged,
+                app,
+                user: user.copied(),
+                shared: adopting.shared().to_vec(),
+                adopting: Some(adopting),
+            })),
+            Err(e) => {
+                // Back where it was (what was changed, a slug does not hold anyway): the
+                // caller packs and copies it as before.
+                if std::fs::rename(&app, build_dir).is_ok() {
+                    let _ = remove_dir(&staged);
+                }
+                Err(RuntimeError::Bundle {
+                    dyno: format!("the release directory of app {app_id}"),
+                    detail: e.to_string(),
+                })
             }
         }
     }
@@ -298,6 +357,56 @@ impl ReleaseDirs {
             }
         }
         used
+    }
+}
+
+/// A build directory moved into a staged release directory ([`ReleaseDirs::take`]): its names
+/// are the slug's; [`TakenRelease::own`] gives it the app user and the slug's modes (while the
+/// slug is packed from [`TakenRelease::app`]); `DynoManager::finish_release` with
+/// [`TakenRelease::staged`] makes it the release directory or removes it.
+#[derive(Debug)]
+pub struct TakenRelease {
+    staged: PathBuf,
+    app: PathBuf,
+    user: Option<AppUser>,
+    adopting: Option<slipway_build::Adopting>,
+    shared: Vec<slipway_build::SharedFile>,
+}
+
+impl TakenRelease {
+    /// The staged directory (`.staged-N`), for `finish_release`.
+    pub fn staged(&self) -> &Path {
+        &self.staged
+    }
+
+    /// Where the build now is: pack the slug from here.
+    pub fn app(&self) -> &Path {
+        &self.app
+    }
+
+    /// The files of the build cache whose inodes the release takes (once [`TakenRelease::own`]
+    /// ran, even in part, they may be the app user's): give them copies of their own
+    /// (`slipway_build::unshare`) before the cache is used again.
+    pub fn shared(&self) -> &[slipway_build::SharedFile] {
+        &self.shared
+    }
+
+    /// Gives the tree the app's user and the slug's modes. Blocking; once.
+    pub fn own(&mut self) -> Result<(), RuntimeError> {
+        let Some(adopting) = self.adopting.take() else {
+            return Ok(());
+        };
+        std::fs::set_permissions(
+            &self.app,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(RuntimeError::io("setting permissions of", &self.app))?;
+        adopting
+            .complete(self.user.map(|u| (u.uid, u.gid)))
+            .map_err(|e| RuntimeError::Bundle {
+                dyno: "a release directory".to_string(),
+                detail: e.to_string(),
+            })
     }
 }
 

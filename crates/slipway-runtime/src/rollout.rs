@@ -85,8 +85,11 @@ pub(crate) struct Plan {
 pub(crate) fn start(inner: Arc<Inner>, plan: Plan) -> Rollout {
     let (tx, rx) = watch::channel(None);
     let span = tracing::info_span!("rollout", app = %plan.app_id, version = plan.version);
+    // Under way until its old (or failed) dynos are stopped.
+    let rolling = inner.rollout_started(&plan.app_id);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
+            let _rolling = rolling;
             let Plan {
                 app_id,
                 version,

@@ -822,6 +822,57 @@ async fn oci_a_staged_build_becomes_the_release_directory_its_dynos_use() {
     f.manager.stop_app(&f.app).await;
 }
 
+#[tokio::test]
+async fn oci_a_taken_build_becomes_the_release_directory_owned_by_the_app_user() {
+    let f = fixture(RuntimeKind::Oci, Duration::from_secs(5)).await;
+    let releases = f.dynos_dir.join(".releases").join(&f.app);
+    let src = f._dir.path().join("taken-src");
+    std::fs::create_dir(&src).expect("mkdir");
+    std::fs::write(src.join("index.html"), "hello from the taken build").expect("write");
+    std::fs::set_permissions(
+        src.join("index.html"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let slug = f._dir.path().join("taken.tgz");
+    let info =
+        slipway_build::create_slug(&src, &slug, &slipway_build::Limits::default()).expect("slug");
+    let mut taken = f.manager.take_release(&f.app, &src, None).expect("taken");
+    // Moved, not copied.
+    assert!(!src.exists());
+    assert!(taken.app().join("index.html").is_file());
+    taken.own().expect("owned");
+    assert!(taken.shared().is_empty());
+    let staged = taken.staged().to_path_buf();
+    f.manager
+        .finish_release(&f.app, &staged, Some(&info.checksum));
+    let hex = info.checksum.trim_start_matches("SHA256:").to_string();
+    assert_eq!(names(&releases), [hex.as_str()]);
+    std::fs::remove_file(&slug).expect("rm slug");
+    let v2 = ReleaseSpec {
+        version: 2,
+        slug_path: slug,
+        slug_checksum: info.checksum,
+        ..f.release.clone()
+    };
+    // The file is the app user's with the slug's mode, as an unpacked slug's would be.
+    let cmd = "echo \"saw $(cat /app/index.html) $(stat -c '%u %a' /app/index.html) as $(id -u)\"; exec sleep 1000";
+    f.manager.converge(v2, &[spec("worker", 1, cmd)]);
+    let log = wait_for_log(&f, "app[worker.1]: saw hello from the taken build").await;
+    let line = log
+        .iter()
+        .find(|l| l.contains("saw hello from the taken build"))
+        .expect("line")
+        .split("saw hello from the taken build ")
+        .nth(1)
+        .expect("rest")
+        .to_string();
+    let (owner_mode, me) = line.split_once(" as ").expect("as");
+    let (owner, mode) = owner_mode.split_once(' ').expect("mode");
+    assert_eq!((owner, mode), (me.trim(), "644"), "{line}");
+    f.manager.stop_app(&f.app).await;
+}
+
 async fn http_get(addr: SocketAddr) -> String {
     let (_, _, body) =
         slipway_testkit::http_async(addr, "GET", "/index.html", &[("Host", "x")], None).await;
@@ -854,3 +905,127 @@ both_backends!(
     a_web_dyno_that_never_binds_is_killed_r10,
     a_burst_of_events_reaches_the_record_stream_whole,
 );
+
+/// Drift made behind `converge`'s back (a dyno stopped, one started, one of another
+/// command) is found and corrected by [`DynoManager::reconcile`], each with its
+/// `Reconciling:` line; an app in step is left alone.
+async fn reconcile_corrects_missing_extra_and_stale_dynos(kind: RuntimeKind) {
+    let f = fixture(kind, Duration::from_secs(5)).await;
+    let cmd = "exec sleep 1000";
+    let formation = [spec("worker", 2, cmd)];
+    f.manager.converge(f.release.clone(), &formation);
+    wait_for_log(&f, "heroku[worker.2]: State changed from starting to up").await;
+    let up = || async {
+        let now = f.manager.list(&f.app);
+        (now.len() == 2 && now.iter().all(|d| d.lifecycle == Lifecycle::Up)).then_some(now)
+    };
+    let before = slipway_testkit::wait_until(20, "two workers up", up).await;
+    assert!(matches!(
+        f.manager.reconcile(f.release.clone(), &formation),
+        Reconciled::InStep
+    ));
+    assert_eq!(
+        f.manager
+            .list(&f.app)
+            .iter()
+            .map(|d| &d.id)
+            .collect::<Vec<_>>(),
+        before.iter().map(|d| &d.id).collect::<Vec<_>>()
+    );
+
+    // Missing: worker.2 stopped without a converge.
+    let worker2 = f.manager.inner.lock_apps()[&f.app]
+        .iter()
+        .find(|d| d.name == "worker.2")
+        .cloned()
+        .expect("worker.2");
+    worker2.request_stop();
+    worker2.stopped().await;
+    slipway_testkit::wait_until(20, "worker.2 gone", || async {
+        (f.manager.list(&f.app).len() == 1).then_some(())
+    })
+    .await;
+    let Reconciled::Corrected { corrections, .. } =
+        f.manager.reconcile(f.release.clone(), &formation)
+    else {
+        panic!("worker.2 is missing and was not corrected");
+    };
+    assert_eq!(
+        corrections,
+        [Correction::Missing {
+            name: "worker.2".into(),
+            version: 1
+        }]
+    );
+    wait_for_log(&f, "heroku[worker.2]: Reconciling: not running but wanted").await;
+    slipway_testkit::wait_until(20, "two workers up again", up).await;
+
+    // Extra: a worker.3 the formation does not have; stale: a second worker.1 of another
+    // command.
+    for (name, command) in [("worker.3", cmd), ("worker.1", "exec sleep 999")] {
+        let dyno = supervisor::spawn(
+            &f.manager.inner,
+            &f.release,
+            &spec("worker", 1, command),
+            name.to_string(),
+        );
+        f.manager
+            .inner
+            .lock_apps()
+            .get_mut(&f.app)
+            .expect("the app's dynos")
+            .push(dyno.clone());
+        f.manager.inner.added(&dyno);
+    }
+    slipway_testkit::wait_until(20, "four workers up", || async {
+        let now = f.manager.list(&f.app);
+        (now.len() == 4 && now.iter().all(|d| d.lifecycle == Lifecycle::Up)).then_some(())
+    })
+    .await;
+    let Reconciled::Corrected {
+        mut corrections, ..
+    } = f.manager.reconcile(f.release.clone(), &formation)
+    else {
+        panic!("worker.3 and the second worker.1 were not corrected");
+    };
+    corrections.sort_by(|a, b| a.name().cmp(b.name()));
+    assert_eq!(
+        corrections,
+        [
+            Correction::Stale {
+                name: "worker.1".into(),
+                running: 1,
+                version: 1
+            },
+            Correction::Extra {
+                name: "worker.3".into()
+            },
+        ]
+    );
+    wait_for_log(&f, "heroku[worker.3]: State changed from up to down").await;
+    let lines = wait_for_logs(&f, "heroku[worker.1]: State changed from up to down", 1).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("heroku[worker.3]: Reconciling: running but not wanted")),
+        "{lines:#?}"
+    );
+    let now = slipway_testkit::wait_until(20, "the formation back", up).await;
+    let commands: Vec<&str> = now.iter().map(|d| d.command.as_str()).collect();
+    assert_eq!(commands, [cmd, cmd]);
+    assert!(matches!(
+        f.manager.reconcile(f.release.clone(), &formation),
+        Reconciled::InStep
+    ));
+    f.manager.stop_all().await;
+}
+
+#[tokio::test]
+async fn process_reconcile_corrects_missing_extra_and_stale_dynos() {
+    reconcile_corrects_missing_extra_and_stale_dynos(RuntimeKind::Process).await;
+}
+
+#[tokio::test]
+async fn oci_reconcile_corrects_missing_extra_and_stale_dynos() {
+    reconcile_corrects_missing_extra_and_stale_dynos(RuntimeKind::Oci).await;
+}

@@ -1,7 +1,7 @@
 //! How slipway serves HTTP, for every listener it has (the router's plain and HTTPS
 //! listeners, the API and git endpoints, plain and HTTPS): listening sockets, one per worker
-//! thread, sharing a port ([`bind_workers`]); the accept loop, HTTP/1.1 and HTTP/2 with
-//! upgrades, a header read timeout, bounded request headers and a graceful shutdown under a
+//! thread, sharing a port ([`bind_workers`]); the accept loop, HTTP/1.1 (plain listeners)
+//! and HTTP/1.1 or HTTP/2 by ALPN (TLS) with upgrades, a header read timeout, bounded request headers and a graceful shutdown under a
 //! deadline ([`serve_with`], [`serve_tls`]); and TLS with certificates chosen by SNI from one
 //! store ([`tls::CertStore`]).
 
@@ -98,8 +98,8 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// The accept loop shared by the router and the API: HTTP/1.1 and HTTP/2 (with upgrades) on
-/// each connection, a header read timeout, bounded request headers ([`HeaderLimits`]'s
+/// The accept loop shared by the router and the API: HTTP/1.1 (with upgrades) on each
+/// connection, a header read timeout, bounded request headers ([`HeaderLimits`]'s
 /// defaults), and a graceful shutdown under a deadline. `service_for(peer)` makes the
 /// service for one connection.
 pub async fn serve_http<S, B>(
@@ -181,6 +181,77 @@ where
     .await
 }
 
+/// The HTTP protocol builders of one accept loop, set up with its limits.
+struct Protocols {
+    /// Plain listeners and TLS connections that chose `http/1.1` by ALPN.
+    http1: hyper::server::conn::http1::Builder,
+    /// TLS connections that chose `h2` by ALPN.
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// TLS connections without ALPN: the protocol is told by the first bytes.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: ConnectionLimits, headers: HeaderLimits) -> Self {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper answers 431 itself when the head does not fit or has too many fields.
+            .max_buf_size(headers.max_bytes.max(8192))
+            // httparse needs a spare slot to see the end of the head after the last field.
+            .max_headers(headers.max_count.saturating_add(1));
+        auto.http2()
+            .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
+            // WebSockets over h2 (RFC 8441 extended CONNECT; see the router's tunnel.rs).
+            .enable_connect_protocol();
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(headers.max_bytes.max(8192))
+            // The head's size itself, however its bytes arrived (the buffer bound alone lets a
+            // head through that completes in the read that crosses it).
+            .max_header_size(headers.max_bytes)
+            .max_headers(headers.max_count.saturating_add(1));
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
+            .enable_connect_protocol();
+        Self { http1, http2, auto }
+    }
+}
+
+/// Serves an HTTP/1.1 connection (with upgrades) until it ends; once `stop` turns true it
+/// finishes the request in progress and closes (hyper-util's graceful shutdown does not take
+/// HTTP/1-only connections with upgrades).
+async fn serve_h1_until_stopped<I, S, B>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = conn.as_mut() => return ended,
+        // Stopped, or the accept loop is gone: either way, wind down.
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Accepts connections until `shutdown`, then gives open ones the shutdown grace to finish.
+///
+/// Plain connections are served as HTTP/1.1 only, with no sniffing for HTTP/2's preface (no
+/// h2c, as on Heroku and nginx's default; it would cost a read per connection). Over TLS the
+/// protocol comes from ALPN: `h2` or `http/1.1`, and a client that sent no ALPN gets either,
+/// told by its first bytes.
 async fn accept_loop<S, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -199,21 +270,11 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // HTTP/2 and sniffed connections shut down through hyper-util's graceful shutdown,
+    // HTTP/1.1 ones through `stop`; both are waited for.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 itself when the head does not fit or has too many fields.
-        .max_buf_size(headers.max_bytes.max(8192))
-        // httparse needs a spare slot to see the end of the head after the last field.
-        .max_headers(headers.max_count.saturating_add(1));
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
-        // WebSockets over h2 (RFC 8441 extended CONNECT; see tunnel.rs).
-        .enable_connect_protocol();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let protocols = Arc::new(Protocols::new(limits, headers));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -231,12 +292,15 @@ where
         let _ = stream.set_nodelay(true);
         let service = service_for(peer);
         let span = tracing::debug_span!("conn", %peer);
+        let stop = stop_rx.clone();
         let Some(acceptor) = &tls else {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn.into_owned());
+            let conn = protocols
+                .http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    if let Err(e) = conn.await {
+                    if let Err(e) = serve_h1_until_stopped(conn, stop).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 },
@@ -245,7 +309,7 @@ where
             continue;
         };
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(tracing::Instrument::instrument(
@@ -262,8 +326,27 @@ where
                             return;
                         }
                     };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                let io = TokioIo::new(stream);
+                let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> =
+                    match alpn.as_deref() {
+                        Some(b"h2") => watcher
+                            .watch(protocols.http2.serve_connection(io, service))
+                            .await
+                            .map_err(Into::into),
+                        Some(b"http/1.1") => {
+                            let conn = protocols
+                                .http1
+                                .serve_connection(io, service)
+                                .with_upgrades();
+                            serve_h1_until_stopped(conn, stop).await.map_err(Into::into)
+                        }
+                        _ => {
+                            let conn = protocols.auto.serve_connection_with_upgrades(io, service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             },
@@ -271,7 +354,13 @@ where
         ));
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    drop(stop_rx);
+    stop_tx.send_replace(true);
+    let closed = async {
+        graceful.shutdown().await;
+        stop_tx.closed().await;
+    };
+    if tokio::time::timeout(limits.shutdown_grace, closed)
         .await
         .is_err()
     {

@@ -272,6 +272,34 @@ macro_rules! deploy_select {
     };
 }
 
+/// `INSERT INTO <$into>` a stage's target (`$1` the stage, `$3` now), its `created_at` last:
+/// after every target the stage has, apps and host targets alike, even within one millisecond.
+/// `$into` names the table and columns and opens `VALUES (` up to `created_at`'s place.
+macro_rules! next_target_insert {
+    ($into:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $into,
+            "MAX($3, COALESCE((SELECT MAX(created_at) FROM (",
+            "SELECT created_at FROM pipeline_targets WHERE stage_id = $1 UNION ALL ",
+            "SELECT created_at FROM pipeline_host_targets WHERE stage_id = $1)), 0) + 1))"
+        )
+    };
+}
+
+/// The outcome of adding a stage's target: the same target twice is a conflict.
+fn stage_target_added(
+    done: std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
+) -> Result<()> {
+    match done {
+        Err(e) if is_unique_violation(&e) => {
+            Err(StoreError::Conflict("this target of the stage".into()))
+        }
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
 impl Store {
     pub async fn create_pipeline(&self, name: &str) -> Result<Pipeline> {
         let now = now_ms();
@@ -490,24 +518,15 @@ impl Store {
     /// Targets of a stage are listed in the order they were added: each one's `created_at` is
     /// after every other target's of the stage, even within one millisecond.
     pub async fn add_stage_target(&self, stage_id: &str, app_id: &str) -> Result<()> {
-        let done = sqlx::query(
-            "INSERT INTO pipeline_targets (stage_id, kind, app_id, created_at) VALUES ($1, 'app', $2, \
-             MAX($3, COALESCE((SELECT MAX(created_at) FROM (\
-               SELECT created_at FROM pipeline_targets WHERE stage_id = $1 UNION ALL \
-               SELECT created_at FROM pipeline_host_targets WHERE stage_id = $1)), 0) + 1))",
-        )
+        let done = sqlx::query(next_target_insert!(
+            "pipeline_targets (stage_id, kind, app_id, created_at) VALUES ($1, 'app', $2, "
+        ))
         .bind(stage_id)
         .bind(app_id)
         .bind(now_ms())
         .execute(&self.pool)
         .await;
-        match done {
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict("this target of the stage".into()))
-            }
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(()),
-        }
+        stage_target_added(done)
     }
 
     pub async fn remove_stage_target(&self, stage_id: &str, app_id: &str) -> Result<bool> {
@@ -521,24 +540,15 @@ impl Store {
 
     /// Makes host target `target` (a `host_targets` row) a target of the stage.
     pub async fn add_stage_host_target(&self, stage_id: &str, target: &str) -> Result<()> {
-        let done = sqlx::query(
-            "INSERT INTO pipeline_host_targets (stage_id, target, created_at) VALUES ($1, $2, \
-             MAX($3, COALESCE((SELECT MAX(created_at) FROM (\
-               SELECT created_at FROM pipeline_targets WHERE stage_id = $1 UNION ALL \
-               SELECT created_at FROM pipeline_host_targets WHERE stage_id = $1)), 0) + 1))",
-        )
+        let done = sqlx::query(next_target_insert!(
+            "pipeline_host_targets (stage_id, target, created_at) VALUES ($1, $2, "
+        ))
         .bind(stage_id)
         .bind(target)
         .bind(now_ms())
         .execute(&self.pool)
         .await;
-        match done {
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict("this target of the stage".into()))
-            }
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(()),
-        }
+        stage_target_added(done)
     }
 
     pub async fn remove_stage_host_target(&self, stage_id: &str, target: &str) -> Result<bool> {

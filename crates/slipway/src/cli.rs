@@ -939,6 +939,11 @@ pub struct ServerArgs {
     /// lines, `ps` figures) [default: 20, as Heroku]
     #[arg(long, env = "SLIPWAY_DYNO_METRICS_INTERVAL")]
     pub dyno_metrics_interval: Option<u64>,
+    /// Seconds between reconciliation passes, which compare every app's dynos with its
+    /// release and formation and correct drift (missing, extra, stale or lost dynos)
+    /// [default: 15]
+    #[arg(long, env = "SLIPWAY_RECONCILE_INTERVAL", value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_interval: Option<u64>,
     /// Seconds open requests get to finish at shutdown [default: 10]
     #[arg(long, env = "SLIPWAY_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,

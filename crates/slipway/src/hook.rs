@@ -65,19 +65,8 @@ pub async fn pre_receive() -> anyhow::Result<i32> {
         .body(reqwest::Body::wrap_stream(ReaderStream::new(stdout)))
         .send()
         .await;
-    let response = match response {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            println!(
-                " !     The build could not start: the server answered {}.",
-                r.status()
-            );
-            return Ok(1);
-        }
-        Err(e) => {
-            println!(" !     The build could not start: {e}");
-            return Ok(1);
-        }
+    let Some(response) = build_started(response) else {
+        return Ok(1);
     };
     let mut result: Option<bool> = None;
     let mut stream = response.bytes_stream();
@@ -135,19 +124,8 @@ pub async fn post_receive() -> anyhow::Result<i32> {
         .body(updates)
         .send()
         .await;
-    let response = match response {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            println!(
-                " !     The build could not start: the server answered {}.",
-                r.status()
-            );
-            return Ok(0);
-        }
-        Err(e) => {
-            println!(" !     The build could not start: {e}");
-            return Ok(0);
-        }
+    let Some(response) = build_started(response) else {
+        return Ok(0);
     };
     let mut stream = response.bytes_stream();
     let mut out = std::io::stdout();
@@ -157,4 +135,23 @@ pub async fn post_receive() -> anyhow::Result<i32> {
         let _ = out.flush();
     }
     Ok(0)
+}
+
+/// The server's answer to a hook's request if it took it; otherwise says why the build could
+/// not start (git shows it as a `remote:` line).
+fn build_started(response: reqwest::Result<reqwest::Response>) -> Option<reqwest::Response> {
+    match response {
+        Ok(r) if r.status().is_success() => Some(r),
+        Ok(r) => {
+            println!(
+                " !     The build could not start: the server answered {}.",
+                r.status()
+            );
+            None
+        }
+        Err(e) => {
+            println!(" !     The build could not start: {e}");
+            None
+        }
+    }
 }

@@ -30,6 +30,7 @@ struct FileConfig {
     dyno_stop_timeout: Option<u64>,
     dyno_boot_timeout: Option<u64>,
     dyno_metrics_interval: Option<u64>,
+    reconcile_interval: Option<u64>,
     shutdown_timeout: Option<u64>,
     max_dynos_per_type: Option<u32>,
     header_read_timeout: Option<u64>,
@@ -132,6 +133,12 @@ fn resolve(args: ServerArgs) -> anyhow::Result<ServerConfig> {
                 .unwrap_or(20)
                 .max(1),
         ),
+        reconcile_interval: args
+            .reconcile_interval
+            .or(file.reconcile_interval)
+            .map_or(slipway_api::reconcile::DEFAULT_INTERVAL, |s| {
+                Duration::from_secs(s.max(1))
+            }),
         shutdown_timeout: Duration::from_secs(
             args.shutdown_timeout
                 .or(file.shutdown_timeout)
@@ -238,6 +245,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_zero_or_unreadable_interval_or_worker_count_is_refused_naming_the_flag() {
+        use clap::Parser;
+        for (flag, value) in [
+            ("--reconcile-interval", "0"),
+            ("--reconcile-interval", "soon"),
+            ("--router-workers", "0"),
+        ] {
+            let err = crate::cli::Cli::try_parse_from(["slipway", "server", flag, value])
+                .expect_err("refused");
+            let said = err.to_string();
+            assert!(said.contains(flag) && said.contains(value), "{said}");
+        }
+    }
+
     fn args() -> ServerArgs {
         ServerArgs {
             config: None,
@@ -253,6 +275,7 @@ mod tests {
             dyno_stop_timeout: None,
             dyno_boot_timeout: None,
             dyno_metrics_interval: None,
+            reconcile_interval: None,
             shutdown_timeout: None,
             max_dynos_per_type: None,
             header_read_timeout: None,
@@ -289,6 +312,7 @@ mod tests {
         assert_eq!(cfg.domain, "apps.example.com");
         assert!(!cfg.stop_dynos_on_exit);
         assert_eq!(cfg.dyno_stop_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.reconcile_interval, Duration::from_secs(15));
     }
 
     #[test]

@@ -55,18 +55,14 @@ const RELEASE: &str = "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  we
 /// A buildpack in its own git repository, tagged `v1`, with this `bin/compile`.
 fn buildpack(server: &Server, name: &str, compile: &str) -> String {
     let dir = server.root.path().join(name);
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    for (script, body) in [
-        ("detect", DETECT),
-        ("compile", compile),
-        ("release", RELEASE),
-    ] {
-        let path = bin.join(script);
-        std::fs::write(&path, body).expect("write script");
-        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        std::fs::set_permissions(&path, executable).expect("chmod");
-    }
+    support::write_scripts(
+        &dir.join("bin"),
+        &[
+            ("detect", DETECT),
+            ("compile", compile),
+            ("release", RELEASE),
+        ],
+    );
     server.git_ok(&dir, &["init", "-q", "-b", "main"]);
     server.commit_all(&dir, "buildpack");
     server.git_ok(&dir, &["tag", "v1"]);

@@ -71,6 +71,11 @@ fn a_flask_app_builds_from_pypi_and_a_redeploy_reuses_its_dependencies() {
     server.commit_all(&repo, "greet differently");
     let said = push_ok(&server, &repo);
     assert!(said.contains("Using cached dependencies"), "{said}");
+    // The build and its cache are on one file system: nothing of the virtualenv is copied.
+    assert!(
+        said.contains("virtualenv restored from the cache by hard links"),
+        "{said}"
+    );
     assert!(!said.contains("Collecting flask"), "{said}");
     page(&server, "flasky", "/", "Howdy from Flask on slipway");
 }

@@ -5,10 +5,8 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::path::Path;
-
 use serde_json::Value;
-use support::{text, wait_for, Server};
+use support::{text, wait_for, walk, Server};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
@@ -150,19 +148,6 @@ fn rollback_restores_code_and_config() {
         7,
         "a refused rollback adds no release"
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

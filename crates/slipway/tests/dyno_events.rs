@@ -73,14 +73,6 @@ fn api_dynos(server: &Server, app: &str) -> BTreeMap<String, (String, String)> {
 }
 
 /// The app's log as the server has it now.
-fn log(server: &Server, repo: &std::path::Path) -> Vec<String> {
-    server
-        .cli_ok(repo, &["logs", "-n", "1500"])
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()
 }
@@ -88,16 +80,13 @@ fn count(lines: &[String], needle: &str) -> usize {
 #[test]
 fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
     let mut server = Server::start();
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", "burst"]);
-    let repo = server.repo_with(
-        "burst-src",
+    let repo = server.app_repo(
+        "burst",
         &[(
             "Procfile",
             "web: exec python3 -m http.server $PORT --bind 127.0.0.1\n",
         )],
     );
-    server.cli_ok(&repo, &["git:remote", "-a", "burst"]);
     let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
     assert!(pushed.contains("Released v1"), "{pushed}");
     let (status, _, body) = server.api("GET", "/apps/burst", None);
@@ -137,7 +126,7 @@ fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
     }
     // And the log has each dyno's lines.
     let lines = wait_for(30, "each dyno's state change in the log", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         names
             .iter()
             .all(|n| {
@@ -208,7 +197,7 @@ fn scaling_web_from_0_to_10_and_back_reaches_the_log_and_the_store_whole() {
         stored_dynos(&server, &app_id).is_empty().then_some(())
     });
     let lines = wait_for(30, "each dyno's stop in the log", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         names
             .iter()
             .all(|n| {

@@ -12,10 +12,6 @@ use std::process::{Command, Stdio};
 use hosts_sshd::*;
 use support::*;
 
-/// Starts the app from `current/app` (a relocatable slug: `.profile.d` with `HOME` = the app
-/// directory), after stopping the one before; the port comes from the host's `$HOME/port`.
-const RESTART: &str = r#"P=$(cat "$HOME/port"); old=$(cat "$SLIPWAY_PATH/app.pid" 2>/dev/null || true); if [ -n "$old" ]; then kill "$old" 2>/dev/null || true; while kill -0 "$old" 2>/dev/null; do sleep 0.1; done; fi; cd app && HOME=$PWD PORT=$P DYNO=$SLIPWAY_RELEASE sh -c 'for f in .profile.d/*.sh; do [ -e "$f" ] && . "./$f"; done; exec python3 server.py' >> "$SLIPWAY_PATH/shared/log/app.log" 2>&1 & echo $! > "$SLIPWAY_PATH/app.pid""#;
-
 /// Healthy when the page answers, and the host has no `unhealthy` marker.
 const HEALTH: &str = r#"curl -fsS -o /dev/null "http://127.0.0.1:$(cat "$HOME/port")/" && [ ! -e "$HOME/unhealthy" ]"#;
 
@@ -45,12 +41,9 @@ fn store_tags(server: &Server, dir: &Path) -> Vec<String> {
 fn builds_deploy_to_two_hosts_roll_back_and_prune() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let a = Sshd::start(&root, "host-a", &pub_key);
-    let b = Sshd::start(&root, "host-b", &pub_key);
-    for (host, port) in [(&a, free_port()), (&b, free_port())] {
-        std::fs::write(host.home.join("port"), port.to_string()).expect("port");
+    let (key, a, b) = two_hosts(&server);
+    for host in [&a, &b] {
+        host.give_port();
     }
 
     // Every build lands in the release store, with its checksum.
@@ -226,10 +219,7 @@ fn builds_deploy_to_two_hosts_roll_back_and_prune() {
 fn locks_host_keys_and_cut_uploads() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let mut a = Sshd::start(&root, "host-a", &pub_key);
-    let b = Sshd::start(&root, "host-b", &pub_key);
+    let (key, mut a, b) = two_hosts(&server);
     let hosts = format!("{},{}", a.spec(), b.spec());
     let (fa, fb) = (a.fingerprint(), b.fingerprint());
     server.cli_ok(
@@ -315,17 +305,7 @@ fn locks_host_keys_and_cut_uploads() {
     // A tarball that is not one is refused before any host is touched.
     let junk = root.join("junk.tgz");
     std::fs::write(&junk, b"this is not a tarball").expect("junk");
-    server.cli_ok(
-        &root,
-        &[
-            "store:import",
-            junk.to_str().expect("utf-8"),
-            "--name",
-            "blob",
-            "--tag",
-            "notgz",
-        ],
-    );
+    store_import(&server, &root, &junk, "notgz", &[]);
     let refused = server.cli(&root, &["targets:deploy", "t", "blob", "notgz"]);
     let said = text(&refused);
     assert!(
@@ -352,17 +332,7 @@ fn locks_host_keys_and_cut_uploads() {
             .arg(root.join("junk-2"))
             .arg("app/x"),
     );
-    server.cli_ok(
-        &root,
-        &[
-            "store:import",
-            junk.to_str().expect("utf-8"),
-            "--name",
-            "blob",
-            "--tag",
-            "junk",
-        ],
-    );
+    store_import(&server, &root, &junk, "junk", &[]);
     let failed = server.cli(&root, &["targets:deploy", "t", "blob", "junk"]);
     let said = text(&failed);
     assert!(

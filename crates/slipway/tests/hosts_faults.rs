@@ -33,10 +33,7 @@ fn deploy_in_background(server: &Server, args: &[&str]) -> std::process::Child {
 fn a_server_killed_mid_deploy_leaves_whole_releases_and_a_lock_the_next_deploy_breaks() {
     let mut server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let a = Sshd::start(&root, "host-a", &pub_key);
-    let b = Sshd::start(&root, "host-b", &pub_key);
+    let (key, a, b) = two_hosts(&server);
     add_target(
         &server,
         &root,
@@ -220,10 +217,7 @@ fn tmp_entries(app: &Path) -> Vec<String> {
 fn a_full_disk_an_unreachable_host_and_a_refused_key_change_nothing() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let a = Sshd::start(&root, "host-a", &pub_key);
-    let mut b = Sshd::start(&root, "host-b", &pub_key);
+    let (key, a, mut b) = two_hosts(&server);
     // b's target directory is a 8 MB disk.
     let _disk = Tmpfs::mount(&b.home.join("small"), "8m");
     add_target(&server, &root, "t", &[&a, &b], "small", &key, &[]);

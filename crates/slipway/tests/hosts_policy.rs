@@ -20,10 +20,7 @@ fn env_of(app: &Path, tag: &str) -> String {
 fn the_environment_travels_with_each_release_and_rollback_restores_it() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let a = Sshd::start(&root, "host-a", &pub_key);
-    let b = Sshd::start(&root, "host-b", &pub_key);
+    let (key, a, b) = two_hosts(&server);
     add_target(
         &server,
         &root,
@@ -108,10 +105,7 @@ fn the_environment_travels_with_each_release_and_rollback_restores_it() {
 fn a_release_naming_its_build_directory_is_refused_before_any_host_is_touched() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let pub_key = root.join("client_key.pub");
-    let a = Sshd::start(&root, "host-a", &pub_key);
-    let b = Sshd::start(&root, "host-b", &pub_key);
+    let (key, a, b) = two_hosts(&server);
     add_target(
         &server,
         &root,
@@ -148,25 +142,8 @@ fn a_release_naming_its_build_directory_is_refused_before_any_host_is_touched() 
     .expect("script");
     std::fs::write(src.join("app/server.py"), "print('hi')\n").expect("app");
     let tgz = root.join("bad.tgz");
-    run_ok(
-        Command::new("tar")
-            .arg("-czf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&src)
-            .arg("app"),
-    );
-    server.cli_ok(
-        &root,
-        &[
-            "store:import",
-            tgz.to_str().expect("utf-8"),
-            "--name",
-            "blob",
-            "--tag",
-            "bad",
-        ],
-    );
+    tar_app(&tgz, &src);
+    store_import(&server, &root, &tgz, "bad", &[]);
     let refused = server.cli(&root, &["targets:deploy", "t", "blob", "bad"]);
     let said = text(&refused);
     assert!(!refused.status.success(), "{said}");
@@ -192,8 +169,7 @@ fn a_python_app_built_by_the_buildpack_runs_from_current_on_a_host() {
     let key = client_key(&root);
     let pub_key = root.join("client_key.pub");
     let a = Sshd::start(&root, "host-a", &pub_key);
-    let port = free_port();
-    std::fs::write(a.home.join("port"), port.to_string()).expect("port");
+    let port = a.give_port();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/flask");
     let repo = root.join("flask-src");
     std::fs::create_dir_all(&repo).expect("dir");

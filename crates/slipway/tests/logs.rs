@@ -599,3 +599,60 @@ fn api_json(server: &Server, method: &str, path: &str) -> (u16, Value) {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
     )
 }
+
+/// Web dynos that serve `PORT` and write lines without pause, faster than a debug server can
+/// read them.
+const FLOOD_APP: &str = r#"import http.server, os, sys, threading, time
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+
+threading.Thread(target=http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever, daemon=True).start()
+dyno = os.environ.get("DYNO", "?").encode()
+out = sys.stdout.buffer
+n = 0
+while True:
+    out.write(b"".join(b"%s flood %d %s\n" % (dyno, n + i, b"x" * 40) for i in range(200)))
+    n += 200
+"#;
+
+#[test]
+fn flooding_dynos_never_starve_the_control_plane() {
+    // Each dyno's output is read on the server from its monitor's log; a reader that never
+    // caught up with its dyno once held a control-plane thread for ever, and with as many
+    // flooding dynos as threads no push, config change or shutdown was served again.
+    let server = Server::start();
+    let repo = server.app_repo(
+        "flood",
+        &[
+            ("Procfile", "web: python3 -u app.py\n"),
+            ("app.py", FLOOD_APP),
+        ],
+    );
+    let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
+    assert!(pushed.contains("Released v1"), "{pushed}");
+    server.cli_ok(&repo, &["ps:scale", "web=4"]);
+    wait_for(120, "four flooding web dynos up", || {
+        let ps: Value = serde_json::from_str(&server.cli_ok(&repo, &["ps", "--json"])).ok()?;
+        let up = ps.as_array()?.iter().filter(|d| d["state"] == "up").count();
+        (up == 4).then_some(())
+    });
+    wait_line(&server, &repo, "web.4 flood");
+
+    // Every dyno floods now. A config change (a new release, rolled out) and a read of the
+    // app must still be served; a starved server never answers them.
+    let mut change = server.cli_spawn(&repo, &["config:set", "CALM=no"]);
+    let status = wait_for(180, "config:set to finish while four dynos flood", || {
+        change.try_wait().expect("poll config:set")
+    });
+    assert!(status.success(), "config:set failed: {status}");
+    let info = server.cli_ok(&repo, &["config:get", "CALM"]);
+    assert_eq!(info.trim(), "no");
+    server.cli_ok(&repo, &["ps:scale", "web=0"]);
+}

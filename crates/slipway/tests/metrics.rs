@@ -48,10 +48,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), App).ser
 "#;
 
 fn deploy(server: &Server, app: &str, files: &[(&str, &str)], config: &[&str]) -> PathBuf {
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", app]);
-    let repo = server.repo_with(&format!("{app}-src"), files);
-    server.cli_ok(&repo, &["git:remote", "-a", app]);
+    let repo = server.app_repo(app, files);
     if !config.is_empty() {
         let mut args = vec!["config:set"];
         args.extend_from_slice(config);
@@ -74,14 +71,6 @@ fn deploy_holder(server: &Server, app: &str) -> PathBuf {
         (status == 200 && body.starts_with("ok")).then_some(())
     });
     repo
-}
-
-fn log(server: &Server, repo: &Path) -> Vec<String> {
-    server
-        .cli_ok(repo, &["logs", "-n", "1500"])
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn ps_json(server: &Server, repo: &Path) -> Vec<Value> {
@@ -157,7 +146,7 @@ fn runtime_metrics(runtime: &str) {
     );
     assert!(before["sampled_at"].is_string(), "{before:#}");
     // The first sample has been taken (sampled_at is set), and metrics are off: no line.
-    let quiet = log(&server, &repo);
+    let quiet = server.log_lines(&repo);
     assert!(
         !quiet.iter().any(|l| l.contains("sample#")),
         "metrics logged before they were enabled: {quiet:#?}"
@@ -189,7 +178,7 @@ fn runtime_metrics(runtime: &str) {
     // The restarted dyno logs both lines every second; wait for a load line after a memory
     // line (the load needs two samples).
     let lines = wait_for(60, "memory and load sample lines", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         let memory = lines
             .iter()
             .position(|l| l.contains("sample#memory_total="))?;
@@ -267,10 +256,7 @@ fn runtime_metrics(runtime: &str) {
 fn an_app_s_own_boot_timeout_gives_r10_and_bad_values_are_refused() {
     // The server's boot timeout stays 60 s: only the app's own setting can make R10 quick.
     let server = Server::start();
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", "impatient"]);
-    let repo = server.repo_with("impatient-src", &[("Procfile", "web: sleep 1000\n")]);
-    server.cli_ok(&repo, &["git:remote", "-a", "impatient"]);
+    let repo = server.app_repo("impatient", &[("Procfile", "web: sleep 1000\n")]);
     server.cli_ok(&repo, &["config:set", "SLIPWAY_BOOT_TIMEOUT=2"]);
     // web.1 never binds: R10 (within the boot timeout). Nothing served before, so as on Heroku
     // the first release is released all the same and the push is accepted.
@@ -298,14 +284,7 @@ fn an_app_s_own_boot_timeout_gives_r10_and_bad_values_are_refused() {
         text(&bad_flag)
     );
 
-    let lines = wait_for(40, "R10 and the crash it causes", || {
-        let lines = log(&server, &repo);
-        let r10 = lines.iter().position(|l| l.contains("Error R10"))?;
-        lines[r10..]
-            .iter()
-            .any(|l| l.contains("State changed from starting to crashed"))
-            .then_some(lines)
-    });
+    let lines = server.wait_for_r10_crash(&repo, 40, "Error R10");
     let r10 = lines
         .iter()
         .find(|l| l.contains("Error R10"))

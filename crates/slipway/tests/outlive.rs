@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::path::Path;
-
 use support::{wait_for, Server};
 
 /// A web app that answers with its pid and writes `tick N` (N = 1, 2, 3...) every 50 ms.
@@ -36,10 +34,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Pid).ser
 "#;
 
 fn deploy(server: &Server, app: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", app]);
-    let repo = server.repo_with(&format!("{app}-src"), files);
-    server.cli_ok(&repo, &["git:remote", "-a", app]);
+    let repo = server.app_repo(app, files);
     let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
     assert!(pushed.contains("Released v1"), "{pushed}");
     repo
@@ -59,14 +54,6 @@ fn deploy_ticker(server: &Server, app: &str) -> (std::path::PathBuf, String) {
 }
 
 /// The app's log as the server has it now.
-fn log(server: &Server, repo: &Path) -> Vec<String> {
-    server
-        .cli_ok(repo, &["logs", "-n", "1500"])
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 /// The N of every `tick N` line, in order.
 fn ticks(lines: &[String]) -> Vec<u64> {
     lines
@@ -156,7 +143,7 @@ fn killed_server_adopts(runtime: &str) {
     // Everything written during the outage arrives, once, and the stream goes on from there.
     let last_outage = *outage.last().expect("outage ticks");
     let lines = wait_for(30, "the outage's output in the log", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         ticks(&lines)
             .iter()
             .any(|t| *t > last_outage + 5)
@@ -209,7 +196,7 @@ fn a_stopped_server_leaves_dynos_running_by_default_unless_told_otherwise() {
     let (status, again) = server.app_get("calm", "/");
     assert_eq!((status, again.as_str()), (200, body.as_str()));
     wait_for(30, "the ticks to flow again", || {
-        (ticks(&log(&server, &repo)).len() > 3).then_some(())
+        (ticks(&server.log_lines(&repo)).len() > 3).then_some(())
     });
     let ps = server.cli_ok(&repo, &["ps"]);
     assert!(ps.contains("web.1: up"), "{ps}");
@@ -237,24 +224,12 @@ fn time_of(line: &str) -> chrono::DateTime<chrono::FixedOffset> {
 #[test]
 fn a_web_dyno_that_does_not_bind_in_the_boot_timeout_is_killed_r10() {
     let server = Server::start_with(&["--dyno-boot-timeout", "2"]);
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", "sleepy"]);
-    let repo = server.repo_with("sleepy-src", &[("Procfile", "web: sleep 1000\n")]);
-    server.cli_ok(&repo, &["git:remote", "-a", "sleepy"]);
+    let repo = server.app_repo("sleepy", &[("Procfile", "web: sleep 1000\n")]);
     // web.1 never binds: R10 (within the boot timeout). Nothing served before, so as on Heroku
     // the first release is released all the same and the push is accepted.
     let pushed = server.git(&repo, &["push", "slipway", "main"]);
     assert!(pushed.status.success(), "{}", support::text(&pushed));
-    let lines = wait_for(30, "R10 and the crash it causes", || {
-        let lines = log(&server, &repo);
-        let r10 = lines
-            .iter()
-            .position(|l| l.contains("Error R10 (Boot timeout)"))?;
-        lines[r10..]
-            .iter()
-            .any(|l| l.contains("State changed from starting to crashed"))
-            .then_some(lines)
-    });
+    let lines = server.wait_for_r10_crash(&repo, 30, "Error R10 (Boot timeout)");
     let r10 = lines
         .iter()
         .find(|l| l.contains("Error R10"))
@@ -296,7 +271,8 @@ fn a_crashing_dyno_is_restarted_with_growing_delays() {
         &[("Procfile", "web: echo about to crash; exit 3\n")],
     );
     let starts = wait_for(60, "five starts of the crashing dyno", || {
-        let starts: Vec<String> = log(&server, &repo)
+        let starts: Vec<String> = server
+            .log_lines(&repo)
             .into_iter()
             .filter(|l| l.contains("heroku[web.1]: Starting process"))
             .collect();
@@ -313,7 +289,7 @@ fn a_crashing_dyno_is_restarted_with_growing_delays() {
     // At once, then 1 s, 2 s, 4 s.
     assert!(gaps[0] < 1000, "{gaps:?}");
     assert!(gaps[3] >= 4000, "{gaps:?}");
-    let lines = log(&server, &repo);
+    let lines = server.log_lines(&repo);
     assert!(
         lines
             .iter()
@@ -344,7 +320,7 @@ fn an_app_that_may_sleep_idles_without_requests_and_the_next_request_wakes_it() 
     });
     let last_request = chrono::Utc::now();
     let lines = wait_for(30, "the app to fall asleep", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         let idling = lines
             .iter()
             .position(|l| l.contains("heroku[web.1]: Idling"))?;
@@ -370,7 +346,7 @@ fn an_app_that_may_sleep_idles_without_requests_and_the_next_request_wakes_it() 
     let (status, body) = server.app_get("dozy", "/");
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("pid="), "{body}");
-    let lines = log(&server, &repo);
+    let lines = server.log_lines(&repo);
     assert!(lines.iter().any(|l| l.contains("Unidling")), "{lines:#?}");
     assert!(!server.dyno_processes().is_empty());
 }
@@ -397,7 +373,7 @@ fn monitor_dies(runtime: &str) {
         .expect("kill");
     // (The pid the app reports is its pid inside the container: the same for every run.)
     let lines = wait_for(60, "a new dyno serving", || {
-        let lines = log(&server, &repo);
+        let lines = server.log_lines(&repo);
         let starts = lines
             .iter()
             .filter(|l| l.contains("Starting process"))
@@ -414,4 +390,81 @@ fn monitor_dies(runtime: &str) {
         assert!(!alive(*pid), "process {pid} of the old dyno still runs");
     }
     assert_eq!(server.monitor_processes().len(), 1);
+}
+
+/// Answers `/` with a token drawn at start and what `/etc/hostname` holds now (read on each
+/// request, from the stack `/etc` the dyno's container mounts).
+const ETC_READER: &str = r#"import http.server, os
+
+BOOT = os.urandom(8).hex()
+
+def hostname():
+    try:
+        return open("/etc/hostname").read().strip()
+    except OSError as e:
+        return f"unreadable ({type(e).__name__})"
+
+class App(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"boot={BOOT} hostname={hostname()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), App).serve_forever()
+"#;
+
+fn serving(server: &Server, what: &str) -> String {
+    wait_for(60, what, || {
+        let (status, body) = server.app_get("etcetera", "/");
+        (status == 200 && body.starts_with("boot=")).then_some(body)
+    })
+}
+
+/// The stack `/etc` copies (`etc-<n>`) in the server's shared OCI directory.
+fn etc_dirs(server: &Server) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(server.dynos_dir().join(".oci"))
+        .expect("the shared OCI directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("etc-"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// A server starting again builds the stack `/etc` and must not remove the one its
+/// re-adopted containers still mount (that emptied their `/etc`: DNS, certificates).
+#[test]
+fn a_restarted_server_keeps_the_etc_its_re_adopted_dynos_mount() {
+    let mut server = Server::start_with(&["--dyno-runtime", "oci"]);
+    server.stop_dynos_on_exit = false;
+    server.terminate();
+    server.launch();
+    let repo = deploy(
+        &server,
+        "etcetera",
+        &[
+            ("Procfile", "web: exec python3 app.py\n"),
+            ("app.py", ETC_READER),
+        ],
+    );
+    let before = serving(&server, "the app to serve");
+    assert!(before.ends_with(" hostname=dyno"), "{before}");
+    let etc_before = etc_dirs(&server);
+    assert_eq!(etc_before.len(), 1, "{etc_before:?}");
+
+    server.kill9();
+    server.launch();
+    let ps = server.cli_ok(&repo, &["ps"]);
+    assert!(ps.contains("web.1: up"), "{ps}");
+    let after = serving(&server, "the re-adopted dyno to serve");
+    // The same run of the dyno (re-adopted, not restarted) still reads its /etc.
+    assert_eq!(after, before);
+    // The host's /etc did not change: the same copy is reused, not one more made.
+    assert_eq!(etc_dirs(&server), etc_before);
 }

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::{text, wait_for, Server};
+use support::{ok, set_greeting, text, wait_for, Server};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
@@ -26,35 +26,11 @@ fn app_repo(server: &Server, name: &str, greeting: &str, app_json: Option<&str>)
     repo
 }
 
-fn set_greeting(repo: &Path, greeting: &str) {
-    let code = std::fs::read_to_string(repo.join("server.py")).expect("server.py");
-    let code = code
-        .lines()
-        .map(|l| {
-            if l.starts_with("GREETING = ") {
-                format!("GREETING = os.environ.get(\"GREETING\", {greeting:?})")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(repo.join("server.py"), code + "\n").expect("server.py");
-}
-
 fn test_json(script: &str, env: &str) -> String {
     format!(
         r#"{{"environments": {{"test": {{"scripts": {{"test": {}}}, "env": {env}}}}}}}"#,
         serde_json::to_string(script).expect("script")
     )
-}
-
-/// `slipway` expecting success; stdout and stderr together.
-fn ok(server: &Server, dir: &Path, args: &[&str]) -> String {
-    let out = server.cli(dir, args);
-    let all = text(&out);
-    assert!(out.status.success(), "slipway {args:?} failed:\n{all}");
-    all
 }
 
 /// A pipeline with stages `(name, strategy args)` whose targets are new apps named

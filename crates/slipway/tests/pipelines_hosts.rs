@@ -12,33 +12,49 @@ use hosts_sshd::*;
 use serde_json::Value;
 use support::*;
 
-/// Starts the app from `current/app` after stopping the one before; the port comes from the
-/// host's `$HOME/port` (as in tests/hosts.rs).
-const RESTART: &str = r#"P=$(cat "$HOME/port"); old=$(cat "$SLIPWAY_PATH/app.pid" 2>/dev/null || true); if [ -n "$old" ]; then kill "$old" 2>/dev/null || true; while kill -0 "$old" 2>/dev/null; do sleep 0.1; done; fi; cd app && HOME=$PWD PORT=$P DYNO=$SLIPWAY_RELEASE sh -c 'for f in .profile.d/*.sh; do [ -e "$f" ] && . "./$f"; done; exec python3 server.py' >> "$SLIPWAY_PATH/shared/log/app.log" 2>&1 & echo $! > "$SLIPWAY_PATH/app.pid""#;
-
+/// Healthy when the page answers on the host's port.
 const HEALTH: &str = r#"curl -fsS -o /dev/null "http://127.0.0.1:$(cat "$HOME/port")/""#;
 
-fn set_greeting(repo: &Path, greeting: &str) {
-    let code = std::fs::read_to_string(repo.join("server.py")).expect("server.py");
-    let code = code
-        .lines()
-        .map(|l| {
-            if l.starts_with("GREETING = ") {
-                format!("GREETING = os.environ.get(\"GREETING\", {greeting:?})")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(repo.join("server.py"), code + "\n").expect("server.py");
+/// Host target `web` on two new hosts (`host-a`, `host-b`, each with its own port), path `app`,
+/// started by [`RESTART`] with the shared `log` directory, checked by `health`, `extra` flags
+/// after. Bind the hosts after the server.
+fn web_on_two_hosts(server: &Server, health: &str, extra: &[&str]) -> (Sshd, Sshd) {
+    let (key, a, b) = two_hosts(server);
+    for host in [&a, &b] {
+        host.give_port();
+    }
+    let mut flags = vec!["--restart", RESTART, "--health", health, "--shared", "log"];
+    flags.extend_from_slice(extra);
+    add_target(
+        server,
+        server.root.path(),
+        "web",
+        &[&a, &b],
+        "app",
+        &key,
+        &flags,
+    );
+    (a, b)
 }
 
-fn ok(server: &Server, dir: &Path, args: &[&str]) -> String {
-    let out = server.cli(dir, args);
-    let all = text(&out);
-    assert!(out.status.success(), "slipway {args:?} failed:\n{all}");
-    all
+/// Pipeline `name` (its remote added to `repo`) with one stage, production: manual, watched
+/// for `watch` seconds after a deploy, its target host target `web`.
+fn production_on_web(server: &Server, repo: &Path, name: &str, watch: &str) {
+    ok(server, repo, &["pipelines:create", name]);
+    let stage = [
+        "pipelines:stages:add",
+        name,
+        "production",
+        "--manual",
+        "--watch",
+        watch,
+    ];
+    ok(server, repo, &stage);
+    ok(
+        server,
+        repo,
+        &["pipelines:targets:add", name, "production", "host:web"],
+    );
 }
 
 fn target_deploys(server: &Server, target: &str) -> Vec<Value> {
@@ -79,30 +95,7 @@ fn hosts_running(deploy: &Value) -> Vec<(String, String)> {
 fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails() {
     let server = Server::start();
     let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let a = Sshd::start(&root, "host-a", &root.join("client_key.pub"));
-    let b = Sshd::start(&root, "host-b", &root.join("client_key.pub"));
-    for host in [&a, &b] {
-        std::fs::write(host.home.join("port"), free_port().to_string()).expect("port");
-    }
-    add_target(
-        &server,
-        &root,
-        "web",
-        &[&a, &b],
-        "app",
-        &key,
-        &[
-            "--restart",
-            RESTART,
-            "--health",
-            HEALTH,
-            "--shared",
-            "log",
-            "--batch",
-            "2",
-        ],
-    );
+    let (a, b) = web_on_two_hosts(&server, HEALTH, &["--batch", "2"]);
 
     let repo = server.sample_repo("shop-src");
     set_greeting(&repo, "Build one");
@@ -302,32 +295,8 @@ fn a_stage_on_own_hosts_gets_the_promoted_slug_and_rolls_back_when_smoke_fails()
 #[test]
 fn host_stage_predeploy_runs_once_before_any_switch_and_failures_leave_the_old_release() {
     let server = Server::start();
-    let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let a = Sshd::start(&root, "host-a", &root.join("client_key.pub"));
-    let b = Sshd::start(&root, "host-b", &root.join("client_key.pub"));
-    for host in [&a, &b] {
-        std::fs::write(host.home.join("port"), free_port().to_string()).expect("port");
-    }
     let health = format!("{HEALTH} && [ ! -e \"$HOME/unhealthy\" ]");
-    add_target(
-        &server,
-        &root,
-        "web",
-        &[&a, &b],
-        "app",
-        &key,
-        &[
-            "--restart",
-            RESTART,
-            "--health",
-            &health,
-            "--health-attempts",
-            "2",
-            "--shared",
-            "log",
-        ],
-    );
+    let (a, b) = web_on_two_hosts(&server, &health, &["--health-attempts", "2"]);
     let repo = server.sample_repo("solo-src");
     let predeploy = |cmd: &str| {
         std::fs::write(
@@ -339,24 +308,7 @@ fn host_stage_predeploy_runs_once_before_any_switch_and_failures_leave_the_old_r
     set_greeting(&repo, "Build one");
     predeploy(r#"echo "migrated in $PWD" >> "$SLIPWAY_PATH/migrations""#);
     server.commit_all(&repo, "build one");
-    ok(&server, &repo, &["pipelines:create", "solo"]);
-    ok(
-        &server,
-        &repo,
-        &[
-            "pipelines:stages:add",
-            "solo",
-            "production",
-            "--manual",
-            "--watch",
-            "0",
-        ],
-    );
-    ok(
-        &server,
-        &repo,
-        &["pipelines:targets:add", "solo", "production", "host:web"],
-    );
+    production_on_web(&server, &repo, "solo", "0");
     let pushed = server.git_ok(&repo, &["push", "pipeline", "main"]);
     assert!(pushed.contains("Build #1 passed"), "{pushed}");
     let out = ok(
@@ -441,58 +393,19 @@ fn host_stage_predeploy_runs_once_before_any_switch_and_failures_leave_the_old_r
 #[test]
 fn a_host_stage_heartbeat_failing_in_the_watch_window_rolls_every_host_back() {
     let server = Server::start();
-    let root = server.root.path().to_path_buf();
-    let key = client_key(&root);
-    let a = Sshd::start(&root, "host-a", &root.join("client_key.pub"));
-    let b = Sshd::start(&root, "host-b", &root.join("client_key.pub"));
-    for host in [&a, &b] {
-        std::fs::write(host.home.join("port"), free_port().to_string()).expect("port");
-    }
     // Build two goes bad on a host once its `unhealthy` marker appears; build one never does.
     let health = format!(
         "{HEALTH} && {{ [ ! -e \"$HOME/unhealthy\" ] || ! grep -q 'Build two' app/server.py; }}"
     );
-    add_target(
+    let (a, b) = web_on_two_hosts(
         &server,
-        &root,
-        "web",
-        &[&a, &b],
-        "app",
-        &key,
-        &[
-            "--restart",
-            RESTART,
-            "--health",
-            &health,
-            "--health-attempts",
-            "2",
-            "--shared",
-            "log",
-            "--batch",
-            "2",
-        ],
+        &health,
+        &["--health-attempts", "2", "--batch", "2"],
     );
     let repo = server.sample_repo("beat-src");
     set_greeting(&repo, "Build one");
     server.commit_all(&repo, "build one");
-    ok(&server, &repo, &["pipelines:create", "beat"]);
-    ok(
-        &server,
-        &repo,
-        &[
-            "pipelines:stages:add",
-            "beat",
-            "production",
-            "--manual",
-            "--watch",
-            "120",
-        ],
-    );
-    ok(
-        &server,
-        &repo,
-        &["pipelines:targets:add", "beat", "production", "host:web"],
-    );
+    production_on_web(&server, &repo, "beat", "120");
     assert!(server
         .git_ok(&repo, &["push", "pipeline", "main"])
         .contains("Build #1 passed"));

@@ -63,10 +63,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Probe).s
 const MARKER: &str = "b-secret-4242-marker";
 
 fn deploy(server: &Server, app: &str, files: &[(&str, &str)]) {
-    let root = server.root.path().to_path_buf();
-    server.cli_ok(&root, &["apps:create", app]);
-    let repo = server.repo_with(&format!("{app}-src"), files);
-    server.cli_ok(&repo, &["git:remote", "-a", app]);
+    let repo = server.app_repo(app, files);
     let pushed = server.git_ok(&repo, &["push", "slipway", "main"]);
     assert!(pushed.contains("Released v1"), "{pushed}");
 }

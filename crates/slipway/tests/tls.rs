@@ -73,6 +73,48 @@ struct Fetched {
     body: String,
 }
 
+/// Runs `exchange` on a runtime of its own, for at most 60 s.
+fn block_on_60s<T>(
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
+    })
+}
+
+/// A TLS connection to 127.0.0.1:`port` with SNI `host`, offering `alpn`, trusting only `ca`.
+/// `Err` says where it failed: "connect: ..." or "handshake: ...".
+async fn tls_connect(
+    port: u16,
+    host: &str,
+    alpn: &[&[u8]],
+    ca: &Ca,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).expect("ca root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(host.to_string()).expect("server name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))
+}
+
 /// `GET path` over TLS to 127.0.0.1:`port` with SNI `host`, offering `alpn`, trusting only
 /// `ca`; h2 or HTTP/1.1 as negotiated. `Err` says where it failed (e.g. the handshake).
 fn https_get(
@@ -82,28 +124,8 @@ fn https_get(
     ca: &Ca,
     path: &str,
 ) -> Result<Fetched, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let exchange = async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.issuer.der().clone()).expect("ca root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from(host.to_string()).expect("server name");
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+    block_on_60s(async {
+        let stream = tls_connect(port, host, alpn, ca).await?;
         let (_, session) = stream.get_ref();
         let negotiated = session.alpn_protocol().map(<[u8]>::to_vec);
         let certificate = session
@@ -156,30 +178,48 @@ fn https_get(
             version,
             body: String::from_utf8_lossy(&body).into_owned(),
         })
-    };
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), exchange)
-            .await
-            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
     })
+}
+
+/// The port of the first `https://127.0.0.1:<port>` the server printed on a line containing
+/// `label` ("" for any line).
+fn printed_https_port(server: &Server, label: &str) -> Option<u16> {
+    server
+        .stdout_lines
+        .iter()
+        .filter(|l| l.contains(label))
+        .find_map(|l| l.split("https://127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
 }
 
 /// The HTTPS port the server printed.
 fn tls_port(server: &Server) -> u16 {
-    server
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.split("https://127.0.0.1:").nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .expect("the HTTPS listener's port printed")
+    printed_https_port(server, "").expect("the HTTPS listener's port printed")
+}
+
+/// A server with an HTTPS listener (`--tls-listen` on port 0), its HTTPS port and its
+/// directory (where the tests keep certificates and run the CLI).
+fn tls_server() -> (Server, u16, PathBuf) {
+    let server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
+    let port = tls_port(&server);
+    let dir = server.root.path().to_path_buf();
+    (server, port, dir)
+}
+
+/// `slipway certs:add` of `leaf`'s chain and key, for `app` or (`None`) the server's own.
+fn certs_add(server: &Server, dir: &Path, leaf: &Leaf, app: Option<&str>) -> String {
+    let (chain, key) = (leaf.chain.to_string_lossy(), leaf.key.to_string_lossy());
+    let mut args = vec!["certs:add", &chain, &key];
+    if let Some(app) = app {
+        args.extend(["-a", app]);
+    }
+    server.cli_ok(dir, &args)
 }
 
 #[test]
 fn https_serves_each_domain_its_certificate_by_sni_over_h2_and_http1() {
-    let server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
-    let port = tls_port(&server);
-    let dir = server.root.path().to_path_buf();
+    let (server, port, dir) = tls_server();
     deploy_echo(&server, "alpha");
     deploy_echo(&server, "beta");
     server.cli_ok(&dir, &["domains:add", "www.alpha.test", "-a", "alpha"]);
@@ -375,14 +415,7 @@ fn certificates_outlive_a_restart_and_the_servers_own_cover_every_app_domain() {
     // The server's own wildcard (no --app), as one for every <app>.<domain> would be (rustls
     // refuses a wildcard directly under a single label such as *.localhost).
     let wild = ca.leaf(&dir, "wild", &["*.example.test"]);
-    server.cli_ok(
-        &dir,
-        &[
-            "certs:add",
-            &wild.chain.to_string_lossy(),
-            &wild.key.to_string_lossy(),
-        ],
-    );
+    certs_add(&server, &dir, &wild, None);
     assert!(server.cli_ok(&dir, &["certs"]).contains("*.example.test"));
     assert!(server
         .cli_ok(&dir, &["certs", "-a", "alpha"])
@@ -402,14 +435,7 @@ fn certificates_outlive_a_restart_and_the_servers_own_cover_every_app_domain() {
 
 /// The API's HTTPS port the server printed.
 fn api_tls_port(server: &Server) -> u16 {
-    server
-        .stdout_lines
-        .iter()
-        .filter(|l| l.contains("API listening"))
-        .find_map(|l| l.split("https://127.0.0.1:").nth(1))
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .expect("the API's HTTPS port printed")
+    printed_https_port(server, "API listening").expect("the API's HTTPS port printed")
 }
 
 #[test]
@@ -427,14 +453,7 @@ fn the_api_and_git_are_served_over_https_with_the_servers_own_certificate() {
 
     // The server's own certificate (no --app) for the name clients use for the API.
     let leaf = ca.leaf(&dir, "api", &["localhost"]);
-    server.cli_ok(
-        &dir,
-        &[
-            "certs:add",
-            &leaf.chain.to_string_lossy(),
-            &leaf.key.to_string_lossy(),
-        ],
-    );
+    certs_add(&server, &dir, &leaf, None);
     for alpn in [&b"h2"[..], b"http/1.1"] {
         let got = https_get(port, "localhost", &[alpn], &ca, "/health").expect("HTTPS API call");
         assert_eq!(got.status, 200, "{}", got.body);
@@ -569,28 +588,8 @@ fn h2_websocket(
     path: &str,
     messages: &[&str],
 ) -> Result<H2Socket, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let exchange = async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.issuer.der().clone()).expect("ca root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let name = ServerName::try_from(host.to_string()).expect("server name");
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+    block_on_60s(async {
+        let stream = tls_connect(port, host, &[b"h2"], ca).await?;
         let (client, conn) = h2::client::handshake(stream)
             .await
             .map_err(|e| format!("h2 handshake: {e}"))?;
@@ -652,11 +651,6 @@ fn h2_websocket(
             x_proto,
             echoed,
         })
-    };
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), exchange)
-            .await
-            .unwrap_or_else(|_| Err("no answer within 60 s".into()))
     })
 }
 
@@ -704,9 +698,7 @@ fn h1_websocket(port: u16, host: &str, message: &str) -> (String, String) {
 
 #[test]
 fn websockets_echo_over_h2_extended_connect_and_http1_upgrades() {
-    let server = Server::start_with(&["--tls-listen", "127.0.0.1:0"]);
-    let port = tls_port(&server);
-    let dir = server.root.path().to_path_buf();
+    let (server, port, dir) = tls_server();
     let repo = server.repo_with(
         "sock-src",
         &[
@@ -722,16 +714,7 @@ fn websockets_echo_over_h2_extended_connect_and_http1_upgrades() {
     server.cli_ok(&dir, &["domains:add", "ws.sock.test", "-a", "sock"]);
     let ca = Ca::new();
     let leaf = ca.leaf(&dir, "sock", &["ws.sock.test"]);
-    server.cli_ok(
-        &dir,
-        &[
-            "certs:add",
-            &leaf.chain.to_string_lossy(),
-            &leaf.key.to_string_lossy(),
-            "-a",
-            "sock",
-        ],
-    );
+    certs_add(&server, &dir, &leaf, Some("sock"));
 
     // h2 (RFC 8441): the server advertises extended CONNECT, the dyno's 101 becomes 200, and
     // frames go both ways over the h2 stream.

@@ -5,7 +5,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 
-use support::{header, http, text, wait_for, Server};
+use support::{header, http, text, wait_for, walk, Server};
 
 #[test]
 fn push_build_release_route_log_and_redeploy() {
@@ -308,17 +308,4 @@ fn push_build_release_route_log_and_redeploy() {
     let (status, headers, _) = server.api("GET", "/apps/hello/releases", None);
     assert_eq!(status, 200);
     assert!(header(&headers, "content-type").is_some_and(|c| c.starts_with("application/json")));
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }

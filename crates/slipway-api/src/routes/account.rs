@@ -14,8 +14,17 @@ pub fn routes() -> Router<Shared> {
         .route("/account", get(account))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// `status`, and the reconciliation passes finished so far and how long the last one took
+/// (`reconcile.rs`).
+async fn health(axum::extract::State(state): axum::extract::State<Shared>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "reconcile": {
+            "passes": state.reconcile.passes(),
+            "corrections": state.reconcile.corrections(),
+            "last_pass_ms": state.reconcile.last_pass().as_secs_f64() * 1000.0,
+        },
+    }))
 }
 
 async fn account(Auth(user): Auth) -> Json<Value> {

@@ -128,6 +128,8 @@ async fn purge_cache(
     // Not while a build uses it.
     let lock = state.app_lock(AppLock::Build, &app.id);
     let _guard = lock.lock().await;
+    let cache_lock = state.app_lock(AppLock::Cache, &app.id);
+    let _cache_guard = cache_lock.lock().await;
     let dir = state.settings.cache_dir(&app.id);
     tokio::task::spawn_blocking(move || slipway_build::purge_cache(&dir))
         .await

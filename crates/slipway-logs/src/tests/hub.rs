@@ -396,3 +396,58 @@ fn a_clock_stepping_back_does_not_reorder_the_stream() {
     assert_eq!(messages(&lines), ["first", "second"]);
     assert_eq!(lines[1].time, later);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batcher_hands_its_lines_over_in_order_once_its_runtime_has_a_turn() {
+    let hub = LogHub::new();
+    let (_, mut tail) = hub.subscribe("a", Filter::default(), 10);
+    let batcher = hub.batcher();
+    for i in 0..3 {
+        batcher.write("a".into(), Source::Heroku, "router", format!("line {i}"));
+    }
+    // Nothing yet: the flush waits for this task to give the runtime a turn.
+    assert!(hub.history("a", &Filter::default(), 10).is_empty());
+    for i in 0..3 {
+        match tail.recv().await {
+            Next::Line(l) => assert_eq!(
+                (l.message.as_str(), l.dyno.as_str()),
+                (format!("line {i}").as_str(), "router")
+            ),
+            other => panic!("expected a line, got {other:?}"),
+        }
+    }
+    let kept = hub.history("a", &Filter::default(), 10);
+    assert_eq!(messages(&kept), ["line 0", "line 1", "line 2"]);
+    assert_eq!(kept.iter().map(|l| l.seq).collect::<Vec<_>>(), [0, 1, 2]);
+}
+
+#[test]
+fn a_batcher_outside_a_runtime_or_full_writes_at_once() {
+    let hub = LogHub::new();
+    let batcher = hub.batcher();
+    batcher.write("a".into(), Source::Heroku, "router", "no runtime".into());
+    assert_eq!(
+        messages(&hub.history("a", &Filter::default(), 10)),
+        ["no runtime"]
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for i in 0..BATCH_LINES {
+            batcher.write("b".into(), Source::Heroku, "router", format!("{i}"));
+        }
+        // The batch filled up: handed over without waiting for a turn.
+        assert_eq!(
+            hub.history("b", &Filter::default(), 1000).len(),
+            BATCH_LINES
+        );
+        batcher.write("b".into(), Source::Heroku, "router", "long ".repeat(3000));
+    });
+    // The runtime went away before its scheduled flush ran: dropping it flushed the line
+    // (split like any long message).
+    drop(runtime);
+    let b = hub.history("b", &Filter::default(), 1000);
+    assert_eq!(b.len(), BATCH_LINES + 2);
+    assert_eq!(b[BATCH_LINES].message.len(), MAX_LINE_BYTES);
+}

@@ -117,6 +117,14 @@ impl Sshd {
         }
     }
 
+    /// Gives the host's app a free port, written to `$HOME/port` (where [`RESTART`] and the
+    /// tests' health checks read it).
+    pub fn give_port(&self) -> u16 {
+        let port = free_port();
+        std::fs::write(self.home.join("port"), port.to_string()).expect("port");
+        port
+    }
+
     pub fn spec(&self) -> String {
         format!("root@127.0.0.1:{}", self.port)
     }
@@ -174,6 +182,23 @@ impl Drop for Sshd {
     }
 }
 
+/// The set-up of most host tests: a client key (`client_key` in the server's directory, as
+/// [`client_key`] makes it) and two hosts, `host-a` and `host-b`, that accept it. Returns the
+/// key and the hosts (bind them after the server, so they stop before its directory goes).
+pub fn two_hosts(server: &Server) -> (PathBuf, Sshd, Sshd) {
+    let root = server.root.path();
+    let key = client_key(root);
+    let pub_key = root.join("client_key.pub");
+    let a = Sshd::start(root, "host-a", &pub_key);
+    let b = Sshd::start(root, "host-b", &pub_key);
+    (key, a, b)
+}
+
+/// Starts the app from `current/app` (a relocatable slug: `.profile.d` with `HOME` = the app
+/// directory), after stopping the one before; the port comes from the host's `$HOME/port`
+/// (see [`Sshd::give_port`]); the app's output goes to the shared `log` directory.
+pub const RESTART: &str = r#"P=$(cat "$HOME/port"); old=$(cat "$SLIPWAY_PATH/app.pid" 2>/dev/null || true); if [ -n "$old" ]; then kill "$old" 2>/dev/null || true; while kill -0 "$old" 2>/dev/null; do sleep 0.1; done; fi; cd app && HOME=$PWD PORT=$P DYNO=$SLIPWAY_RELEASE sh -c 'for f in .profile.d/*.sh; do [ -e "$f" ] && . "./$f"; done; exec python3 server.py' >> "$SLIPWAY_PATH/shared/log/app.log" 2>&1 & echo $! > "$SLIPWAY_PATH/app.pid""#;
+
 /// The client key slipway uses for the hosts.
 pub fn client_key(root: &Path) -> PathBuf {
     let key = root.join("client_key");
@@ -202,27 +227,34 @@ pub fn import(server: &Server, root: &Path, tag: &str, bytes: usize) {
     std::io::Read::read_exact(&mut f, &mut data).expect("random");
     std::fs::write(src.join("app/blob"), data).expect("blob");
     let tgz = root.join(format!("{tag}.tgz"));
+    tar_app(&tgz, &src);
+    store_import(server, root, &tgz, tag, &["--metadata", r#"{"by":"test"}"#]);
+}
+
+/// Packs `src`'s `app` directory as the gzipped tarball `tgz` (what a slug or release is).
+pub fn tar_app(tgz: &Path, src: &Path) {
     run_ok(
         Command::new("tar")
             .arg("-czf")
-            .arg(&tgz)
+            .arg(tgz)
             .arg("-C")
-            .arg(&src)
+            .arg(src)
             .arg("app"),
     );
-    server.cli_ok(
-        root,
-        &[
-            "store:import",
-            tgz.to_str().expect("utf-8"),
-            "--name",
-            "blob",
-            "--tag",
-            tag,
-            "--metadata",
-            r#"{"by":"test"}"#,
-        ],
-    );
+}
+
+/// `slipway store:import` of the tarball `tgz` as release `blob` `tag`, `extra` flags after.
+pub fn store_import(server: &Server, root: &Path, tgz: &Path, tag: &str, extra: &[&str]) {
+    let mut args = vec![
+        "store:import",
+        tgz.to_str().expect("utf-8"),
+        "--name",
+        "blob",
+        "--tag",
+        tag,
+    ];
+    args.extend_from_slice(extra);
+    server.cli_ok(root, &args);
 }
 
 /// Adds target `name` over `hosts`, trusting their keys, with more flags after.

@@ -204,15 +204,21 @@ impl Server {
             .to_string()
     }
 
-    /// The real CLI in `dir`, finding the server through its data directory.
-    fn cli_command(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+    /// `program` in `dir`, kept away from the user's git and slipway settings, finding the
+    /// server through its data directory.
+    fn command(&self, program: &str, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         isolate(&mut cmd, &self.home);
         cmd.args(args)
             .current_dir(dir)
             .env("SLIPWAY_DATA_DIR", &self.data)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// The real CLI in `dir`, finding the server through its data directory.
+    fn cli_command(&self, dir: &Path, args: &[&str]) -> Command {
+        self.command(BIN, dir, args)
     }
 
     pub fn cli(&self, dir: &Path, args: &[&str]) -> Output {
@@ -239,13 +245,7 @@ impl Server {
 
     /// Real git in `dir`, kept away from the user's git and slipway settings.
     fn git_command(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut cmd = Command::new("git");
-        isolate(&mut cmd, &self.home);
-        cmd.args(args)
-            .current_dir(dir)
-            .env("SLIPWAY_DATA_DIR", &self.data)
-            .stdin(Stdio::null());
-        cmd
+        self.command("git", dir, args)
     }
 
     pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
@@ -256,6 +256,17 @@ impl Server {
     pub fn git_spawn(&self, dir: &Path, args: &[&str]) -> Child {
         let mut cmd = self.git_command(dir, args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.spawn().expect("start git")
+    }
+
+    /// Like [`Server::git_spawn`], in a process group of its own (numbered as git's pid), so
+    /// that a test can kill git with the helpers it started (`git remote-http`), as Ctrl-C does.
+    pub fn git_spawn_group(&self, dir: &Path, args: &[&str]) -> Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.git_command(dir, args);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
         cmd.spawn().expect("start git")
     }
 
@@ -346,6 +357,18 @@ impl Server {
             .expect("a server started with Server::start_logged");
         let raw = std::fs::read(path).unwrap_or_default();
         strip_ansi(&String::from_utf8_lossy(&raw))
+    }
+}
+
+/// Writes each (name, body) as an executable script in `bin` (made if missing): a buildpack's
+/// `bin/detect`, `bin/compile` and `bin/release`.
+pub fn write_scripts(bin: &Path, scripts: &[(&str, impl AsRef<str>)]) {
+    std::fs::create_dir_all(bin).expect("mkdir bin");
+    for (name, body) in scripts {
+        let path = bin.join(name);
+        std::fs::write(&path, body.as_ref()).expect("write script");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod script");
     }
 }
 
@@ -467,6 +490,46 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// Every file under `dir`, in its subdirectories too.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `slipway` expecting success; stdout and stderr together.
+pub fn ok(server: &Server, dir: &Path, args: &[&str]) -> String {
+    let out = server.cli(dir, args);
+    let all = text(&out);
+    assert!(out.status.success(), "slipway {args:?} failed:\n{all}");
+    all
+}
+
+/// Makes the sample app (see [`Server::sample_repo`]) answer `greeting` unless the `GREETING`
+/// config var says otherwise; not committed.
+pub fn set_greeting(repo: &Path, greeting: &str) {
+    let code = std::fs::read_to_string(repo.join("server.py")).expect("server.py");
+    let code = code
+        .lines()
+        .map(|l| {
+            if l.starts_with("GREETING = ") {
+                format!("GREETING = os.environ.get(\"GREETING\", {greeting:?})")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(repo.join("server.py"), code + "\n").expect("server.py");
+}
+
 /// A buildpack that holds every build at `bin/compile` until [`Gate::open`]: builds that take
 /// exactly as long as a test needs, ordered by events rather than timing. The buildpack waits
 /// for a byte from a port the test listens on (over the loopback, which builds share with the
@@ -493,12 +556,7 @@ impl Gate {
             ),
             ("release", "#!/bin/sh\necho '--- {}'\n".to_string()),
         ];
-        for (name, body) in scripts {
-            let path = bin.join(name);
-            std::fs::write(&path, body).expect("write gate script");
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .expect("chmod gate script");
-        }
+        write_scripts(&bin, &scripts);
         Gate {
             buildpack,
             listener,
@@ -564,6 +622,39 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Creates `app` and a repository `<app>-src` holding `files` (committed on main) with the
+    /// app's `slipway` remote; nothing is pushed.
+    pub fn app_repo(&self, app: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.root.path().to_path_buf();
+        self.cli_ok(&root, &["apps:create", app]);
+        let repo = self.repo_with(&format!("{app}-src"), files);
+        self.cli_ok(&repo, &["git:remote", "-a", app]);
+        repo
+    }
+
+    /// The last 1500 lines of the log of the app in `repo` (`slipway logs -n 1500`).
+    pub fn log_lines(&self, repo: &Path) -> Vec<String> {
+        self.cli_ok(repo, &["logs", "-n", "1500"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits up to `secs` until the log of the app in `repo` has a line containing `r10` and,
+    /// after it, the dyno's crash; returns the log lines then.
+    pub fn wait_for_r10_crash(&self, repo: &Path, secs: u64, r10: &str) -> Vec<String> {
+        wait_for(secs, "R10 and the crash it causes", || {
+            let lines = self.log_lines(repo);
+            let at = lines.iter().position(|l| l.contains(r10))?;
+            lines[at..]
+                .iter()
+                .any(|l| l.contains("State changed from starting to crashed"))
+                .then_some(lines)
+        })
+    }
+}
+
 /// An app that answers `app=<name>` and the request headers it saw, one per line.
 pub const ECHO_APP: &str = r#"import http.server, os
 NAME = open("name.txt").read().strip()
@@ -599,4 +690,19 @@ pub fn deploy_echo(server: &Server, app: &str) {
     wait_for(90, &format!("{app} to serve"), || {
         (server.app_get(app, "/").0 == 200).then_some(())
     });
+}
+
+/// Why runc cannot run dynos here (not root, or no runc), if it cannot: tests of the OCI
+/// runtime then skip, printing it.
+pub fn runc_unavailable() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // `/proc/self` belongs to the effective user.
+    if std::fs::metadata("/proc/self").map_or(1, |m| m.uid()) != 0 {
+        return Some("not root: runc needs root".into());
+    }
+    let runs = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (!runs).then(|| "runc is not installed (.ci/run installs it)".into())
 }
