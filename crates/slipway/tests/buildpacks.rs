@@ -73,11 +73,27 @@ fn a_flask_app_builds_from_pypi_and_a_redeploy_reuses_its_dependencies() {
     assert!(said.contains("Using cached dependencies"), "{said}");
     // The build and its cache are on one file system: nothing of the virtualenv is copied.
     assert!(
-        said.contains("virtualenv restored from the cache by hard links"),
+        said.contains("virtualenv restored from the cache by a move"),
         "{said}"
     );
     assert!(!said.contains("Collecting flask"), "{said}");
+    assert!(
+        !said.contains("could not be kept in the build cache"),
+        "{said}"
+    );
     page(&server, "flasky", "/", "Howdy from Flask on slipway");
+
+    // The virtualenv moved into that release, and the cache got it back: a third deploy
+    // reuses it again.
+    std::fs::write(&app_py, source.replace("'Hello'", "'Hi'")).expect("write");
+    server.commit_all(&repo, "greet once more");
+    let said = push_ok(&server, &repo);
+    assert!(
+        said.contains("virtualenv restored from the cache by a move"),
+        "{said}"
+    );
+    assert!(!said.contains("Collecting flask"), "{said}");
+    page(&server, "flasky", "/", "Hi from Flask on slipway");
 }
 
 #[test]
