@@ -10,6 +10,7 @@
 mod adopt;
 mod buildpack;
 mod event;
+mod pargz;
 pub mod pipeline;
 mod process;
 mod reap;

@@ -1,13 +1,14 @@
-//! Slugs: deterministic, checksummed, gzipped tarballs of a built app under `app/`.
+//! Slugs: deterministic, checksummed, gzipped tarballs of a built app under `app/` (gzip in
+//! members compressed on several cores, see `pargz.rs`).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
+use crate::pargz::ParallelGz;
 use crate::{BuildError, Limits};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,10 @@ fn write_slug(build_dir: &Path, out: &Path, limit: u64) -> Result<SlugInfo, Buil
         size: 0,
         limit,
     };
-    let gz = GzEncoder::new(hashing, Compression::fast());
+    // On every core but one's worth of threads (the tar stream is made on this one), at most 4.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let gz = ParallelGz::new(hashing, Compression::fast(), threads)
+        .map_err(BuildError::io("starting to compress slug", out))?;
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut paths = Vec::new();
@@ -229,7 +233,7 @@ pub fn read_slug_file(
     max: u64,
 ) -> Result<Option<Vec<u8>>, BuildError> {
     let file = File::open(slug_path).map_err(BuildError::io("reading slug", slug_path))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
     let wanted = Path::new("app").join(name);
     for entry in archive
         .entries()
@@ -314,7 +318,7 @@ fn unpack_entries<R: Read>(reader: R, slug_path: &Path, dest: &Path) -> Result<(
     use std::collections::HashSet;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 
-    let mut gz = flate2::read::GzDecoder::new(reader);
+    let mut gz = flate2::read::MultiGzDecoder::new(reader);
     let mut archive = tar::Archive::new(&mut gz);
     // Relative paths of the directories known to exist, and of the symlinks made.
     let mut dirs: HashSet<PathBuf> = HashSet::new();

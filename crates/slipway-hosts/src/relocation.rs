@@ -58,7 +58,7 @@ fn listed(files: &[String]) -> String {
 /// ones and `extra`), in archive order.
 pub fn offending_files(path: &Path, extra: &[String]) -> std::io::Result<Vec<String>> {
     let file = std::fs::File::open(path)?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
     let mut patterns: Vec<&[u8]> = BUILD_DIR_PATTERNS.iter().map(|p| p.as_bytes()).collect();
     patterns.extend(extra.iter().filter(|p| p.len() > 1).map(|p| p.as_bytes()));
     let mut found = Vec::new();
