@@ -71,6 +71,16 @@ pub fn prepare_adoption(
         Ok(_) => std::fs::remove_file(&git).map_err(BuildError::io("removing", &git))?,
         Err(_) => {}
     }
+    // The other side's hard links are listed on a thread of their own, beside this walk.
+    let others_walk = others.map(|o| {
+        let o = o.to_path_buf();
+        std::thread::Builder::new()
+            .name("adopt-links".into())
+            .spawn(move || {
+                let mut found = Vec::new();
+                find_links(&o, None, &mut found).map(|()| found)
+            })
+    });
     let mut paths = Vec::new();
     collect(dir, dir, &mut paths)?;
     // Per inode with several links: (links, links in the tree).
@@ -111,7 +121,18 @@ pub fn prepare_adoption(
         .collect();
     let mut candidates = Vec::new();
     if let (false, Some(others)) = (outside.is_empty(), others) {
-        find_links(others, &outside, &mut candidates)?;
+        match others_walk {
+            Some(Ok(walk)) => {
+                let found = walk.join().unwrap_or_else(|_| {
+                    Err(BuildError::Interrupted(
+                        "listing the build cache's hard links panicked".into(),
+                    ))
+                })?;
+                candidates.extend(found.into_iter().filter(|(k, _)| outside.contains(k)));
+            }
+            // No thread to be had: listed here.
+            _ => find_links(others, Some(&outside), &mut candidates)?,
+        }
     }
     let mut found: HashMap<InodeKey, u64> = HashMap::new();
     for (key, _) in &candidates {
@@ -157,10 +178,11 @@ pub fn prepare_adoption(
     })
 }
 
-/// Files under `dir` (not following symlinks) whose inode is in `wanted`.
+/// Files under `dir` (not following symlinks) with other links, whose inode is in `wanted`
+/// (any, when `None`).
 fn find_links(
     dir: &Path,
-    wanted: &HashSet<InodeKey>,
+    wanted: Option<&HashSet<InodeKey>>,
     out: &mut Vec<(InodeKey, SharedFile)>,
 ) -> Result<(), BuildError> {
     let entries = match std::fs::read_dir(dir) {
@@ -180,7 +202,7 @@ fn find_links(
             let meta =
                 std::fs::symlink_metadata(&path).map_err(BuildError::io("reading", &path))?;
             let key = (meta.dev(), meta.ino());
-            if meta.nlink() > 1 && wanted.contains(&key) {
+            if meta.nlink() > 1 && wanted.is_none_or(|w| w.contains(&key)) {
                 out.push((
                     key,
                     SharedFile {
@@ -319,13 +341,26 @@ fn copy_over_as(
 /// mode it had (`scratch`: a directory on the same filesystem, for the copies being written).
 /// A file that is gone meanwhile is skipped. Blocking.
 pub fn unshare(files: &[SharedFile], scratch: &Path) -> Result<(), BuildError> {
-    for f in files {
-        match std::fs::symlink_metadata(&f.path) {
-            Ok(m) if m.is_file() => {}
-            _ => continue,
+    let copy = |part: &[SharedFile]| -> Result<(), BuildError> {
+        for f in part {
+            match std::fs::symlink_metadata(&f.path) {
+                Ok(m) if m.is_file() => {}
+                _ => continue,
+            }
+            copy_over_as(&f.path, scratch, f.mode, Some((f.uid, f.gid)))?;
         }
-        copy_over_as(&f.path, scratch, f.mode, Some((f.uid, f.gid)))?;
-    }
+        Ok(())
+    };
+    // On two threads: most of the time is the kernel's, per file, and a core waits on the disk.
+    let (first, second) = files.split_at(files.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| copy(second));
+        let mine = copy(first);
+        let theirs = other
+            .join()
+            .unwrap_or_else(|_| Err(BuildError::Interrupted("a copying thread panicked".into())));
+        mine.and(theirs)
+    })?;
     // The directory holding them last (see `Adopting::complete`): its owner back says that
     // everything below it is that owner's again.
     for f in files {
