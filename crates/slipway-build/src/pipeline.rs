@@ -298,6 +298,10 @@ pub async fn compile(
                     "SLIPWAY_PYTHON".into(),
                     c.installed.path.display().to_string(),
                 );
+                env.insert(
+                    "SLIPWAY_PYTHON_VERSION".into(),
+                    c.installed.version_string(),
+                );
                 if let Some(bin) = runtime_bin(&c.installed.path, &spec.runtimes_dirs) {
                     prepend.push(bin);
                 }
@@ -349,7 +353,11 @@ pub async fn compile(
             blocking(&copies, move |d| chown_tree(d, owner)).await?;
         }
         runner.compile(&copy, &env_dir).await?;
-        runner.apply_export(&copy).await?;
+        // An `export` is for the buildpacks after this one: the last one's is not sourced
+        // (one container run less per build).
+        if i + 1 < chosen.len() {
+            runner.apply_export(&copy).await?;
+        }
     }
 
     let defaults = match chosen.last() {
@@ -680,7 +688,7 @@ impl Runner<'_> {
     /// Classic buildpack API: a buildpack passes environment to the ones after it by writing
     /// `export` (shell) at the root of its directory; it is sourced as the build user and
     /// the resulting environment replaces this runner's, except the variables the pipeline
-    /// owns (`HOME`, `STACK`, `SOURCE_VERSION`, `SLIPWAY_PYTHON`).
+    /// owns (`HOME`, `STACK`, `SOURCE_VERSION`, `SLIPWAY_PYTHON`, `SLIPWAY_PYTHON_VERSION`).
     async fn apply_export(&mut self, bp: &Located) -> Result<(), BuildError> {
         let export = bp.dir.join("export");
         match std::fs::symlink_metadata(&export) {
@@ -788,7 +796,13 @@ impl Runner<'_> {
 
 /// Variables an `export` file cannot change (the pipeline's), and those the shell that sourced
 /// it adds on its own.
-const EXPORT_KEEPS: &[&str] = &["HOME", "STACK", "SOURCE_VERSION", "SLIPWAY_PYTHON"];
+const EXPORT_KEEPS: &[&str] = &[
+    "HOME",
+    "STACK",
+    "SOURCE_VERSION",
+    "SLIPWAY_PYTHON",
+    "SLIPWAY_PYTHON_VERSION",
+];
 const SHELL_ADDS: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
 
 /// The environment after an `export` file: `env -0` output (`NAME=value\0`...) of the shell that

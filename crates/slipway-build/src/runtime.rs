@@ -8,6 +8,7 @@
 //! package.json is advisory (as in npm): a range the installed Node.js does not satisfy gives a
 //! warning naming both.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::read_source_file;
@@ -182,7 +183,43 @@ fn from_runtimes_dirs(dirs: &[PathBuf], prefix: &str, exe: &str) -> Vec<Installe
     found
 }
 
+/// What an executable said its version was, by the file it was (device, inode, size, change
+/// time): asked once per installed interpreter, not once per build. A replaced or upgraded
+/// interpreter is another file, and is asked again.
+type VersionKey = (PathBuf, u64, u64, u64, i64, i64);
+type Versions = HashMap<VersionKey, (u64, u64, u64)>;
+static VERSIONS: std::sync::Mutex<Option<Versions>> = std::sync::Mutex::new(None);
+
 async fn ask_version(exe: &Path, args: &[&str]) -> Option<(u64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let key = std::fs::metadata(exe).ok().map(|m| {
+        (
+            exe.to_path_buf(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    });
+    let known = |key: &VersionKey| {
+        let versions = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        versions.as_ref().and_then(|v| v.get(key).copied())
+    };
+    if let Some(version) = key.as_ref().and_then(known) {
+        return Some(version);
+    }
+    let version = run_for_version(exe, args).await?;
+    if let Some(key) = key {
+        let mut versions = VERSIONS.lock().unwrap_or_else(|e| e.into_inner());
+        versions
+            .get_or_insert_with(HashMap::new)
+            .insert(key, version);
+    }
+    Some(version)
+}
+
+async fn run_for_version(exe: &Path, args: &[&str]) -> Option<(u64, u64, u64)> {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         tokio::process::Command::new(exe)
