@@ -345,6 +345,10 @@ async fn django_collectstatic_runs_with_config_vars_and_its_failure_fails_the_bu
         other => panic!("unexpected error {other}\n{text}"),
     }
     assert!(text.contains("Using cached dependencies"), "{text}");
+    // The failed build had the cached virtualenv moved into it: the cache has it back by the
+    // time the build ends (the server ends a build's leftover processes right after it).
+    assert!(site.path("cache/python/venv/bin").is_dir(), "{text}");
+    assert!(!site.path("cache/python/venv.partial").exists(), "{text}");
 
     let skipped = site.source("django", "b3/app");
     let mut spec = site.spec(&skipped);
@@ -352,6 +356,7 @@ async fn django_collectstatic_runs_with_config_vars_and_its_failure_fails_the_bu
     spec.env.insert("DISABLE_COLLECTSTATIC".into(), "1".into());
     let (_, text) = build(&spec).await.ok();
     assert!(text.contains("Skipping Django collectstatic"), "{text}");
+    assert!(text.contains("Using cached dependencies"), "{text}");
     assert!(!skipped.join("staticfiles").exists());
 }
 
