@@ -24,16 +24,17 @@ use crate::{
 
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1). Names, not
+/// strings: removing by a string would parse it again for every request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// The router's request handling for one worker: shared state (routes, rotation, logs) and
@@ -107,6 +108,9 @@ enum Sent {
     /// The connection broke after the request (or part of it) went out.
     Failed(BoxError),
 }
+
+/// Room for an `at=info` router line besides its path (a uuid request id, an IPv6 `fwd`).
+const LINE_CAPACITY: usize = 320;
 
 /// How long the router waits for a dyno to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -207,7 +211,7 @@ impl Proxy {
         let start = Instant::now();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_request_id(v))
             .map(str::to_string)
@@ -551,10 +555,17 @@ impl Proxy {
                 lent.put_back();
             }
             let line = match end {
-                BodyEnd::Complete => format!(
-                    "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
-                    log.quoted()
-                ),
+                BodyEnd::Complete => {
+                    use std::fmt::Write;
+                    // Sized for the whole line at once: no regrowing (and copying) on the way.
+                    let mut line = String::with_capacity(LINE_CAPACITY + log.path().len());
+                    let _ = write!(
+                        line,
+                        "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
+                        log.quoted()
+                    );
+                    line
+                }
                 BodyEnd::ClientGone | BodyEnd::DynoGone | BodyEnd::Idle => {
                     let error = match end {
                         BodyEnd::ClientGone => RouterError::ClientInterrupted,
@@ -726,17 +737,19 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -745,6 +758,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// its URI's authority. Several `Host` headers, or a `Host` that differs from the URI's
 /// authority, make the request ambiguous: `Err` with every host it names.
 fn request_host(req: &Request<Incoming>) -> Result<String, Vec<String>> {
+    // The usual request: one Host header and an origin-form target.
+    if req.uri().authority().is_none() {
+        let mut all = req.headers().get_all(header::HOST).iter();
+        if let (Some(host), None) = (all.next(), all.next()) {
+            return Ok(String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase());
+        }
+    }
     let mut hosts: Vec<String> = req
         .headers()
         .get_all(header::HOST)
@@ -777,7 +797,7 @@ fn without_port(host: &str) -> &str {
 
 /// The client's address appended to any `X-Forwarded-For` it sent.
 fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> String {
-    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() && prior.len() < 1024 => {
             format!("{}, {}", prior.trim(), peer.ip())
         }
