@@ -208,7 +208,11 @@ impl Router {
         let proxy = self.proxy.clone();
         move |peer| Service {
             proxy: proxy.clone(),
-            via: proxy::Via { peer, scheme, port },
+            via: proxy::Via {
+                peer_ip: proxy::peer_ip(peer),
+                scheme,
+                port,
+            },
         }
     }
 }
@@ -229,7 +233,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
-        let via = self.via;
+        let via = self.via.clone();
         Box::pin(async move { Ok(proxy.handle(req, via).await) })
     }
 }

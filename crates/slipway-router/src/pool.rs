@@ -84,7 +84,10 @@ impl Pool {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::Builder::new()
+            // A request's head and its first body bytes in one buffer, one write(2).
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Failed(e.into()))?;
         tokio::spawn(async move {

@@ -24,9 +24,11 @@ use crate::{
 
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
+const HOP_COUNT: usize = 8;
+
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1). Names, not
 /// strings: removing by a string would parse it again for every request.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -64,16 +66,18 @@ struct RequestLog {
     uri: Uri,
     host: String,
     request_id: String,
-    fwd: String,
+    /// `X-Forwarded-For` as the dyno gets it.
+    fwd: HeaderValue,
     start: Instant,
     via: Via,
 }
 
 /// The listener a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Via {
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
+    /// The client's IP address as text, made once per connection (formatting an address
+    /// costs more than the rest of a request's `X-Forwarded-For`).
+    pub(crate) peer_ip: HeaderValue,
     /// `http` or `https`.
     pub(crate) scheme: &'static str,
     /// The port the client connected to.
@@ -129,7 +133,7 @@ impl RequestLog {
             uri: req.uri().clone(),
             host: host.split(':').next().unwrap_or_default().to_string(),
             request_id,
-            fwd: forwarded_for(req.headers(), via.peer),
+            fwd: forwarded_for(req.headers(), &via.peer_ip),
             start,
             via,
         }
@@ -151,16 +155,34 @@ struct Quoted<'a>(&'a RequestLog);
 
 impl std::fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Piece by piece: one line per request, and the formatting machinery's arguments
+        // cost more than the copying.
         let log = self.0;
-        write!(
-            f,
-            "method={} path={} host={} request_id={} fwd={}",
-            token(log.method.as_str()),
-            logfmt_quote(log.path()),
-            token(&log.host),
-            token(&log.request_id),
-            logfmt_quote(&log.fwd)
-        )
+        f.write_str("method=")?;
+        f.write_str(&token(log.method.as_str()))?;
+        f.write_str(" path=")?;
+        write_quoted(f, log.path())?;
+        f.write_str(" host=")?;
+        f.write_str(&token(&log.host))?;
+        f.write_str(" request_id=")?;
+        f.write_str(&token(&log.request_id))?;
+        f.write_str(" fwd=")?;
+        write_quoted(f, log.fwd.to_str().unwrap_or_default())
+    }
+}
+
+/// [`logfmt_quote`]`(value)`, without building it when nothing in `value` needs escaping
+/// (then it is `value` between double quotes).
+fn write_quoted(f: &mut std::fmt::Formatter<'_>, value: &str) -> std::fmt::Result {
+    let plain = value
+        .chars()
+        .all(|c| !matches!(c, '"' | '\\' | '\u{2028}' | '\u{2029}') && !c.is_control());
+    if plain {
+        f.write_str("\"")?;
+        f.write_str(value)?;
+        f.write_str("\"")
+    } else {
+        f.write_str(&logfmt_quote(value))
     }
 }
 
@@ -379,7 +401,7 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set(headers, X_FORWARDED_FOR, &log.fwd);
+        headers.insert(X_FORWARDED_FOR, log.fwd.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(log.via.scheme));
         headers.insert(X_FORWARDED_PORT, HeaderValue::from(log.via.port));
         set(headers, X_REQUEST_ID, &log.request_id);
@@ -743,14 +765,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            // The usual token names a header that is hop-by-hop anyway (removed below).
+            .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    // Most messages have none or one of them: find which by one look at the names (cheap
+    // comparisons of known headers) rather than hashing each of them for a removal.
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -796,13 +831,23 @@ fn without_port(host: &str) -> &str {
 }
 
 /// The client's address appended to any `X-Forwarded-For` it sent.
-fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> String {
+fn forwarded_for(headers: &HeaderMap, peer_ip: &HeaderValue) -> HeaderValue {
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() && prior.len() < 1024 => {
-            format!("{}, {}", prior.trim(), peer.ip())
+            let ip = peer_ip.to_str().unwrap_or_default();
+            // Visible ASCII (what `to_str` let through), trimmed, then an address: valid.
+            HeaderValue::from_str(&format!("{}, {ip}", prior.trim()))
+                .unwrap_or_else(|_| peer_ip.clone())
         }
-        _ => peer.ip().to_string(),
+        _ => peer_ip.clone(),
     }
+}
+
+/// The client's IP address as a header value, for [`Via::peer_ip`].
+pub(crate) fn peer_ip(peer: SocketAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::try_from(peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A random (v4) UUID from the thread-local generator: no system call per request.
@@ -833,6 +878,31 @@ mod tests {
     }
 
     #[test]
+    fn quoted_values_are_written_as_logfmt_quote_makes_them() {
+        struct Written<'a>(&'a str);
+        impl std::fmt::Display for Written<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write_quoted(f, self.0)
+            }
+        }
+        for value in [
+            "/",
+            "/a?b=c&d",
+            "",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "new\nline",
+            "\u{1}",
+            "line\u{2028}sep",
+            "caf\u{e9}",
+            "1.2.3.4, 5.6.7.8",
+        ] {
+            assert_eq!(Written(value).to_string(), logfmt_quote(value), "{value:?}");
+        }
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -845,5 +915,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Hop"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 }

@@ -184,6 +184,12 @@ where
     .await
 }
 
+/// How many header fields hyper's HTTP/1.1 parser takes when not told (one slot per field:
+/// httparse sees the end of the head without a spare one). Told any number, even this one,
+/// hyper sets up its arrays field by field for every request (more than this: two heap
+/// allocations); left alone, it takes them as they are on the stack.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The HTTP protocol builders of one accept loop, set up with its limits.
 struct Protocols {
     /// Plain listeners and TLS connections that chose `http/1.1` by ALPN.
@@ -198,26 +204,31 @@ impl Protocols {
     fn new(limits: ConnectionLimits, headers: HeaderLimits) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
+            // A response's head and its first body bytes in one buffer, one write(2).
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             // hyper answers 431 itself when the head does not fit or has too many fields.
-            .max_buf_size(headers.max_bytes.max(8192))
-            // One slot per field (httparse sees the end of the head without one). Up to 100,
-            // hyper parses on the stack; more costs two heap allocations per request.
-            .max_headers(headers.max_count);
+            .max_buf_size(headers.max_bytes.max(8192));
+        if headers.max_count != HYPER_MAX_HEADERS {
+            auto.http1().max_headers(headers.max_count);
+        }
         auto.http2()
             .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
             // WebSockets over h2 (RFC 8441 extended CONNECT; see the router's tunnel.rs).
             .enable_connect_protocol();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(headers.max_bytes.max(8192))
             // The head's size itself, however its bytes arrived (the buffer bound alone lets a
             // head through that completes in the read that crosses it).
-            .max_header_size(headers.max_bytes)
-            .max_headers(headers.max_count);
+            .max_header_size(headers.max_bytes);
+        if headers.max_count != HYPER_MAX_HEADERS {
+            http1.max_headers(headers.max_count);
+        }
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
