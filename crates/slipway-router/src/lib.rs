@@ -10,6 +10,7 @@
 //! dyno (`rotation.rs`). HTTP/1.1 upgrades (WebSockets) are tunnelled under the same idle
 //! window as responses (`tunnel.rs`); request headers are bounded ([`HeaderLimits`]).
 
+mod addr_map;
 mod body;
 pub mod drain;
 mod errors;
