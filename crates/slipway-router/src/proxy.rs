@@ -392,6 +392,8 @@ impl Proxy {
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // Room for the headers added below at once (a new connection's map is small).
+        headers.reserve(8);
         if !headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(&log.host) {
                 headers.insert(header::HOST, v);
@@ -760,16 +762,27 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+        // The message's own names that a token matches (names are lowercase, tokens any
+        // case): the usual `close` matches none and costs no parsing.
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // The usual token names a header that is hop-by-hop anyway (removed below).
-            .filter(|n| !n.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-            .collect();
+            .map(str::trim);
+        for token in tokens {
+            // Keep-Alive is hop-by-hop anyway (removed below).
+            if token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Some(name) = headers
+                .keys()
+                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+            {
+                named.push(name.clone());
+            }
+        }
         for name in named {
             headers.remove(name);
         }
