@@ -11,13 +11,14 @@
 //! the same lock per request; readers add the slots up. Releases wake readers only while one
 //! is waiting.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use crate::addr_map::AddrMap;
 
 /// The router's in-flight request counts, shared with whoever stops dynos. Cheap to clone; a
 /// clone counts in the same slot, [`Drains::worker`] in a new one.
@@ -38,12 +39,12 @@ struct Shared {
 
 /// One worker's counts.
 struct Slot {
-    counts: Mutex<HashMap<SocketAddr, usize>>,
+    counts: Mutex<AddrMap<usize>>,
     shared: Arc<Shared>,
 }
 
 impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<usize>> {
         // Plain counters: a panic elsewhere cannot leave them inconsistent.
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -89,7 +90,7 @@ impl Drop for Waiting<'_> {
 impl Drains {
     fn with_slot(shared: Arc<Shared>) -> Self {
         let slot = Arc::new(Slot {
-            counts: Mutex::new(HashMap::new()),
+            counts: Mutex::new(AddrMap::default()),
             shared: shared.clone(),
         });
         shared

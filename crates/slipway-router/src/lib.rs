@@ -10,6 +10,7 @@
 //! dyno (`rotation.rs`). HTTP/1.1 upgrades (WebSockets) are tunnelled under the same idle
 //! window as responses (`tunnel.rs`); request headers are bounded ([`HeaderLimits`]).
 
+mod addr_map;
 mod body;
 pub mod drain;
 mod errors;
@@ -208,7 +209,11 @@ impl Router {
         let proxy = self.proxy.clone();
         move |peer| Service {
             proxy: proxy.clone(),
-            via: proxy::Via { peer, scheme, port },
+            via: proxy::Via {
+                peer_ip: proxy::peer_ip(peer),
+                scheme,
+                port,
+            },
         }
     }
 }
@@ -229,7 +234,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Service {
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
-        let via = self.via;
+        let via = self.via.clone();
         Box::pin(async move { Ok(proxy.handle(req, via).await) })
     }
 }

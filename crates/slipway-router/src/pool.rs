@@ -7,7 +7,6 @@
 //! the client walked away from closes its connection instead, so a half-read response can
 //! never be mistaken for the next one.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +15,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use hyper::body::Incoming;
+
+use crate::addr_map::AddrMap;
 
 /// Idle connections kept per dyno address and worker.
 const MAX_IDLE_PER_DYNO: usize = 256;
@@ -28,7 +29,7 @@ type Sender = SendRequest<Incoming>;
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(Instant, Sender)>>>,
+    idle: Mutex<AddrMap<Vec<(Instant, Sender)>>>,
 }
 
 /// A connection out of the pool for one request.
@@ -84,7 +85,10 @@ impl Pool {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = http1::Builder::new()
+            // A request's head and its first body bytes in one buffer, one write(2).
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Failed(e.into()))?;
         tokio::spawn(async move {
@@ -132,7 +136,7 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<(Instant, Sender)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Vec<(Instant, Sender)>>> {
         // The map holds only connections; a panic elsewhere cannot leave it inconsistent.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }

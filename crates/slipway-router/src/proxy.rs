@@ -24,16 +24,19 @@ use crate::{
 
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_COUNT: usize = 8;
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1). Names, not
+/// strings: removing by a string would parse it again for every request.
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// The router's request handling for one worker: shared state (routes, rotation, logs) and
@@ -63,16 +66,18 @@ struct RequestLog {
     uri: Uri,
     host: String,
     request_id: String,
-    fwd: String,
+    /// `X-Forwarded-For` as the dyno gets it.
+    fwd: HeaderValue,
     start: Instant,
     via: Via,
 }
 
 /// The listener a request came in on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Via {
-    /// The client's address.
-    pub(crate) peer: SocketAddr,
+    /// The client's IP address as text, made once per connection (formatting an address
+    /// costs more than the rest of a request's `X-Forwarded-For`).
+    pub(crate) peer_ip: HeaderValue,
     /// `http` or `https`.
     pub(crate) scheme: &'static str,
     /// The port the client connected to.
@@ -108,6 +113,9 @@ enum Sent {
     Failed(BoxError),
 }
 
+/// Room for an `at=info` router line besides its path (a uuid request id, an IPv6 `fwd`).
+const LINE_CAPACITY: usize = 320;
+
 /// How long the router waits for a dyno to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -125,7 +133,7 @@ impl RequestLog {
             uri: req.uri().clone(),
             host: host.split(':').next().unwrap_or_default().to_string(),
             request_id,
-            fwd: forwarded_for(req.headers(), via.peer),
+            fwd: forwarded_for(req.headers(), &via.peer_ip),
             start,
             via,
         }
@@ -147,16 +155,34 @@ struct Quoted<'a>(&'a RequestLog);
 
 impl std::fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Piece by piece: one line per request, and the formatting machinery's arguments
+        // cost more than the copying.
         let log = self.0;
-        write!(
-            f,
-            "method={} path={} host={} request_id={} fwd={}",
-            token(log.method.as_str()),
-            logfmt_quote(log.path()),
-            token(&log.host),
-            token(&log.request_id),
-            logfmt_quote(&log.fwd)
-        )
+        f.write_str("method=")?;
+        f.write_str(&token(log.method.as_str()))?;
+        f.write_str(" path=")?;
+        write_quoted(f, log.path())?;
+        f.write_str(" host=")?;
+        f.write_str(&token(&log.host))?;
+        f.write_str(" request_id=")?;
+        f.write_str(&token(&log.request_id))?;
+        f.write_str(" fwd=")?;
+        write_quoted(f, log.fwd.to_str().unwrap_or_default())
+    }
+}
+
+/// [`logfmt_quote`]`(value)`, without building it when nothing in `value` needs escaping
+/// (then it is `value` between double quotes).
+fn write_quoted(f: &mut std::fmt::Formatter<'_>, value: &str) -> std::fmt::Result {
+    let plain = value
+        .chars()
+        .all(|c| !matches!(c, '"' | '\\' | '\u{2028}' | '\u{2029}') && !c.is_control());
+    if plain {
+        f.write_str("\"")?;
+        f.write_str(value)?;
+        f.write_str("\"")
+    } else {
+        f.write_str(&logfmt_quote(value))
     }
 }
 
@@ -207,7 +233,7 @@ impl Proxy {
         let start = Instant::now();
         let request_id = req
             .headers()
-            .get("x-request-id")
+            .get(&X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| valid_request_id(v))
             .map(str::to_string)
@@ -366,6 +392,8 @@ impl Proxy {
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        // Room for the headers added below at once (a new connection's map is small).
+        headers.reserve(8);
         if !headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(&log.host) {
                 headers.insert(header::HOST, v);
@@ -375,7 +403,7 @@ impl Proxy {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        set(headers, X_FORWARDED_FOR, &log.fwd);
+        headers.insert(X_FORWARDED_FOR, log.fwd.clone());
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(log.via.scheme));
         headers.insert(X_FORWARDED_PORT, HeaderValue::from(log.via.port));
         set(headers, X_REQUEST_ID, &log.request_id);
@@ -551,10 +579,17 @@ impl Proxy {
                 lent.put_back();
             }
             let line = match end {
-                BodyEnd::Complete => format!(
-                    "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
-                    log.quoted()
-                ),
+                BodyEnd::Complete => {
+                    use std::fmt::Write;
+                    // Sized for the whole line at once: no regrowing (and copying) on the way.
+                    let mut line = String::with_capacity(LINE_CAPACITY + log.path().len());
+                    let _ = write!(
+                        line,
+                        "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
+                        log.quoted()
+                    );
+                    line
+                }
                 BodyEnd::ClientGone | BodyEnd::DynoGone | BodyEnd::Idle => {
                     let error = match end {
                         BodyEnd::ClientGone => RouterError::ClientInterrupted,
@@ -726,18 +761,44 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        // The message's own names that a token matches (names are lowercase, tokens any
+        // case): the usual `close` matches none and costs no parsing.
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            // Keep-Alive is hop-by-hop anyway (removed below).
+            if token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Some(name) = headers
+                .keys()
+                .find(|name| name.as_str().eq_ignore_ascii_case(token))
+            {
+                named.push(name.clone());
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    // Most messages have none or one of them: find which by one look at the names (cheap
+    // comparisons of known headers) rather than hashing each of them for a removal.
+    let mut present = [false; HOP_COUNT];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -745,6 +806,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// its URI's authority. Several `Host` headers, or a `Host` that differs from the URI's
 /// authority, make the request ambiguous: `Err` with every host it names.
 fn request_host(req: &Request<Incoming>) -> Result<String, Vec<String>> {
+    // The usual request: one Host header and an origin-form target.
+    if req.uri().authority().is_none() {
+        let mut all = req.headers().get_all(header::HOST).iter();
+        if let (Some(host), None) = (all.next(), all.next()) {
+            return Ok(String::from_utf8_lossy(host.as_bytes()).to_ascii_lowercase());
+        }
+    }
     let mut hosts: Vec<String> = req
         .headers()
         .get_all(header::HOST)
@@ -776,13 +844,23 @@ fn without_port(host: &str) -> &str {
 }
 
 /// The client's address appended to any `X-Forwarded-For` it sent.
-fn forwarded_for(headers: &HeaderMap, peer: SocketAddr) -> String {
-    match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+fn forwarded_for(headers: &HeaderMap, peer_ip: &HeaderValue) -> HeaderValue {
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() && prior.len() < 1024 => {
-            format!("{}, {}", prior.trim(), peer.ip())
+            let ip = peer_ip.to_str().unwrap_or_default();
+            // Visible ASCII (what `to_str` let through), trimmed, then an address: valid.
+            HeaderValue::from_str(&format!("{}, {ip}", prior.trim()))
+                .unwrap_or_else(|_| peer_ip.clone())
         }
-        _ => peer.ip().to_string(),
+        _ => peer_ip.clone(),
     }
+}
+
+/// The client's IP address as a header value, for [`Via::peer_ip`].
+pub(crate) fn peer_ip(peer: SocketAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::try_from(peer.ip().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A random (v4) UUID from the thread-local generator: no system call per request.
@@ -813,6 +891,31 @@ mod tests {
     }
 
     #[test]
+    fn quoted_values_are_written_as_logfmt_quote_makes_them() {
+        struct Written<'a>(&'a str);
+        impl std::fmt::Display for Written<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write_quoted(f, self.0)
+            }
+        }
+        for value in [
+            "/",
+            "/a?b=c&d",
+            "",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "new\nline",
+            "\u{1}",
+            "line\u{2028}sep",
+            "caf\u{e9}",
+            "1.2.3.4, 5.6.7.8",
+        ] {
+            assert_eq!(Written(value).to_string(), logfmt_quote(value), "{value:?}");
+        }
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -825,5 +928,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, X-Hop"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 }

@@ -45,6 +45,9 @@ pub fn bind_workers(
         if workers > 1 {
             socket.set_reuseport(true)?;
         }
+        // Accepted connections inherit it on Linux: the accept loop then need not set it
+        // on each one (a system call per connection).
+        socket.set_nodelay(true)?;
         socket.bind(addr)?;
         let listener = socket.listen(1024)?;
         // The next ones join the port this one got.
@@ -181,6 +184,12 @@ where
     .await
 }
 
+/// How many header fields hyper's HTTP/1.1 parser takes when not told (one slot per field:
+/// httparse sees the end of the head without a spare one). Told any number, even this one,
+/// hyper sets up its arrays field by field for every request (more than this: two heap
+/// allocations); left alone, it takes them as they are on the stack.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// The HTTP protocol builders of one accept loop, set up with its limits.
 struct Protocols {
     /// Plain listeners and TLS connections that chose `http/1.1` by ALPN.
@@ -195,25 +204,31 @@ impl Protocols {
     fn new(limits: ConnectionLimits, headers: HeaderLimits) -> Self {
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
+            // A response's head and its first body bytes in one buffer, one write(2).
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             // hyper answers 431 itself when the head does not fit or has too many fields.
-            .max_buf_size(headers.max_bytes.max(8192))
-            // httparse needs a spare slot to see the end of the head after the last field.
-            .max_headers(headers.max_count.saturating_add(1));
+            .max_buf_size(headers.max_bytes.max(8192));
+        if headers.max_count != HYPER_MAX_HEADERS {
+            auto.http1().max_headers(headers.max_count);
+        }
         auto.http2()
             .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
             // WebSockets over h2 (RFC 8441 extended CONNECT; see the router's tunnel.rs).
             .enable_connect_protocol();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(headers.max_bytes.max(8192))
             // The head's size itself, however its bytes arrived (the buffer bound alone lets a
             // head through that completes in the read that crosses it).
-            .max_header_size(headers.max_bytes)
-            .max_headers(headers.max_count.saturating_add(1));
+            .max_header_size(headers.max_bytes);
+        if headers.max_count != HYPER_MAX_HEADERS {
+            http1.max_headers(headers.max_count);
+        }
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .max_header_list_size(u32::try_from(headers.max_bytes).unwrap_or(u32::MAX))
@@ -238,6 +253,8 @@ where
 {
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: it is what wakes this task nearly every time.
+        biased;
         ended = conn.as_mut() => return ended,
         // Stopped, or the accept loop is gone: either way, wind down.
         _ = stop.wait_for(|stopped| *stopped) => {}
@@ -245,6 +262,9 @@ where
     conn.as_mut().graceful_shutdown();
     conn.await
 }
+
+/// How often the accept loop's timer fires (see `keep_wheel` in [`accept_loop`]).
+const KEEP_WHEEL: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `shutdown`, then gives open ones the shutdown grace to finish.
 ///
@@ -275,9 +295,19 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let protocols = Arc::new(Protocols::new(limits, headers));
+    // Whether accepted connections come with TCP_NODELAY from the listener (Linux copies it
+    // from a listener that has it, see [`bind_workers`]): told by the first connection.
+    let mut inherits_nodelay: Option<bool> = None;
+    // A timer that is always due within a second keeps the runtime's timer wheel from ever
+    // being empty: a new timer (each request's header read and request timeouts) then never
+    // is the earliest one, and registering it never has to wake the I/O driver (a system
+    // call on an eventfd, and one more turn of the driver) to shorten its wait.
+    let mut keep_wheel = tokio::time::interval(KEEP_WHEEL);
+    keep_wheel.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            _ = keep_wheel.tick() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -289,7 +319,13 @@ where
             },
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
+        if inherits_nodelay != Some(true) {
+            let inherited = inherits_nodelay.is_none() && stream.nodelay().unwrap_or(false);
+            if !inherited {
+                let _ = stream.set_nodelay(true);
+            }
+            inherits_nodelay = Some(inherited);
+        }
         let service = service_for(peer);
         let span = tracing::debug_span!("conn", %peer);
         let stop = stop_rx.clone();
