@@ -1,36 +1,14 @@
 //! Maps keyed by dyno address, looked up several times per request (the worker's pool of
-//! dyno connections, its in-flight counts): hashed with FNV-1a, a few instructions for an
+//! dyno connections, its in-flight counts): hashed with FNV-1a (the `fnv` crate), a few instructions for an
 //! address's bytes where the standard library's SipHash costs hundreds. SipHash guards
 //! against keys chosen to collide; these keys are dyno addresses the control plane hands
 //! out, never anything a client sends.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
 /// A map from dyno address to `V`.
-pub(crate) type AddrMap<V> = HashMap<SocketAddr, V, BuildHasherDefault<Fnv>>;
-
-/// FNV-1a, 64 bits.
-pub(crate) struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
+pub(crate) type AddrMap<V> = HashMap<SocketAddr, V, fnv::FnvBuildHasher>;
 
 #[cfg(test)]
 mod tests {
