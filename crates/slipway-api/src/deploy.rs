@@ -498,12 +498,9 @@ async fn compile(
     spec.buildpacks = buildpacks;
     let build_user = spec.run_as;
     let limits = settings.build_limits;
-    // The previous build's release directory may still be giving the cache its files back.
-    let cache_lock = state.app_lock(AppLock::Cache, &app.id);
-    if cache_lock.try_lock().is_err() {
-        out.line("-----> Waiting for the build cache...").await;
-    }
-    drop(cache_lock.lock().await);
+    // The previous build's release directory may still be giving the cache its files back:
+    // the pipeline waits for that after detection, before it touches the cache.
+    spec.cache_lock = Some(state.app_lock(AppLock::Cache, &app.id));
     let cancel = CancellationToken::new();
     let pusher_gone = {
         let (closed, cancel) = (out.closed(), cancel.clone());

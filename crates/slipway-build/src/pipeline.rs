@@ -84,6 +84,10 @@ pub struct CompileSpec {
     /// read-only); `memory_limit_bytes` is then the container's memory limit. None: host
     /// processes as described above.
     pub sandbox: Option<Arc<dyn BuildSandbox>>,
+    /// Taken (and let go at once) before anything of the build touches `cache_dir`: the
+    /// previous build's release may still be giving the cache its files back. The buildpacks
+    /// are detected meanwhile (detection never sees the cache).
+    pub cache_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl CompileSpec {
@@ -110,6 +114,7 @@ impl CompileSpec {
             memory_limit_bytes: None,
             source_version: None,
             sandbox: None,
+            cache_lock: None,
         }
     }
 }
@@ -147,8 +152,6 @@ pub async fn compile(
     let procfile = read_procfile(build_dir)?;
 
     crate::install_builtin(&spec.builtin_dir)?;
-    std::fs::create_dir_all(&spec.cache_dir)
-        .map_err(BuildError::io("creating", &spec.cache_dir))?;
     let scratch = tempfile::Builder::new()
         .prefix("slipway-build-")
         .tempdir()
@@ -206,23 +209,73 @@ pub async fn compile(
     // nothing more): once its directory is the user's, so is all below it, and the walk over
     // the installed dependencies (thousands of files) is skipped.
     if let Some(owner) = spec.run_as {
-        let cache_owned = owned_by(&spec.cache_dir, owner)?;
-        for dir in [build_dir, spec.cache_dir.as_path(), scratch.path()] {
-            if dir == spec.cache_dir.as_path() && cache_owned {
-                continue;
-            }
+        for dir in [build_dir, scratch.path()] {
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
-    let workspace = match &spec.sandbox {
-        Some(sandbox) => {
-            say(BuildEvent::title(format!(
-                "Building in a container: {}",
-                sandbox.describe()
-            )))
-            .await;
-            Workspace::open(&spec.build_dir, &spec.cache_dir)?
+    if spec.sandbox.is_some() {
+        say(BuildEvent::title(format!(
+            "Building in a container: {}",
+            spec.sandbox
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_default()
+        )))
+        .await;
+    }
+
+    // Which buildpacks apply: detection sees the build directory where it is (never the
+    // cache), while the cache may still be in use.
+    let detecting = Runner {
+        spec,
+        env: base_env.clone(),
+        deadline,
+        cancel: &cancel,
+        events,
+        mounts: sandbox_mounts(spec, None, build_dir, None, &env_dir, &home),
+        build_dir: build_dir.to_path_buf(),
+        cache_dir: spec.cache_dir.clone(),
+    };
+    let mut chosen: Vec<(Located, String)> = Vec::new();
+    for bp in candidates {
+        let (ok, name) = detecting.detect(&bp).await?;
+        if ok {
+            say(BuildEvent::title(format!("{name} app detected"))).await;
+            chosen.push((bp, name));
+            if !explicit {
+                break;
+            }
+        } else if explicit {
+            return Err(BuildError::NotCompatible { buildpack: bp.name });
         }
+    }
+    if chosen.is_empty() && procfile.is_none() {
+        return Err(BuildError::NotDetected {
+            looked_for: crate::BUILTINS
+                .iter()
+                .map(|b| (b.name.to_string(), b.looks_for.to_string()))
+                .collect(),
+        });
+    }
+
+    if let Some(lock) = &spec.cache_lock {
+        if lock.try_lock().is_err() {
+            say(BuildEvent::title("Waiting for the build cache...")).await;
+        }
+        tokio::select! {
+            _ = lock.lock() => {}
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+        }
+    }
+    std::fs::create_dir_all(&spec.cache_dir)
+        .map_err(BuildError::io("creating", &spec.cache_dir))?;
+    if let Some(owner) = spec.run_as {
+        if !owned_by(&spec.cache_dir, owner)? {
+            blocking(&spec.cache_dir, move |d| chown_tree(d, owner)).await?;
+        }
+    }
+    let workspace = match &spec.sandbox {
+        Some(_) => Workspace::open(&spec.build_dir, &spec.cache_dir)?,
         None => None,
     };
     // Where the buildpacks see the build and cache directories (moved into the workspace for
@@ -242,34 +295,13 @@ pub async fn compile(
             spec,
             one_mount.as_deref(),
             build_dir,
-            &work_cache,
+            Some(&work_cache),
             &env_dir,
             &home,
         ),
         build_dir: work_build.clone(),
         cache_dir: work_cache.clone(),
     };
-    let mut chosen: Vec<(Located, String)> = Vec::new();
-    for bp in candidates {
-        let (ok, name) = runner.detect(&bp).await?;
-        if ok {
-            say(BuildEvent::title(format!("{name} app detected"))).await;
-            chosen.push((bp, name));
-            if !explicit {
-                break;
-            }
-        } else if explicit {
-            return Err(BuildError::NotCompatible { buildpack: bp.name });
-        }
-    }
-    if chosen.is_empty() && procfile.is_none() {
-        return Err(BuildError::NotDetected {
-            looked_for: crate::BUILTINS
-                .iter()
-                .map(|b| (b.name.to_string(), b.looks_for.to_string()))
-                .collect(),
-        });
-    }
 
     // Runtimes for the ecosystems that will be built.
     let mut env = base_env;
@@ -455,16 +487,16 @@ fn sandbox_mounts(
     spec: &CompileSpec,
     workspace: Option<&Path>,
     build_dir: &Path,
-    cache_dir: &Path,
+    cache_dir: Option<&Path>,
     env_dir: &Path,
     home: &Path,
 ) -> Vec<SandboxMount> {
     let mut mounts = match workspace {
         Some(root) => vec![SandboxMount::writable(root)],
-        None => vec![
-            SandboxMount::writable(build_dir),
-            SandboxMount::writable(cache_dir),
-        ],
+        None => std::iter::once(build_dir)
+            .chain(cache_dir)
+            .map(SandboxMount::writable)
+            .collect(),
     };
     mounts.extend([
         SandboxMount::read_only(env_dir),

@@ -1121,3 +1121,42 @@ async fn a_poetry_lock_without_poetry_names_it_and_the_fix() {
         other => panic!("unexpected error {other}\n{text}"),
     }
 }
+
+/// The previous build's release may still be giving the cache its files back (the API's cache
+/// lock): detection runs meanwhile, and nothing touches the cache until the lock is free.
+#[tokio::test]
+async fn detection_runs_while_the_cache_is_busy_and_the_compile_waits_for_it() {
+    let site = Site::new();
+    let app = site.source("static-site", "b1/app");
+    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    let held = lock.clone().lock_owned().await;
+    let mut spec = site.spec(&app);
+    spec.cache_lock = Some(lock.clone());
+    let (detected_tx, detected_rx) = tokio::sync::oneshot::channel();
+    let mut detected_tx = Some(detected_tx);
+    let build = tokio::spawn(async move {
+        build_with(&spec, CancellationToken::new(), move |e| {
+            if e.line().is_some_and(|l| l.contains("app detected")) {
+                if let Some(tx) = detected_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .await
+    });
+    // Detected while the lock is held; the cache directory is not even made yet.
+    tokio::time::timeout(Duration::from_secs(120), detected_rx)
+        .await
+        .expect("detection happened while the cache was busy")
+        .expect("detected");
+    assert!(!site.path("cache").exists());
+    drop(held);
+    let (compiled, text) = build.await.expect("build task").ok();
+    assert_eq!(compiled.buildpacks, ["static"]);
+    let waiting = text
+        .find("Waiting for the build cache...")
+        .expect("the build said it waited");
+    let detected = text.find("app detected").expect("detected");
+    assert!(detected < waiting, "{text}");
+    assert!(site.path("cache").is_dir());
+}
