@@ -272,6 +272,15 @@ fn strip_xattrs(path: &Path) -> Result<(), BuildError> {
 /// Distinguishes the copies this process writes in a scratch directory.
 static COPIES: AtomicU64 = AtomicU64::new(0);
 
+/// The name prefix of a copy being written (`copy_over_as`): such a file is never part of a
+/// tree, only what a stopped server left.
+const COPY_PREFIX: &str = ".slipway-copy-";
+
+/// Whether `name` is a copy being written, left by a server that stopped.
+pub(crate) fn is_partial_copy(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with(COPY_PREFIX))
+}
+
 /// Replaces the symlink at `path` with a new one (its own inode) to the same target.
 fn relink(path: &Path) -> Result<(), BuildError> {
     let target = std::fs::read_link(path).map_err(BuildError::io("reading", path))?;
@@ -309,7 +318,7 @@ fn copy_over_as(
     owner: Option<(u32, u32)>,
 ) -> Result<(), BuildError> {
     let n = COPIES.fetch_add(1, Ordering::Relaxed);
-    let tmp = scratch.join(format!(".slipway-copy-{}-{n}", std::process::id()));
+    let tmp = scratch.join(format!("{COPY_PREFIX}{}-{n}", std::process::id()));
     let copied = (|| {
         let mut src = std::fs::OpenOptions::new()
             .read(true)
@@ -338,7 +347,7 @@ fn copy_over_as(
 }
 
 /// Gives each file a release took ([`Adopting::complete`]) a copy of its own with the owner and
-/// mode it had (`scratch`: a directory on the same filesystem, for the copies being written).
+/// mode it had, written beside it (`scratch`: for a file without a parent).
 /// A file that is gone meanwhile is skipped. Blocking.
 pub fn unshare(files: &[SharedFile], scratch: &Path) -> Result<(), BuildError> {
     let copy = |part: &[SharedFile]| -> Result<(), BuildError> {
@@ -347,7 +356,12 @@ pub fn unshare(files: &[SharedFile], scratch: &Path) -> Result<(), BuildError> {
                 Ok(m) if m.is_file() => {}
                 _ => continue,
             }
-            copy_over_as(&f.path, scratch, f.mode, Some((f.uid, f.gid)))?;
+            // Written beside the file it replaces: a rename within one directory, and the two
+            // threads seldom wait for the same directory's lock. A copy a stopped server left
+            // half-written is removed by the next build's walk of the cache
+            // (`pipeline::chown_tree`, see `is_partial_copy`).
+            let dir = f.path.parent().unwrap_or(scratch);
+            copy_over_as(&f.path, dir, f.mode, Some((f.uid, f.gid)))?;
         }
         Ok(())
     };

@@ -1039,6 +1039,9 @@ pub(crate) fn chown_tree(dir: &Path, owner: (u32, u32)) -> Result<(), BuildError
             .map_err(BuildError::io("reading", &path))?;
         if kind.is_dir() {
             chown_tree(&path, owner)?;
+        } else if kind.is_file() && crate::adopt::is_partial_copy(&entry.file_name()) {
+            // Half a copy a stopped server was writing (`adopt::unshare`).
+            std::fs::remove_file(&path).map_err(BuildError::io("removing", &path))?;
         } else if kind.is_file() && crate::adopt::shared_with_another_owner(&path, owner)? {
             // A file of the cache a release directory took (`adopt.rs`) whose copy a stopped
             // server did not make: the release keeps its inode, the cache gets a copy.

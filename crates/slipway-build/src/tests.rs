@@ -285,7 +285,10 @@ fn giving_a_cache_to_its_user_copies_a_file_a_release_still_shares() {
     std::os::unix::fs::lchown(&release_file, Some(4242), Some(4242)).expect("chown");
     std::fs::hard_link(&release_file, cache.join("venv/code.py")).expect("link");
     std::fs::write(cache.join("own.txt"), "own").expect("write");
+    // Half a copy a stopped server was writing beside its file.
+    std::fs::write(cache.join("venv/.slipway-copy-99-1"), "co").expect("write");
     pipeline::chown_tree(&cache, (4243, 4243)).expect("chown tree");
+    assert!(!cache.join("venv/.slipway-copy-99-1").exists());
     let meta = |p: &Path| std::fs::symlink_metadata(p).expect("meta");
     let cached = meta(&cache.join("venv/code.py"));
     assert_eq!((cached.uid(), cached.nlink()), (4243, 1));
