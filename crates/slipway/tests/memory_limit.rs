@@ -66,16 +66,13 @@ fn oci_a_web_dyno_past_its_memory_limit_is_r15_and_restarts() {
     let (status, body) = server.app_get(app, "/hog");
     assert_eq!((status, body.as_str()), (200, before.as_str()));
 
-    let lines = wait_for(120, "R15 and the restart in the log", || {
-        let lines = server.log_lines(&repo);
-        let r15 = lines
-            .iter()
-            .position(|l| l.contains("heroku[web.1]: Error R15 (Memory quota vastly exceeded)"))?;
-        lines[r15..]
-            .iter()
-            .any(|l| l.contains("heroku[web.1]: State changed from starting to up"))
-            .then_some(lines)
-    });
+    let lines = server.wait_for_log_in_order(
+        &repo,
+        120,
+        "R15 and the restart in the log",
+        "heroku[web.1]: Error R15 (Memory quota vastly exceeded)",
+        "heroku[web.1]: State changed from starting to up",
+    );
     let r15 = lines
         .iter()
         .position(|l| l.contains("Error R15 (Memory quota vastly exceeded)"))

@@ -177,16 +177,13 @@ fn runtime_metrics(runtime: &str) {
 
     // The restarted dyno logs both lines every second; wait for a load line after a memory
     // line (the load needs two samples).
-    let lines = wait_for(60, "memory and load sample lines", || {
-        let lines = server.log_lines(&repo);
-        let memory = lines
-            .iter()
-            .position(|l| l.contains("sample#memory_total="))?;
-        lines[memory..]
-            .iter()
-            .any(|l| l.contains("sample#load_avg_1m="))
-            .then_some(lines)
-    });
+    let lines = server.wait_for_log_in_order(
+        &repo,
+        60,
+        "memory and load sample lines",
+        "sample#memory_total=",
+        "sample#load_avg_1m=",
+    );
     let memory = lines
         .iter()
         .find(|l| l.contains("sample#memory_total="))

@@ -198,16 +198,13 @@ fn drift_is_corrected(runtime: &str) {
     kill("-STOP", &monitor.to_string());
     kill_dyno(&server, runtime, &web1, dyno);
     kill("-KILL", &monitor.to_string());
-    wait_for(60, "the monitor's death and the restart in the log", || {
-        let lines = server.log_lines(&repo);
-        let died = lines
-            .iter()
-            .position(|l| l.contains("heroku[web.1]: Error: the dyno's monitor process died"))?;
-        lines[died..]
-            .iter()
-            .any(|l| l.contains("heroku[web.1]: State changed from crashed to starting"))
-            .then_some(())
-    });
+    server.wait_for_log_in_order(
+        &repo,
+        60,
+        "the monitor's death and the restart in the log",
+        "heroku[web.1]: Error: the dyno's monitor process died",
+        "heroku[web.1]: State changed from crashed to starting",
+    );
     all_up(&server, &repo);
 
     // A monitor that hangs (stopped) over a dyno killed behind slipway's back: nothing tells

@@ -644,12 +644,32 @@ impl Server {
     /// Waits up to `secs` until the log of the app in `repo` has a line containing `r10` and,
     /// after it, the dyno's crash; returns the log lines then.
     pub fn wait_for_r10_crash(&self, repo: &Path, secs: u64, r10: &str) -> Vec<String> {
-        wait_for(secs, "R10 and the crash it causes", || {
+        self.wait_for_log_in_order(
+            repo,
+            secs,
+            "R10 and the crash it causes",
+            r10,
+            "State changed from starting to crashed",
+        )
+    }
+
+    /// Waits up to `secs` (saying `what` if it times out) until the log of the app in `repo`
+    /// has a line containing `first` and, at or after it, one containing `then`; returns the
+    /// log lines then.
+    pub fn wait_for_log_in_order(
+        &self,
+        repo: &Path,
+        secs: u64,
+        what: &str,
+        first: &str,
+        then: &str,
+    ) -> Vec<String> {
+        wait_for(secs, what, || {
             let lines = self.log_lines(repo);
-            let at = lines.iter().position(|l| l.contains(r10))?;
+            let at = lines.iter().position(|l| l.contains(first))?;
             lines[at..]
                 .iter()
-                .any(|l| l.contains("State changed from starting to crashed"))
+                .any(|l| l.contains(then))
                 .then_some(lines)
         })
     }
