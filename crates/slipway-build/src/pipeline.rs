@@ -204,22 +204,17 @@ pub async fn compile(
         list
     };
 
-    // Everything a buildpack process may write belongs to the build user from here on. The
-    // cache is written only by that user (the server creates its directory and empties it,
-    // nothing more): once its directory is the user's, so is all below it, and the walk over
-    // the installed dependencies (thousands of files) is skipped.
+    // Everything a buildpack process may write belongs to the build user from here on (the
+    // cache once it is free, below).
     if let Some(owner) = spec.run_as {
         for dir in [build_dir, scratch.path()] {
             blocking(dir, move |d| chown_tree(d, owner)).await?;
         }
     }
-    if spec.sandbox.is_some() {
+    if let Some(sandbox) = &spec.sandbox {
         say(BuildEvent::title(format!(
             "Building in a container: {}",
-            spec.sandbox
-                .as_ref()
-                .map(|s| s.describe())
-                .unwrap_or_default()
+            sandbox.describe()
         )))
         .await;
     }
@@ -267,6 +262,9 @@ pub async fn compile(
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         }
     }
+    // The cache is written only by the build user (the server creates its directory and
+    // empties it, nothing more): once its directory is the user's, so is all below it, and the
+    // walk over the installed dependencies (thousands of files) is skipped.
     std::fs::create_dir_all(&spec.cache_dir)
         .map_err(BuildError::io("creating", &spec.cache_dir))?;
     if let Some(owner) = spec.run_as {
