@@ -18,45 +18,19 @@
 #                                           # i.e. runc, where builds run in containers too)
 #
 # Needs root (runc), runc, git, python3 with venv, curl, and PyPI. Prints a Markdown table.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
 RUNS=${RUNS:-3}
-if [ -z "${BIN:-}" ]; then
-  cargo build --release --locked --bin slipway >&2
-  BIN=$root/target/release/slipway
-fi
-BIN=$(realpath "$BIN")
-work=$(mktemp -d)
-chmod 711 "$work"
-server=""
+. "$(dirname "$0")/lib.sh"
+server_started=""
 gunicorn=""
-cleanup() {
-  [ -n "$gunicorn" ] && kill "$gunicorn" 2>/dev/null || true
-  # Dynos outlive the server (their monitors are re-adopted by the next one): destroy the apps
-  # first, or their containers keep running after the work directory is gone.
-  if [ -n "$server" ]; then
-    for a in hello django; do "$BIN" apps:destroy -a "$a" --confirm "$a" >/dev/null 2>&1 || true; done
-  fi
-  [ -n "$server" ] && kill -TERM "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  # KEEP_LOGS=DIR keeps every push's timeline and the server's log there.
-  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$work"/*.server "$work/server.err" "$KEEP_LOGS/" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-git_q() { git -c user.name=bench -c user.email=bench@localhost "$@"; }
+on_exit '[ -z "$gunicorn" ] || kill "$gunicorn" 2>/dev/null'
+# Dynos outlive the server (their monitors are re-adopted by the next one): destroy the apps
+# before the server stops, or their containers keep running after the work directory is gone.
+on_exit '[ -z "$server_started" ] || for a in hello django; do "$BIN" apps:destroy -a "$a" --confirm "$a" >/dev/null 2>&1 || true; done'
+# KEEP_LOGS=DIR keeps every push's timeline and the server's log there.
+on_exit '[ -z "${KEEP_LOGS:-}" ] || { mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$work"/*.server "$work/server.err" "$KEEP_LOGS/" 2>/dev/null; }'
 
-mkdir -p "$work/home"
-export HOME=$work/home SLIPWAY_DATA_DIR=$work/data
-"$BIN" server --api-listen 127.0.0.1:0 --router-listen 127.0.0.1:0 --dyno-runtime "${DYNO_RUNTIME:-auto}" --stop-dynos-on-exit true >"$work/server.out" 2>"$work/server.err" &
-server=$!
-for _ in $(seq 300); do grep -qx ready "$work/server.out" 2>/dev/null && break; sleep 0.1; done
-router=$(grep -o 'router listening on http://[0-9.]*:[0-9]*' "$work/server.out" | grep -o '[0-9]*$')
-
-serves() { # APP TEXT: until the router serves TEXT from APP
-  until curl -s -H "Host: $1.localhost" "http://127.0.0.1:$router/" | grep -q "$2"; do sleep 0.01; done
-}
+start_server "$work" --dyno-runtime "${DYNO_RUNTIME:-auto}"
+server_started=1
 
 # deploy APP DIR TEXT: push DIR and wait until TEXT is served; prints milliseconds. The push's
 # output is kept in $work/push.log, each line prefixed with the milliseconds since the push
@@ -76,9 +50,8 @@ deploy() {
 }
 
 new_app() { # NAME SRC
-  mkdir -p "$work/$1" && cp -a "$2/." "$work/$1/"
-  (cd "$work/$1" && git init -q -b main && git add -A && git_q commit -qm bench &&
-    "$BIN" apps:create "$1" >/dev/null)
+  new_repo "$2" "$work/$1"
+  (cd "$work/$1" && "$BIN" apps:create "$1" >/dev/null)
 }
 
 new_app hello examples/hello
@@ -120,7 +93,8 @@ for i in $(seq "$RUNS"); do
   redeploy "$i"
 done
 settled=("${redeploys[@]}")
-# The same, each pushed as soon as the last one serves: the build may first wait for the cache.
+# The same, each pushed as soon as the last one serves: the build may wait for the cache (after
+# detection; the wait is the time from "Waiting for the build cache..." to the next line).
 redeploys=()
 for i in $(seq $((RUNS + 1)) $((2 * RUNS))); do redeploy "$i"; done
 back_to_back=("${redeploys[@]}")
@@ -148,12 +122,11 @@ if [ "$BY_HAND" = 1 ]; then
   for _ in $(seq "$RUNS"); do hands+=("$(by_hand)"); done
 fi
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 builts=()
 for i in $(seq "$RUNS"); do builts+=("$(built_ms "$work/redeploy-$i.log")"); done
 waits=()
 for i in $(seq $((RUNS + 1)) $((2 * RUNS))); do
-  waits+=("$(awk '/Waiting for the build cache/ {w=$1} /Building in a container|app detected/ && w != "" {print $1 - w; exit} END {if (w == "") print 0}' "$work/redeploy-$i.log")")
+  waits+=("$(awk '/Waiting for the build cache/ {w = $1; next} w != "" {print $1 - w; done = 1; exit} END {if (!done) print 0}' "$work/redeploy-$i.log")")
 done
 echo "dyno runtime: $(grep -m1 '^dyno runtime:' "$work/server.out" || echo unknown)"
 echo

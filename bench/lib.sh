@@ -1,4 +1,4 @@
-# Shared set-up of the bench scripts (not bench/build.sh and bench/router.sh, for now).
+# Shared set-up of the bench scripts (not bench/router.sh, for now).
 # A script sets its own defaults (RUNS=...) and then sources this file:
 #
 #   . "$(dirname "$0")/lib.sh"
