@@ -12,6 +12,7 @@
 
 mod addr_map;
 mod body;
+mod direct;
 pub mod drain;
 mod errors;
 mod pool;
@@ -165,13 +166,26 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
-        let service_for = self.service_for("http", port);
-        serve_with(
+        let proxy = self.proxy.clone();
+        // Each connection's requests go the direct way (`direct.rs`) until one needs hyper.
+        let front = move |stream, peer, stop| {
+            let proxy = proxy.clone();
+            let via = proxy::Via {
+                peer_ip: proxy::peer_ip(peer),
+                scheme: "http",
+                port,
+            };
+            async move {
+                let io = direct::serve(&proxy, &via, stream, stop).await?;
+                Some((io, Service { proxy, via }))
+            }
+        };
+        slipway_serve::serve_fronted(
             listener,
             self.limits(),
             self.cfg.header_limits,
             shutdown,
-            service_for,
+            front,
         )
         .await
     }

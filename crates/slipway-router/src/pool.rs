@@ -29,7 +29,72 @@ type Sender = SendRequest<Incoming>;
 
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<AddrMap<Vec<(Instant, Sender)>>>,
+    idle: Idle<Sender>,
+}
+
+/// A dyno connection that can wait in an [`Idle`] set.
+pub(crate) trait Reusable {
+    /// Known to be closed (a connection nobody reads from cannot tell, and says no).
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+/// One worker's idle keep-alive connections to dynos, by address, newest last.
+pub(crate) struct Idle<C> {
+    map: Mutex<AddrMap<Vec<(Instant, C)>>>,
+}
+
+impl<C> Default for Idle<C> {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl<C: Reusable> Idle<C> {
+    /// The newest idle connection to `addr` that is not known to be closed or too old.
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<C> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        let now = Instant::now();
+        while let Some((since, conn)) = list.pop() {
+            if !conn.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn put(&self, addr: SocketAddr, conn: C) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() >= SWEEP_AT && !idle.contains_key(&addr) {
+            let now = Instant::now();
+            idle.retain(|_, list| {
+                list.retain(|(since, c)| {
+                    !c.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+                });
+                !list.is_empty()
+            });
+        }
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_DYNO {
+            list.push((Instant::now(), conn));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Vec<(Instant, C)>>> {
+        // The map holds only connections; a panic elsewhere cannot leave it inconsistent.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A connection out of the pool for one request.
@@ -105,40 +170,11 @@ impl Pool {
     }
 
     fn take_idle(&self, addr: SocketAddr) -> Option<Sender> {
-        let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
-        while let Some((since, sender)) = list.pop() {
-            if !sender.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
-                return Some(sender);
-            }
-        }
-        None
+        self.idle.take(addr)
     }
 
     fn put(&self, addr: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.lock();
-        if idle.len() >= SWEEP_AT && !idle.contains_key(&addr) {
-            let now = Instant::now();
-            idle.retain(|_, list| {
-                list.retain(|(since, s)| {
-                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
-                });
-                !list.is_empty()
-            });
-        }
-        let list = idle.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_DYNO {
-            list.push((Instant::now(), sender));
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Vec<(Instant, Sender)>>> {
-        // The map holds only connections; a panic elsewhere cannot leave it inconsistent.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        self.idle.put(addr, sender);
     }
 }
 

@@ -42,13 +42,15 @@ const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
 /// The router's request handling for one worker: shared state (routes, rotation, logs) and
 /// the worker's own pool of dyno connections.
 pub(crate) struct Proxy {
-    cfg: RouterConfig,
+    pub(crate) cfg: RouterConfig,
     resolver: Arc<dyn Resolver>,
     logs: LogHub,
     /// This worker's router lines, handed to `logs` in batches.
-    lines: Batcher,
+    pub(crate) lines: Batcher,
     pool: Arc<Pool>,
-    rotation: Arc<Rotation>,
+    /// This worker's dyno connections for the direct path (`direct.rs`).
+    pub(crate) direct: crate::direct::Pool,
+    pub(crate) rotation: Arc<Rotation>,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -86,7 +88,7 @@ pub(crate) struct Via {
 
 /// What a request's host names: an app under the router's domain, or a custom domain.
 #[derive(Debug, Clone, Copy)]
-enum HostKey<'a> {
+pub(crate) enum HostKey<'a> {
     App(&'a str),
     Domain(&'a str),
 }
@@ -117,7 +119,7 @@ enum Sent {
 const LINE_CAPACITY: usize = 320;
 
 /// How long the router waits for a dyno to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl RequestLog {
     fn new(
@@ -139,10 +141,15 @@ impl RequestLog {
         }
     }
 
-    /// The request's fields for a router line. Every value came from the client, so each is
-    /// quoted and escaped unless it is a plain token that cannot start another field.
-    fn quoted(&self) -> Quoted<'_> {
-        Quoted(self)
+    /// The request's fields for a router line.
+    fn quoted(&self) -> Fields<'_> {
+        Fields {
+            method: self.method.as_str(),
+            path: self.path(),
+            host: &self.host,
+            request_id: &self.request_id,
+            fwd: self.fwd.to_str().unwrap_or_default(),
+        }
     }
 
     fn path(&self) -> &str {
@@ -150,24 +157,33 @@ impl RequestLog {
     }
 }
 
-/// [`RequestLog::quoted`], written straight into the log line.
-struct Quoted<'a>(&'a RequestLog);
+/// What a router line says about the request (`method=... fwd=...`), written straight into
+/// the line. Every value came from the client, so each is quoted and escaped unless it is a
+/// plain token that cannot start another field.
+pub(crate) struct Fields<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    /// Without its port.
+    pub(crate) host: &'a str,
+    pub(crate) request_id: &'a str,
+    /// `X-Forwarded-For` as the dyno gets it.
+    pub(crate) fwd: &'a str,
+}
 
-impl std::fmt::Display for Quoted<'_> {
+impl std::fmt::Display for Fields<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Piece by piece: one line per request, and the formatting machinery's arguments
         // cost more than the copying.
-        let log = self.0;
         f.write_str("method=")?;
-        f.write_str(&token(log.method.as_str()))?;
+        f.write_str(&token(self.method))?;
         f.write_str(" path=")?;
-        write_quoted(f, log.path())?;
+        write_quoted(f, self.path)?;
         f.write_str(" host=")?;
-        f.write_str(&token(&log.host))?;
+        f.write_str(&token(self.host))?;
         f.write_str(" request_id=")?;
-        f.write_str(&token(&log.request_id))?;
+        f.write_str(&token(self.request_id))?;
         f.write_str(" fwd=")?;
-        write_quoted(f, log.fwd.to_str().unwrap_or_default())
+        write_quoted(f, self.fwd)
     }
 }
 
@@ -209,6 +225,7 @@ impl Proxy {
             lines: logs.batcher(),
             logs,
             pool: Arc::default(),
+            direct: Default::default(),
             rotation,
         }
     }
@@ -225,6 +242,7 @@ impl Proxy {
             logs: self.logs.clone(),
             lines: self.logs.batcher(),
             pool: Arc::default(),
+            direct: Default::default(),
             rotation: Arc::new(self.rotation.worker()),
         }
     }
@@ -287,11 +305,18 @@ impl Proxy {
         self.forward(req, key, backends, log).await
     }
 
-    fn lookup(&self, key: HostKey<'_>) -> Resolution {
+    pub(crate) fn lookup(&self, key: HostKey<'_>) -> Resolution {
         match key {
             HostKey::App(name) => self.resolver.resolve(name),
             HostKey::Domain(host) => self.resolver.resolve_domain(host),
         }
+    }
+
+    /// Whether `app_id`'s requests that came in on `scheme` are redirected to HTTPS.
+    pub(crate) fn redirects_to_https(&self, app_id: &str, scheme: &str) -> bool {
+        self.cfg.https_port.is_some()
+            && scheme == "http"
+            && self.resolver.redirects_to_https(app_id)
     }
 
     /// Where a plain-HTTP request goes instead when its app redirects to HTTPS and the
@@ -303,7 +328,7 @@ impl Proxy {
         log: &RequestLog,
     ) -> Option<HeaderValue> {
         let port = self.cfg.https_port?;
-        if log.via.scheme != "http" || !self.resolver.redirects_to_https(&log.app_id) {
+        if !self.redirects_to_https(&log.app_id, log.via.scheme) {
             return None;
         }
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -579,31 +604,24 @@ impl Proxy {
                 lent.put_back();
             }
             let line = match end {
-                BodyEnd::Complete => {
-                    use std::fmt::Write;
-                    // Sized for the whole line at once: no regrowing (and copying) on the way.
-                    let mut line = String::with_capacity(LINE_CAPACITY + log.path().len());
-                    let _ = write!(
-                        line,
-                        "at=info {} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}",
-                        log.quoted()
-                    );
-                    line
-                }
+                BodyEnd::Complete => info_line(
+                    log.quoted(),
+                    &dyno,
+                    connect_ms,
+                    service_ms,
+                    status,
+                    bytes,
+                    protocol,
+                ),
                 BodyEnd::ClientGone | BodyEnd::DynoGone | BodyEnd::Idle => {
                     let error = match end {
                         BodyEnd::ClientGone => RouterError::ClientInterrupted,
                         BodyEnd::Idle => RouterError::IdleConnection,
                         _ => RouterError::ServerInterrupted,
                     };
-                    format!(
-                        "at=error code={} desc=\"{}\" {} dyno={dyno} connect={connect_ms}ms service={}ms status={} bytes={bytes} protocol={protocol}",
-                        error.code().unwrap_or("-"),
-                        error.description(),
-                        log.quoted(),
-                        log.start.elapsed().as_millis(),
-                        error.status().as_u16()
-                    )
+                    let service_ms = log.start.elapsed().as_millis();
+                    let at = (connect_ms, service_ms, bytes);
+                    error_line(error, log.quoted(), &dyno, at, protocol)
                 }
             };
             lines.write(log.app_id, Source::Heroku, "router", line);
@@ -692,23 +710,53 @@ impl Proxy {
         log: &RequestLog,
         dyno: Option<&str>,
     ) -> Response<ProxyBody> {
-        let code = error.code().unwrap_or("-");
+        let at = (0, log.start.elapsed().as_millis(), 0);
         self.lines.write(
             log.app_id.clone(),
             Source::Heroku,
             "router",
-            format!(
-                "at=error code={code} desc=\"{}\" {} dyno={} connect=0ms service={}ms status={} bytes=0 protocol={}",
-                error.description(),
-                log.quoted(),
-                dyno.unwrap_or(""),
-                log.start.elapsed().as_millis(),
-                error.status().as_u16(),
-                log.via.scheme
-            ),
+            error_line(error, log.quoted(), dyno.unwrap_or(""), at, log.via.scheme),
         );
         error_response(error, &log.request_id)
     }
+}
+
+/// An `at=info` router line: the dyno answered and its response reached the client.
+pub(crate) fn info_line(
+    fields: Fields<'_>,
+    dyno: &str,
+    connect_ms: u128,
+    service_ms: u128,
+    status: u16,
+    bytes: u64,
+    protocol: &str,
+) -> String {
+    use std::fmt::Write;
+    // Sized for the whole line at once: no regrowing (and copying) on the way.
+    let mut line = String::with_capacity(LINE_CAPACITY + fields.path.len());
+    let _ = write!(
+        line,
+        "at=info {fields} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={status} bytes={bytes} protocol={protocol}"
+    );
+    line
+}
+
+/// An `at=error` router line for `error`; `at` is (connect ms, service ms, response bytes
+/// sent).
+pub(crate) fn error_line(
+    error: RouterError,
+    fields: Fields<'_>,
+    dyno: &str,
+    at: (u128, u128, u64),
+    protocol: &str,
+) -> String {
+    let (connect_ms, service_ms, bytes) = at;
+    format!(
+        "at=error code={} desc=\"{}\" {fields} dyno={dyno} connect={connect_ms}ms service={service_ms}ms status={} bytes={bytes} protocol={protocol}",
+        error.code().unwrap_or("-"),
+        error.description(),
+        error.status().as_u16()
+    )
 }
 
 fn error_response(error: RouterError, request_id: &str) -> Response<ProxyBody> {
@@ -864,14 +912,14 @@ pub(crate) fn peer_ip(peer: SocketAddr) -> HeaderValue {
 }
 
 /// A random (v4) UUID from the thread-local generator: no system call per request.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(rand::random())
         .into_uuid()
         .to_string()
 }
 
 /// Heroku keeps a client's request id if it is 20 to 200 characters of `[A-Za-z0-9+=/-]`.
-fn valid_request_id(id: &str) -> bool {
+pub(crate) fn valid_request_id(id: &str) -> bool {
     (20..=200).contains(&id.len())
         && id
             .bytes()

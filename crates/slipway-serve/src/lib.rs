@@ -5,7 +5,10 @@
 //! deadline ([`serve_with`], [`serve_tls`]); and TLS with certificates chosen by SNI from one
 //! store ([`tls::CertStore`]).
 
+mod rewind;
 pub mod tls;
+
+pub use rewind::Rewind;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +17,11 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Turns true when the server shuts down: a connection's reader finishes the request in
+/// progress and closes.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
 
 /// `workers` listening sockets on `addr` (port 0: one free port for all), one per worker
 /// thread: with more than one, they share the port through `SO_REUSEPORT` and the kernel
@@ -149,7 +156,36 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    accept_loop(listener, limits, headers, None, shutdown, service_for).await
+    let front =
+        |stream, peer, _stop| std::future::ready(Some((Rewind::new(stream), service_for(peer))));
+    accept_loop(listener, limits, headers, plain::<S>(), shutdown, front).await
+}
+
+/// [`serve_with`] with a first reader in front of hyper on each plain connection:
+/// `front(stream, peer, stop)` serves what requests it can itself and either ends the
+/// connection (`None`) or hands it to hyper, with the bytes it read of the request it did
+/// not take and the service hyper serves the rest with. It finishes the request in progress
+/// and ends once `stop` turns true.
+pub async fn serve_fronted<S, B, F, Fut>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
+    shutdown: impl Future<Output = ()>,
+    front: F,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(TcpStream, SocketAddr, Stop) -> Fut,
+    Fut: Future<Output = Option<(Rewind<TcpStream>, S)>> + Send + 'static,
+{
+    accept_loop(listener, limits, headers, plain::<S>(), shutdown, front).await
 }
 
 /// [`serve_with`] over TLS: each connection's handshake (SNI, ALPN h2 or http/1.1, as `tls`
@@ -173,15 +209,26 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Every connection is a TLS one: the plain front never runs.
+    let front =
+        |stream, peer, _stop| std::future::ready(Some((Rewind::new(stream), service_for(peer))));
     accept_loop(
         listener,
         limits,
         headers,
-        Some(acceptor),
+        Some((acceptor, &service_for)),
         shutdown,
-        service_for,
+        front,
     )
     .await
+}
+
+/// A TLS listener's acceptor, and the service for each connection's peer.
+type Tls<T> = Option<(tokio_rustls::TlsAcceptor, T)>;
+
+/// `accept_loop`'s `tls` for a plain listener.
+fn plain<S>() -> Tls<fn(SocketAddr) -> S> {
+    None
 }
 
 /// How many header fields hyper's HTTP/1.1 parser takes when not told (one slot per field:
@@ -272,15 +319,18 @@ const KEEP_WHEEL: Duration = Duration::from_secs(1);
 /// h2c, as on Heroku and nginx's default; it would cost a read per connection). Over TLS the
 /// protocol comes from ALPN: `h2` or `http/1.1`, and a client that sent no ALPN gets either,
 /// told by its first bytes.
-async fn accept_loop<S, B>(
+async fn accept_loop<S, B, F, Fut, T>(
     listener: TcpListener,
     limits: ConnectionLimits,
     headers: HeaderLimits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Tls<T>,
     shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
+    front: F,
 ) -> std::io::Result<()>
 where
+    F: Fn(TcpStream, SocketAddr, Stop) -> Fut,
+    Fut: Future<Output = Option<(Rewind<TcpStream>, S)>> + Send + 'static,
+    T: Fn(SocketAddr) -> S,
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
         + Send
         + 'static,
@@ -326,16 +376,20 @@ where
             }
             inherits_nodelay = Some(inherited);
         }
-        let service = service_for(peer);
         let span = tracing::debug_span!("conn", %peer);
         let stop = stop_rx.clone();
-        let Some(acceptor) = &tls else {
-            let conn = protocols
-                .http1
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+        let Some((acceptor, service_for)) = &tls else {
+            let front = front(stream, peer, stop.clone());
+            let protocols = protocols.clone();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
+                    let Some((io, service)) = front.await else {
+                        return;
+                    };
+                    let conn = protocols
+                        .http1
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades();
                     if let Err(e) = serve_h1_until_stopped(conn, stop).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -344,6 +398,7 @@ where
             ));
             continue;
         };
+        let service = service_for(peer);
         let acceptor = acceptor.clone();
         let protocols = protocols.clone();
         let watcher = graceful.watcher();
