@@ -359,11 +359,12 @@ impl LogHub {
         now: DateTime<Utc>,
     ) {
         let mut streams = self.lock();
-        let stream = self.stream(&mut streams, app_id);
-        for part in split_message(message) {
-            self.push(stream, source, dyno, part.to_string(), now);
-        }
-        self.report_drops(stream, now, false);
+        self.with_stream(&mut streams, app_id, |stream| {
+            for part in split_message(message) {
+                self.push(stream, source, dyno, part.to_string(), now);
+            }
+            self.report_drops(stream, now, false);
+        });
     }
 
     /// A writer that gathers its lines and hands them to the hub together (see [`Batcher`]).
@@ -380,17 +381,29 @@ impl LogHub {
             return;
         }
         let mut streams = self.lock();
-        for line in lines {
-            let stream = self.stream(&mut streams, &line.app_id);
-            if line.message.len() <= MAX_LINE_BYTES {
-                self.push(stream, line.source, line.dyno, line.message, line.time);
-            } else {
-                for part in split_message(&line.message) {
-                    self.push(stream, line.source, line.dyno, part.to_string(), line.time);
+        let mut lines = lines.into_iter().peekable();
+        while let Some(mut first) = lines.next() {
+            let app_id = std::mem::take(&mut first.app_id);
+            self.with_stream(&mut streams, &app_id, |stream| {
+                self.push_queued(stream, first);
+                // The app's lines that follow (a router's batch is often one app's) go to the
+                // same stream without looking it up again.
+                while let Some(line) = lines.next_if(|l| l.app_id == app_id) {
+                    self.push_queued(stream, line);
                 }
-            }
-            self.report_drops(stream, line.time, false);
+            });
         }
+    }
+
+    fn push_queued(&self, stream: &mut Stream, line: Queued) {
+        if line.message.len() <= MAX_LINE_BYTES {
+            self.push(stream, line.source, line.dyno, line.message, line.time);
+        } else {
+            for part in split_message(&line.message) {
+                self.push(stream, line.source, line.dyno, part.to_string(), line.time);
+            }
+        }
+        self.report_drops(stream, line.time, false);
     }
 
     /// [`LogHub::write`] for raw output: invalid UTF-8 is shown as U+FFFD, never dropped.
@@ -399,13 +412,33 @@ impl LogHub {
     }
 
     fn stream<'a>(&self, streams: &'a mut HashMap<String, Stream>, app_id: &str) -> &'a mut Stream {
-        streams.entry(app_id.to_string()).or_insert_with(|| {
-            let mut stream = Stream::new(self.inner.defaults);
-            if let Some(disk) = &self.inner.disk {
-                stream.files = Some(disk.app_log(app_id, self.inner.defaults));
-            }
-            stream
-        })
+        streams
+            .entry(app_id.to_string())
+            .or_insert_with(|| self.new_stream(app_id))
+    }
+
+    /// Runs `f` on the app's stream, made on its first line. Per line (the hot path) it looks
+    /// the stream up with `get_mut` first: the entry API in [`LogHub::stream`] would allocate
+    /// the app id's `String` for every line, though the stream almost always exists. (Returning
+    /// the `get_mut` borrow instead of calling `f` does not pass today's borrow checker.)
+    fn with_stream<R>(
+        &self,
+        streams: &mut HashMap<String, Stream>,
+        app_id: &str,
+        f: impl FnOnce(&mut Stream) -> R,
+    ) -> R {
+        if let Some(stream) = streams.get_mut(app_id) {
+            return f(stream);
+        }
+        f(self.stream(streams, app_id))
+    }
+
+    fn new_stream(&self, app_id: &str) -> Stream {
+        let mut stream = Stream::new(self.inner.defaults);
+        if let Some(disk) = &self.inner.disk {
+            stream.files = Some(disk.app_log(app_id, self.inner.defaults));
+        }
+        stream
     }
 
     fn push(

@@ -4,3 +4,4 @@ use super::*;
 
 mod drains;
 mod hub;
+mod store;

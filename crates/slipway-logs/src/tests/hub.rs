@@ -451,3 +451,46 @@ fn a_batcher_outside_a_runtime_or_full_writes_at_once() {
     assert_eq!(b.len(), BATCH_LINES + 2);
     assert_eq!(b[BATCH_LINES].message.len(), MAX_LINE_BYTES);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_of_several_apps_lines_reaches_each_apps_stream_and_disk_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hub = open(dir.path(), 100);
+    hub.write("b", Source::App, "web.1", "b existed before the batch");
+    let batcher = hub.batcher();
+    // Runs of one app (the lines after the first go to the stream already found), apps
+    // interleaved, and an app whose stream the batch makes.
+    let apps = ["a", "a", "b", "a", "c", "c", "b", "b", "a"];
+    for (i, app) in apps.iter().enumerate() {
+        batcher.write(
+            app.to_string(),
+            Source::Heroku,
+            "router",
+            format!("{app} {i}"),
+        );
+    }
+    batcher.flush();
+    hub.flush().await;
+    let wanted = |app: &str| -> Vec<String> {
+        apps.iter()
+            .enumerate()
+            .filter(|(_, a)| **a == app)
+            .map(|(i, a)| format!("{a} {i}"))
+            .collect()
+    };
+    let mut b = vec!["b existed before the batch".to_string()];
+    b.extend(wanted("b"));
+    drop(hub);
+    // Reopened: what the hub kept is what reached the disk.
+    let hub = open(dir.path(), 100);
+    for (app, lines) in [("a", wanted("a")), ("b", b), ("c", wanted("c"))] {
+        let kept = hub.history(app, &Filter::default(), 100);
+        assert_eq!(messages(&kept), lines, "app {app}");
+        let seqs: Vec<u64> = kept.iter().map(|l| l.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..lines.len() as u64).collect::<Vec<_>>(),
+            "app {app}"
+        );
+    }
+}
