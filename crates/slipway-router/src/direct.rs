@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use slipway_logs::Source;
 use slipway_serve::{Rewind, Stop};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::pool::{Idle, Reusable};
@@ -55,6 +55,13 @@ impl Reusable for Upstream {
         // is safe to repeat: GET, HEAD, OPTIONS).
         false
     }
+
+    fn probe_closed(&self) -> bool {
+        // An idle connection has nothing to say: the end of it, or anything else, and it
+        // is of no more use.
+        let mut byte = [0u8; 1];
+        !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }
 
 /// This worker's idle dyno connections for the direct path.
@@ -62,14 +69,19 @@ pub(crate) type Pool = Idle<Upstream>;
 
 /// Serves the connection's requests until it ends (`None`) or a request needs hyper: then
 /// the connection goes back with that request's bytes in front.
-pub(crate) async fn serve(
+pub(crate) async fn serve<I>(
     proxy: &Proxy,
     via: &Via,
-    mut io: TcpStream,
+    mut io: I,
     mut stop: Stop,
-) -> Option<Rewind<TcpStream>> {
+) -> Option<Rewind<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // What the client sent while its request was being answered (the next one, pipelined).
+    let mut early: Vec<u8> = Vec::new();
     let max_head = proxy.cfg.header_limits.max_bytes;
     loop {
         // A whole request head, read under the header read timeout.
@@ -104,11 +116,15 @@ pub(crate) async fn serve(
         if req.parse(&buf[..head_len]).is_err() {
             return Some(Rewind::with_prefix(io, buf));
         }
-        let Some(request) = Request::take(req, proxy) else {
+        let Some(request) = Request::take(req, proxy, via.scheme) else {
             return Some(Rewind::with_prefix(io, buf));
         };
         let close = request.close;
-        match forward(proxy, via, &mut io, &request, &mut out).await {
+        let mut client = Client {
+            io: &mut io,
+            early: &mut early,
+        };
+        match forward(proxy, via, &mut client, &request, &mut out).await {
             Forwarded::KeepAlive if !close => {}
             Forwarded::KeepAlive | Forwarded::Close => {
                 let _ = io.shutdown().await;
@@ -117,6 +133,7 @@ pub(crate) async fn serve(
             Forwarded::ToHyper => return Some(Rewind::with_prefix(io, buf)),
         }
         buf.drain(..head_len);
+        buf.append(&mut early);
         if *stop.borrow() {
             return None;
         }
@@ -124,7 +141,7 @@ pub(crate) async fn serve(
 }
 
 /// Reads what the peer sent next into the spare room of `buf`.
-async fn read_more(io: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.reserve(READ_SIZE);
     io.read_buf(buf).await
 }
@@ -151,7 +168,7 @@ impl<'a> Request<'a> {
     /// origin-form target, one lowercase `Host`, no body, no upgrade or `Expect`, no
     /// `Connection` option besides `close` and `keep-alive`, for an app with an up web dyno
     /// that does not redirect to HTTPS.
-    fn take(req: httparse::Request<'a, 'a>, proxy: &Proxy) -> Option<Self> {
+    fn take(req: httparse::Request<'a, 'a>, proxy: &Proxy, scheme: &str) -> Option<Self> {
         let method = req.method?;
         if !matches!(method, "GET" | "HEAD" | "OPTIONS") || req.version != Some(1) {
             return None;
@@ -224,7 +241,7 @@ impl<'a> Request<'a> {
         else {
             return None;
         };
-        if backends.is_empty() || proxy.redirects_to_https(&app_id, "http") {
+        if backends.is_empty() || proxy.redirects_to_https(&app_id, scheme) {
             return None;
         }
         Some(Request {
@@ -284,10 +301,10 @@ enum Framing {
     UntilClose,
 }
 
-async fn forward(
+async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
     via: &Via,
-    client: &mut TcpStream,
+    client: &mut Client<'_, I>,
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Forwarded {
@@ -360,7 +377,7 @@ async fn forward(
                     .write(req.app_id.clone(), Source::Heroku, "router", line);
                 drop(in_flight);
                 write_error(out, error, &request_id, req.method == "HEAD", req.close);
-                return match client.write_all(out).await {
+                return match client.io.write_all(out).await {
                     Ok(()) => Forwarded::KeepAlive,
                     Err(_) => Forwarded::Close,
                 };
@@ -381,6 +398,8 @@ async fn forward(
             Ok((bytes, reusable)) => {
                 if reusable && answer.keep_alive {
                     upstream.buf.clear();
+                    // A big head or body grew it: idle connections keep a small one.
+                    upstream.buf.shrink_to(READ_SIZE);
                     proxy.direct.put(*addr, upstream);
                 }
                 let line = info_line(
@@ -677,9 +696,9 @@ fn response_head(out: &mut Vec<u8>, dyno_head: &[u8], framing: Framing, close: b
 /// Passes the response on: `out` (its head) and the body as it comes, under the idle
 /// window. `Ok((body bytes, whether the dyno connection is at a clean end))`, or the error
 /// that cut it short and the body bytes that reached the client.
-async fn relay(
+async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
-    client: &mut TcpStream,
+    client: &mut Client<'_, I>,
     upstream: &mut Upstream,
     answer: &Answer,
     out: &mut Vec<u8>,
@@ -714,7 +733,7 @@ async fn relay(
                     (fed.done, fed.used == available.len())
                 }
                 Err(()) => {
-                    let _ = client.write_all(out).await;
+                    let _ = client.io.write_all(out).await;
                     return Err((RouterError::ServerInterrupted, bytes));
                 }
             },
@@ -733,7 +752,7 @@ async fn relay(
             if done && answer.framing == Framing::UntilClose {
                 out.extend_from_slice(b"0\r\n\r\n");
             }
-            if client.write_all(out).await.is_err() {
+            if client.io.write_all(out).await.is_err() {
                 return Err((RouterError::ClientInterrupted, bytes));
             }
             out.clear();
@@ -747,13 +766,13 @@ async fn relay(
         let read = tokio::select! {
             biased;
             read = tokio::time::timeout(idle, stream.read_buf(buf)) => read,
-            () = hung_up(client) => return Err((RouterError::ClientInterrupted, bytes)),
+            () = client.hung_up() => return Err((RouterError::ClientInterrupted, bytes)),
         };
         match read {
             Err(_) => return Err((RouterError::IdleConnection, bytes)),
             Ok(Ok(0)) if answer.framing == Framing::UntilClose => {
                 out.extend_from_slice(b"0\r\n\r\n");
-                if client.write_all(out).await.is_err() {
+                if client.io.write_all(out).await.is_err() {
                     return Err((RouterError::ClientInterrupted, bytes));
                 }
                 out.clear();
@@ -765,13 +784,28 @@ async fn relay(
     }
 }
 
-/// Resolves when the client hangs up (never, once it sent more: the next request may follow
-/// this one on the connection, and it is read only after this response).
-async fn hung_up(client: &TcpStream) {
-    let mut byte = [0u8; 1];
-    match client.peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+/// The client's connection while one of its requests is answered.
+struct Client<'a, I> {
+    io: &'a mut I,
+    /// What it sent meanwhile, kept for the next request.
+    early: &'a mut Vec<u8>,
+}
+
+impl<I: AsyncRead + Unpin> Client<'_, I> {
+    /// Resolves when the client hangs up. What it sends meanwhile (its next request) is
+    /// kept in `early`, up to a request head's worth; past that it is not read until this
+    /// response is done, and only the response's own timeouts apply.
+    async fn hung_up(&mut self) {
+        loop {
+            if self.early.len() >= READ_SIZE {
+                return std::future::pending().await;
+            }
+            self.early.reserve(READ_SIZE - self.early.len());
+            match self.io.read_buf(self.early).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
     }
 }
 

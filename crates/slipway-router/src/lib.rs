@@ -32,9 +32,7 @@ pub use drain::{Drained, Drains, InFlight};
 pub use errors::RouterError;
 // The listeners and TLS live in slipway-serve (shared with the API); kept here under their
 // old names for the router's users.
-pub use slipway_serve::{
-    bind_workers, serve_http, serve_tls, serve_with, tls, ConnectionLimits, HeaderLimits,
-};
+pub use slipway_serve::{bind_workers, serve_http, serve_tls, tls, ConnectionLimits, HeaderLimits};
 
 /// Where a request for an app can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,26 +164,13 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
-        let proxy = self.proxy.clone();
-        // Each connection's requests go the direct way (`direct.rs`) until one needs hyper.
-        let front = move |stream, peer, stop| {
-            let proxy = proxy.clone();
-            let via = proxy::Via {
-                peer_ip: proxy::peer_ip(peer),
-                scheme: "http",
-                port,
-            };
-            async move {
-                let io = direct::serve(&proxy, &via, stream, stop).await?;
-                Some((io, Service { proxy, via }))
-            }
-        };
         slipway_serve::serve_fronted(
             listener,
+            None,
             self.limits(),
             self.cfg.header_limits,
             shutdown,
-            front,
+            self.front("http", port),
         )
         .await
     }
@@ -200,14 +185,13 @@ impl Router {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let port = listener.local_addr()?.port();
-        let service_for = self.service_for("https", port);
-        slipway_serve::serve_tls(
+        slipway_serve::serve_fronted(
             listener,
-            tls,
+            Some(tls),
             self.limits(),
             self.cfg.header_limits,
             shutdown,
-            service_for,
+            self.front("https", port),
         )
         .await
     }
@@ -219,15 +203,55 @@ impl Router {
         }
     }
 
-    fn service_for(&self, scheme: &'static str, port: u16) -> impl Fn(SocketAddr) -> Service {
+    fn front(&self, scheme: &'static str, port: u16) -> Front {
+        Front {
+            proxy: self.proxy.clone(),
+            scheme,
+            port,
+        }
+    }
+}
+
+/// The router in front of hyper on each connection: HTTP/1.1 requests go the direct way
+/// (`direct.rs`) until one needs hyper, which then serves the connection with a [`Service`].
+struct Front {
+    proxy: Arc<proxy::Proxy>,
+    scheme: &'static str,
+    port: u16,
+}
+
+impl Front {
+    fn via(&self, peer: SocketAddr) -> proxy::Via {
+        proxy::Via {
+            peer_ip: proxy::peer_ip(peer),
+            scheme: self.scheme,
+            port: self.port,
+        }
+    }
+}
+
+impl slipway_serve::Front<Service> for Front {
+    fn service(&self, peer: SocketAddr) -> Service {
+        Service {
+            proxy: self.proxy.clone(),
+            via: self.via(peer),
+        }
+    }
+
+    fn serve<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        stop: slipway_serve::Stop,
+    ) -> impl Future<Output = Option<(slipway_serve::Rewind<I>, Service)>> + Send + 'static
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let proxy = self.proxy.clone();
-        move |peer| Service {
-            proxy: proxy.clone(),
-            via: proxy::Via {
-                peer_ip: proxy::peer_ip(peer),
-                scheme,
-                port,
-            },
+        let via = self.via(peer);
+        async move {
+            let io = direct::serve(&proxy, &via, io, stop).await?;
+            Some((io, Service { proxy, via }))
         }
     }
 }

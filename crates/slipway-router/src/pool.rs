@@ -24,6 +24,9 @@ const MAX_IDLE_PER_DYNO: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Addresses beyond this many trigger a sweep of closed connections (bounded memory).
 const SWEEP_AT: usize = 256;
+/// Idle connections are also swept this often (when one is put back): those to dynos that
+/// have stopped since go, rather than wait out the idle timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 type Sender = SendRequest<Incoming>;
 
@@ -36,6 +39,12 @@ pub(crate) struct Pool {
 pub(crate) trait Reusable {
     /// Known to be closed (a connection nobody reads from cannot tell, and says no).
     fn is_closed(&self) -> bool;
+
+    /// Closed, or no longer fit for a request, found out by looking (which may cost a
+    /// system call: for sweeps, not for every request).
+    fn probe_closed(&self) -> bool {
+        self.is_closed()
+    }
 }
 
 impl Reusable for Sender {
@@ -46,13 +55,21 @@ impl Reusable for Sender {
 
 /// One worker's idle keep-alive connections to dynos, by address, newest last.
 pub(crate) struct Idle<C> {
-    map: Mutex<AddrMap<Vec<(Instant, C)>>>,
+    map: Mutex<IdleMap<C>>,
+}
+
+struct IdleMap<C> {
+    by_addr: AddrMap<Vec<(Instant, C)>>,
+    swept: Instant,
 }
 
 impl<C> Default for Idle<C> {
     fn default() -> Self {
         Self {
-            map: Mutex::default(),
+            map: Mutex::new(IdleMap {
+                by_addr: AddrMap::default(),
+                swept: Instant::now(),
+            }),
         }
     }
 }
@@ -61,7 +78,7 @@ impl<C: Reusable> Idle<C> {
     /// The newest idle connection to `addr` that is not known to be closed or too old.
     pub(crate) fn take(&self, addr: SocketAddr) -> Option<C> {
         let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.by_addr.get_mut(&addr)?;
         let now = Instant::now();
         while let Some((since, conn)) = list.pop() {
             if !conn.is_closed() && now.duration_since(since) < IDLE_TIMEOUT {
@@ -76,22 +93,24 @@ impl<C: Reusable> Idle<C> {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() >= SWEEP_AT && !idle.contains_key(&addr) {
-            let now = Instant::now();
-            idle.retain(|_, list| {
+        let now = Instant::now();
+        let crowded = idle.by_addr.len() >= SWEEP_AT && !idle.by_addr.contains_key(&addr);
+        if crowded || now.duration_since(idle.swept) >= SWEEP_EVERY {
+            idle.swept = now;
+            idle.by_addr.retain(|_, list| {
                 list.retain(|(since, c)| {
-                    !c.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+                    now.duration_since(*since) < IDLE_TIMEOUT && !c.probe_closed()
                 });
                 !list.is_empty()
             });
         }
-        let list = idle.entry(addr).or_default();
+        let list = idle.by_addr.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_DYNO {
             list.push((Instant::now(), conn));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, AddrMap<Vec<(Instant, C)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap<C>> {
         // The map holds only connections; a panic elsewhere cannot leave it inconsistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }

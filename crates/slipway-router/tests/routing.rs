@@ -610,3 +610,163 @@ async fn an_http_1_0_dyno_does_not_downgrade_the_client() {
         assert_eq!(body, "hello");
     }
 }
+
+/// Reads from `stream` until what was read ends with `end`.
+async fn read_until(stream: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(end) {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("the rest of the response in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn paths(r: &Router, app: &str) -> Vec<String> {
+    router_lines(r, app)
+        .iter()
+        .flat_map(|line| {
+            field_values(&fields(line), "path")
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_one_with_a_body_keeps_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let r = router().await;
+    let b = backend("piped").await;
+    r.table.set("piped", Target::Up(vec![("web.1".into(), b)]));
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // Two requests in one write, then one with a body (a request the router's direct path
+    // leaves to hyper, from there on), then one more.
+    stream
+        .write_all(
+            b"GET /1 HTTP/1.1\r\nHost: piped.localhost\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: piped.localhost\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.starts_with("piped\n"), "{body}");
+    let head = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length:"),
+        "{head}"
+    );
+    stream
+        .write_all(b"POST /3 HTTP/1.1\r\nHost: piped.localhost\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .expect("write");
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("content-length: 5"), "{body}");
+    stream
+        .write_all(b"GET /4 HTTP/1.1\r\nHost: piped.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    wait_for_lines(&r, "piped", 4).await;
+    assert_eq!(paths(&r, "piped"), ["/1", "/2", "/3", "/4"]);
+}
+
+#[tokio::test]
+async fn chunked_and_close_delimited_responses_reach_the_client_whole() {
+    use tokio::io::AsyncWriteExt;
+    let r = router().await;
+    let chunked = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let until_close = raw_backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", false).await;
+    r.table
+        .set("chunked", Target::Up(vec![("web.1".into(), chunked)]));
+    r.table
+        .set("eof", Target::Up(vec![("web.1".into(), until_close)]));
+    let addr = r.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    for (host, body) in [
+        ("chunked", "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"),
+        ("eof", "d\r\nuntil the end\r\n0\r\n\r\n"),
+        // The connection is still good for the next one.
+        ("chunked", "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n"),
+    ] {
+        stream
+            .write_all(format!("GET / HTTP/1.1\r\nHost: {host}.localhost\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answer = read_until(&mut stream, b"0\r\n\r\n").await;
+        let (head, got) = answer.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        assert_eq!(got, body, "{host}");
+    }
+    let lines = wait_for_lines(&r, "chunked", 2).await;
+    assert!(
+        lines[0].contains("at=info") && lines[0].contains("bytes=11"),
+        "{}",
+        lines[0]
+    );
+    let lines = wait_for_lines(&r, "eof", 1).await;
+    assert!(
+        lines[0].contains("at=info") && lines[0].contains("bytes=13"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn a_dyno_connection_closed_while_idle_is_replaced_without_failing_the_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = router().await;
+    // Answers one request per connection as if it kept it, then closes it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dyno = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    r.table
+        .set("closer", Target::Up(vec![("web.1".into(), dyno)]));
+    for _ in 0..3 {
+        let (status, body, _) = get(&r, "closer.localhost", "/", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    let lines = wait_for_lines(&r, "closer", 3).await;
+    assert!(lines.iter().all(|l| l.contains("at=info")), "{lines:?}");
+}

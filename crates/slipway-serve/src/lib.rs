@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 /// Turns true when the server shuts down: a connection's reader finishes the request in
 /// progress and closes.
@@ -116,7 +117,7 @@ pub async fn serve_http<S, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
+    service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -144,7 +145,7 @@ pub async fn serve_with<S, B>(
     limits: ConnectionLimits,
     headers: HeaderLimits,
     shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
+    service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -156,36 +157,15 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let front =
-        |stream, peer, _stop| std::future::ready(Some((Rewind::new(stream), service_for(peer))));
-    accept_loop(listener, limits, headers, plain::<S>(), shutdown, front).await
-}
-
-/// [`serve_with`] with a first reader in front of hyper on each plain connection:
-/// `front(stream, peer, stop)` serves what requests it can itself and either ends the
-/// connection (`None`) or hands it to hyper, with the bytes it read of the request it did
-/// not take and the service hyper serves the rest with. It finishes the request in progress
-/// and ends once `stop` turns true.
-pub async fn serve_fronted<S, B, F, Fut>(
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    headers: HeaderLimits,
-    shutdown: impl Future<Output = ()>,
-    front: F,
-) -> std::io::Result<()>
-where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    F: Fn(TcpStream, SocketAddr, Stop) -> Fut,
-    Fut: Future<Output = Option<(Rewind<TcpStream>, S)>> + Send + 'static,
-{
-    accept_loop(listener, limits, headers, plain::<S>(), shutdown, front).await
+    accept_loop(
+        listener,
+        limits,
+        headers,
+        None,
+        shutdown,
+        HyperOnly(service_for),
+    )
+    .await
 }
 
 /// [`serve_with`] over TLS: each connection's handshake (SNI, ALPN h2 or http/1.1, as `tls`
@@ -196,7 +176,7 @@ pub async fn serve_tls<S, B>(
     limits: ConnectionLimits,
     headers: HeaderLimits,
     shutdown: impl Future<Output = ()>,
-    service_for: impl Fn(SocketAddr) -> S,
+    service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -209,26 +189,87 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    // Every connection is a TLS one: the plain front never runs.
-    let front =
-        |stream, peer, _stop| std::future::ready(Some((Rewind::new(stream), service_for(peer))));
     accept_loop(
         listener,
         limits,
         headers,
-        Some((acceptor, &service_for)),
+        Some(acceptor),
         shutdown,
-        front,
+        HyperOnly(service_for),
     )
     .await
 }
 
-/// A TLS listener's acceptor, and the service for each connection's peer.
-type Tls<T> = Option<(tokio_rustls::TlsAcceptor, T)>;
+/// A connection's first reader, in front of hyper: it serves what HTTP/1.1 requests it can
+/// itself, straight from the connection, and either ends the connection or hands it to
+/// hyper, with the bytes it read of the request it did not take.
+pub trait Front<S>: Send + Sync + 'static {
+    /// The service hyper serves a connection from `peer` with (HTTP/2 connections go to
+    /// hyper from the start).
+    fn service(&self, peer: SocketAddr) -> S;
 
-/// `accept_loop`'s `tls` for a plain listener.
-fn plain<S>() -> Tls<fn(SocketAddr) -> S> {
-    None
+    /// Serves requests on `io` (plain, or TLS once the handshake chose HTTP/1.1) until the
+    /// connection ends (`None`) or a request is left to hyper: then the connection (what
+    /// was read of that request in front) and the service for it. Finishes the request in
+    /// progress and ends once `stop` turns true.
+    fn serve<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        stop: Stop,
+    ) -> impl Future<Output = Option<(Rewind<I>, S)>> + Send + 'static
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// The front for services that hyper serves alone.
+struct HyperOnly<T>(T);
+
+impl<S, T> Front<S> for HyperOnly<T>
+where
+    S: Send + 'static,
+    T: Fn(SocketAddr) -> S + Send + Sync + 'static,
+{
+    fn service(&self, peer: SocketAddr) -> S {
+        (self.0)(peer)
+    }
+
+    fn serve<I>(
+        &self,
+        io: I,
+        peer: SocketAddr,
+        _stop: Stop,
+    ) -> impl Future<Output = Option<(Rewind<I>, S)>> + Send + 'static
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handed = Some((Rewind::new(io), self.service(peer)));
+        async move { handed }
+    }
+}
+
+/// [`serve_with`], plain or (`tls`) over TLS as [`serve_tls`], with `front` reading each
+/// HTTP/1.1 connection first.
+pub async fn serve_fronted<S, B>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
+    headers: HeaderLimits,
+    shutdown: impl Future<Output = ()>,
+    front: impl Front<S>,
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    accept_loop(listener, limits, headers, tls, shutdown, front).await
 }
 
 /// How many header fields hyper's HTTP/1.1 parser takes when not told (one slot per field:
@@ -319,18 +360,15 @@ const KEEP_WHEEL: Duration = Duration::from_secs(1);
 /// h2c, as on Heroku and nginx's default; it would cost a read per connection). Over TLS the
 /// protocol comes from ALPN: `h2` or `http/1.1`, and a client that sent no ALPN gets either,
 /// told by its first bytes.
-async fn accept_loop<S, B, F, Fut, T>(
+async fn accept_loop<S, B>(
     listener: TcpListener,
     limits: ConnectionLimits,
     headers: HeaderLimits,
-    tls: Tls<T>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
-    front: F,
+    front: impl Front<S>,
 ) -> std::io::Result<()>
 where
-    F: Fn(TcpStream, SocketAddr, Stop) -> Fut,
-    Fut: Future<Output = Option<(Rewind<TcpStream>, S)>> + Send + 'static,
-    T: Fn(SocketAddr) -> S,
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
         + Send
         + 'static,
@@ -345,6 +383,7 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let protocols = Arc::new(Protocols::new(limits, headers));
+    let front = Arc::new(front);
     // Whether accepted connections come with TCP_NODELAY from the listener (Linux copies it
     // from a listener that has it, see [`bind_workers`]): told by the first connection.
     let mut inherits_nodelay: Option<bool> = None;
@@ -378,8 +417,8 @@ where
         }
         let span = tracing::debug_span!("conn", %peer);
         let stop = stop_rx.clone();
-        let Some((acceptor, service_for)) = &tls else {
-            let front = front(stream, peer, stop.clone());
+        let Some(acceptor) = &tls else {
+            let front = front.serve(stream, peer, stop.clone());
             let protocols = protocols.clone();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
@@ -398,8 +437,8 @@ where
             ));
             continue;
         };
-        let service = service_for(peer);
         let acceptor = acceptor.clone();
+        let front = front.clone();
         let protocols = protocols.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.header_read_timeout;
@@ -418,25 +457,32 @@ where
                         }
                     };
                 let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-                let io = TokioIo::new(stream);
-                let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-                    match alpn.as_deref() {
-                        Some(b"h2") => watcher
-                            .watch(protocols.http2.serve_connection(io, service))
-                            .await
-                            .map_err(Into::into),
-                        Some(b"http/1.1") => {
-                            let conn = protocols
-                                .http1
-                                .serve_connection(io, service)
-                                .with_upgrades();
-                            serve_h1_until_stopped(conn, stop).await.map_err(Into::into)
-                        }
-                        _ => {
-                            let conn = protocols.auto.serve_connection_with_upgrades(io, service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                    };
+                if alpn.as_deref() == Some(b"h2") {
+                    let conn = protocols
+                        .http2
+                        .serve_connection(TokioIo::new(stream), front.service(peer));
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                // HTTP/1.1, or no ALPN: the front reads first. (A client without ALPN that
+                // speaks HTTP/2 sends a preface the front leaves to hyper, which tells it.)
+                let Some((io, service)) = front.serve(stream, peer, stop.clone()).await else {
+                    return;
+                };
+                let io = TokioIo::new(io);
+                let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = if alpn.is_some()
+                {
+                    let conn = protocols
+                        .http1
+                        .serve_connection(io, service)
+                        .with_upgrades();
+                    serve_h1_until_stopped(conn, stop).await.map_err(Into::into)
+                } else {
+                    let conn = protocols.auto.serve_connection_with_upgrades(io, service);
+                    watcher.watch(conn.into_owned()).await
+                };
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
