@@ -87,15 +87,12 @@ where
         // A whole request head, read under the header read timeout.
         let deadline = tokio::time::Instant::now() + proxy.cfg.header_read_timeout;
         let head_len = loop {
-            if !buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(&buf) {
-                    Ok(httparse::Status::Complete(len)) if len <= max_head => break len,
-                    Ok(httparse::Status::Partial) if buf.len() < max_head => {}
-                    // Over the limits or not HTTP: hyper answers it as it always has.
-                    _ => return Some(Rewind::with_prefix(io, buf)),
-                }
+            // The head is parsed once it is all there (its empty line came).
+            match head_end(&buf) {
+                Some(len) if len <= max_head => break len,
+                None if buf.len() < max_head => {}
+                // Over the limits: hyper answers it as it always has.
+                _ => return Some(Rewind::with_prefix(io, buf)),
             }
             if buf.is_empty() && *stop.borrow() {
                 return None;
@@ -111,12 +108,18 @@ where
                 Ok(Ok(_)) => {}
             }
         };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        if req.parse(&buf[..head_len]).is_err() {
-            return Some(Rewind::with_prefix(io, buf));
-        }
-        let Some(request) = Request::take(req, proxy, via.scheme) else {
+        // The head's fields are needed only here, to write the dyno's head into `out`: the
+        // array stays on the stack rather than in this future (which moves when spawned).
+        let request = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf[..head_len]) {
+                Ok(httparse::Status::Complete(_)) => Request::take(&req, proxy, via, &mut out),
+                // Not HTTP/1: hyper answers it as it always has.
+                _ => None,
+            }
+        };
+        let Some(request) = request else {
             return Some(Rewind::with_prefix(io, buf));
         };
         let close = request.close;
@@ -140,27 +143,40 @@ where
     }
 }
 
+/// Where the request head at the start of `buf` ends: after its empty line (CRLF CRLF, or
+/// bare LFs, which HTTP/1.1 parsers accept).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..i + 3) {
+        Some([b'\n', _]) => Some(i + 2),
+        Some([b'\r', b'\n']) => Some(i + 3),
+        None if buf.get(i + 1) == Some(&b'\n') => Some(i + 2),
+        _ => None,
+    })
+}
+
 /// Reads what the peer sent next into the spare room of `buf`.
 async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     buf.reserve(READ_SIZE);
     io.read_buf(buf).await
 }
 
-/// A request the direct path takes: everything the router needs of its head.
+/// A request the direct path takes: what the router needs of it once its head for the dyno
+/// is written.
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
-    headers: &'a [httparse::Header<'a>],
     /// Lowercase, as the client sent it (with its port, if any).
     host: &'a str,
-    /// The client's `X-Request-Id`, when Heroku would keep it.
-    request_id: Option<&'a str>,
-    /// The client's `X-Forwarded-For`, when it is one the router extends.
-    prior_fwd: Option<&'a str>,
+    /// The client's `X-Request-Id` when Heroku would keep it, else a new one.
+    request_id: Cow<'a, str>,
+    /// `X-Forwarded-For` as the dyno gets it, when the client sent one: else the client's
+    /// address alone.
+    fwd: Option<String>,
     /// `Connection: close`: the connection ends after this response.
     close: bool,
     app_id: String,
     backends: Vec<(String, SocketAddr)>,
+    start: Instant,
 }
 
 impl<'a> Request<'a> {
@@ -168,7 +184,14 @@ impl<'a> Request<'a> {
     /// origin-form target, one lowercase `Host`, no body, no upgrade or `Expect`, no
     /// `Connection` option besides `close` and `keep-alive`, for an app with an up web dyno
     /// that does not redirect to HTTPS.
-    fn take(req: httparse::Request<'a, 'a>, proxy: &Proxy, scheme: &str) -> Option<Self> {
+    /// Writes the head the dyno gets into `head` when it does.
+    fn take(
+        req: &httparse::Request<'_, 'a>,
+        proxy: &Proxy,
+        via: &Via,
+        head: &mut Vec<u8>,
+    ) -> Option<Self> {
+        let start = Instant::now();
         let method = req.method?;
         if !matches!(method, "GET" | "HEAD" | "OPTIONS") || req.version != Some(1) {
             return None;
@@ -182,18 +205,19 @@ impl<'a> Request<'a> {
         let mut prior_fwd = None;
         let mut close = false;
         for header in req.headers.iter() {
-            let name = header.name;
+            let name: &'a str = header.name;
+            let value: &'a [u8] = header.value;
             if name.eq_ignore_ascii_case("host") {
                 if host.is_some() {
                     return None;
                 }
-                let value = std::str::from_utf8(header.value).ok()?;
+                let value = std::str::from_utf8(value).ok()?;
                 if value.is_empty() || value.bytes().any(|b| b.is_ascii_uppercase()) {
                     return None;
                 }
                 host = Some(value);
             } else if name.eq_ignore_ascii_case("connection") {
-                for token in std::str::from_utf8(header.value).ok()?.split(',') {
+                for token in std::str::from_utf8(value).ok()?.split(',') {
                     let token = token.trim();
                     if token.eq_ignore_ascii_case("close") {
                         close = true;
@@ -202,7 +226,7 @@ impl<'a> Request<'a> {
                     }
                 }
             } else if name.eq_ignore_ascii_case("content-length") {
-                if header.value != b"0" {
+                if value != b"0" {
                     return None;
                 }
             } else if name.eq_ignore_ascii_case("transfer-encoding")
@@ -212,21 +236,18 @@ impl<'a> Request<'a> {
                 return None;
             } else if name.eq_ignore_ascii_case("x-request-id") {
                 if request_id.is_none() {
-                    request_id = std::str::from_utf8(header.value)
+                    request_id = std::str::from_utf8(value)
                         .ok()
                         .filter(|v| valid_request_id(v));
                 }
             } else if name.eq_ignore_ascii_case("x-forwarded-for") && prior_fwd.is_none() {
                 // As `HeaderValue::to_str` takes it (visible ASCII), else it is replaced.
-                let visible = header
-                    .value
-                    .iter()
-                    .all(|b| *b == b'\t' || (32..127).contains(b));
+                let visible = value.iter().all(|b| *b == b'\t' || (32..127).contains(b));
                 if !visible {
                     prior_fwd = Some("");
                     continue;
                 }
-                prior_fwd = std::str::from_utf8(header.value).ok();
+                prior_fwd = std::str::from_utf8(value).ok();
             }
         }
         let host = host?;
@@ -241,20 +262,40 @@ impl<'a> Request<'a> {
         else {
             return None;
         };
-        if backends.is_empty() || proxy.redirects_to_https(&app_id, scheme) {
+        if backends.is_empty() || proxy.redirects_to_https(&app_id, via.scheme) {
             return None;
         }
-        Some(Request {
+        let request = Request {
             method,
             path,
-            headers: req.headers,
             host,
-            request_id,
-            prior_fwd,
+            request_id: match request_id {
+                Some(id) => Cow::Borrowed(id),
+                None => Cow::Owned(new_request_id()),
+            },
+            fwd: match prior_fwd.map(str::trim) {
+                Some(prior) if !prior.is_empty() && prior.len() < 1024 => Some(format!(
+                    "{prior}, {}",
+                    via.peer_ip.to_str().unwrap_or_default()
+                )),
+                _ => None,
+            },
             close,
             app_id,
             backends,
-        })
+            start,
+        };
+        upstream_head(head, &request, req.headers, via);
+        Some(request)
+    }
+}
+
+impl Request<'_> {
+    fn fwd<'s>(&'s self, via: &'s Via) -> &'s str {
+        match &self.fwd {
+            Some(fwd) => fwd,
+            None => via.peer_ip.to_str().unwrap_or_default(),
+        }
     }
 }
 
@@ -308,25 +349,14 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Forwarded {
-    let start = Instant::now();
-    let request_id: Cow<'_, str> = match req.request_id {
-        Some(id) => Cow::Borrowed(id),
-        None => Cow::Owned(new_request_id()),
-    };
-    let peer_ip = via.peer_ip.to_str().unwrap_or_default();
-    let fwd: Cow<'_, str> = match req.prior_fwd.map(str::trim) {
-        Some(prior) if !prior.is_empty() && prior.len() < 1024 => {
-            Cow::Owned(format!("{prior}, {peer_ip}"))
-        }
-        _ => Cow::Borrowed(peer_ip),
-    };
-    upstream_head(out, req, via, &request_id, &fwd);
+    let start = req.start;
+    let request_id = &req.request_id;
     let fields = Fields {
         method: req.method,
         path: req.path,
         host: req.host.split(':').next().unwrap_or_default(),
-        request_id: &request_id,
-        fwd: &fwd,
+        request_id,
+        fwd: req.fwd(via),
     };
     let sent = Instant::now();
     let deadline = tokio::time::Instant::now() + proxy.cfg.request_timeout;
@@ -348,12 +378,12 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        let mut answer = exchange(&mut upstream, out, req.method == "HEAD", deadline).await;
+        let mut answer = exchange(&mut upstream, out, req, deadline).await;
         if let (Err(Failed::Stale), false) = (&answer, fresh) {
             match connect(*addr).await {
                 Some(new) => {
                     upstream = new;
-                    answer = exchange(&mut upstream, out, req.method == "HEAD", deadline).await;
+                    answer = exchange(&mut upstream, out, req, deadline).await;
                 }
                 None => answer = Err(Failed::Refused),
             }
@@ -386,12 +416,6 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
         proxy.rotation.accepted(*addr);
         let connect_ms = sent.duration_since(start).as_millis();
         let service_ms = sent.elapsed().as_millis();
-        response_head(
-            out,
-            &upstream.buf[..answer.head_len],
-            answer.framing,
-            req.close,
-        );
         let relayed = relay(proxy, client, &mut upstream, &answer, out).await;
         drop(in_flight);
         let (line, ended) = match relayed {
@@ -461,16 +485,23 @@ fn dropped_request_header(name: &str) -> bool {
     DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
 
-/// The request head as the dyno gets it: the client's headers but hop-by-hop ones, and the
-/// router's (`X-Forwarded-*`, `X-Request-Id`, `X-Request-Start`, `Via`).
-/// Written into `head`, cleared first.
-fn upstream_head(head: &mut Vec<u8>, req: &Request<'_>, via: &Via, request_id: &str, fwd: &str) {
+/// The request head as the dyno gets it: the client's `headers` but hop-by-hop ones, and
+/// the router's (`X-Forwarded-*`, `X-Request-Id`, `X-Request-Start`, `Via`). Written into
+/// `head`, cleared first.
+fn upstream_head(
+    head: &mut Vec<u8>,
+    req: &Request<'_>,
+    headers: &[httparse::Header<'_>],
+    via: &Via,
+) {
     head.clear();
+    let fwd = req.fwd(via);
+    let request_id = &req.request_id;
     head.extend_from_slice(req.method.as_bytes());
     head.push(b' ');
     head.extend_from_slice(req.path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for header in req.headers {
+    for header in headers {
         if dropped_request_header(header.name) {
             continue;
         }
@@ -498,17 +529,18 @@ fn upstream_head(head: &mut Vec<u8>, req: &Request<'_>, via: &Via, request_id: &
     head.extend_from_slice(b"\r\nvia: 1.1 slipway\r\n\r\n");
 }
 
-/// Sends `head` on `upstream` and reads the dyno's response head (skipping informational
-/// ones) by `deadline`.
+/// Sends the request head in `out` on `upstream` and reads the dyno's response head
+/// (skipping informational ones) by `deadline`. Once it has, `out` holds the client's
+/// response head instead.
 async fn exchange(
     upstream: &mut Upstream,
-    head: &[u8],
-    is_head: bool,
+    out: &mut Vec<u8>,
+    req: &Request<'_>,
     deadline: tokio::time::Instant,
 ) -> Result<Answer, Failed> {
     let Upstream { stream, buf } = upstream;
     buf.clear();
-    let sending = tokio::time::timeout_at(deadline, stream.write_all(head)).await;
+    let sending = tokio::time::timeout_at(deadline, stream.write_all(out)).await;
     match sending {
         Err(_) => return Err(Failed::Timeout),
         // A kept-alive connection the dyno closed can fail the write (a reset).
@@ -530,7 +562,9 @@ async fn exchange(
                         buf.drain(..len);
                         continue;
                     }
-                    return answer(&res, len, is_head).ok_or(Failed::Broken);
+                    let answer = answer(&res, len, req.method == "HEAD").ok_or(Failed::Broken)?;
+                    response_head(out, &res, answer.framing, req.close);
+                    return Ok(answer);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => {}
                 _ => return Err(Failed::Broken),
@@ -632,14 +666,13 @@ fn dropped_response_header(name: &str) -> bool {
 /// Writes the client's response head into `out` (cleared first): the dyno's status and
 /// headers but hop-by-hop ones (and those its `Connection` names), the body's framing, a
 /// `Date` when the dyno sent none, and `Connection: close` when the client asked for it.
-fn response_head(out: &mut Vec<u8>, dyno_head: &[u8], framing: Framing, close: bool) {
+fn response_head(
+    out: &mut Vec<u8>,
+    res: &httparse::Response<'_, '_>,
+    framing: Framing,
+    close: bool,
+) {
     out.clear();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    // Parsed before (`exchange`): it cannot fail now.
-    if res.parse(dyno_head).is_err() {
-        return;
-    }
     let mut itoa = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa.format(res.code.unwrap_or(502)).as_bytes());
@@ -1072,6 +1105,18 @@ mod tests {
     }
 
     #[test]
+    fn a_head_ends_at_its_empty_line() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_end(&[&head[..], b"GET"].concat()), Some(head.len()));
+        let bare = b"GET / HTTP/1.1\nHost: a\n\n";
+        assert_eq!(head_end(&[&bare[..], b"GET"].concat()), Some(bare.len()));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        let mixed = b"GET / HTTP/1.1\r\nHost: a\n\n";
+        assert_eq!(head_end(mixed), Some(mixed.len()));
+    }
+
+    #[test]
     fn response_framing_follows_rfc_9112() {
         let framing =
             |head: &[u8], is_head| parsed_answer(head, is_head).map(|a| (a.framing, a.keep_alive));
@@ -1134,13 +1179,12 @@ mod tests {
 
     #[test]
     fn the_client_gets_no_hop_by_hop_headers_and_the_routers_framing() {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut headers);
+        let head = b"HTTP/1.1 200 Fine\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: yes\r\n\r\n";
+        assert!(matches!(res.parse(head), Ok(httparse::Status::Complete(_))));
         let mut out = Vec::new();
-        response_head(
-            &mut out,
-            b"HTTP/1.1 200 Fine\r\nConnection: x-secret, keep-alive\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: yes\r\n\r\n",
-            Framing::Chunked,
-            true,
-        );
+        response_head(&mut out, &res, Framing::Chunked, true);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "HTTP/1.1 200 Fine\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nX-Kept: yes\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"

@@ -429,7 +429,9 @@ where
                         .http1
                         .serve_connection(TokioIo::new(io), service)
                         .with_upgrades();
-                    if let Err(e) = serve_h1_until_stopped(conn, stop).await {
+                    // Boxed: most connections never get here, and this task's future (moved
+                    // when spawned) stays the front's size.
+                    if let Err(e) = Box::pin(serve_h1_until_stopped(conn, stop)).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 },
