@@ -406,7 +406,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
                     .lines
                     .write(req.app_id.clone(), Source::Heroku, "router", line);
                 drop(in_flight);
-                write_error(out, error, &request_id, req.method == "HEAD", req.close);
+                write_error(out, error, request_id, req.method == "HEAD", req.close);
                 return match client.io.write_all(out).await {
                     Ok(()) => Forwarded::KeepAlive,
                     Err(_) => Forwarded::Close,
