@@ -160,9 +160,10 @@ impl Router {
     /// Serves plain HTTP on `listener` until `shutdown` resolves.
     pub async fn serve(
         &self,
-        listener: TcpListener,
+        listener: impl Into<slipway_serve::Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let listener = listener.into();
         let port = listener.local_addr()?.port();
         slipway_serve::serve_fronted(
             listener,
@@ -180,10 +181,11 @@ impl Router {
     /// listener's port in `X-Forwarded-Port`.
     pub async fn serve_tls(
         &self,
-        listener: TcpListener,
+        listener: impl Into<slipway_serve::Listener>,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let listener = listener.into();
         let port = listener.local_addr()?.port();
         slipway_serve::serve_fronted(
             listener,
