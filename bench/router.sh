@@ -9,8 +9,13 @@
 # number of cores). The dyno is nginx returning a fixed body (bench/router-app), deployed with
 # git push like any app.
 #
-#   bench/router.sh            # 10 s per target, 64 connections, 2 wrk threads
-#   DURATION=30s CONNECTIONS=128 WORKERS=2 bench/router.sh
+# On a small shared machine one 10 s sample swings by 20% either way, so each proxy is
+# measured ROUNDS times, nginx and slipway taking turns (nginx, slipway, nginx, slipway...),
+# and each row gives the median of its rounds (requests/s, p50 and p99 each the median of the
+# rounds' own) and every round's requests/s.
+#
+#   bench/router.sh            # 10 s per sample, 3 rounds, 64 connections, 2 wrk threads
+#   ROUNDS=5 DURATION=30s CONNECTIONS=128 WORKERS=2 bench/router.sh
 #   BIN=target/release/slipway bench/router.sh    # skip the build
 #
 # Needs: cargo, git, nginx, wrk, openssl, curl (apt-get install -y nginx-light wrk openssl).
@@ -22,6 +27,7 @@ root=$PWD
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 WORKERS=${WORKERS:-$(nproc)}
 for tool in nginx wrk git openssl curl; do
   command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || { echo "missing $tool: apt-get install -y nginx-light wrk git openssl curl" >&2; exit 1; }
@@ -116,30 +122,67 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$nginx_port/" >/dev/null && b
 curl -fsk -H 'Host: bench.localhost' "https://localhost:$nginx_tls_port/" >/dev/null || fail "nginx does not answer over TLS"
 
 failed=0
-run() { # mode target url [wrk args...]
-  local mode=$1 target=$2 url=$3 out
-  shift 3
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'Host: bench.localhost' "$@" "$url") || fail "wrk failed against $target ($mode)"
+# One wrk sample into $last: "requests/s p50_us p99_us errors" (errors with spaces as _).
+sample() { # target url [wrk args...]
+  local target=$1 url=$2 out
+  shift 2
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H 'Host: bench.localhost' "$@" "$url") || fail "wrk failed against $target"
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  [ -n "$rps" ] && [ -n "$p99" ] || fail "no figures from wrk against $target ($mode): $out"
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  [ -n "$rps" ] && [ -n "$p99" ] || fail "no figures from wrk against $target: $out"
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ' | tr -s ' ' '_')
   grep -q 'Non-2xx' <<<"$out" && failed=1
-  printf '| %s | %s | %s | %s | %s | %s |\n' "$mode" "$target" "$rps" "$p50" "$p99" "${errors:-none}"
+  last="$rps $(to_us "$p50") $(to_us "$p99") ${errors:-none}"
+}
+# wrk's latencies (123.00us, 1.23ms, 1.23s) in microseconds.
+to_us() {
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000; else if (v ~ /s$/) print n * 1000000; else print n }'
+}
+# The median of the numbers on stdin.
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ms() { awk -v us="$1" 'BEGIN { if (us >= 1000) printf "%.2fms", us / 1000; else printf "%.0fus", us }'; }
+# One table row from a target's samples (one per line, as `sample` prints them).
+row() { # mode target samples
+  local mode=$1 target=$2 samples=$3
+  local rps p50 p99 rounds errors
+  rps=$(cut -d' ' -f1 <<<"$samples" | median)
+  p50=$(cut -d' ' -f2 <<<"$samples" | median)
+  p99=$(cut -d' ' -f3 <<<"$samples" | median)
+  rounds=$(cut -d' ' -f1 <<<"$samples" | awk '{ printf "%s%d", (NR > 1 ? ", " : ""), $1 }')
+  errors=$(cut -d' ' -f4 <<<"$samples" | sort -u | { grep -v '^none$' || true; } | tr '_' ' ' | tr '\n' ' ')
+  printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$mode" "$target" "$rps" "$(ms "$p50")" "$(ms "$p99")" "$rounds" "${errors:-none}"
+}
+# The dyno alone once, then nginx and slipway in turns, ROUNDS samples each.
+mode() { # mode dyno_url nginx_url slipway_url [wrk args...]
+  local mode=$1 dyno_url=$2 nginx_url=$3 slipway_url=$4 nginx_samples="" slipway_samples=""
+  shift 4
+  if [ -n "$dyno_url" ]; then
+    sample dyno "$dyno_url" "$@"
+    row "$mode" "dyno directly (no proxy)" "$last"
+  fi
+  for _ in $(seq "$ROUNDS"); do
+    sample nginx "$nginx_url" "$@"
+    nginx_samples+="$last"$'\n'
+    sample slipway "$slipway_url" "$@"
+    slipway_samples+="$last"$'\n'
+  done
+  row "$mode" "nginx $nginx_version" "${nginx_samples%$'\n'}"
+  row "$mode" "slipway router" "${slipway_samples%$'\n'}"
+  local ratio
+  ratio=$(awk -v a="$(cut -d' ' -f1 <<<"${slipway_samples%$'\n'}" | median)" -v b="$(cut -d' ' -f1 <<<"${nginx_samples%$'\n'}" | median)" 'BEGIN { printf "%.0f", 100 * a / b }')
+  summary+="$mode: slipway ${ratio}% of nginx's requests/s; "
 }
 nginx_version=$(/usr/sbin/nginx -v 2>&1 | grep -o '[0-9.]*$')
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $(nproc) cores, $WORKERS nginx workers and $WORKERS slipway router workers, $(date -u +%Y-%m-%d), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+summary=""
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, $(nproc) cores, $WORKERS nginx workers and $WORKERS slipway router workers, $(date -u +%Y-%m-%d), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| mode | target | requests/s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|---|"
-run "keep-alive" "dyno directly (no proxy)" "http://127.0.0.1:$dyno_port/"
-run "keep-alive" "nginx $nginx_version" "http://127.0.0.1:$nginx_port/"
-run "keep-alive" "slipway router" "http://127.0.0.1:$router_port/"
-run "new conn" "dyno directly (no proxy)" "http://127.0.0.1:$dyno_port/" -H 'Connection: close'
-run "new conn" "nginx $nginx_version" "http://127.0.0.1:$nginx_port/" -H 'Connection: close'
-run "new conn" "slipway router" "http://127.0.0.1:$router_port/" -H 'Connection: close'
-run "TLS" "nginx $nginx_version" "https://localhost:$nginx_tls_port/"
-run "TLS" "slipway router" "https://localhost:$tls_port/"
+echo "| mode | target | requests/s (median) | p50 | p99 | each round's requests/s | errors |"
+echo "|---|---|---|---|---|---|---|"
+mode "keep-alive" "http://127.0.0.1:$dyno_port/" "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$router_port/"
+mode "new conn" "http://127.0.0.1:$dyno_port/" "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$router_port/" -H 'Connection: close'
+mode "TLS" "" "https://localhost:$nginx_tls_port/" "https://localhost:$tls_port/"
+echo
+echo "${summary%; }"
 [ "$failed" = 0 ] || fail "a target answered with non-2xx responses"
