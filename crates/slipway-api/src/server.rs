@@ -250,11 +250,8 @@ async fn ensure_admin(store: &Store, cfg: &ServerConfig) -> anyhow::Result<(Path
 /// HTTP, and HTTPS when the server has it) until told to stop.
 fn run_router_worker(
     router: slipway_router::Router,
-    listener: (std::net::TcpListener, slipway_serve::Balance),
-    tls: Option<(
-        (std::net::TcpListener, slipway_serve::Balance),
-        Arc<rustls::ServerConfig>,
-    )>,
+    listener: std::net::TcpListener,
+    tls: Option<(std::net::TcpListener, Arc<rustls::ServerConfig>)>,
     router_stop: impl Future<Output = ()>,
     tls_stop: impl Future<Output = ()>,
     router_addr: SocketAddr,
@@ -265,17 +262,11 @@ fn run_router_worker(
     let span = tracing::info_span!("router", addr = %router_addr);
     runtime.block_on(tracing::Instrument::instrument(
         async move {
-            let balanced = |(socket, balance)| -> std::io::Result<slipway_serve::Listener> {
-                Ok(slipway_serve::Listener::balanced(
-                    TcpListener::from_std(socket)?,
-                    balance,
-                ))
-            };
-            let listener = balanced(listener)?;
+            let listener = TcpListener::from_std(listener)?;
             let Some((tls_listener, tls_config)) = tls else {
                 return router.serve(listener, router_stop).await;
             };
-            let tls_listener = balanced(tls_listener)?;
+            let tls_listener = TcpListener::from_std(tls_listener)?;
             // Both listeners share the router (its rotation state) and stop together.
             let (http, https) = tokio::join!(
                 router.serve(listener, router_stop),
@@ -626,14 +617,9 @@ pub async fn run(
     // The router runs on threads of its own, each with a single-threaded runtime and its own
     // listening sockets: a flood of requests cannot starve the control plane, and a request
     // never hops between threads inside the router.
-    // Each set of listeners spreads its connections evenly over the workers.
-    let mut tls_listeners =
-        tls_listeners.map(|listeners| listeners.into_iter().zip(slipway_serve::balance(workers)));
+    let mut tls_listeners = tls_listeners.map(Vec::into_iter);
     let mut worker_args = Vec::with_capacity(workers);
-    for listener in router_listeners
-        .into_iter()
-        .zip(slipway_serve::balance(workers))
-    {
+    for listener in router_listeners {
         let tls = match (&mut tls_listeners, &tls_config) {
             (Some(listeners), Some(config)) => listeners.next().map(|l| (l, config.clone())),
             _ => None,

@@ -160,10 +160,9 @@ impl Router {
     /// Serves plain HTTP on `listener` until `shutdown` resolves.
     pub async fn serve(
         &self,
-        listener: impl Into<slipway_serve::Listener>,
+        listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let listener = listener.into();
         let port = listener.local_addr()?.port();
         slipway_serve::serve_fronted(
             listener,
@@ -181,11 +180,10 @@ impl Router {
     /// listener's port in `X-Forwarded-Port`.
     pub async fn serve_tls(
         &self,
-        listener: impl Into<slipway_serve::Listener>,
+        listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let listener = listener.into();
         let port = listener.local_addr()?.port();
         slipway_serve::serve_fronted(
             listener,

@@ -5,11 +5,9 @@
 //! deadline ([`serve_with`], [`serve_tls`]); and TLS with certificates chosen by SNI from one
 //! store ([`tls::CertStore`]).
 
-mod balance;
 mod rewind;
 pub mod tls;
 
-pub use balance::{balance, Balance, Listener};
 pub use rewind::Rewind;
 
 use std::future::Future;
@@ -160,7 +158,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     accept_loop(
-        listener.into(),
+        listener,
         limits,
         headers,
         None,
@@ -192,7 +190,7 @@ where
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     accept_loop(
-        listener.into(),
+        listener,
         limits,
         headers,
         Some(acceptor),
@@ -253,7 +251,7 @@ where
 /// [`serve_with`], plain or (`tls`) over TLS as [`serve_tls`], with `front` reading each
 /// HTTP/1.1 connection first.
 pub async fn serve_fronted<S, B>(
-    listener: impl Into<Listener>,
+    listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
     headers: HeaderLimits,
@@ -271,7 +269,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    accept_loop(listener.into(), limits, headers, tls, shutdown, front).await
+    accept_loop(listener, limits, headers, tls, shutdown, front).await
 }
 
 /// How many header fields hyper's HTTP/1.1 parser takes when not told (one slot per field:
@@ -353,14 +351,6 @@ where
     conn.await
 }
 
-/// The next connection another worker handed over, if this listener balances with others.
-async fn handed(balance: &mut Option<Balance>) -> Option<balance::Handed> {
-    match balance {
-        Some(balance) => balance.handed().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// How often the accept loop's timer fires (see `keep_wheel` in [`accept_loop`]).
 const KEEP_WHEEL: Duration = Duration::from_secs(1);
 
@@ -371,7 +361,7 @@ const KEEP_WHEEL: Duration = Duration::from_secs(1);
 /// protocol comes from ALPN: `h2` or `http/1.1`, and a client that sent no ALPN gets either,
 /// told by its first bytes.
 async fn accept_loop<S, B>(
-    listener: Listener,
+    listener: TcpListener,
     limits: ConnectionLimits,
     headers: HeaderLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -404,32 +394,15 @@ where
     let mut keep_wheel = tokio::time::interval(KEEP_WHEEL);
     keep_wheel.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let Listener {
-        socket: listener,
-        mut balance,
-    } = listener;
     loop {
-        let (stream, peer, seat) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = keep_wheel.tick() => continue,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match &balance {
-                    None => (stream, peer, None),
-                    Some(balance) => match balance.place(stream, peer) {
-                        (Some(stream), balance::Placed::Here(seat)) => (stream, peer, Some(seat)),
-                        _ => continue,
-                    },
-                },
+                Ok(pair) => pair,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            Some(handed) = handed(&mut balance) => match tokio::net::TcpStream::from_std(handed.stream) {
-                Ok(stream) => (stream, handed.peer, Some(handed.seat)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "a connection handed over by another worker could not be served");
                     continue;
                 }
             },
@@ -449,8 +422,6 @@ where
             let protocols = protocols.clone();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    // Counted as this worker's until the connection ends.
-                    let _seat = seat;
                     let Some((io, service)) = front.await else {
                         return;
                     };
@@ -475,7 +446,6 @@ where
         let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let _seat = seat;
                 let stream =
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
