@@ -33,9 +33,9 @@ use crate::{app_from_host, bare_host, Resolution, RouterError, Target};
 /// How many header fields a request or response may have here (hyper's default, and the
 /// router's default bound: a request with more goes to hyper, which answers 431).
 const MAX_HEADERS: usize = 100;
-/// A dyno's response head may be this large (hyper's client allows about 400 KiB; heads of
-/// more than a few KiB are rare, and one over this fails the request as hyper's would).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// A dyno's response head may be this large: what hyper's client allows (its largest read
+/// buffer). One over it fails the request (H13), as hyper's did.
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
 /// How much is read at a time, from the client and from the dyno.
 const READ_SIZE: usize = 16 * 1024;
 /// A chunked body's extensions and trailers are bounded too.
@@ -50,15 +50,10 @@ pub(crate) struct Upstream {
 
 impl Reusable for Upstream {
     fn is_closed(&self) -> bool {
-        // Nobody reads an idle one: a closed one shows when a request gets no answer on
-        // it, and the request is then sent again on a new connection (it has no body and
-        // is safe to repeat: GET, HEAD, OPTIONS).
-        false
-    }
-
-    fn probe_closed(&self) -> bool {
-        // An idle connection has nothing to say: the end of it, or anything else, and it
-        // is of no more use.
+        // An idle connection has nothing to say: its end, or any byte (a dyno that sent more
+        // than its last response's framing said, which must never be read as the next
+        // request's answer), and it is of no more use. Without readiness from the runtime
+        // since its last read (the usual case) this is no system call at all.
         let mut byte = [0u8; 1];
         !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
@@ -130,13 +125,24 @@ where
         match forward(proxy, via, &mut client, &request, &mut out).await {
             Forwarded::KeepAlive if !close => {}
             Forwarded::KeepAlive | Forwarded::Close => {
-                let _ = io.shutdown().await;
+                // TLS says goodbye (close_notify); a plain connection's close(2) sends its FIN
+                // anyway, without a shutdown(2) first.
+                if via.scheme == "https" {
+                    let _ = io.shutdown().await;
+                }
                 return None;
             }
             Forwarded::ToHyper => return Some(Rewind::with_prefix(io, buf)),
         }
         buf.drain(..head_len);
-        buf.append(&mut early);
+        if !early.is_empty() {
+            buf.append(&mut early);
+            early.shrink_to_fit();
+        }
+        if buf.capacity() > 2 * READ_SIZE && buf.len() < READ_SIZE {
+            // A big head grew it: an idle connection keeps a small one.
+            buf.shrink_to(READ_SIZE);
+        }
         if *stop.borrow() {
             return None;
         }
@@ -407,9 +413,9 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
                     .write(req.app_id.clone(), Source::Heroku, "router", line);
                 drop(in_flight);
                 write_error(out, error, request_id, req.method == "HEAD", req.close);
-                return match client.io.write_all(out).await {
-                    Ok(()) => Forwarded::KeepAlive,
-                    Err(_) => Forwarded::Close,
+                return match client.send(out, proxy.cfg.idle_timeout).await {
+                    true => Forwarded::KeepAlive,
+                    false => Forwarded::Close,
                 };
             }
         };
@@ -570,13 +576,12 @@ async fn exchange(
                 _ => return Err(Failed::Broken),
             }
         }
-        let was_empty = buf.is_empty();
         buf.reserve(READ_SIZE);
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Err(_) => return Err(Failed::Timeout),
-            // Closed before a byte of the answer: on a kept-alive connection, the dyno had
-            // closed it while it was idle.
-            Ok(Ok(0) | Err(_)) if was_empty => return Err(Failed::Stale),
+            // The dyno had the request and closed without (all of) an answer: it may have
+            // acted on it, so it is not sent again (H13), as Heroku's router does. (An idle
+            // connection the dyno had closed was found out before the request went.)
             Ok(Ok(0) | Err(_)) => return Err(Failed::Broken),
             Ok(Ok(_)) => {}
         }
@@ -594,15 +599,18 @@ fn answer(res: &httparse::Response<'_, '_>, head_len: usize, is_head: bool) -> O
     for header in res.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value).ok()?.trim();
-            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+            // One length, or a list of the same one (`5, 5`, RFC 9110 8.6).
+            for value in std::str::from_utf8(header.value).ok()?.split(',') {
+                let value = value.trim();
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let n: u64 = value.parse().ok()?;
+                if length.is_some_and(|l| l != n) {
+                    return None;
+                }
+                length = Some(n);
             }
-            let n: u64 = value.parse().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             encoded = true;
             let value = std::str::from_utf8(header.value).ok()?;
@@ -766,7 +774,7 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
                     (fed.done, fed.used == available.len())
                 }
                 Err(()) => {
-                    let _ = client.io.write_all(out).await;
+                    client.send(out, idle).await;
                     return Err((RouterError::ServerInterrupted, bytes));
                 }
             },
@@ -785,7 +793,7 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
             if done && answer.framing == Framing::UntilClose {
                 out.extend_from_slice(b"0\r\n\r\n");
             }
-            if client.io.write_all(out).await.is_err() {
+            if !client.send(out, idle).await {
                 return Err((RouterError::ClientInterrupted, bytes));
             }
             out.clear();
@@ -805,7 +813,7 @@ async fn relay<I: AsyncRead + AsyncWrite + Unpin>(
             Err(_) => return Err((RouterError::IdleConnection, bytes)),
             Ok(Ok(0)) if answer.framing == Framing::UntilClose => {
                 out.extend_from_slice(b"0\r\n\r\n");
-                if client.io.write_all(out).await.is_err() {
+                if !client.send(out, idle).await {
                     return Err((RouterError::ClientInterrupted, bytes));
                 }
                 out.clear();
@@ -822,6 +830,18 @@ struct Client<'a, I> {
     io: &'a mut I,
     /// What it sent meanwhile, kept for the next request.
     early: &'a mut Vec<u8>,
+}
+
+impl<I: AsyncWrite + Unpin> Client<'_, I> {
+    /// Writes `out` to the client: false when it is gone, or did not take it within the idle
+    /// window (a client that stops reading must not hold the dyno and its in-flight count
+    /// for ever; logged as H27).
+    async fn send(&mut self, out: &[u8], idle: std::time::Duration) -> bool {
+        matches!(
+            tokio::time::timeout(idle, self.io.write_all(out)).await,
+            Ok(Ok(()))
+        )
+    }
 }
 
 impl<I: AsyncRead + Unpin> Client<'_, I> {

@@ -37,14 +37,8 @@ pub(crate) struct Pool {
 
 /// A dyno connection that can wait in an [`Idle`] set.
 pub(crate) trait Reusable {
-    /// Known to be closed (a connection nobody reads from cannot tell, and says no).
+    /// Closed, or otherwise no longer fit for a request.
     fn is_closed(&self) -> bool;
-
-    /// Closed, or no longer fit for a request, found out by looking (which may cost a
-    /// system call: for sweeps, not for every request).
-    fn probe_closed(&self) -> bool {
-        self.is_closed()
-    }
 }
 
 impl Reusable for Sender {
@@ -99,7 +93,7 @@ impl<C: Reusable> Idle<C> {
             idle.swept = now;
             idle.by_addr.retain(|_, list| {
                 list.retain(|(since, c)| {
-                    now.duration_since(*since) < IDLE_TIMEOUT && !c.probe_closed()
+                    now.duration_since(*since) < IDLE_TIMEOUT && !c.is_closed()
                 });
                 !list.is_empty()
             });
