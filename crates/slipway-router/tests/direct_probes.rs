@@ -1073,7 +1073,7 @@ async fn request_smuggling_attempts() {
         ),
         (
             "zero then body",
-            format!("GET /a HTTP/1.1\r\nHost: smug.localhost\r\nContent-Length: 00\r\n\r\n"),
+            "GET /a HTTP/1.1\r\nHost: smug.localhost\r\nContent-Length: 00\r\n\r\n".to_string(),
         ),
     ];
     let mut report = Vec::new();
