@@ -469,18 +469,26 @@ async fn connect(addr: SocketAddr) -> Option<Upstream> {
     })
 }
 
-/// Headers the router does not pass on to the dyno: hop-by-hop ones (RFC 9110 7.6.1; a
-/// request here names no others in `Connection`), and those it sets itself.
+/// Hop-by-hop headers (RFC 9110 7.6.1): never passed on, either way.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn named_in(names: &[&str], name: &str) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Headers the router does not pass on to the dyno: hop-by-hop ones (a request here names no
+/// others in `Connection`), and those it sets itself.
 fn dropped_request_header(name: &str) -> bool {
-    const DROPPED: [&str; 14] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+    const SET_BY_THE_ROUTER: [&str; 6] = [
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-port",
@@ -488,7 +496,7 @@ fn dropped_request_header(name: &str) -> bool {
         "x-request-start",
         "via",
     ];
-    DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+    named_in(&HOP_BY_HOP, name) || named_in(&SET_BY_THE_ROUTER, name)
 }
 
 /// The request head as the dyno gets it: the client's `headers` but hop-by-hop ones, and
@@ -655,20 +663,9 @@ fn answer(res: &httparse::Response<'_, '_>, head_len: usize, is_head: bool) -> O
 }
 
 /// Response headers the client does not get from the dyno: hop-by-hop ones and the body's
-/// framing, which the router writes itself.
+/// length, which the router writes itself.
 fn dropped_response_header(name: &str) -> bool {
-    const DROPPED: [&str; 9] = [
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    ];
-    DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+    named_in(&HOP_BY_HOP, name) || name.eq_ignore_ascii_case("content-length")
 }
 
 /// Writes the client's response head into `out` (cleared first): the dyno's status and

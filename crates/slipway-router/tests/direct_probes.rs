@@ -8,45 +8,18 @@
 //! to the same or the next dyno, and response heads over 64 KiB refused), all fixed, and a
 //! client that stops reading holding its dyno for ever (on both paths; fixed here).
 
-use std::collections::HashMap;
+mod support;
+use support::Table;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_logs::{Filter, LogHub};
-use slipway_router::{serve, Drains, Resolution, Resolver, RouterConfig, Target};
+use slipway_router::{serve, Drains, RouterConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-#[derive(Default)]
-struct Table(Mutex<HashMap<String, Resolution>>);
-
-impl Resolver for Table {
-    fn resolve(&self, app: &str) -> Resolution {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(app)
-            .cloned()
-            .unwrap_or(Resolution::NoSuchApp)
-    }
-}
-
-impl Table {
-    fn set(&self, app: &str, addrs: &[SocketAddr]) {
-        let backends = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (format!("web.{}", i + 1), *a))
-            .collect();
-        let found = Resolution::Found {
-            app_id: format!("{app}-id"),
-            target: Target::Up(backends),
-        };
-        self.0.lock().expect("lock").insert(app.to_string(), found);
-    }
-}
 
 struct Router {
     addr: String,
@@ -357,7 +330,7 @@ async fn late_bytes_after_a_response_are_never_served_to_the_next_request() {
             }
         })
         .await;
-        r.table.set(app, &[d.addr]);
+        r.table.set(app, up(&[d.addr]));
         let host = format!("{app}.localhost");
         let mut a = connect(&r).await;
         a.write_all(format!("{method} /first HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
@@ -399,7 +372,7 @@ async fn a_request_a_dyno_received_is_not_sent_again_when_it_closes_without_answ
         }
     })
     .await;
-    r.table.set("crash", &[d.addr]);
+    r.table.set("crash", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/warm", "crash.localhost"))
         .await
@@ -465,7 +438,7 @@ async fn a_request_that_took_a_dyno_down_does_not_go_on_to_the_next_dyno() {
         }
     });
     let second = ok_dyno("second").await;
-    r.table.set("qod", &[first]);
+    r.table.set("qod", up(&[first]));
     let mut c = connect(&r).await;
     c.write_all(&get("/warm", "qod.localhost"))
         .await
@@ -473,7 +446,7 @@ async fn a_request_that_took_a_dyno_down_does_not_go_on_to_the_next_dyno() {
     let (head, _) = read_response(&mut c, false).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // Both dynos now. Round robin: the second request starts at index 1, web.1 here.
-    r.table.set("qod", &[second.addr, first]);
+    r.table.set("qod", up(&[second.addr, first]));
     c.write_all(&get("/crash", "qod.localhost"))
         .await
         .expect("write");
@@ -505,7 +478,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_dyno_forever() {
         vec![Step::Write(answer)]
     })
     .await;
-    r.table.set("big", &[d.addr]);
+    r.table.set("big", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/", "big.localhost"))
         .await
@@ -552,7 +525,7 @@ async fn a_client_gone_mid_body_is_h27_and_the_dyno_connection_is_not_reused() {
         }
     })
     .await;
-    r.table.set("cut", &[d.addr]);
+    r.table.set("cut", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/cut", "cut.localhost"))
         .await
@@ -586,7 +559,7 @@ async fn a_response_head_over_64_kib_is_passed_on() {
         )]
     })
     .await;
-    r.table.set("bighead", &[d.addr]);
+    r.table.set("bighead", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/", "bighead.localhost"))
         .await
@@ -615,7 +588,7 @@ async fn informational_responses_before_the_answer() {
         ]
     })
     .await;
-    r.table.set("info", &[d.addr]);
+    r.table.set("info", up(&[d.addr]));
     let mut c = connect(&r).await;
     for _ in 0..2 {
         c.write_all(&get("/", "info.localhost"))
@@ -633,7 +606,7 @@ async fn informational_responses_before_the_answer() {
 async fn a_101_nobody_asked_for() {
     let r = router().await;
     let d = dyno(|_, _| vec![w(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")]).await;
-    r.table.set("switch", &[d.addr]);
+    r.table.set("switch", up(&[d.addr]));
     let answer = raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: switch.localhost\r\nConnection: close\r\n\r\n",
@@ -660,7 +633,7 @@ async fn response_framing_conflicts() {
         }
     })
     .await;
-    r.table.set("both", &[both.addr]);
+    r.table.set("both", up(&[both.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/both", "both.localhost"))
         .await
@@ -686,7 +659,7 @@ async fn response_framing_conflicts() {
         )]
     })
     .await;
-    r.table.set("conflict", &[conflicting.addr]);
+    r.table.set("conflict", up(&[conflicting.addr]));
     let answer = raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: conflict.localhost\r\nConnection: close\r\n\r\n",
@@ -702,7 +675,7 @@ async fn response_framing_conflicts() {
         )]
     })
     .await;
-    r.table.set("equal", &[equal.addr]);
+    r.table.set("equal", up(&[equal.addr]));
     let answer = raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: equal.localhost\r\nConnection: close\r\n\r\n",
@@ -717,7 +690,7 @@ async fn response_framing_conflicts() {
 async fn a_content_length_list_of_equal_values_is_one_length() {
     let r = router().await;
     let d = dyno(|_, _| vec![w(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok")]).await;
-    r.table.set("list", &[d.addr]);
+    r.table.set("list", up(&[d.addr]));
     let answer = raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: list.localhost\r\nConnection: close\r\n\r\n",
@@ -748,7 +721,7 @@ async fn malformed_chunked_bodies_cut_the_connection() {
             vec![Step::Write(answer)]
         })
         .await;
-        r.table.set(app, &[d.addr]);
+        r.table.set(app, up(&[d.addr]));
         let mut c = connect(&r).await;
         // A second request pipelined: it must not be answered on a cut connection.
         c.write_all(
@@ -784,7 +757,7 @@ async fn bytes_after_the_last_chunk_are_dropped() {
         }
     })
     .await;
-    r.table.set("after", &[d.addr]);
+    r.table.set("after", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/first", "after.localhost"))
         .await
@@ -815,7 +788,7 @@ async fn bodies_where_none_belong_in_the_same_packet() {
         }
     })
     .await;
-    r.table.set("nobody", &[d.addr]);
+    r.table.set("nobody", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(b"HEAD / HTTP/1.1\r\nHost: nobody.localhost\r\n\r\n")
         .await
@@ -849,7 +822,7 @@ async fn non_ascii_response_header_values_pass() {
         )]
     })
     .await;
-    r.table.set("latin", &[d.addr]);
+    r.table.set("latin", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/", "latin.localhost"))
         .await
@@ -886,7 +859,7 @@ async fn h12_leaves_the_client_connection_clean() {
         }
     })
     .await;
-    r.table.set("slow", &[d.addr]);
+    r.table.set("slow", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/slow", "slow.localhost"))
         .await
@@ -913,7 +886,7 @@ async fn every_dyno_refusing() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr")
     };
-    r.table.set("refuse", &[closed]);
+    r.table.set("refuse", up(&[closed]));
     let answer = raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: refuse.localhost\r\nConnection: close\r\n\r\n",
@@ -937,7 +910,7 @@ async fn every_dyno_refusing() {
 async fn forwarded_headers_replace_the_clients() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("hdrs", &[d.addr]);
+    r.table.set("hdrs", up(&[d.addr]));
     let answer = raw_exchange(
         &r,
         b"GET /p?q=1 HTTP/1.1\r\nHost: hdrs.localhost:8080\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 1\r\nVia: 1.1 evil\r\nX-Request-Start: 0\r\nX-Request-Id: abcdefghij0123456789abcd\r\nKeep-Alive: timeout=1\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nConnection: keep-alive, close\r\nX-Kept: yes\r\n\r\n",
@@ -984,7 +957,7 @@ async fn forwarded_headers_replace_the_clients() {
 async fn differs_the_first_valid_request_id_of_several_is_kept() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("rid", &[d.addr]);
+    r.table.set("rid", up(&[d.addr]));
     raw_exchange(
         &r,
         b"GET / HTTP/1.1\r\nHost: rid.localhost\r\nX-Request-Id: bad id\r\nX-Request-Id: abcdefghij0123456789abcd\r\nConnection: close\r\n\r\n",
@@ -1005,7 +978,7 @@ async fn differs_the_first_valid_request_id_of_several_is_kept() {
 async fn differs_request_targets_hyper_refused_or_trimmed_reach_the_dyno_as_sent() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("uri", &[d.addr]);
+    r.table.set("uri", up(&[d.addr]));
     let answer = raw_exchange(
         &r,
         "GET /caf\u{e9}/\u{2028} HTTP/1.1\r\nHost: uri.localhost\r\nConnection: close\r\n\r\n"
@@ -1040,7 +1013,7 @@ async fn differs_request_targets_hyper_refused_or_trimmed_reach_the_dyno_as_sent
 async fn request_smuggling_attempts() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("smug", &[d.addr]);
+    r.table.set("smug", up(&[d.addr]));
     let hidden = "GET /smuggled HTTP/1.1\r\nHost: smug.localhost\r\n\r\n";
     let cases: Vec<(&str, String)> = vec![
         (
@@ -1102,7 +1075,7 @@ async fn request_smuggling_attempts() {
 async fn request_forms() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("forms", &[d.addr]);
+    r.table.set("forms", up(&[d.addr]));
     let cases: [&[u8]; 9] = [
         b"GET /upper HTTP/1.1\r\nHost: FORMS.localhost\r\nConnection: close\r\n\r\n",
         b"GET /port HTTP/1.1\r\nHost: forms.localhost:8080\r\nConnection: close\r\n\r\n",
@@ -1166,7 +1139,7 @@ async fn pipelines_mixing_the_paths() {
         )]
     })
     .await;
-    r.table.set("pipe", &[d.addr]);
+    r.table.set("pipe", up(&[d.addr]));
     let mut c = connect(&r).await;
     let h = "Host: pipe.localhost\r\n";
     c.write_all(
@@ -1228,7 +1201,7 @@ async fn a_client_pipelining_without_reading() {
         )]
     })
     .await;
-    r.table.set("flood", &[d.addr]);
+    r.table.set("flood", up(&[d.addr]));
     let c = connect(&r).await;
     let (mut rd, mut wr) = c.into_split();
     let one = get("/", "flood.localhost");
@@ -1286,7 +1259,7 @@ async fn graceful_shutdown_with_a_request_in_flight() {
         }
     })
     .await;
-    r.table.set("shut", &[d.addr]);
+    r.table.set("shut", up(&[d.addr]));
     let mut idle = connect(&r).await;
     idle.write_all(&get("/", "shut.localhost"))
         .await
@@ -1315,7 +1288,7 @@ async fn graceful_shutdown_with_a_request_in_flight() {
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("idle", &[d.addr]);
+    r.table.set("idle", up(&[d.addr]));
     let mut c = connect(&r).await;
     c.write_all(&get("/", "idle.localhost"))
         .await
@@ -1336,7 +1309,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 async fn heads_that_never_end_or_are_too_large() {
     let r = router().await;
     let d = ok_dyno("ok").await;
-    r.table.set("big", &[d.addr]);
+    r.table.set("big", up(&[d.addr]));
     let mut slow = connect(&r).await;
     slow.write_all(b"GET / HTTP/1.1\r\nHost: big.localhost\r\n")
         .await
@@ -1359,4 +1332,15 @@ async fn heads_that_never_end_or_are_too_large() {
         &answer[..answer.len().min(100)]
     );
     assert!(d.heads().is_empty());
+}
+
+/// Up web dynos `web.1`, `web.2`... at `addrs`.
+fn up(addrs: &[SocketAddr]) -> Target {
+    Target::Up(
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("web.{}", i + 1), *a))
+            .collect(),
+    )
 }

@@ -3,10 +3,12 @@
 //! manager waits for before SIGTERM), and client connections kept alive across the switch
 //! simply reach the new dynos.
 
-use std::collections::HashMap;
+mod support;
+use support::Table;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,31 +18,6 @@ use slipway_logs::LogHub;
 use slipway_router::{serve, Drained, Drains, Resolution, Resolver, RouterConfig, Target};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-
-#[derive(Default)]
-struct Table(Mutex<HashMap<String, Resolution>>);
-
-impl Resolver for Table {
-    fn resolve(&self, app: &str) -> Resolution {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(app)
-            .cloned()
-            .unwrap_or(Resolution::NoSuchApp)
-    }
-}
-
-impl Table {
-    fn route(&self, app: &str, backends: &[(&str, SocketAddr)]) {
-        let target = Target::Up(backends.iter().map(|(n, a)| (n.to_string(), *a)).collect());
-        let found = Resolution::Found {
-            app_id: format!("{app}-id"),
-            target,
-        };
-        self.0.lock().expect("lock").insert(app.to_string(), found);
-    }
-}
 
 /// A backend answering `name`; `/hold` answers only once `release` is notified.
 async fn backend(name: &'static str, release: Arc<Notify>) -> SocketAddr {
@@ -133,7 +110,7 @@ async fn an_in_flight_request_to_an_old_dyno_completes_after_the_route_switched(
     let old = backend("old", release_old.clone()).await;
     let new = backend("new", Arc::new(Notify::new())).await;
     let table = Arc::new(Table::default());
-    table.route("app", &[("web.1", old)]);
+    table.set("app", up(&[("web.1", old)]));
     let drains = Drains::default();
     let router = start_router(table.clone(), drains.clone()).await;
 
@@ -153,7 +130,7 @@ async fn an_in_flight_request_to_an_old_dyno_completes_after_the_route_switched(
     .await;
 
     // The route moves to the new dyno (the dyno manager published a new snapshot).
-    table.route("app", &[("web.1", new)]);
+    table.set("app", up(&[("web.1", new)]));
     let drained = {
         let drains = drains.clone();
         tokio::spawn(async move { drains.drained(old, Duration::from_secs(30)).await })
@@ -182,7 +159,7 @@ async fn an_in_flight_request_to_an_old_dyno_completes_after_the_route_switched(
 async fn the_drain_gives_up_after_its_timeout_with_the_requests_still_in_flight() {
     let old = backend("old", Arc::new(Notify::new())).await;
     let table = Arc::new(Table::default());
-    table.route("app", &[("web.1", old)]);
+    table.set("app", up(&[("web.1", old)]));
     let drains = Drains::default();
     let router = start_router(table.clone(), drains.clone()).await;
     let mut conn = connect(router).await;
@@ -232,4 +209,9 @@ async fn a_request_whose_dyno_stopped_before_it_connected_follows_the_new_route(
     let mut conn = connect(router).await;
     assert_eq!(send(&mut conn, "/").await, (200, "new".to_string()));
     assert!(resolver.calls.load(Ordering::SeqCst) >= 2);
+}
+
+/// Up web dynos by name and address.
+fn up(backends: &[(&str, SocketAddr)]) -> Target {
+    Target::Up(backends.iter().map(|(n, a)| (n.to_string(), *a)).collect())
 }

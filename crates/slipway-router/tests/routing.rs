@@ -1,40 +1,18 @@
 //! The router against real HTTP backends on loopback.
 
-use std::collections::HashMap;
+mod support;
+use support::Table;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use slipway_logs::{Filter, LogHub};
-use slipway_router::{serve, Resolution, Resolver, RouterConfig, Target};
+use slipway_router::{serve, RouterConfig, Target};
 use tokio::net::TcpListener;
-
-#[derive(Default)]
-struct Table(Mutex<HashMap<String, Resolution>>);
-
-impl Resolver for Table {
-    fn resolve(&self, app: &str) -> Resolution {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(app)
-            .cloned()
-            .unwrap_or(Resolution::NoSuchApp)
-    }
-}
-
-impl Table {
-    fn set(&self, app: &str, target: Target) {
-        let found = Resolution::Found {
-            app_id: format!("{app}-id"),
-            target,
-        };
-        self.0.lock().expect("lock").insert(app.to_string(), found);
-    }
-}
 
 /// A backend that answers `<name>` plus the request headers it saw.
 async fn backend(name: &'static str) -> SocketAddr {

@@ -2,9 +2,11 @@
 //! (h2 by ALPN, `X-Forwarded-Proto: https`) against a real backend on loopback, with
 //! certificates made by rcgen.
 
-use std::collections::HashMap;
+mod support;
+use support::Table;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +16,7 @@ use rcgen::{CertificateParams, CertifiedIssuer, IsCa, Issuer, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
 use slipway_logs::{Filter, LogHub};
 use slipway_router::tls::{CertError, CertStore};
-use slipway_router::{Resolution, Resolver, Router, RouterConfig, Target};
+use slipway_router::{Router, RouterConfig, Target};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A test CA and certificates it signs.
@@ -119,20 +121,6 @@ fn the_store_checks_pairs_and_picks_certificates_by_sni() {
     assert_eq!(domains_for("zzz.test"), Some(vec!["b.example.test".into()]));
 }
 
-#[derive(Default)]
-struct Table(Mutex<HashMap<String, Resolution>>);
-
-impl Resolver for Table {
-    fn resolve(&self, app: &str) -> Resolution {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(app)
-            .cloned()
-            .unwrap_or(Resolution::NoSuchApp)
-    }
-}
-
 /// A backend that answers the request headers it saw, one per line.
 async fn backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -189,13 +177,7 @@ async fn the_router_serves_https_with_sni_and_h2() {
     let table = Arc::new(Table::default());
     let dyno = backend().await;
     for app in ["a", "b"] {
-        table.0.lock().expect("lock").insert(
-            app.into(),
-            Resolution::Found {
-                app_id: format!("{app}-id"),
-                target: Target::Up(vec![("web.1".into(), dyno)]),
-            },
-        );
+        table.set(app, Target::Up(vec![("web.1".into(), dyno)]));
     }
     let logs = LogHub::new();
     let cfg = RouterConfig {

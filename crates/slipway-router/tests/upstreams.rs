@@ -2,43 +2,21 @@
 //! WebSocket-style upgrades with the idle window, dynos that refuse connections, and
 //! request header bounds.
 
-use std::collections::HashMap;
+mod support;
+use support::Table;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use slipway_logs::{Filter, LogHub};
-use slipway_router::{serve, Resolution, Resolver, RouterConfig, Target};
+use slipway_router::{serve, RouterConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-#[derive(Default)]
-struct Table(Mutex<HashMap<String, Resolution>>);
-
-impl Resolver for Table {
-    fn resolve(&self, app: &str) -> Resolution {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(app)
-            .cloned()
-            .unwrap_or(Resolution::NoSuchApp)
-    }
-}
-
-impl Table {
-    fn set(&self, app: &str, target: Target) {
-        let found = Resolution::Found {
-            app_id: format!("{app}-id"),
-            target,
-        };
-        self.0.lock().expect("lock").insert(app.to_string(), found);
-    }
-}
 
 struct Router {
     addr: SocketAddr,
