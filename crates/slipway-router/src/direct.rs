@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use http::HeaderName;
 use slipway_logs::Source;
 use slipway_serve::{Rewind, Stop};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::pool::{Idle, Reusable};
 use crate::proxy::{
     error_line, info_line, new_request_id, valid_request_id, Fields, HostKey, Proxy, Via,
-    CONNECT_TIMEOUT,
+    CONNECT_TIMEOUT, HOP_BY_HOP, SET_BY_THE_ROUTER,
 };
 use crate::{app_from_host, bare_host, Resolution, RouterError, Target};
 
@@ -469,33 +470,13 @@ async fn connect(addr: SocketAddr) -> Option<Upstream> {
     })
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1): never passed on, either way.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn named_in(names: &[&str], name: &str) -> bool {
-    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+fn named_in(names: &[HeaderName], name: &str) -> bool {
+    names.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
 }
 
 /// Headers the router does not pass on to the dyno: hop-by-hop ones (a request here names no
 /// others in `Connection`), and those it sets itself.
 fn dropped_request_header(name: &str) -> bool {
-    const SET_BY_THE_ROUTER: [&str; 6] = [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-port",
-        "x-request-id",
-        "x-request-start",
-        "via",
-    ];
     named_in(&HOP_BY_HOP, name) || named_in(&SET_BY_THE_ROUTER, name)
 }
 

@@ -28,7 +28,7 @@ const HOP_COUNT: usize = 8;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1). Names, not
 /// strings: removing by a string would parse it again for every request.
-const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -58,6 +58,16 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+
+/// The request headers the router sets itself, whatever the client sent.
+pub(crate) const SET_BY_THE_ROUTER: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    X_REQUEST_ID,
+    X_REQUEST_START,
+    header::VIA,
+];
 
 /// Everything the router log line says about a request.
 #[derive(Clone)]
