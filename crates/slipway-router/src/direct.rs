@@ -24,10 +24,10 @@ use slipway_serve::{Rewind, Stop};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pool::{Idle, Reusable};
+use crate::pool::{dial, Idle, Reusable};
 use crate::proxy::{
-    error_line, info_line, new_request_id, valid_request_id, Fields, HostKey, Proxy, Via,
-    CONNECT_TIMEOUT, HOP_BY_HOP, SET_BY_THE_ROUTER,
+    error_line, extended_forwarded_for, info_line, new_request_id, valid_request_id, Fields,
+    HostKey, Proxy, Via, CONNECT_TIMEOUT, HOP_BY_HOP, SET_BY_THE_ROUTER,
 };
 use crate::{app_from_host, bare_host, Resolution, RouterError, Target};
 
@@ -280,13 +280,9 @@ impl<'a> Request<'a> {
                 Some(id) => Cow::Borrowed(id),
                 None => Cow::Owned(new_request_id()),
             },
-            fwd: match prior_fwd.map(str::trim) {
-                Some(prior) if !prior.is_empty() && prior.len() < 1024 => Some(format!(
-                    "{prior}, {}",
-                    via.peer_ip.to_str().unwrap_or_default()
-                )),
-                _ => None,
-            },
+            fwd: prior_fwd.and_then(|prior| {
+                extended_forwarded_for(prior, via.peer_ip.to_str().unwrap_or_default())
+            }),
             close,
             app_id,
             backends,
@@ -459,11 +455,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn connect(addr: SocketAddr) -> Option<Upstream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    let _ = stream.set_nodelay(true);
+    let stream = dial(addr, CONNECT_TIMEOUT).await.ok()?;
     Some(Upstream {
         stream,
         buf: Vec::with_capacity(READ_SIZE),

@@ -155,14 +155,9 @@ impl Pool {
         addr: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<Checkout, ConnectError> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await
-            {
-                Err(_) => return Err(ConnectError::Refused("connect timed out".into())),
-                Ok(Err(e)) => return Err(ConnectError::Refused(e.into())),
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = dial(addr, connect_timeout)
+            .await
+            .map_err(ConnectError::Refused)?;
         let (sender, conn) = http1::Builder::new()
             // A request's head and its first body bytes in one buffer, one write(2).
             .writev(false)
@@ -189,6 +184,21 @@ impl Pool {
     fn put(&self, addr: SocketAddr, sender: Sender) {
         self.idle.put(addr, sender);
     }
+}
+
+/// A new TCP connection to the dyno at `addr` (no delay: a request goes out as written), or
+/// why there is none: refused, or not accepted within `timeout`. Nothing was sent either way.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, crate::body::BoxError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => return Err("connect timed out".into()),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// A connection whose request is sent, waiting for its response body to be read through.

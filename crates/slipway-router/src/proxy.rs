@@ -557,14 +557,10 @@ impl Proxy {
         req: Request<Incoming>,
         addr: SocketAddr,
     ) -> Result<Response<Incoming>, Sent> {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-            {
-                Err(_) => return Err(Sent::Refused("connect timed out".into(), Box::new(req))),
-                Ok(Err(e)) => return Err(Sent::Refused(e.into(), Box::new(req))),
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = match crate::pool::dial(addr, CONNECT_TIMEOUT).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(Sent::Refused(e, Box::new(req))),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Sent::Failed(e.into()))?;
@@ -903,15 +899,20 @@ fn without_port(host: &str) -> &str {
 
 /// The client's address appended to any `X-Forwarded-For` it sent.
 fn forwarded_for(headers: &HeaderMap, peer_ip: &HeaderValue) -> HeaderValue {
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() && prior.len() < 1024 => {
-            let ip = peer_ip.to_str().unwrap_or_default();
-            // Visible ASCII (what `to_str` let through), trimmed, then an address: valid.
-            HeaderValue::from_str(&format!("{}, {ip}", prior.trim()))
-                .unwrap_or_else(|_| peer_ip.clone())
-        }
-        _ => peer_ip.clone(),
-    }
+    let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+    let ip = peer_ip.to_str().unwrap_or_default();
+    // Visible ASCII (what `to_str` let through), trimmed, then an address: valid.
+    prior
+        .and_then(|prior| extended_forwarded_for(prior, ip))
+        .and_then(|fwd| HeaderValue::from_str(&fwd).ok())
+        .unwrap_or_else(|| peer_ip.clone())
+}
+
+/// The client's `X-Forwarded-For` (visible ASCII) with its address `ip` appended, when it
+/// sent one worth keeping (not blank, under 1 KiB); `None` for `ip` alone.
+pub(crate) fn extended_forwarded_for(prior: &str, ip: &str) -> Option<String> {
+    let prior = prior.trim();
+    (!prior.is_empty() && prior.len() < 1024).then(|| format!("{prior}, {ip}"))
 }
 
 /// The client's IP address as a header value, for [`Via::peer_ip`].
