@@ -123,7 +123,7 @@ where
             io: &mut io,
             early: &mut early,
         };
-        match forward(proxy, via, &mut client, &request, &mut out).await {
+        match forward(proxy, via, &mut client, request, &mut out).await {
             Forwarded::KeepAlive if !close => {}
             Forwarded::KeepAlive | Forwarded::Close => {
                 // TLS says goodbye (close_notify); a plain connection's close(2) sends its FIN
@@ -293,12 +293,12 @@ impl<'a> Request<'a> {
     }
 }
 
-impl Request<'_> {
-    fn fwd<'s>(&'s self, via: &'s Via) -> &'s str {
-        match &self.fwd {
-            Some(fwd) => fwd,
-            None => via.peer_ip.to_str().unwrap_or_default(),
-        }
+/// `X-Forwarded-For` as the dyno gets it: the extended one the client sent, else the
+/// client's address alone.
+fn fwd<'s>(extended: &'s Option<String>, via: &'s Via) -> &'s str {
+    match extended {
+        Some(fwd) => fwd,
+        None => via.peer_ip.to_str().unwrap_or_default(),
     }
 }
 
@@ -349,7 +349,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
     proxy: &Proxy,
     via: &Via,
     client: &mut Client<'_, I>,
-    req: &Request<'_>,
+    req: Request<'_>,
     out: &mut Vec<u8>,
 ) -> Forwarded {
     let start = req.start;
@@ -359,7 +359,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
         path: req.path,
         host: req.host.split(':').next().unwrap_or_default(),
         request_id,
-        fwd: req.fwd(via),
+        fwd: fwd(&req.fwd, via),
     };
     let sent = Instant::now();
     let deadline = tokio::time::Instant::now() + proxy.cfg.request_timeout;
@@ -381,12 +381,12 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        let mut answer = exchange(&mut upstream, out, req, deadline).await;
+        let mut answer = exchange(&mut upstream, out, &req, deadline).await;
         if let (Err(Failed::Stale), false) = (&answer, fresh) {
             match connect(*addr).await {
                 Some(new) => {
                     upstream = new;
-                    answer = exchange(&mut upstream, out, req, deadline).await;
+                    answer = exchange(&mut upstream, out, &req, deadline).await;
                 }
                 None => answer = Err(Failed::Refused),
             }
@@ -407,7 +407,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
                 let line = error_line(error, fields, dyno, at, via.scheme);
                 proxy
                     .lines
-                    .write(req.app_id.clone(), Source::Heroku, "router", line);
+                    .write(req.app_id, Source::Heroku, "router", line);
                 drop(in_flight);
                 write_error(out, error, request_id, req.method == "HEAD", req.close);
                 return match client.send(out, proxy.cfg.idle_timeout).await {
@@ -448,7 +448,7 @@ async fn forward<I: AsyncRead + AsyncWrite + Unpin>(
         };
         proxy
             .lines
-            .write(req.app_id.clone(), Source::Heroku, "router", line);
+            .write(req.app_id, Source::Heroku, "router", line);
         return ended;
     }
     Forwarded::ToHyper
@@ -482,7 +482,7 @@ fn upstream_head(
     via: &Via,
 ) {
     head.clear();
-    let fwd = req.fwd(via);
+    let fwd = fwd(&req.fwd, via);
     let request_id = &req.request_id;
     head.extend_from_slice(req.method.as_bytes());
     head.push(b' ');
