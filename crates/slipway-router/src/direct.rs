@@ -848,9 +848,12 @@ fn write_error(
     out.extend_from_slice(itoa.format(status.as_u16()).as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(
-        b"\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-cache, no-store\r\nx-request-id: ",
-    );
+    for (name, value) in crate::errors::PAGE_HEADERS {
+        for part in [b"\r\n", name.as_bytes(), b": ", value.as_bytes()] {
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\ncontent-length: ");
     out.extend_from_slice(itoa.format(page.len()).as_bytes());

@@ -2,6 +2,12 @@
 
 use http::StatusCode;
 
+/// The headers of every error page the router answers with, besides its `X-Request-Id`.
+pub(crate) const PAGE_HEADERS: [(&str, &str); 2] = [
+    ("content-type", "text/html; charset=utf-8"),
+    ("cache-control", "no-cache, no-store"),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouterError {
     /// H10: no web dyno is up.

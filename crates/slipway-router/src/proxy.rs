@@ -773,14 +773,12 @@ fn error_response(error: RouterError, request_id: &str) -> Response<ProxyBody> {
     );
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
+    for (name, value) in crate::errors::PAGE_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
     set(headers, X_REQUEST_ID, request_id);
     response
 }
