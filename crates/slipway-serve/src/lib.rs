@@ -20,6 +20,43 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A service every listener can serve connections with (what hyper needs of it, on a runtime
+/// whose tasks may move between threads).
+pub trait HttpService<B>:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Send
+        + 'static
+{
+}
+
+/// The body of a response such a service answers with.
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// Turns true when the server shuts down: a connection's reader finishes the request in
 /// progress and closes.
 pub type Stop = tokio::sync::watch::Receiver<bool>;
@@ -120,14 +157,8 @@ pub async fn serve_http<S, B>(
     service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     serve_with(
         listener,
@@ -148,14 +179,8 @@ pub async fn serve_with<S, B>(
     service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     accept_loop(
         listener,
@@ -179,14 +204,8 @@ pub async fn serve_tls<S, B>(
     service_for: impl Fn(SocketAddr) -> S + Send + Sync + 'static,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     accept_loop(
@@ -259,14 +278,8 @@ pub async fn serve_fronted<S, B>(
     front: impl Front<S>,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     accept_loop(listener, limits, headers, tls, shutdown, front).await
@@ -369,14 +382,8 @@ async fn accept_loop<S, B>(
     front: impl Front<S>,
 ) -> std::io::Result<()>
 where
-    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     // HTTP/2 and sniffed connections shut down through hyper-util's graceful shutdown,
     // HTTP/1.1 ones through `stop`; both are waited for.
