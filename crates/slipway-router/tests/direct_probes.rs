@@ -9,14 +9,14 @@
 //! client that stops reading holding its dyno for ever (on both paths; fixed here).
 
 mod support;
-use support::Table;
+use support::{router_lines, wait_for_lines, Table};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_logs::{Filter, LogHub};
+use slipway_logs::LogHub;
 use slipway_router::{serve, Drains, RouterConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,23 +68,6 @@ async fn router_with(tweak: impl FnOnce(&mut RouterConfig)) -> Router {
         stop: Some(tx),
         task,
     }
-}
-
-fn router_lines(r: &Router, app: &str) -> Vec<String> {
-    r.logs
-        .history(&format!("{app}-id"), &Filter::default(), 100)
-        .iter()
-        .map(|l| l.format())
-        .collect()
-}
-
-async fn wait_for_lines(r: &Router, app: &str, n: usize) -> Vec<String> {
-    let what = format!("{n} router lines for {app}");
-    slipway_testkit::wait_until(5, &what, || async {
-        let lines = router_lines(r, app);
-        (lines.len() >= n).then_some(lines)
-    })
-    .await
 }
 
 /// What a scripted dyno does for a request.
@@ -395,7 +378,7 @@ async fn a_request_a_dyno_received_is_not_sent_again_when_it_closes_without_answ
         d.accepted()
     );
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    let lines = wait_for_lines(&r, "crash", 2).await;
+    let lines = wait_for_lines(&r.logs, "crash", 2).await;
     assert!(lines[1].contains("code=H13"), "{lines:?}");
 }
 
@@ -499,7 +482,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_dyno_forever() {
         "released: {} after {:?}; lines {:?}",
         released.is_ok(),
         started.elapsed(),
-        router_lines(&r, "big")
+        router_lines(&r.logs, "big")
     );
     assert!(
         released.is_ok(),
@@ -533,7 +516,7 @@ async fn a_client_gone_mid_body_is_h27_and_the_dyno_connection_is_not_reused() {
     let mut some = [0u8; 16];
     let _ = c.read(&mut some).await;
     drop(c);
-    let lines = wait_for_lines(&r, "cut", 1).await;
+    let lines = wait_for_lines(&r.logs, "cut", 1).await;
     assert!(lines[0].contains("code=H27"), "{lines:?}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let mut c = connect(&r).await;
@@ -612,7 +595,7 @@ async fn a_101_nobody_asked_for() {
         b"GET / HTTP/1.1\r\nHost: switch.localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let lines = wait_for_lines(&r, "switch", 1).await;
+    let lines = wait_for_lines(&r.logs, "switch", 1).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(lines[0].contains("code=H13"), "{lines:?}");
 }
@@ -666,7 +649,7 @@ async fn response_framing_conflicts() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    let lines = wait_for_lines(&r, "conflict", 1).await;
+    let lines = wait_for_lines(&r.logs, "conflict", 1).await;
     assert!(lines[0].contains("code=H13"), "{lines:?}");
 
     let equal = dyno(|_, _| {
@@ -738,7 +721,7 @@ async fn malformed_chunked_bodies_cut_the_connection() {
         assert!(!answer.contains("forged"), "{app}: {answer:?}");
         // main sent nothing for some (hyper holds the head until the first body bytes).
         assert!(answer.matches("HTTP/1.1").count() <= 1, "{app}: {answer:?}");
-        let lines = wait_for_lines(&r, app, 1).await;
+        let lines = wait_for_lines(&r.logs, app, 1).await;
         assert!(lines[0].contains("code=H18"), "{app}: {lines:?}");
     }
 }
@@ -873,7 +856,7 @@ async fn h12_leaves_the_client_connection_clean() {
         .expect("write");
     let (_, body) = read_response(&mut c, false).await;
     assert_eq!(body, b"fast");
-    let lines = wait_for_lines(&r, "slow", 2).await;
+    let lines = wait_for_lines(&r.logs, "slow", 2).await;
     assert!(lines[0].contains("code=H12"), "{lines:?}");
 }
 
@@ -893,9 +876,9 @@ async fn every_dyno_refusing() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    let lines = wait_for_lines(&r, "refuse", 1).await;
+    let lines = wait_for_lines(&r.logs, "refuse", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let lines2 = router_lines(&r, "refuse");
+    let lines2 = router_lines(&r.logs, "refuse");
     assert_eq!(lines2.len(), 1, "{lines2:?}");
     assert!(lines[0].contains("code=H13"), "{lines:?}");
     assert_eq!(r.drains.in_flight(closed), 0);
@@ -944,7 +927,7 @@ async fn forwarded_headers_replace_the_clients() {
         assert!(values(gone).is_empty(), "{gone}: {head}");
     }
     assert_eq!(values("x-kept"), ["yes"], "{head}");
-    let lines = wait_for_lines(&r, "hdrs", 1).await;
+    let lines = wait_for_lines(&r.logs, "hdrs", 1).await;
     assert!(
         lines[0].contains("host=hdrs.localhost ") && lines[0].contains("path=\"/p?q=1\""),
         "{lines:?}"
@@ -999,7 +982,7 @@ async fn differs_request_targets_hyper_refused_or_trimmed_reach_the_dyno_as_sent
         seen,
         ["GET /caf\u{e9}/\u{2028} HTTP/1.1", "GET /a#frag HTTP/1.1"]
     );
-    let lines = wait_for_lines(&r, "uri", 2).await;
+    let lines = wait_for_lines(&r.logs, "uri", 2).await;
     for line in &lines {
         // One line each, whatever the path holds.
         assert_eq!(line.lines().count(), 1, "{line:?}");

@@ -1,7 +1,7 @@
 //! The router against real HTTP backends on loopback.
 
 mod support;
-use support::Table;
+use support::{router_lines, wait_for_lines, Table};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use slipway_logs::{Filter, LogHub};
+use slipway_logs::LogHub;
 use slipway_router::{serve, RouterConfig, Target};
 use tokio::net::TcpListener;
 
@@ -103,23 +103,6 @@ async fn get(
     (status, resp.text().await.expect("body"), headers)
 }
 
-fn router_lines(r: &Router, app: &str) -> Vec<String> {
-    r.logs
-        .history(&format!("{app}-id"), &Filter::default(), 100)
-        .iter()
-        .map(|l| l.format())
-        .collect()
-}
-
-async fn wait_for_lines(r: &Router, app: &str, n: usize) -> Vec<String> {
-    let what = format!("{n} router lines for {app}");
-    slipway_testkit::wait_until(5, &what, || async {
-        let lines = router_lines(r, app);
-        (lines.len() >= n).then_some(lines)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn routes_by_host_with_forwarding_headers_and_logs_each_request() {
     let r = router().await;
@@ -143,7 +126,7 @@ async fn routes_by_host_with_forwarding_headers_and_logs_each_request() {
     assert!(body.contains("via: 1.1 slipway"));
     assert!(body.contains("host: hello.localhost:1234"));
     assert!(headers.get("connection").is_none() || headers.get("keep-alive").is_none());
-    let lines = wait_for_lines(&r, "hello", 1).await;
+    let lines = wait_for_lines(&r.logs, "hello", 1).await;
     let line = &lines[0];
     assert!(
         line.contains(
@@ -204,7 +187,7 @@ async fn errors_get_heroku_codes_pages_and_log_lines() {
         assert_eq!(status, 503, "{app}");
         assert!(body.contains("<html>"), "{body}");
         assert!(headers.get("x-request-id").is_some());
-        let line = &wait_for_lines(&r, app, 1).await[0];
+        let line = &wait_for_lines(&r.logs, app, 1).await[0];
         assert!(
             line.contains(&format!(
                 "at=error code={code} desc=\"{desc}\" method=GET path=\"/\""
@@ -219,7 +202,9 @@ async fn errors_get_heroku_codes_pages_and_log_lines() {
         .set("slow", Target::Up(vec![("web.1".into(), slow)]));
     let (status, _, _) = get(&r, "slow.localhost", "/slow", &[]).await;
     assert_eq!(status, 503);
-    assert!(wait_for_lines(&r, "slow", 1).await[0].contains("code=H12 desc=\"Request timeout\""));
+    assert!(
+        wait_for_lines(&r.logs, "slow", 1).await[0].contains("code=H12 desc=\"Request timeout\"")
+    );
 
     // A dyno whose port refuses connections.
     let closed = {
@@ -233,7 +218,7 @@ async fn errors_get_heroku_codes_pages_and_log_lines() {
         .set("gone", Target::Up(vec![("web.1".into(), closed)]));
     let (status, _, _) = get(&r, "gone.localhost", "/", &[]).await;
     assert_eq!(status, 503);
-    assert!(wait_for_lines(&r, "gone", 1).await[0].contains("code=H13"));
+    assert!(wait_for_lines(&r.logs, "gone", 1).await[0].contains("code=H13"));
 }
 
 #[tokio::test]
@@ -312,7 +297,7 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
             "a truncated body must not look complete"
         );
     }
-    let line = &wait_for_lines(&r, "cut", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "cut", 1).await[0];
     assert!(
         line.contains("at=error code=H18 desc=\"Server Request Interrupted\""),
         "{line}"
@@ -335,7 +320,7 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
     let n = stream.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     drop(stream);
-    let line = &wait_for_lines(&r, "gone", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "gone", 1).await[0];
     assert!(
         line.contains("at=error code=H27 desc=\"Client Request Interrupted\""),
         "{line}"
@@ -356,7 +341,7 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
         resp.bytes().await.is_err(),
         "a stalled body must not look complete"
     );
-    let line = &wait_for_lines(&r, "stalled", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "stalled", 1).await[0];
     assert!(
         line.contains("at=error code=H15 desc=\"Idle connection\""),
         "{line}"
@@ -369,7 +354,7 @@ async fn interrupted_responses_are_logged_as_h18_and_h27() {
         .set("whole", Target::Up(vec![("web.1".into(), whole)]));
     let (status, body, _) = get(&r, "whole.localhost", "/", &[]).await;
     assert_eq!((status, body.as_str()), (200, "hello"));
-    let line = &wait_for_lines(&r, "whole", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "whole", 1).await[0];
     assert!(
         line.contains("at=info") && line.contains("status=200 bytes=5"),
         "{line}"
@@ -440,7 +425,7 @@ async fn client_supplied_values_cannot_forge_router_log_fields() {
     )
     .await;
     assert_eq!(status, 200);
-    let line = &wait_for_lines(&r, "hello", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "hello", 1).await[0];
     let f = fields(line);
     assert_eq!(field_values(&f, "at"), ["info"], "{line}");
     assert_eq!(field_values(&f, "status"), ["200"], "{line}");
@@ -460,7 +445,7 @@ async fn client_supplied_values_cannot_forge_router_log_fields() {
     r.table.set("idle", Target::NoWebDynos);
     let (status, _, _) = get(&r, "idle.localhost", "/", &[("x-forwarded-for", forged)]).await;
     assert_eq!(status, 503);
-    let line = &wait_for_lines(&r, "idle", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "idle", 1).await[0];
     let f = fields(line);
     assert_eq!(field_values(&f, "at"), ["error"], "{line}");
     assert_eq!(field_values(&f, "status"), ["503"], "{line}");
@@ -510,7 +495,7 @@ async fn requests_naming_two_hosts_are_refused() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    let line = &wait_for_lines(&r, "appa", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "appa", 1).await[0];
     let f = fields(line);
     assert_eq!(field_values(&f, "code"), ["H25"], "{line}");
     assert_eq!(field_values(&f, "status"), ["400"], "{line}");
@@ -522,7 +507,7 @@ async fn requests_naming_two_hosts_are_refused() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(router_lines(&r, "appb").is_empty());
+    assert!(router_lines(&r.logs, "appb").is_empty());
 
     // One Host (and an absolute form that agrees with it) is served.
     let answer = raw_exchange(
@@ -611,7 +596,7 @@ async fn read_until(stream: &mut tokio::net::TcpStream, end: &[u8]) -> String {
 }
 
 fn paths(r: &Router, app: &str) -> Vec<String> {
-    router_lines(r, app)
+    router_lines(&r.logs, app)
         .iter()
         .flat_map(|line| {
             field_values(&fields(line), "path")
@@ -662,7 +647,7 @@ async fn pipelined_requests_are_answered_in_order_and_one_with_a_body_keeps_the_
         .expect("write");
     let (head, _) = read_response(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    wait_for_lines(&r, "piped", 4).await;
+    wait_for_lines(&r.logs, "piped", 4).await;
     assert_eq!(paths(&r, "piped"), ["/1", "/2", "/3", "/4"]);
 }
 
@@ -704,13 +689,13 @@ async fn chunked_and_close_delimited_responses_reach_the_client_whole() {
         );
         assert_eq!(got, body, "{host}");
     }
-    let lines = wait_for_lines(&r, "chunked", 2).await;
+    let lines = wait_for_lines(&r.logs, "chunked", 2).await;
     assert!(
         lines[0].contains("at=info") && lines[0].contains("bytes=11"),
         "{}",
         lines[0]
     );
-    let lines = wait_for_lines(&r, "eof", 1).await;
+    let lines = wait_for_lines(&r.logs, "eof", 1).await;
     assert!(
         lines[0].contains("at=info") && lines[0].contains("bytes=13"),
         "{}",
@@ -745,6 +730,6 @@ async fn a_dyno_connection_closed_while_idle_is_replaced_without_failing_the_req
         assert_eq!((status, body.as_str()), (200, "ok"));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
-    let lines = wait_for_lines(&r, "closer", 3).await;
+    let lines = wait_for_lines(&r.logs, "closer", 3).await;
     assert!(lines.iter().all(|l| l.contains("at=info")), "{lines:?}");
 }

@@ -3,7 +3,7 @@
 //! request header bounds.
 
 mod support;
-use support::Table;
+use support::{wait_for_lines, Table};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use slipway_logs::{Filter, LogHub};
+use slipway_logs::LogHub;
 use slipway_router::{serve, RouterConfig, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,23 +45,6 @@ async fn router() -> Router {
         std::future::pending(),
     ));
     Router { addr, logs, table }
-}
-
-fn router_lines(r: &Router, app: &str) -> Vec<String> {
-    r.logs
-        .history(&format!("{app}-id"), &Filter::default(), 100)
-        .iter()
-        .map(|l| l.format())
-        .collect()
-}
-
-async fn wait_for_lines(r: &Router, app: &str, n: usize) -> Vec<String> {
-    let what = format!("{n} router lines for {app}");
-    slipway_testkit::wait_until(5, &what, || async {
-        let lines = router_lines(r, app);
-        (lines.len() >= n).then_some(lines)
-    })
-    .await
 }
 
 /// A backend that answers `<name>` (and `:<body>` when the request has one) to plain
@@ -160,7 +143,7 @@ async fn upgrades_are_tunnelled_and_closed_after_the_idle_window() {
     let head = read_head(&mut stream).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    let line = &wait_for_lines(&r, "chat", 1).await[0];
+    let line = &wait_for_lines(&r.logs, "chat", 1).await[0];
     assert!(
         line.contains("at=info method=GET path=\"/socket\" host=chat.localhost"),
         "{line}"
@@ -223,7 +206,7 @@ async fn a_dyno_that_refuses_connections_is_skipped_and_requests_retried() {
                 .await;
         assert_eq!((status, body.as_str()), (200, "up"), "request {i}");
     }
-    let lines = wait_for_lines(&r, "flaky", 6).await;
+    let lines = wait_for_lines(&r.logs, "flaky", 6).await;
     assert_eq!(lines.len(), 6, "{lines:#?}");
     for line in &lines {
         assert!(
@@ -304,7 +287,7 @@ async fn dyno_connections_are_kept_alive_and_reused_across_client_connections() 
             slipway_testkit::http_async(r.addr, "GET", "/", &[("Host", "kept.localhost")], None)
                 .await;
         assert_eq!((status, body.as_str()), (200, "up"), "request {i}");
-        wait_for_lines(&r, "kept", i + 1).await;
+        wait_for_lines(&r.logs, "kept", i + 1).await;
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
